@@ -1,0 +1,1 @@
+"""Actors arrive with issue 3: classes, handles, and mailboxes in the node agent."""

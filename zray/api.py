@@ -1,0 +1,217 @@
+"""The public API: init, shutdown, remote, get, put, wait, and the cluster queries."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from typing import Any, Sequence
+
+import psutil
+
+from zray import core
+from zray.config import Config
+from zray.core import CoreClient, TaskContext
+from zray.exceptions import ZrayError
+from zray.ids import driver_task_id, new_job_id
+from zray.node.launcher import LocalCluster
+from zray.objects.refs import ObjectRef
+from zray.options import validate
+from zray.remote_function import RemoteFunction
+
+_lock = threading.RLock()
+_cluster: LocalCluster | None = None
+_config = Config()
+
+# Ray keyword arguments that mean nothing to zray: accepted, so ported code runs unchanged.
+_IGNORED_RAY_KWARGS = {"include_dashboard", "dashboard_host", "configure_logging",
+                       "logging_level", "log_to_stderr", "_temp_dir", "runtime_env"}
+
+
+def init(address: str | None = None, *, num_cpus: int | None = None,
+         num_gpus: int | None = None, resources: dict[str, float] | None = None,
+         object_store_memory: int | None = None, namespace: str | None = None,
+         log_to_driver: bool = True, ignore_reinit_error: bool = False,
+         **ray_kwargs: Any) -> None:
+    """Start a private local cluster for this driver (or, later, join a running one)."""
+    global _cluster, _config
+    unknown = set(ray_kwargs) - _IGNORED_RAY_KWARGS
+    if unknown:
+        raise TypeError(f"zray.init() got unknown keyword argument(s): {', '.join(sorted(unknown))}")
+    with _lock:
+        if core.current() is not None:
+            if ignore_reinit_error:
+                return
+            raise RuntimeError("zray.init() was already called; call zray.shutdown() first, "
+                               "or pass ignore_reinit_error=True")
+        address = address or os.environ.get("ZRAY_ADDRESS")
+        if address:
+            raise ZrayError(f"joining an existing cluster ({address!r}) needs `zray node start`, "
+                            "which this version does not have yet; call zray.init() without an "
+                            "address to start a private local cluster")
+        _config = Config.from_env()
+        total = _resources(num_cpus, num_gpus, resources)
+        store_size = object_store_memory or int(psutil.virtual_memory().total
+                                                * _config.object_store_fraction)
+        cluster = LocalCluster.start(total, store_size, _config)
+        if cluster.warning:
+            print(f"zray: {cluster.warning}", file=sys.stderr, flush=True)
+        job_id = new_job_id()
+        client = CoreClient(cluster.endpoint, "driver", job_id, _config, log_to_driver)
+        client.context = TaskContext(driver_task_id(job_id))
+        try:
+            client.connect(_config.startup_timeout_s, cluster.why_not_running)
+        except BaseException:
+            client.close()
+            cluster.agent.kill()
+            cluster.stop(_config.shutdown_timeout_s)
+            raise
+        _cluster = cluster
+        core.set_current(client)
+        atexit.register(shutdown)
+
+
+def shutdown() -> None:
+    """Stop the private cluster: no process, socket or shared-memory file stays behind."""
+    global _cluster
+    with _lock:
+        client = core.current()
+        if client is None:
+            return
+        core.set_current(None)
+        client.close(stop_cluster=True)
+        if _cluster is not None:
+            _cluster.stop(_config.shutdown_timeout_s)
+            _cluster = None
+
+
+def is_initialized() -> bool:
+    return core.current() is not None
+
+
+def client_for_call() -> CoreClient:
+    """The process's runtime; a driver that never called init() gets a private cluster."""
+    client = core.current()
+    if client is None:
+        init()
+        client = core.current()
+        assert client is not None
+    return client
+
+
+def default_max_retries() -> int:
+    return _config.default_max_retries
+
+
+def remote(*args: Any, **options: Any) -> Any:
+    """``@zray.remote`` or ``@zray.remote(num_cpus=2, ...)`` on a function."""
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError("@zray.remote takes either no arguments or only keyword options, "
+                        "e.g. @zray.remote(num_cpus=2)")
+    return lambda target: _make_remote(target, options)
+
+
+def _make_remote(target: Any, options: dict[str, Any]) -> Any:
+    if isinstance(target, type):
+        raise NotImplementedError(f"@zray.remote on a class ({target.__name__}): actors are not "
+                                  "available in this version of zray yet")
+    return RemoteFunction(target, options)
+
+
+def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
+    """The values of the refs (blocking); a list in, a list out, in the same order."""
+    single = isinstance(object_refs, ObjectRef)
+    refs = [object_refs] if single else object_refs
+    if not isinstance(refs, (list, tuple)) or not all(isinstance(r, ObjectRef) for r in refs):
+        bad = next((r for r in refs if not isinstance(r, ObjectRef)), refs) \
+            if isinstance(refs, (list, tuple)) else refs
+        raise ValueError(f"zray.get() takes an ObjectRef or a list of ObjectRefs, got "
+                         f"{type(bad).__name__}: did you call f(...) instead of f.remote(...)?")
+    _check_timeout(timeout)
+    values = client_for_call().get(list(refs), timeout)
+    return values[0] if single else values
+
+
+def put(value: Any) -> ObjectRef:
+    """Store ``value`` once; the ref can be read by any task."""
+    if isinstance(value, ObjectRef):
+        raise TypeError("zray.put() of an ObjectRef is not allowed; pass the ref itself")
+    return client_for_call().put(value)
+
+
+def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1,
+         timeout: float | None = None, fetch_local: bool = True
+         ) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """``(ready, not_ready)``: both in input order; at most ``num_returns`` ready."""
+    if not isinstance(object_refs, (list, tuple)) or not all(
+            isinstance(r, ObjectRef) for r in object_refs):
+        raise TypeError("zray.wait() takes a list of ObjectRefs")
+    if len(set(object_refs)) != len(object_refs):
+        raise ValueError("zray.wait() got the same ObjectRef more than once; pass each ref once")
+    if not isinstance(num_returns, int) or num_returns < 0 or num_returns > len(object_refs):
+        raise ValueError(f"num_returns={num_returns!r} must be an int between 0 and the number "
+                         f"of refs ({len(object_refs)})")
+    _check_timeout(timeout)
+    if not object_refs:
+        return [], []
+    return client_for_call().wait(list(object_refs), num_returns, timeout)
+
+
+def get_gpu_ids() -> list[int]:
+    """The GPUs assigned to the running task (CUDA_VISIBLE_DEVICES is set to them)."""
+    return list(client_for_call().context.gpu_ids)
+
+
+def cluster_resources() -> dict[str, float]:
+    return dict(client_for_call().query("resources")["total"])
+
+
+def available_resources() -> dict[str, float]:
+    available = client_for_call().query("resources")["available"]
+    return {k: v for k, v in available.items() if v > 1e-9}
+
+
+def nodes() -> list[dict[str, Any]]:
+    client = client_for_call()
+    return [{"NodeID": client.node_id.hex(), "Alive": True, "Resources": cluster_resources()}]
+
+
+def store_stats() -> dict[str, Any]:
+    """The node's object store: bytes in use, capacity, live objects, arena path."""
+    return dict(client_for_call().query("store"))
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
+        raise ValueError(f"timeout={timeout!r} must be None or a number of seconds >= 0")
+
+
+def _resources(num_cpus: int | None, num_gpus: int | None,
+               custom: dict[str, float] | None) -> dict[str, float]:
+    cpus = (psutil.cpu_count() or 1) if num_cpus is None else num_cpus
+    gpus = _detect_gpus() if num_gpus is None else num_gpus
+    total = {"CPU": float(cpus), "GPU": float(gpus)}
+    if custom:
+        validate({"resources": custom}, for_actor=False, where="zray.init()")
+        total.update({k: float(v) for k, v in custom.items()})
+    return {k: v for k, v in total.items() if v > 0}
+
+
+def _detect_gpus() -> int:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip()])
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in listing.stdout.splitlines() if line.startswith("GPU "))
+
+

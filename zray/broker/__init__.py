@@ -1,0 +1,1 @@
+"""The GCS: broker shards, their tables and write-ahead logs, and the agent's link to them."""

@@ -1,0 +1,66 @@
+"""Every tunable of zray in one frozen dataclass.
+
+Each field can be overridden from the environment as ``ZRAY_<FIELD NAME IN CAPS>``
+(e.g. ``ZRAY_INLINE_OBJECT_MAX_BYTES=4096``). Tests shorten intervals through the
+environment, never by patching internals. The driver passes its config to the processes
+it starts, so one cluster runs with one config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Config:
+    # Values up to this size travel inline in messages; bigger ones go to the mmap store.
+    inline_object_max_bytes: int = 100 * 1024
+    # Default store size when init() does not say: this fraction of total memory.
+    object_store_fraction: float = 0.3
+    # How long init() waits for the agent to answer before giving up.
+    startup_timeout_s: float = 30.0
+    # How long shutdown() waits for processes to exit before killing them.
+    shutdown_timeout_s: float = 5.0
+    # Idle poll period of every process loop: bounds how late batched work is flushed.
+    poll_interval_ms: int = 20
+    # Table updates are sent to the broker in batches of at most this many rows...
+    broker_batch_rows: int = 512
+    # ...and resent if not acknowledged within this time (Lazy Pirate).
+    broker_ack_timeout_s: float = 2.0
+    # The broker keeps this many finished tasks; older ones are dropped (bounded history).
+    max_task_history: int = 10_000
+    # The write-ahead log is compacted into a snapshot once it holds this many rows.
+    wal_compact_rows: int = 50_000
+    # Retries for a task whose worker died, unless the task says otherwise.
+    default_max_retries: int = 3
+    # Extra workers started beyond num_cpus while tasks block in get() are stopped after
+    # being idle this long.
+    idle_worker_timeout_s: float = 10.0
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        return cls(**json.loads(text))
+
+    @classmethod
+    def from_env(cls) -> Config:
+        """Defaults, overridden by ``ZRAY_*`` environment variables (bad values raise)."""
+        overrides: dict[str, object] = {}
+        for field in dataclasses.fields(cls):
+            raw = os.environ.get("ZRAY_" + field.name.upper())
+            if raw is None:
+                continue
+            kind = type(field.default)
+            try:
+                overrides[field.name] = kind(raw)
+            except ValueError as exc:
+                raise ValueError(
+                    f"environment variable ZRAY_{field.name.upper()}={raw!r} is not a valid "
+                    f"{kind.__name__}; unset it or give a number"
+                ) from exc
+        return cls(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,473 @@
+"""The zray core inside every driver and worker: submit, put, get, wait.
+
+::
+
+    user threads --- tx DEALER (under a lock) ---> node agent ROUTER  ipc://SESSION/agent.sock
+    "zray-io" thread <--- rx DEALER --------------    (ready objects, replies, logs, tasks)
+
+Two sockets to one agent: user threads send straight on ``tx`` (no hop through another
+thread on the submit path), while one thread, "zray-io", owns ``rx``: it files incoming
+object locations and replies under ``_cond`` and wakes the waiters, prints forwarded task
+output, hands ``ExecuteTask`` to a worker's main loop, and flushes reference-count edges
+every poll period. It also watches the agent's pidfd, so a dead agent fails every waiter at
+once instead of leaving it hanging.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import zmq
+
+from zray import protocol as p
+from zray.config import Config
+from zray.exceptions import GetTimeoutError, NodeDiedError, ObjectStoreFullError, TaskError
+from zray.ids import (
+    TaskID,
+    WorkerID,
+    child_task_id,
+    new_worker_id,
+    put_object_id,
+    return_object_id,
+)
+from zray.objects.refs import ObjectRef, RefCounter
+from zray.objects.serialization import Serialized, deserialize, serialize
+from zray.objects.store import Mapping
+
+log = logging.getLogger("zray")
+
+_runtime: CoreClient | None = None
+
+
+def current() -> CoreClient | None:
+    return _runtime
+
+
+def set_current(client: CoreClient | None) -> None:
+    global _runtime
+    _runtime = client
+
+
+def current_counter() -> RefCounter | None:
+    return _runtime.refs if _runtime is not None else None
+
+
+@dataclass
+class TaskContext:
+    """Where new ids come from: the running task (or the driver's root task)."""
+
+    task_id: TaskID
+    name: str = "driver"
+    gpu_ids: list[int] = field(default_factory=list)
+    submitted: Iterator[int] = field(default_factory=itertools.count)
+    puts: Iterator[int] = field(default_factory=itertools.count)
+
+
+@dataclass(frozen=True)
+class FunctionDescriptor:
+    function_id: bytes
+    name: str
+    blob: bytes
+
+    @classmethod
+    def of(cls, blob: bytes, name: str) -> FunctionDescriptor:
+        return cls(hashlib.blake2b(blob, digest_size=16).digest(), name, blob)
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    num_returns: int
+    resources: dict[str, float]
+    max_retries: int
+    retry_filter: bytes
+
+
+class Dep:
+    """Stands for the i-th top-level ref argument inside a task's serialised arguments."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Dep, (self.index,))
+
+
+class CoreClient:
+    def __init__(self, endpoint: str, kind: str, job_id: bytes, config: Config,
+                 log_to_driver: bool = True,
+                 on_agent_death: Callable[[], None] | None = None) -> None:
+        self.kind = kind
+        self._on_agent_death = on_agent_death
+        self.job_id = job_id
+        self.config = config
+        self.log_to_driver = log_to_driver
+        self.worker_id: WorkerID = new_worker_id()
+        self.refs = RefCounter()
+        self.tasks: queue.SimpleQueue[p.ExecuteTask | None] = queue.SimpleQueue()
+        self.context = TaskContext(TaskID(b""))
+        self.node_id = b""
+        self.resources: dict[str, float] = {}
+        self._zmq = zmq.Context()
+        self._tx = self._socket(endpoint, b"t")
+        self._rx = self._socket(endpoint, b"r")
+        self._tx_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._ready: dict[bytes, tuple[Any, ...]] = {}
+        self._subscribed: set[bytes] = set()
+        self._replies: dict[int, p.Message] = {}
+        self._request_ids = itertools.count(1)
+        self._exported: set[bytes] = set()
+        self._views: weakref.WeakValueDictionary[bytes, np.ndarray] = weakref.WeakValueDictionary()
+        self._broken = ""
+        self._stopping = False
+        self._mapping: Mapping | None = None
+        self._io: threading.Thread | None = None
+        self._agent_pidfd = -1
+
+    def _socket(self, endpoint: str, role: bytes) -> zmq.Socket:
+        sock = self._zmq.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, self.worker_id + role)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.connect(endpoint)
+        return sock
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def connect(self, timeout_s: float, still_starting: Callable[[], str] | None = None) -> None:
+        """Register with the agent; ``still_starting`` returns why to give up early, or ""."""
+        hello = p.Register(self.worker_id, os.getpid(), self.kind, self.job_id, self.log_to_driver)
+        self._rx.send_multipart(p.encode(hello))
+        deadline = time.monotonic() + timeout_s
+        while not self._rx.poll(50):
+            reason = still_starting() if still_starting else ""
+            if reason or time.monotonic() > deadline:
+                raise NodeDiedError(reason or f"the node agent did not answer within {timeout_s}s")
+        reply = p.decode(self._rx.recv_multipart())
+        if not isinstance(reply, p.Registered):
+            raise NodeDiedError(f"the node agent answered {type(reply).__name__} to Register")
+        self.node_id, self.resources = reply.node_id, reply.resources
+        self._mapping = Mapping(reply.store_path, reply.store_size)
+        self._agent_pidfd = os.pidfd_open(reply.agent_pid)
+        self._io = threading.Thread(target=self._io_loop, name="zray-io", daemon=True)
+        self._io.start()
+
+    def _barrier(self) -> None:
+        """Round trip to the agent after flushing refs: notices it owes us arrive first."""
+        if self._io is None:
+            return
+        try:
+            self.query("resources")
+        except NodeDiedError:
+            pass
+
+    def close(self, stop_cluster: bool = False) -> None:
+        if not self._broken:
+            self._barrier()
+        self._stopping = True
+        if self._io is not None:
+            self._io.join()
+        if not self._broken:
+            self.send(p.Disconnect(stop_cluster))
+        self._tx.close()
+        self._rx.close(linger=0)
+        self._zmq.term()
+        if self._agent_pidfd >= 0:
+            os.close(self._agent_pidfd)
+        if self._mapping is not None:
+            self._mapping.close()
+
+    # --- sending ---------------------------------------------------------------------
+
+    def send(self, msg: p.Message) -> None:
+        """Send on tx; pending ref-count edges go first, so the agent sees them in order."""
+        with self._tx_lock:
+            self._flush_refs_locked()
+            self._tx.send_multipart(p.encode(msg), copy=False)
+
+    def _flush_refs_locked(self) -> None:
+        added, released = self.refs.drain()
+        if not (added or released):
+            return
+        if released:
+            with self._cond:
+                for object_id in released:
+                    self._ready.pop(object_id, None)
+                    self._subscribed.discard(object_id)
+        self._tx.send_multipart(p.encode(p.RefsChanged(added, released)))
+
+    # --- the I/O thread --------------------------------------------------------------
+
+    def _io_loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._rx, zmq.POLLIN)
+        poller.register(self._agent_pidfd, zmq.POLLIN)
+        while not self._stopping:
+            events = dict(poller.poll(self.config.poll_interval_ms))
+            if self._agent_pidfd in events:
+                self._fail("the node agent exited; the cluster is gone")
+                return
+            while self._rx in events and self._rx.poll(0):
+                self._dispatch(self._rx.recv_multipart())
+            with self._tx_lock:
+                self._flush_refs_locked()
+
+    def _dispatch(self, frames: list[bytes]) -> None:
+        try:
+            msg = p.decode(frames)
+        except p.ProtocolError as exc:
+            log.warning("dropped a malformed message from the agent: %s", exc)
+            return
+        if isinstance(msg, p.ObjectsReady):
+            with self._cond:
+                for location in msg.locations:
+                    if location[0] in self._subscribed:
+                        self._ready[location[0]] = location
+                self._cond.notify_all()
+        elif isinstance(msg, (p.ObjectCreated, p.AgentReply)):
+            with self._cond:
+                self._replies[msg.request_id] = msg
+                self._cond.notify_all()
+        elif isinstance(msg, p.ExecuteTask):
+            self.tasks.put(msg)
+        elif isinstance(msg, p.LogLines):
+            stream = sys.stderr if msg.stream == "stderr" else sys.stdout
+            stream.write("".join(f"({msg.prefix}) {line}\n" for line in msg.lines))
+            stream.flush()
+        elif isinstance(msg, p.Notice):
+            print(f"zray: {msg.text or _unhandled_error_text(msg.error)}", file=sys.stderr,
+                  flush=True)
+
+    def _fail(self, reason: str) -> None:
+        if self._on_agent_death is not None:
+            self._on_agent_death()
+        with self._cond:
+            self._broken = reason
+            self._cond.notify_all()
+        self.tasks.put(None)
+
+    def _check_broken(self) -> None:
+        if self._broken:
+            raise NodeDiedError(self._broken)
+
+    # --- tasks -----------------------------------------------------------------------
+
+    def submit(self, fn: FunctionDescriptor, args: tuple[Any, ...], kwargs: dict[str, Any],
+               options: TaskOptions) -> list[ObjectRef]:
+        self._check_broken()
+        if fn.function_id not in self._exported:
+            self.send(p.ExportFunction(fn.function_id, fn.name, fn.blob))
+            self._exported.add(fn.function_id)
+        task_id = child_task_id(self.context.task_id, next(self.context.submitted))
+        blob, deps, contained, keep_alive = self._encode_args(fn.name, args, kwargs)
+        self.send(p.SubmitTask(
+            task_id, self.job_id, fn.function_id, fn.name, blob, deps, contained,
+            options.num_returns, options.resources, options.max_retries, options.retry_filter,
+        ))
+        del keep_alive  # refs of large arguments put on the caller's behalf: the task pins them now
+        return [ObjectRef(return_object_id(task_id, i), self.refs, created=True)
+                for i in range(options.num_returns)]
+
+    def _encode_args(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+                     ) -> tuple[bytes, list[bytes], list[bytes], list[ObjectRef]]:
+        """Serialise the arguments once; top-level refs become ``Dep`` placeholders.
+
+        Only when the whole is too big to travel inline are the big values put in the store
+        and passed as refs instead, as Ray does."""
+        keep_alive: list[ObjectRef] = []
+        ser, deps = self._serialize_args(name, args, kwargs)
+        if ser.size > self.config.inline_object_max_bytes:
+            args = tuple(self._by_ref(v, name, f"#{i}", keep_alive) for i, v in enumerate(args))
+            kwargs = {k: self._by_ref(v, name, repr(k), keep_alive) for k, v in kwargs.items()}
+            ser, deps = self._serialize_args(name, args, kwargs)
+        return ser.to_bytes(), deps, ser.contained, keep_alive
+
+    def _serialize_args(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+                        ) -> tuple[Serialized, list[bytes]]:
+        deps: list[bytes] = []
+
+        def swap(value: Any) -> Any:
+            if isinstance(value, ObjectRef):
+                deps.append(value.id)
+                return Dep(len(deps) - 1)
+            return value
+
+        try:
+            ser = serialize((tuple(map(swap, args)), {k: swap(v) for k, v in kwargs.items()}))
+        except TypeError:
+            for label, value in [(f"#{i}", v) for i, v in enumerate(args)] + list(kwargs.items()):
+                _serialize_argument(value, name, str(label))
+            raise
+        return ser, deps
+
+    def _by_ref(self, value: Any, name: str, label: str, keep_alive: list[ObjectRef]) -> Any:
+        if isinstance(value, ObjectRef):
+            return value
+        ser = _serialize_argument(value, name, label)
+        if ser.size <= self.config.inline_object_max_bytes // 16:
+            return value
+        ref = self._put_serialized(ser)
+        keep_alive.append(ref)
+        return ref
+
+    # --- objects ---------------------------------------------------------------------
+
+    def put(self, value: Any) -> ObjectRef:
+        self._check_broken()
+        return self._put_serialized(serialize(value))
+
+    def _put_serialized(self, ser: Serialized) -> ObjectRef:
+        object_id = put_object_id(self.context.task_id, next(self.context.puts))
+        location = self.store_value(object_id, ser, is_error=False)
+        if location[1] is not None:
+            self.send(p.PutObject(object_id, location[1], ser.contained))
+        with self._cond:
+            self._subscribed.add(object_id)
+            self._ready[object_id] = location
+        return ObjectRef(object_id, self.refs, created=True)
+
+    def store_value(self, object_id: bytes, ser: Serialized, is_error: bool) -> tuple[Any, ...]:
+        """Hand a serialised value to the node: inline, or written into the store in place.
+
+        An inline value only comes back as a location (with its data): the caller sends it,
+        put in a PutObject, a task's results in its TaskDone."""
+        if ser.size <= self.config.inline_object_max_bytes:
+            return (object_id, ser.to_bytes(), 0, ser.size, is_error)
+        offset = self._create(object_id, ser.size)
+        if offset == -2:  # a retried task made it again; the first value stands
+            return (object_id, None, -1, ser.size, is_error)
+        assert self._mapping is not None
+        ser.write_into(self._mapping.view[offset : offset + ser.size])
+        self.send(p.SealObject(object_id, ser.contained, is_error))
+        return (object_id, None, offset, ser.size, is_error)
+
+    def request(self, make: Callable[[int], p.Message]) -> Any:
+        """Send the request ``make(request_id)`` and wait for the agent's reply to it."""
+        request_id = next(self._request_ids)
+        self.send(make(request_id))
+        with self._cond:
+            while request_id not in self._replies:
+                self._check_broken()
+                self._cond.wait(1.0)
+            return self._replies.pop(request_id)
+
+    def query(self, what: str) -> Any:
+        reply = self.request(lambda rid: p.QueryAgent(rid, what))
+        return json.loads(reply.body_json)
+
+    def _create(self, object_id: bytes, size: int) -> int:
+        reply = self.request(lambda rid: p.CreateObject(rid, object_id, size))
+        if reply.offset == -1:
+            raise ObjectStoreFullError(reply.error)
+        return reply.offset
+
+    def get(self, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
+        ids = [ref.id for ref in refs]
+        self._await(ids, len(set(ids)), timeout, for_get=True)
+        locations = [self._ready[object_id] for object_id in ids]
+        errors = [loc[0] for loc in locations if loc[4]]
+        if errors:  # tell the agent they were read, so it does not report them unhandled
+            self.send(p.Subscribe(errors, True))
+        return [self.value_of(location) for location in locations]
+
+    def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None
+             ) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        ids = [ref.id for ref in refs]
+        self._await(ids, num_returns, timeout, raise_on_timeout=False)
+        ready: list[ObjectRef] = []
+        not_ready: list[ObjectRef] = []
+        for ref in refs:
+            is_ready = ref.id in self._ready and len(ready) < num_returns
+            (ready if is_ready else not_ready).append(ref)
+        return ready, not_ready
+
+    def _await(self, ids: list[bytes], count: int, timeout: float | None,
+               raise_on_timeout: bool = True, for_get: bool = False) -> None:
+        """Block until ``count`` of ``ids`` are ready; a waiting worker lends out its CPU."""
+        missing = [i for i in ids if i not in self._ready]
+        if len(ids) - len(missing) >= count:
+            return
+        self._subscribe(missing, for_get)
+        blocked = self.kind == "worker" and self.context.name != "driver"
+        if blocked:
+            self.send(p.Blocked(self.context.task_id))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            with self._cond:
+                while sum(i in self._ready for i in set(ids)) < count:
+                    self._check_broken()
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        if raise_on_timeout:
+                            raise GetTimeoutError(
+                                f"get timed out after {timeout}s: {count - sum(i in self._ready for i in set(ids))} "
+                                f"of {len(set(ids))} objects not ready yet"
+                            )
+                        return
+                    self._cond.wait(left if left is not None else 1.0)
+        finally:
+            if blocked:
+                self.send(p.Unblocked(self.context.task_id))
+
+    def _subscribe(self, ids: list[bytes], for_get: bool) -> None:
+        new = [i for i in dict.fromkeys(ids) if i not in self._subscribed]
+        if new:
+            with self._cond:
+                self._subscribed.update(new)
+            self.send(p.Subscribe(new, for_get))
+
+    def value_of(self, location: tuple[Any, ...]) -> Any:
+        """The value at a location; raises it if it is an error."""
+        object_id, data, offset, size, is_error = location
+        value = deserialize(data if data is not None else self._view(object_id, offset, size))
+        if is_error:
+            raise value.as_instanceof_cause() if isinstance(value, TaskError) else value
+        return value
+
+    def accept_location(self, location: tuple[Any, ...]) -> None:
+        """File a location the agent sent along with a task (its argument)."""
+        with self._cond:
+            self._subscribed.add(location[0])
+            self._ready[location[0]] = location
+
+    def _view(self, object_id: bytes, offset: int, size: int) -> memoryview:
+        """A read-only view of a store object; the object is pinned while the view lives."""
+        base = self._views.get(object_id)
+        if base is None:
+            assert self._mapping is not None
+            base = np.frombuffer(self._mapping.view[offset : offset + size], dtype=np.uint8)
+            base.flags.writeable = False
+            self.refs.created(object_id)
+            weakref.finalize(base, self.refs.dropped, object_id)
+            self._views[object_id] = base
+        return memoryview(base)
+
+
+def _serialize_argument(value: Any, function_name: str, label: str) -> Serialized:
+    try:
+        return serialize(value)
+    except TypeError as exc:
+        raise TypeError(f"argument {label} of {function_name}() cannot be pickled: {exc}") from None
+
+
+def _unhandled_error_text(error: bytes | None) -> str:
+    try:
+        value = deserialize(error or b"")
+    except Exception as exc:  # the error's class may not exist in this process
+        value = f"(could not be deserialised here: {exc!r})"
+    return f"unhandled error from a task whose result was never retrieved: {value}"

@@ -1,0 +1,1 @@
+"""Node agent, local scheduler, worker pool and worker main loop."""

@@ -1,0 +1,460 @@
+"""The node agent: one process per machine, one loop.
+
+::
+
+    drivers, workers --(tx, rx DEALERs)--> ROUTER  ipc://SESSION/agent.sock
+    worker stdout/stderr pipes, pidfds -->  poller  (output, deaths)
+    agent --DEALER (BrokerLink)--> broker shard ROUTER (table rows, batched, acked)
+
+Hosts the local scheduler (``Scheduler``), the object directory over the mmap store
+(``ObjectTable``), and the worker pool. It decides where work runs and which memory is
+free; the broker only hears about it, asynchronously, so a broker that dies and comes back
+disturbs no running task. A private cluster's agent also supervises the broker shard and
+exits with its driver, removing the session directory and the arena.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import zmq
+
+from zray import protocol as p
+from zray.broker.link import BrokerLink
+from zray.config import Config
+from zray.ids import new_node_id, return_object_id, short
+from zray.node import failures
+from zray.node.object_table import ObjectTable
+from zray.node.scheduler import Scheduler, Task, TaskState
+from zray.node.worker_pool import WorkerPool, WorkerProcess
+from zray.objects.store import Allocator, Mapping, create_arena
+
+log = logging.getLogger("zray.agent")
+
+
+@dataclass
+class Client:
+    client_id: bytes
+    kind: str
+    pid: int
+    job_id: bytes
+    log_to_driver: bool
+    pidfd: int = -1
+    worker: WorkerProcess | None = None
+    functions: set[bytes] = field(default_factory=set)
+
+
+class Agent:
+    def __init__(self, args: argparse.Namespace, config: Config) -> None:
+        self.config = config
+        self.session = args.session
+        self.node_id = new_node_id()
+        self.owner_pid = args.owner_pid
+        self.resources: dict[str, float] = json.loads(args.resources)
+        self.store_path, self.store_size = args.store_path, args.store_size
+        create_arena(self.store_path, self.store_size)
+        self.objects = ObjectTable(Allocator(self.store_size))
+        self.scheduler = Scheduler(self.resources)
+        self.clients: dict[bytes, Client] = {}
+        self.functions: dict[bytes, bytes] = {}
+        self.warned: set[str] = set()
+        self.running_on: dict[int, Task] = {}  # worker pid -> its task, to prefix its output
+        self.mapping = Mapping(self.store_path, self.store_size)
+        self.zmq = zmq.Context()
+        self.router = self.zmq.socket(zmq.ROUTER)
+        for option, value in ((zmq.ROUTER_MANDATORY, 1), (zmq.LINGER, 0),
+                              (zmq.SNDHWM, 0), (zmq.RCVHWM, 0)):
+            self.router.setsockopt(option, value)
+        self.router.bind(args.endpoint)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.pool = WorkerPool(["-m", "zray.node.worker", "--endpoint", args.endpoint], env)
+        self.broker_argv = ["-m", "zray.broker.shard", "--endpoint", args.broker_endpoint,
+                            "--wal", args.broker_wal, "--parent-pid", str(os.getpid())]
+        self.broker = self._start_broker()
+        self.broker_link = BrokerLink(self.zmq, args.broker_endpoint, self.node_id, config)
+        self.broker_link.record("nodes", self.node_id, {
+            "node_id": self.node_id.hex(), "pid": os.getpid(), "resources": self.resources,
+            "state": "ALIVE", "started": time.time()})
+        self.owner_pidfd = os.pidfd_open(self.owner_pid) if self.owner_pid else -1
+        self.running = True
+        self.handlers = {
+            p.Register: self.on_register, p.ExportFunction: self.on_export,
+            p.SubmitTask: self.on_submit, p.TaskDone: self.on_task_done,
+            p.Blocked: self.on_blocked, p.Unblocked: self.on_unblocked,
+            p.Subscribe: self.on_subscribe, p.PutObject: self.on_put,
+            p.CreateObject: self.on_create, p.SealObject: self.on_seal,
+            p.RefsChanged: self.on_refs, p.Disconnect: self.on_disconnect,
+            p.QueryAgent: self.on_query,
+        }
+        for _ in range(self.scheduler.pool_size_target()):
+            self.pool.start()
+            self.scheduler.starting += 1
+
+    # --- the loop --------------------------------------------------------------------
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.broker_link.socket, zmq.POLLIN)
+        if self.owner_pidfd >= 0:
+            poller.register(self.owner_pidfd, zmq.POLLIN)
+        registered_fds: set[int] = set()
+        while self.running:
+            registered_fds = self._sync_fds(poller, registered_fds)
+            events = dict(poller.poll(self.config.poll_interval_ms))
+            for fd in [e for e in events if isinstance(e, int)]:
+                self._on_fd(fd)
+            while self.router in events and self.running and self.router.poll(0):
+                self._on_frames(self.router.recv_multipart())
+            while self.broker_link.socket.poll(0):
+                self.broker_link.handle(self.broker_link.socket.recv_multipart())
+            self._after_events()
+            self.broker_link.flush(time.monotonic())
+
+    def _sync_fds(self, poller: zmq.Poller, registered: set[int]) -> set[int]:
+        wanted = set(self.pool.by_fd) | {c.pidfd for c in self.clients.values() if c.pidfd >= 0}
+        wanted.add(self.broker_pidfd)
+        for fd in registered - wanted:
+            poller.unregister(fd)
+        for fd in wanted - registered:
+            poller.register(fd, zmq.POLLIN)
+        return wanted
+
+    def _on_fd(self, fd: int) -> None:
+        if fd == self.owner_pidfd:
+            log.info("the driver (pid %d) exited; stopping the cluster", self.owner_pid)
+            self.running = False
+        elif fd == self.broker_pidfd:
+            self._restart_broker()
+        elif fd in self.pool.by_fd:
+            worker, what = self.pool.by_fd[fd]
+            if what == "exit":
+                self._on_worker_exit(worker)
+            else:
+                self._forward_output(worker, what, self.pool.read_lines(fd))
+        else:
+            client = next((c for c in self.clients.values() if c.pidfd == fd), None)
+            if client is not None:
+                self._drop_client(client)
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        identity = frames[0]
+        try:
+            msg = p.decode(frames[1:])
+        except p.ProtocolError as exc:
+            log.warning("dropped a malformed message from %s: %s", identity.hex(), exc)
+            return
+        client_id = identity[:-1]
+        if not isinstance(msg, p.Register) and client_id not in self.clients:
+            log.warning("dropped %s from unregistered peer %s", type(msg).__name__, short(client_id))
+            return
+        handler = self.handlers.get(type(msg))
+        if handler is None:
+            log.warning("dropped unexpected %s from %s", type(msg).__name__, short(client_id))
+            return
+        handler(client_id, msg)
+
+    def send(self, client_id: bytes, msg: p.Message) -> None:
+        try:
+            self.router.send_multipart([client_id + b"r", *p.encode(msg)])
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: it is gone; its pidfd will tell us
+            log.debug("could not send %s to %s: %s", type(msg).__name__, short(client_id), exc)
+
+    # --- clients ---------------------------------------------------------------------
+
+    def on_register(self, client_id: bytes, msg: p.Register) -> None:
+        client = Client(client_id, msg.kind, msg.pid, msg.job_id, msg.log_to_driver)
+        if msg.kind == "worker" and msg.pid in self.pool.by_pid:
+            client.worker = self.pool.by_pid[msg.pid]
+            client.worker.worker_id = client_id
+            self.scheduler.worker_started(client_id)
+        else:
+            client.pidfd = os.pidfd_open(msg.pid)
+        self.clients[client_id] = client
+        self.send(client_id, p.Registered(self.node_id, os.getpid(), self.store_path,
+                                          self.store_size, self.resources))
+
+    def on_disconnect(self, client_id: bytes, msg: p.Disconnect) -> None:
+        self._drop_client(self.clients[client_id])
+        if msg.stop_cluster:
+            self.running = False
+
+    def _drop_client(self, client: Client) -> None:
+        self.clients.pop(client.client_id, None)
+        if client.pidfd >= 0:
+            os.close(client.pidfd)
+        self.objects.release_all(client.client_id)
+        if client.pid == self.owner_pid:
+            self.running = False
+
+    def _drivers_of(self, job_id: bytes | None) -> list[Client]:
+        return [c for c in self.clients.values() if c.kind == "driver"
+                and (job_id is None or c.job_id == job_id)]
+
+    def notice(self, job_id: bytes | None, text: str, error: bytes | None = None) -> None:
+        for driver in self._drivers_of(job_id):
+            self.send(driver.client_id, p.Notice(text, error))
+
+    # --- tasks -----------------------------------------------------------------------
+
+    def on_export(self, client_id: bytes, msg: p.ExportFunction) -> None:
+        if msg.function_id not in self.functions:
+            self.functions[msg.function_id] = msg.blob
+            self.broker_link.record("functions", msg.function_id, {"name": msg.name}, msg.blob)
+
+    def on_submit(self, client_id: bytes, msg: p.SubmitTask) -> None:
+        task = Task(msg, client_id)
+        for i in range(msg.num_returns):
+            self.objects.expect(return_object_id(msg.task_id, i), msg.job_id, client_id)
+        lost = [d for d in msg.deps if not self.objects.pin(d)]
+        for ref in msg.contained:
+            self.objects.pin(ref)
+        missing = {d for d in msg.deps if not self.objects.is_ready(d)} - set(lost)
+        self.scheduler.submit(task, missing)
+        self._record_task(task)
+        if lost:
+            self.fail_task(task, failures.object_lost(lost[0], msg.name))
+        elif not missing:
+            self._check_args(task)
+        if task.infeasible:
+            self._warn_infeasible(task)
+
+    def _check_args(self, task: Task) -> None:
+        """A task whose argument is an error fails with that error, without running."""
+        for dep in task.spec.deps:
+            entry = self.objects.get(dep)
+            if entry is not None and entry.is_error:
+                self.objects.mark_delivered(dep)
+                error = entry.data
+                if error is None:
+                    error = bytes(self.mapping.view[entry.offset : entry.offset + entry.size])
+                self.fail_task(task, error)
+                return
+
+    def fail_task(self, task: Task, error: bytes) -> None:
+        self.scheduler.fail(task)
+        self._finish(task, [(return_object_id(task.spec.task_id, i), error, 0, len(error), True)
+                            for i in range(task.spec.num_returns)], [])
+
+    def on_task_done(self, client_id: bytes, msg: p.TaskDone) -> None:
+        task = self.scheduler.tasks.get(msg.task_id)
+        if task is None or task.attempt != msg.attempt or task.worker != client_id:
+            return  # a stale report from an attempt that was already given up on
+        worker = self.clients[client_id].worker
+        if worker is not None:
+            self.running_on.pop(worker.pid, None)
+        self.scheduler.task_done(task, retry=msg.retryable)
+        if task.state is not TaskState.QUEUED:
+            self._finish(task, msg.results, msg.contained)
+        self._record_task(task)
+
+    def _finish(self, task: Task, results: list[p.Location], contained: list[bytes]) -> None:
+        for object_id, data, _, _, is_error in results:
+            if data is not None:
+                self.objects.put_inline(object_id, task.spec.job_id, data, contained,
+                                        task.submitter, is_error)
+        for dep in task.spec.deps:
+            self.objects.unpin(dep)
+        for ref in task.spec.contained:
+            self.objects.unpin(ref)
+        self._record_task(task)
+
+    def on_blocked(self, client_id: bytes, msg: p.Blocked) -> None:
+        self.scheduler.set_blocked(msg.task_id, True)
+
+    def on_unblocked(self, client_id: bytes, msg: p.Unblocked) -> None:
+        self.scheduler.set_blocked(msg.task_id, False)
+
+    def _on_worker_exit(self, worker: WorkerProcess) -> None:
+        for fd, (owner, what) in list(self.pool.by_fd.items()):
+            if owner is worker and what != "exit":
+                self._forward_output(worker, what, self.pool.read_lines(fd))
+        how = self.pool.reap(worker)
+        self.running_on.pop(worker.pid, None)
+        client = self.clients.get(worker.worker_id)
+        task = self.scheduler.worker_gone(worker.worker_id) if client else None
+        if client is None:
+            self.scheduler.worker_failed_to_start()
+        else:
+            self._drop_client(client)
+        if task is not None:
+            log.info("worker pid=%d running %s %s", worker.pid, task.spec.name, how)
+            self.scheduler.task_done(task, retry=True)
+            if task.state is TaskState.FAILED:
+                self._finish_crashed(task, worker.pid, how)
+            self._record_task(task)
+        if self.running and len(self.pool.by_pid) < self.scheduler.pool_size_target():
+            self.pool.start()
+            self.scheduler.starting += 1
+
+    def _finish_crashed(self, task: Task, pid: int, how: str) -> None:
+        error = failures.worker_crashed(task.spec.name, pid, how, task.spec.max_retries)
+        self._finish(task, [(return_object_id(task.spec.task_id, i), error, 0, len(error), True)
+                            for i in range(task.spec.num_returns)], [])
+
+    def _warn_infeasible(self, task: Task) -> None:
+        key = f"{task.spec.name}:{sorted(task.spec.resources.items())}"
+        if key not in self.warned:
+            self.warned.add(key)
+            self.notice(task.spec.job_id, failures.infeasible_text(
+                task.spec.name, task.spec.resources, self.scheduler.total))
+
+    def _after_events(self) -> None:
+        """Deliver ready objects, queue the tasks they unblock, dispatch, report frees."""
+        while self.objects.became_ready:
+            object_id = self.objects.became_ready.pop()
+            for task in self.scheduler.object_ready(object_id):
+                self._check_args(task)
+        by_client: dict[bytes, list[p.Location]] = {}
+        for client_id, location in self.objects.notify:
+            by_client.setdefault(client_id, []).append(location)
+        self.objects.notify.clear()
+        for client_id, locations in by_client.items():
+            self.send(client_id, p.ObjectsReady(locations))
+        for freed in self.objects.freed:
+            if freed.unhandled_error is not None:
+                self.notice(freed.job_id, "", freed.unhandled_error)
+        self.objects.freed.clear()
+        dispatches, to_start = self.scheduler.schedule()
+        for dispatch in dispatches:
+            self._dispatch(dispatch.task, dispatch.worker)
+        for _ in range(to_start):
+            self.pool.start()
+
+    def _dispatch(self, task: Task, worker_id: bytes) -> None:
+        client = self.clients[worker_id]
+        spec = task.spec
+        blob = None
+        if spec.function_id not in client.functions:
+            blob = self.functions[spec.function_id]
+            client.functions.add(spec.function_id)
+        deps = []
+        for dep in spec.deps:
+            self.objects.mark_delivered(dep)
+            deps.append(self.objects.entries[dep].location())
+        self.send(worker_id, p.ExecuteTask(
+            spec.task_id, spec.job_id, spec.function_id, spec.name, spec.args, deps,
+            spec.num_returns, spec.retry_filter, task.gpu_ids, blob, task.attempt))
+        assert client.worker is not None
+        self.running_on[client.worker.pid] = task
+        self._record_task(task, client.worker.pid)
+
+    # --- objects ---------------------------------------------------------------------
+
+    def on_subscribe(self, client_id: bytes, msg: p.Subscribe) -> None:
+        for object_id in msg.object_ids:
+            if not self.objects.subscribe(client_id, object_id, msg.for_get):
+                error = failures.object_lost(object_id, "get")
+                self.objects.notify.append((client_id, (object_id, error, 0, len(error), True)))
+
+    def on_put(self, client_id: bytes, msg: p.PutObject) -> None:
+        job_id = self.clients[client_id].job_id
+        self.objects.put_inline(msg.object_id, job_id, msg.data, msg.contained, client_id)
+
+    def on_create(self, client_id: bytes, msg: p.CreateObject) -> None:
+        job_id = self.clients[client_id].job_id
+        offset = self.objects.create(msg.object_id, job_id, msg.size, client_id)
+        error = "" if offset != -1 else failures.store_full_text(
+            msg.size, self.objects.allocator)
+        self.send(client_id, p.ObjectCreated(msg.request_id, offset, error))
+
+    def on_seal(self, client_id: bytes, msg: p.SealObject) -> None:
+        self.objects.seal(msg.object_id, msg.contained, msg.is_error)
+
+    def on_refs(self, client_id: bytes, msg: p.RefsChanged) -> None:
+        for object_id in msg.added:
+            self.objects.add_holder(client_id, object_id)
+        for object_id in msg.released:
+            self.objects.release(client_id, object_id)
+
+    def on_query(self, client_id: bytes, msg: p.QueryAgent) -> None:
+        if msg.what == "resources":
+            body = {"total": self.scheduler.total, "available": self.scheduler.available}
+        elif msg.what == "store":
+            body = {"bytes_in_use": self.objects.allocator.in_use,
+                    "capacity": self.objects.allocator.capacity,
+                    "objects": len(self.objects.entries), "path": self.store_path}
+        else:
+            body = {"error": f"unknown query {msg.what!r}"}
+        self.send(client_id, p.AgentReply(msg.request_id, json.dumps(body)))
+
+    # --- output, broker, stopping ----------------------------------------------------
+
+    def _forward_output(self, worker: WorkerProcess, stream: str, lines: list[str]) -> None:
+        if not lines:
+            return
+        task = self.running_on.get(worker.pid)
+        prefix = f"{task.spec.name if task else 'worker'} pid={worker.pid}"
+        for driver in self._drivers_of(task.spec.job_id if task else None):
+            if driver.log_to_driver:
+                self.send(driver.client_id, p.LogLines(prefix, stream, lines))
+
+    def _record_task(self, task: Task, pid: int = 0) -> None:
+        row = {"task_id": task.spec.task_id.hex(), "name": task.spec.name,
+               "job_id": task.spec.job_id.hex(), "state": task.state.name,
+               "attempt": task.attempt, "time": time.time()}
+        if pid:
+            row["pid"] = pid
+        self.broker_link.record("tasks", task.spec.task_id, row)
+
+    def _start_broker(self) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([sys.executable, *self.broker_argv], stdin=subprocess.DEVNULL)
+        self.broker_pidfd = os.pidfd_open(proc.pid)
+        return proc
+
+    def _restart_broker(self) -> None:
+        log.warning("broker shard (pid %d) exited with %s; restarting it",
+                    self.broker.pid, self.broker.wait())
+        os.close(self.broker_pidfd)
+        if self.running:
+            self.broker = self._start_broker()
+
+    def stop(self) -> None:
+        self.pool.stop_all(self.config.shutdown_timeout_s)
+        self.broker.terminate()
+        try:
+            self.broker.wait(self.config.shutdown_timeout_s)
+        except subprocess.TimeoutExpired:
+            self.broker.kill()
+            self.broker.wait()
+        self.broker_link.close()
+        self.mapping.close()
+        self.router.close()
+        self.zmq.term()
+        os.unlink(self.store_path)
+        if self.owner_pid:
+            shutil.rmtree(self.session, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="zray node agent (started by zray.init)")
+    parser.add_argument("--session", required=True)
+    parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--broker-endpoint", required=True)
+    parser.add_argument("--broker-wal", required=True)
+    parser.add_argument("--store-path", required=True)
+    parser.add_argument("--store-size", type=int, required=True)
+    parser.add_argument("--resources", required=True, help="JSON, e.g. {\"CPU\": 2}")
+    parser.add_argument("--owner-pid", type=int, default=0,
+                        help="a private cluster's driver: stop the cluster when it exits")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="[agent] %(levelname)s %(message)s")
+    agent = Agent(args, Config.from_env())
+    signal.signal(signal.SIGTERM, lambda *_: setattr(agent, "running", False))
+    try:
+        agent.run()
+    finally:
+        agent.stop()
+
+
+if __name__ == "__main__":
+    main()

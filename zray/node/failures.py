@@ -1,0 +1,48 @@
+"""Errors the agent stores as task results or tells the driver, worded in one place.
+
+Each message names what failed (task, object, pid) and says what to check next.
+"""
+
+from __future__ import annotations
+
+from zray.exceptions import ObjectLostError, WorkerCrashedError
+from zray.ids import short
+from zray.objects.serialization import serialize
+from zray.objects.store import Allocator
+
+
+def _payload(error: Exception) -> bytes:
+    return serialize(error).to_bytes()
+
+
+def worker_crashed(name: str, pid: int, how: str, max_retries: int) -> bytes:
+    return _payload(WorkerCrashedError(
+        f"the worker running {name}() (pid={pid}) {how}, and the task was already retried "
+        f"{max_retries} time(s) (max_retries={max_retries}). Check for a segfault in native "
+        "code, a call to os._exit, or the kernel's OOM killer (dmesg); raise max_retries if "
+        "the crash is transient."
+    ))
+
+
+def object_lost(object_id: bytes, needed_by: str) -> bytes:
+    return _payload(ObjectLostError(
+        f"object {short(object_id)} needed by {needed_by} no longer exists: every reference "
+        "to it was dropped before it was read. Keep the ObjectRef alive until the value is "
+        "no longer needed."
+    ))
+
+
+def infeasible_text(name: str, demand: dict[str, float], total: dict[str, float]) -> str:
+    wants = ", ".join(f"{k}={v:g}" for k, v in sorted(demand.items()) if v > 0)
+    has = ", ".join(f"{k}={v:g}" for k, v in sorted(total.items()))
+    return (f"task {name}() asks for {{{wants}}} but no node can ever provide it (this node "
+            f"has {{{has}}}); it stays pending. Lower its num_cpus/num_gpus/resources, or "
+            "start zray with more (zray.init(num_cpus=..., resources={...})).")
+
+
+def store_full_text(size: int, allocator: Allocator) -> str:
+    mb = 2**20
+    return (f"the object store cannot fit an object of {size / mb:.1f} MB: "
+            f"{allocator.in_use / mb:.1f} MB of {allocator.capacity / mb:.1f} MB are in use by "
+            f"live objects (largest free block {allocator.largest_free() / mb:.1f} MB). Drop "
+            "ObjectRefs you no longer need, or pass a larger object_store_memory to zray.init().")

@@ -1,0 +1,85 @@
+"""Starting and stopping a private local cluster: one agent process, which starts the rest.
+
+::
+
+    driver --Popen--> agent --Popen--> broker shard 0, workers
+      (the agent watches the driver's pidfd and stops everything if the driver dies)
+
+Everything a private cluster leaves on disk lives in one session directory (sockets, the
+broker's write-ahead log, the agent's log, a disk-backed arena if /dev/shm is too small)
+plus the arena file in /dev/shm; a clean stop removes both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+
+from zray.config import Config
+from zray.objects.store import place_arena
+
+SESSION_PREFIX = "zray-session-"
+
+
+@dataclass
+class LocalCluster:
+    session: str
+    endpoint: str
+    store_path: str
+    agent: subprocess.Popen[bytes]
+    warning: str
+
+    @classmethod
+    def start(cls, resources: dict[str, float], store_size: int, config: Config) -> LocalCluster:
+        session = tempfile.mkdtemp(prefix=SESSION_PREFIX)
+        placement = place_arena(f"zray-{os.path.basename(session)}-store", store_size, session)
+        endpoint = f"ipc://{session}/agent.sock"
+        with open(os.path.join(session, "agent.log"), "wb") as log_file:
+            agent = subprocess.Popen(
+                [sys.executable, "-m", "zray.node.agent", "--session", session,
+                 "--endpoint", endpoint, "--broker-endpoint", f"ipc://{session}/broker-0.sock",
+                 "--broker-wal", os.path.join(session, "broker-0.wal"),
+                 "--store-path", placement.path, "--store-size", str(store_size),
+                 "--resources", json.dumps(resources), "--owner-pid", str(os.getpid())],
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                env=_child_env(config),
+            )
+        return cls(session, endpoint, placement.path, agent, placement.warning)
+
+    def why_not_running(self) -> str:
+        """Empty while the agent runs; else what happened, with the end of its log."""
+        code = self.agent.poll()
+        if code is None:
+            return ""
+        return f"the node agent exited with code {code} while starting:\n{self.log_tail()}"
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            with open(os.path.join(self.session, "agent.log"), errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return "(no agent log)"
+
+    def stop(self, timeout_s: float) -> None:
+        """Wait for the agent to finish its clean stop; kill it if it does not; tidy up."""
+        try:
+            self.agent.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.agent.kill()
+            self.agent.wait()
+        shutil.rmtree(self.session, ignore_errors=True)
+        if os.path.exists(self.store_path):
+            os.unlink(self.store_path)
+
+
+def _child_env(config: Config) -> dict[str, str]:
+    """The driver's environment, with its effective config spelled out for the children."""
+    env = dict(os.environ)
+    for name, value in json.loads(config.to_json()).items():
+        env["ZRAY_" + name.upper()] = str(value)
+    return env

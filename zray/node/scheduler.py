@@ -1,0 +1,227 @@
+"""The local scheduler's decisions: which task runs on which worker, and when. No I/O.
+
+Events come in as method calls (a task submitted, an object ready, a worker idle, blocked or
+gone, a task done); ``schedule()`` returns the dispatches to make and how many workers to
+start. Task lifecycle (an illegal move raises and changes nothing)::
+
+    WAITING_DEPS --deps ready--> QUEUED --dispatch--> RUNNING --done--> FINISHED
+         |                         ^                     |
+         +--dep failed--> FAILED   +------retry----------+--out of retries / error--> FAILED
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+
+from zray import protocol as p
+
+EPSILON = 1e-9
+
+
+class TaskState(enum.Enum):
+    WAITING_DEPS = "WAITING_DEPS"
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+
+
+TRANSITIONS: dict[TaskState, set[TaskState]] = {
+    TaskState.WAITING_DEPS: {TaskState.QUEUED, TaskState.FAILED},
+    TaskState.QUEUED: {TaskState.RUNNING, TaskState.FAILED},
+    TaskState.RUNNING: {TaskState.QUEUED, TaskState.FINISHED, TaskState.FAILED},
+    TaskState.FINISHED: set(),
+    TaskState.FAILED: set(),
+}
+
+
+@dataclass
+class Task:
+    spec: p.SubmitTask
+    submitter: bytes
+    state: TaskState = TaskState.WAITING_DEPS
+    missing: set[bytes] = field(default_factory=set)
+    attempt: int = 0
+    retries_left: int = 0
+    worker: bytes | None = None
+    gpu_ids: list[int] = field(default_factory=list)
+    blocked: bool = False
+    infeasible: bool = False
+
+    def move(self, state: TaskState) -> None:
+        if state not in TRANSITIONS[self.state]:
+            raise ValueError(f"task {self.spec.name} {self.spec.task_id.hex()[:12]}: "
+                             f"{self.state.name} -> {state.name} is not allowed")
+        self.state = state
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    task: Task
+    worker: bytes
+
+
+class Scheduler:
+    def __init__(self, resources: dict[str, float]) -> None:
+        self.total = dict(resources)
+        self.available = dict(resources)
+        self.gpu_free = [1.0] * int(resources.get("GPU", 0))
+        self.tasks: dict[bytes, Task] = {}
+        self.queue: deque[Task] = deque()
+        self.waiting_on: dict[bytes, set[bytes]] = {}  # object id -> task ids waiting for it
+        self.idle: list[bytes] = []
+        self.busy: dict[bytes, Task] = {}
+        self.starting = 0
+        self.blocked = 0
+
+    # --- events ----------------------------------------------------------------------
+
+    def submit(self, task: Task, missing: set[bytes]) -> None:
+        self.tasks[task.spec.task_id] = task
+        task.retries_left = task.spec.max_retries
+        task.infeasible = not self._fits(task.spec.resources, self.total)
+        task.missing = missing
+        for object_id in missing:
+            self.waiting_on.setdefault(object_id, set()).add(task.spec.task_id)
+        if not missing:
+            self._enqueue(task)
+
+    def object_ready(self, object_id: bytes) -> list[Task]:
+        """Tasks now ready to queue are queued; returns them."""
+        released = []
+        for task_id in self.waiting_on.pop(object_id, ()):
+            task = self.tasks.get(task_id)
+            if task is None or task.state is not TaskState.WAITING_DEPS:
+                continue
+            task.missing.discard(object_id)
+            if not task.missing:
+                self._enqueue(task)
+                released.append(task)
+        return released
+
+    def worker_started(self, worker: bytes) -> None:
+        self.starting = max(0, self.starting - 1)
+        self.idle.append(worker)
+
+    def worker_failed_to_start(self) -> None:
+        self.starting = max(0, self.starting - 1)
+
+    def task_done(self, task: Task, retry: bool) -> None:
+        """The task's worker is free again; with ``retry`` the task goes back in the queue."""
+        self._release(task)
+        if retry and task.retries_left > 0:
+            task.retries_left -= 1
+            task.attempt += 1
+            task.move(TaskState.QUEUED)
+            self.queue.appendleft(task)
+        else:
+            task.move(TaskState.FAILED if retry else TaskState.FINISHED)
+            self.tasks.pop(task.spec.task_id, None)
+
+    def fail(self, task: Task) -> None:
+        """A task that never ran fails (e.g. an argument is an error)."""
+        task.move(TaskState.FAILED)
+        self.tasks.pop(task.spec.task_id, None)
+        if task in self.queue:
+            self.queue.remove(task)
+
+    def worker_gone(self, worker: bytes) -> Task | None:
+        """The worker process died; returns the task it was running (then call task_done)."""
+        if worker in self.idle:
+            self.idle.remove(worker)
+        task = self.busy.pop(worker, None)
+        if task is not None:
+            task.worker = None  # so task_done does not hand the dead worker back as idle
+        return task
+
+    def set_blocked(self, task_id: bytes, blocked: bool) -> None:
+        task = self.tasks.get(task_id)
+        if task is None or task.state is not TaskState.RUNNING or task.blocked == blocked:
+            return
+        task.blocked = blocked
+        self.blocked += 1 if blocked else -1
+        cpus = task.spec.resources.get("CPU", 0.0)
+        self.available["CPU"] = self.available.get("CPU", 0.0) + (cpus if blocked else -cpus)
+
+    # --- decisions -------------------------------------------------------------------
+
+    def schedule(self) -> tuple[list[Dispatch], int]:
+        """Dispatches to make now, and how many more workers to start."""
+        dispatches = []
+        runnable_without_worker = 0
+        for task in list(self.queue):
+            if task.infeasible or not self._fits(task.spec.resources, self.available):
+                continue
+            if not self.idle:
+                runnable_without_worker += 1
+                continue
+            gpu_ids = self._take_gpus(task.spec.resources.get("GPU", 0.0))
+            if gpu_ids is None:
+                continue
+            self.queue.remove(task)
+            worker = self.idle.pop()
+            self._acquire(task.spec.resources)
+            task.move(TaskState.RUNNING)
+            task.worker, task.gpu_ids = worker, gpu_ids
+            self.busy[worker] = task
+            dispatches.append(Dispatch(task, worker))
+        limit = max(1, int(self.total.get("CPU", 1))) + self.blocked
+        pool = len(self.idle) + len(self.busy) + self.starting
+        to_start = max(0, min(runnable_without_worker - self.starting, limit - pool))
+        self.starting += to_start
+        return dispatches, to_start
+
+    def pool_size_target(self) -> int:
+        return max(1, int(self.total.get("CPU", 1)))
+
+    # --- resources -------------------------------------------------------------------
+
+    def _enqueue(self, task: Task) -> None:
+        task.move(TaskState.QUEUED)
+        self.queue.append(task)
+
+    @staticmethod
+    def _fits(demand: dict[str, float], have: dict[str, float]) -> bool:
+        return all(amount <= have.get(name, 0.0) + EPSILON
+                   for name, amount in demand.items() if amount > 0)
+
+    def _acquire(self, demand: dict[str, float]) -> None:
+        for name, amount in demand.items():
+            self.available[name] = self.available.get(name, 0.0) - amount
+
+    def _release(self, task: Task) -> None:
+        demand = dict(task.spec.resources)
+        if task.blocked:
+            demand["CPU"] = 0.0  # already lent out while it was blocked
+            task.blocked = False
+            self.blocked -= 1
+        for name, amount in demand.items():
+            self.available[name] = self.available.get(name, 0.0) + amount
+        self._return_gpus(task.gpu_ids, task.spec.resources.get("GPU", 0.0))
+        task.gpu_ids = []
+        if task.worker is not None:
+            self.busy.pop(task.worker, None)
+            self.idle.append(task.worker)
+        task.worker = None
+
+    def _take_gpus(self, amount: float) -> list[int] | None:
+        if amount <= 0:
+            return []
+        if amount < 1:
+            for i, free in enumerate(self.gpu_free):
+                if free + EPSILON >= amount:
+                    self.gpu_free[i] -= amount
+                    return [i]
+            return None
+        whole = [i for i, free in enumerate(self.gpu_free) if free >= 1 - EPSILON][: int(amount)]
+        if len(whole) < int(amount):
+            return None
+        for i in whole:
+            self.gpu_free[i] = 0.0
+        return whole
+
+    def _return_gpus(self, gpu_ids: list[int], amount: float) -> None:
+        for i in gpu_ids:
+            self.gpu_free[i] = min(1.0, self.gpu_free[i] + (amount if amount < 1 else 1.0))

@@ -1,0 +1,114 @@
+"""Worker processes of one node: start them, read their output, notice their death.
+
+Each worker's stdout and stderr are pipes that the agent polls next to its sockets, so a
+task's prints (and a dying worker's last words, e.g. a segfault's traceback) reach the
+driver prefixed with where they came from. Death is noticed by polling the process's pidfd,
+not by heartbeats: the kernel says so the moment the process is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class WorkerProcess:
+    proc: subprocess.Popen[bytes]
+    pidfd: int
+    worker_id: bytes = b""  # known once it registers
+    partial: dict[int, bytes] = field(default_factory=dict)  # fd -> unfinished line
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "is still running"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    return f"exited with code {returncode}"
+
+
+class WorkerPool:
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self._argv = argv
+        self._env = env
+        self.by_pid: dict[int, WorkerProcess] = {}
+        self.by_fd: dict[int, tuple[WorkerProcess, str]] = {}  # pipe or pidfd -> (worker, what)
+
+    def start(self) -> WorkerProcess:
+        proc = subprocess.Popen(
+            [sys.executable, *self._argv],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=self._env, close_fds=True,
+        )
+        worker = WorkerProcess(proc, os.pidfd_open(proc.pid))
+        self.by_pid[proc.pid] = worker
+        assert proc.stdout is not None and proc.stderr is not None
+        for pipe, stream in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
+            os.set_blocking(pipe.fileno(), False)
+            self.by_fd[pipe.fileno()] = (worker, stream)
+        self.by_fd[worker.pidfd] = (worker, "exit")
+        return worker
+
+    def read_lines(self, fd: int) -> list[str]:
+        """Complete lines available on a worker's pipe (a final partial line at EOF)."""
+        worker, _ = self.by_fd[fd]
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return []
+        data = worker.partial.pop(fd, b"") + chunk
+        if not chunk:  # EOF: the worker closed it (it is exiting); stop polling it
+            del self.by_fd[fd]
+            return [data.decode(errors="replace")] if data else []
+        *lines, rest = data.split(b"\n")
+        if rest:
+            worker.partial[fd] = rest
+        return [line.decode(errors="replace") for line in lines]
+
+    def reap(self, worker: WorkerProcess) -> str:
+        """Forget a worker that exited; how it ended, for error messages."""
+        returncode = worker.proc.wait(timeout=5)
+        self.by_pid.pop(worker.pid, None)
+        for fd, (owner, _) in list(self.by_fd.items()):
+            if owner is worker:
+                del self.by_fd[fd]
+        os.close(worker.pidfd)
+        for pipe in (worker.proc.stdout, worker.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        return describe_exit(returncode)
+
+    def kill(self, worker: WorkerProcess) -> None:
+        try:
+            worker.proc.kill()
+        except ProcessLookupError:
+            pass
+
+    def stop_all(self, timeout_s: float) -> None:
+        """SIGTERM every worker, SIGKILL those still there after ``timeout_s``, reap all."""
+        workers = list(self.by_pid.values())
+        for worker in workers:
+            try:
+                worker.proc.terminate()
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout_s
+        for worker in workers:
+            try:
+                worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.kill(worker)
+            self.reap(worker)

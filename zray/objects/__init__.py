@@ -1,0 +1,1 @@
+"""Serialisation, the mmap object store, and refs with their reference counts."""

@@ -1,0 +1,133 @@
+"""Turning values into bytes and back, with large buffers kept out of band.
+
+Values are pickled with cloudpickle at protocol 5: numpy arrays, Arrow tables and anything
+else exporting ``PickleBuffer`` hand their buffers over out of band, so they are copied once
+into their destination and read back in place (zero-copy) from the store's mapping.
+
+One layout serves inline messages and store objects alike (all integers little-endian)::
+
+    u32 magic  u32 n_buffers  u64 pickle_len  (u64 offset, u64 length) * n_buffers
+    pickle bytes, then each buffer at its offset (64-byte aligned, from the start)
+
+While a value is pickled, each ``ObjectRef`` inside it reports itself to the active
+``SerializationContext``, so the runtime learns which refs an object contains and keeps
+them alive as long as the object lives.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+
+_MAGIC = 0x5A524159  # "ZRAY"
+_HEAD = struct.Struct("<IIQ")
+_SPAN = struct.Struct("<QQ")
+_ALIGN = 64
+
+_context = threading.local()
+
+
+@dataclass
+class Serialized:
+    """A value ready to be written: its size, and the refs it contains."""
+
+    pickled: bytes
+    buffers: list[memoryview]
+    contained: list[bytes] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    size: int = 0
+
+    def write_into(self, dest: memoryview) -> None:
+        """Lay the value out in ``dest`` (at least ``size`` bytes): one copy per buffer."""
+        header = _HEAD.pack(_MAGIC, len(self.buffers), len(self.pickled))
+        spans = b"".join(_SPAN.pack(o, b.nbytes) for o, b in zip(self.offsets, self.buffers))
+        head_len = len(header) + len(spans)
+        dest[: head_len] = header + spans
+        dest[head_len : head_len + len(self.pickled)] = self.pickled
+        for offset, buf in zip(self.offsets, self.buffers):
+            dest[offset : offset + buf.nbytes] = buf
+
+    def to_bytes(self) -> bytes:
+        out = bytearray(self.size)
+        self.write_into(memoryview(out))
+        return bytes(out)
+
+
+def record_contained_ref(object_id: bytes) -> None:
+    """Called by ObjectRef.__reduce__: note that the value being pickled holds this ref."""
+    contained = getattr(_context, "contained", None)
+    if contained is not None:
+        contained.append(object_id)
+
+
+def serialize(value: Any) -> Serialized:
+    """Pickle ``value``; raises TypeError naming what could not be pickled."""
+    buffers: list[pickle.PickleBuffer] = []
+    outer = getattr(_context, "contained", None)
+    _context.contained = []
+    try:
+        pickled = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        contained = _context.contained
+    except Exception as exc:
+        culprit = find_unpicklable(value)
+        where = f" (the part that fails: {culprit})" if culprit else ""
+        raise TypeError(f"could not serialise {describe(value)}{where}: {exc}") from exc
+    finally:
+        _context.contained = outer
+    views = [b.raw() for b in buffers]
+    result = Serialized(pickled, views, contained)
+    offset = _align(_HEAD.size + _SPAN.size * len(views) + len(pickled))
+    for view in views:
+        result.offsets.append(offset)
+        offset = _align(offset + view.nbytes)
+    result.size = offset if views else _HEAD.size + len(pickled)
+    return result
+
+
+def deserialize(data: memoryview | bytes) -> Any:
+    """The value laid out in ``data``; buffers are views into ``data``, not copies."""
+    view = memoryview(data)
+    magic, n_buffers, pickle_len = _HEAD.unpack_from(view, 0)
+    if magic != _MAGIC:
+        raise ValueError("not a zray serialised object (bad magic)")
+    buffers = []
+    for i in range(n_buffers):
+        offset, length = _SPAN.unpack_from(view, _HEAD.size + i * _SPAN.size)
+        buffers.append(view[offset : offset + length])
+    start = _HEAD.size + n_buffers * _SPAN.size
+    return pickle.loads(view[start : start + pickle_len], buffers=buffers)
+
+
+def find_unpicklable(value: Any, path: str = "", depth: int = 3) -> str:
+    """The path to the innermost attribute or item of ``value`` that fails to pickle."""
+    if depth == 0:
+        return path
+    parts: list[tuple[str, Any]] = []
+    if isinstance(value, dict):
+        parts = [(f"{path}[{k!r}]", v) for k, v in value.items()]
+    elif isinstance(value, (list, tuple, set)):
+        parts = [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+    elif hasattr(value, "__dict__") and not isinstance(value, type):
+        parts = [(f"{path}.{k}", v) for k, v in vars(value).items()]
+    for sub_path, sub_value in parts:
+        try:
+            cloudpickle.dumps(sub_value, protocol=5, buffer_callback=lambda b: None)
+        except Exception:
+            return find_unpicklable(sub_value, sub_path, depth - 1) or sub_path
+    return path
+
+
+def describe(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def _align(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN

@@ -1,0 +1,76 @@
+"""The one table of ``@zray.remote`` / ``.options()`` options, and their validation.
+
+Every option is checked here, once, when the decorator or ``.options()`` is called, so a
+typo or a bad value fails at the call site with a message naming the option and what it
+accepts, never later inside a worker.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+def _non_negative(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and v >= 0
+
+
+def _gpus(v: Any) -> bool:
+    return _non_negative(v) and (v <= 1 or float(v).is_integer())
+
+
+def _resources(v: Any) -> bool:
+    return isinstance(v, dict) and all(
+        isinstance(k, str) and k not in ("CPU", "GPU") and _non_negative(n) for k, n in v.items())
+
+
+def _retry_exceptions(v: Any) -> bool:
+    if isinstance(v, bool):
+        return True
+    return isinstance(v, (list, tuple)) and all(
+        isinstance(c, type) and issubclass(c, BaseException) for c in v)
+
+
+@dataclass(frozen=True)
+class Option:
+    check: Callable[[Any], bool]
+    accepts: str
+    default: Any
+    for_tasks: bool = True
+    for_actors: bool = False
+
+
+OPTIONS: dict[str, Option] = {
+    "num_returns": Option(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                          "an int >= 1", 1, for_actors=False),
+    "num_cpus": Option(_non_negative, "a number >= 0", 1, for_actors=True),
+    "num_gpus": Option(_gpus, "a number >= 0 (a fraction only below 1)", 0, for_actors=True),
+    "resources": Option(_resources, "a dict of custom resource name -> number >= 0 "
+                        "(use num_cpus/num_gpus for CPU and GPU)", None, for_actors=True),
+    "max_retries": Option(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= -1,
+                          "an int >= 0, or -1 for unlimited", None),
+    "retry_exceptions": Option(_retry_exceptions, "a bool or a list of exception classes",
+                               False),
+    "name": Option(lambda v: v is None or isinstance(v, str), "a str", None, for_actors=True),
+}
+
+
+def validate(options: dict[str, Any], for_actor: bool, where: str) -> dict[str, Any]:
+    """The options, checked; raises ValueError naming the first bad one."""
+    for key, value in options.items():
+        option = OPTIONS.get(key)
+        applies = option is not None and (option.for_actors if for_actor else option.for_tasks)
+        if option is None or not applies:
+            valid = ", ".join(k for k, o in OPTIONS.items()
+                              if (o.for_actors if for_actor else o.for_tasks))
+            raise ValueError(f"{where}: unknown option {key!r}; valid options are: {valid}")
+        if not option.check(value):
+            raise ValueError(f"{where}: option {key}={value!r} is invalid; it takes {option.accepts}")
+    return options
+
+
+def resolved(options: dict[str, Any], name: str) -> Any:
+    """An option's value, or its default."""
+    value = options.get(name)
+    return OPTIONS[name].default if value is None else value

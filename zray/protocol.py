@@ -1,0 +1,312 @@
+"""Every wire message of zray, defined once, encoded one way, validated on receipt.
+
+Frame layout of one message (a ZeroMQ multipart message, after any routing frames)::
+
+    frame 0   2 bytes   version (PROTOCOL_VERSION), op code (the message class's ``op``)
+    frame 1   n bytes   pickle (protocol 5) of the tuple of the message's field values
+
+Field values are plain data only (bytes, str, int, float, bool, None, and lists, tuples and
+dicts of those). Decoding unpickles with a loader that refuses every global, so a frame can
+not name a class or function to run; it then checks the field count and each field's
+top-level type. A frame that fails any check raises ``ProtocolError``; process loops log it
+and drop it, never crash. User values travel inside ``bytes`` fields, already serialised
+by ``zray.objects.serialization``.
+
+Object locations travel as the tuple ``Location = (object_id, data, offset, size, is_error)``:
+``data`` holds the serialised value when it is inline, else None and the value lives at
+``offset`` in the node's mmap store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import pickle
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, Union
+
+PROTOCOL_VERSION = 1
+
+Location = tuple  # (object_id: bytes, data: bytes | None, offset: int, size: int, is_error: bool)
+
+
+class ProtocolError(ValueError):
+    """A frame that is not a valid zray message of this protocol version."""
+
+
+class Message:
+    op: ClassVar[int]
+    _types: ClassVar[tuple[tuple[type, ...], ...]]
+
+
+_BY_OP: dict[int, type[Message]] = {}
+
+
+def message(op: int) -> Any:
+    """Register a frozen dataclass as the wire message with this op code."""
+
+    def register(cls: type) -> type:
+        cls = dataclass(frozen=True, slots=True)(cls)
+        if op in _BY_OP:
+            raise RuntimeError(f"op {op} is used by both {_BY_OP[op].__name__} and {cls.__name__}")
+        hints = typing.get_type_hints(cls)
+        cls.op = op  # type: ignore[attr-defined]
+        cls._types = tuple(_runtime_types(hints[f.name]) for f in dataclasses.fields(cls))  # type: ignore[attr-defined]
+        _BY_OP[op] = cls
+        return cls
+
+    return register
+
+
+def _runtime_types(hint: Any) -> tuple[type, ...]:
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        return tuple(t for arg in typing.get_args(hint) for t in _runtime_types(arg))
+    origin = typing.get_origin(hint) or hint
+    if origin is float:
+        return (float, int)
+    if origin is type(None) or hint is None:
+        return (type(None),)
+    return (origin,)
+
+
+# --- client (driver or worker) <-> node agent --------------------------------------------
+
+
+@message(1)
+class Register:
+    """First message of a client, sent from its receiving socket so the agent can route to it."""
+
+    worker_id: bytes
+    pid: int
+    kind: str  # "driver" or "worker"
+    job_id: bytes
+    log_to_driver: bool
+
+
+@message(2)
+class Registered:
+    node_id: bytes
+    agent_pid: int
+    store_path: str
+    store_size: int
+    resources: dict
+
+
+@message(3)
+class ExportFunction:
+    function_id: bytes
+    name: str
+    blob: bytes
+
+
+@message(4)
+class SubmitTask:
+    task_id: bytes
+    job_id: bytes
+    function_id: bytes
+    name: str
+    args: bytes  # serialised (args, kwargs) with top-level refs replaced by placeholders
+    deps: list  # object ids of the top-level ref arguments, in placeholder order
+    contained: list  # object ids of refs nested inside the arguments
+    num_returns: int
+    resources: dict  # {"CPU": 1.0, "GPU": 0.0, "custom": 2.0}
+    max_retries: int
+    retry_filter: bytes  # b"" none, b"*" any exception, else pickled tuple of classes
+
+
+@message(5)
+class ExecuteTask:
+    task_id: bytes
+    job_id: bytes
+    function_id: bytes
+    name: str
+    args: bytes
+    deps: list  # Locations of the top-level ref arguments, in placeholder order
+    num_returns: int
+    retry_filter: bytes
+    gpu_ids: list
+    function_blob: bytes | None  # sent with the first task of a function to each worker
+    attempt: int
+
+
+@message(6)
+class TaskDone:
+    """A worker finished a task; store-backed results were created and sealed before."""
+
+    task_id: bytes
+    attempt: int
+    results: list  # Locations of the return values (inline ones carry their data)
+    contained: list  # object ids of refs nested inside the return values
+    retryable: bool  # the task raised an exception that its retry_filter accepts
+
+
+@message(7)
+class Blocked:
+    """The worker's task waits in get(): release its CPU so other tasks can run."""
+
+    task_id: bytes
+
+
+@message(8)
+class Unblocked:
+    task_id: bytes
+
+
+@message(9)
+class Subscribe:
+    """Send ObjectsReady for each of these objects once it is ready (at once if it is).
+
+    ``for_get``: the caller will read the values (an error then counts as handled);
+    ``wait`` subscribes without it."""
+
+    object_ids: list
+    for_get: bool
+
+
+@message(10)
+class ObjectsReady:
+    locations: list  # Locations
+
+
+@message(11)
+class PutObject:
+    """An inline object made by put() or by a task's caller-side serialisation."""
+
+    object_id: bytes
+    data: bytes
+    contained: list
+
+
+@message(12)
+class CreateObject:
+    request_id: int
+    object_id: bytes
+    size: int
+
+
+@message(13)
+class ObjectCreated:
+    request_id: int
+    offset: int  # -1 when the store could not fit it; then ``error`` says why
+    error: str
+
+
+@message(14)
+class SealObject:
+    object_id: bytes
+    contained: list
+    is_error: bool
+
+
+@message(15)
+class RefsChanged:
+    """This process started (added) or stopped (released) holding refs to these objects."""
+
+    added: list
+    released: list
+
+
+@message(16)
+class LogLines:
+    prefix: str
+    stream: str  # "stdout" or "stderr"
+    lines: list
+
+
+@message(17)
+class Notice:
+    """Something the driver's user should read: an infeasible task, an unhandled error."""
+
+    text: str
+    error: bytes | None  # a serialised error nobody retrieved; the driver formats it
+
+
+@message(18)
+class Disconnect:
+    """A clean goodbye; with ``stop_cluster`` the agent also stops (private clusters)."""
+
+    stop_cluster: bool
+
+
+@message(19)
+class QueryAgent:
+    """Ask the agent for its state: ``what`` is "resources" or "store"."""
+
+    request_id: int
+    what: str
+
+
+@message(20)
+class AgentReply:
+    request_id: int
+    body_json: str
+
+
+# --- node agent <-> broker shard ------------------------------------------------------
+
+
+@message(30)
+class TableBatch:
+    """Rows to upsert (``fields`` None deletes); acknowledged once in the write-ahead log.
+
+    A row is ``(table, key, fields_json, blob)``: ``fields_json`` is a JSON object that
+    ``zray inspect`` can show without user code, ``blob`` optional opaque bytes.
+    """
+
+    seq: int
+    node_id: bytes
+    rows: list
+
+
+@message(31)
+class BatchAck:
+    seq: int
+
+
+@message(32)
+class Query:
+    request_id: int
+    table: str
+    limit: int
+
+
+@message(33)
+class QueryReply:
+    request_id: int
+    rows: list  # (key, fields_json, blob)
+
+
+class _NoGlobals(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        raise ProtocolError(f"message frame names a global ({module}.{name}); refused")
+
+
+def encode(msg: Message) -> list[bytes]:
+    values = tuple(getattr(msg, f.name) for f in dataclasses.fields(msg))  # type: ignore[arg-type]
+    return [bytes((PROTOCOL_VERSION, msg.op)), pickle.dumps(values, protocol=5)]
+
+
+def decode(frames: list[bytes]) -> Message:
+    """The message in ``frames``; raises ProtocolError for anything malformed."""
+    if len(frames) != 2 or len(frames[0]) != 2:
+        raise ProtocolError(f"expected 2 frames with a 2-byte header, got {len(frames)} frames")
+    version, op = frames[0][0], frames[0][1]
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {version}, this process speaks {PROTOCOL_VERSION}")
+    cls = _BY_OP.get(op)
+    if cls is None:
+        raise ProtocolError(f"unknown op {op}")
+    try:
+        values = _NoGlobals(io.BytesIO(frames[1])).load()
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolError(f"{cls.__name__}: body does not unpickle: {exc!r}") from exc
+    if type(values) is not tuple or len(values) != len(cls._types):
+        raise ProtocolError(f"{cls.__name__}: expected {len(cls._types)} fields")
+    for value, allowed in zip(values, cls._types):
+        if not isinstance(value, allowed):
+            raise ProtocolError(f"{cls.__name__}: field of type {type(value).__name__}")
+    return cls(*values)

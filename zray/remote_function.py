@@ -1,0 +1,76 @@
+"""``@zray.remote`` on a function: ``f.remote(...)`` submits a task and returns refs."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import cloudpickle
+
+from zray.core import FunctionDescriptor, TaskOptions
+from zray.objects.refs import ObjectRef
+from zray.options import resolved, validate
+
+
+class RemoteFunction:
+    def __init__(self, fn: Callable[..., Any], options: dict[str, Any]) -> None:
+        self._fn = fn
+        self._name = getattr(fn, "__qualname__", getattr(fn, "__name__", "task"))
+        self._options = validate(options, for_actor=False, where=f"@zray.remote on {self._name}")
+        self._descriptor: FunctionDescriptor | None = None
+        self._task_options: TaskOptions | None = None
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"remote function {self._name} cannot be called directly: use "
+                        f"{self._name}.remote(...) instead of {self._name}(...), then zray.get() "
+                        "the ref it returns")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RemoteFunction, (self._fn, self._options))
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        if self._task_options is None:
+            self._task_options = _task_options(self._options)
+        return self._submit(args, kwargs, self._task_options)
+
+    def options(self, **options: Any) -> _OptionsBound:
+        merged = {**self._options,
+                  **validate(options, for_actor=False, where=f"{self._name}.options()")}
+        return _OptionsBound(self, _task_options(merged))
+
+    def _submit(self, args: tuple[Any, ...], kwargs: dict[str, Any], opts: TaskOptions) -> Any:
+        from zray.api import client_for_call
+
+        client = client_for_call()
+        if self._descriptor is None:
+            self._descriptor = FunctionDescriptor.of(cloudpickle.dumps(self._fn), self._name)
+        refs = client.submit(self._descriptor, args, kwargs, opts)
+        return refs[0] if opts.num_returns == 1 else refs
+
+
+class _OptionsBound:
+    def __init__(self, function: RemoteFunction, opts: TaskOptions) -> None:
+        self._function = function
+        self._opts = opts
+
+    def remote(self, *args: Any, **kwargs: Any) -> ObjectRef | list[ObjectRef]:
+        return self._function._submit(args, kwargs, self._opts)  # type: ignore[no-any-return]
+
+
+def _task_options(options: dict[str, Any]) -> TaskOptions:
+    from zray.api import default_max_retries
+
+    resources = {"CPU": float(resolved(options, "num_cpus")),
+                 "GPU": float(resolved(options, "num_gpus"))}
+    resources.update({k: float(v) for k, v in (resolved(options, "resources") or {}).items()})
+    retry = resolved(options, "retry_exceptions")
+    retry_filter = b"*" if retry is True else b"" if not retry else cloudpickle.dumps(tuple(retry))
+    max_retries = resolved(options, "max_retries")
+    return TaskOptions(
+        num_returns=resolved(options, "num_returns"),
+        resources={k: v for k, v in resources.items() if v > 0},
+        max_retries=default_max_retries() if max_retries is None else
+        (2**31 if max_retries == -1 else max_retries),
+        retry_filter=retry_filter,
+    )
