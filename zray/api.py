@@ -8,7 +8,8 @@ import shutil
 import subprocess
 import sys
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import psutil
 
@@ -40,7 +41,8 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
     global _cluster, _config
     unknown = set(ray_kwargs) - _IGNORED_RAY_KWARGS
     if unknown:
-        raise TypeError(f"zray.init() got unknown keyword argument(s): {', '.join(sorted(unknown))}")
+        names = ", ".join(sorted(unknown))
+        raise TypeError(f"zray.init() got unknown keyword argument(s): {names}")
     with _lock:
         if core.current() is not None:
             if ignore_reinit_error:
@@ -133,7 +135,7 @@ def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None =
         raise ValueError(f"zray.get() takes an ObjectRef or a list of ObjectRefs, got "
                          f"{type(bad).__name__}: did you call f(...) instead of f.remote(...)?")
     _check_timeout(timeout)
-    values = client_for_call().get(list(refs), timeout)
+    values = client_for_call().get(list(refs), timeout)  # type: ignore[arg-type]
     return values[0] if single else values
 
 

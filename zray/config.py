@@ -55,7 +55,7 @@ class Config:
             raw = os.environ.get("ZRAY_" + field.name.upper())
             if raw is None:
                 continue
-            kind = type(field.default)
+            kind: type = type(field.default)
             try:
                 overrides[field.name] = kind(raw)
             except ValueError as exc:

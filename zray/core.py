@@ -25,8 +25,9 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import zmq
@@ -414,10 +415,10 @@ class CoreClient:
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         if raise_on_timeout:
+                            missing = [i for i in set(ids) if i not in self._ready]
                             raise GetTimeoutError(
-                                f"get timed out after {timeout}s: {count - sum(i in self._ready for i in set(ids))} "
-                                f"of {len(set(ids))} objects not ready yet"
-                            )
+                                f"get timed out after {timeout}s: {len(missing)} of "
+                                f"{len(set(ids))} objects not ready yet (e.g. {missing[0].hex()})")
                         return
                     self._cond.wait(left if left is not None else 1.0)
         finally:
@@ -455,7 +456,7 @@ class CoreClient:
             self.refs.created(object_id)
             weakref.finalize(base, self.refs.dropped, object_id)
             self._views[object_id] = base
-        return memoryview(base)
+        return memoryview(base)  # type: ignore[arg-type]
 
 
 def _serialize_argument(value: Any, function_name: str, label: str) -> Serialized:

@@ -45,25 +45,25 @@ def driver_task_id(job_id: JobID) -> TaskID:
     return TaskID(hashlib.blake2b(b"driver" + job_id, digest_size=TASK_ID_BYTES).digest())
 
 
-def child_task_id(parent: TaskID, counter: int) -> TaskID:
+def child_task_id(parent: bytes, counter: int) -> TaskID:
     return TaskID(
         hashlib.blake2b(parent + counter.to_bytes(8, "big"), digest_size=TASK_ID_BYTES).digest()
     )
 
 
-def return_object_id(task: TaskID, index: int) -> ObjectID:
+def return_object_id(task: bytes, index: int) -> ObjectID:
     return ObjectID(task + _INDEX.pack(index))
 
 
-def put_object_id(task: TaskID, counter: int) -> ObjectID:
+def put_object_id(task: bytes, counter: int) -> ObjectID:
     return ObjectID(task + _INDEX.pack(_PUT_BIT | counter))
 
 
-def task_of(object_id: ObjectID) -> TaskID:
+def task_of(object_id: bytes) -> TaskID:
     return TaskID(object_id[:TASK_ID_BYTES])
 
 
-def is_put_object(object_id: ObjectID) -> bool:
+def is_put_object(object_id: bytes) -> bool:
     return bool(_INDEX.unpack_from(object_id, TASK_ID_BYTES)[0] & _PUT_BIT)
 
 

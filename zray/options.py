@@ -7,13 +7,13 @@ accepts, never later inside a worker.
 
 from __future__ import annotations
 
-import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 def _non_negative(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and v >= 0
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
 
 
 def _gpus(v: Any) -> bool:
@@ -66,7 +66,8 @@ def validate(options: dict[str, Any], for_actor: bool, where: str) -> dict[str, 
                               if (o.for_actors if for_actor else o.for_tasks))
             raise ValueError(f"{where}: unknown option {key!r}; valid options are: {valid}")
         if not option.check(value):
-            raise ValueError(f"{where}: option {key}={value!r} is invalid; it takes {option.accepts}")
+            raise ValueError(
+                f"{where}: option {key}={value!r} is invalid; it takes {option.accepts}")
     return options
 
 

@@ -24,8 +24,9 @@ import io
 import pickle
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar, TypeVar, Union
 
 PROTOCOL_VERSION = 1
 
@@ -44,11 +45,13 @@ class Message:
 _BY_OP: dict[int, type[Message]] = {}
 
 
-def message(op: int) -> Any:
+M = TypeVar("M", bound=type)
+
+
+def message(op: int) -> Callable[[M], M]:
     """Register a frozen dataclass as the wire message with this op code."""
 
-    def register(cls: type) -> type:
-        cls = dataclass(frozen=True, slots=True)(cls)
+    def register(cls: M) -> M:
         if op in _BY_OP:
             raise RuntimeError(f"op {op} is used by both {_BY_OP[op].__name__} and {cls.__name__}")
         hints = typing.get_type_hints(cls)
@@ -75,7 +78,8 @@ def _runtime_types(hint: Any) -> tuple[type, ...]:
 
 
 @message(1)
-class Register:
+@dataclass(frozen=True, slots=True)
+class Register(Message):
     """First message of a client, sent from its receiving socket so the agent can route to it."""
 
     worker_id: bytes
@@ -86,7 +90,8 @@ class Register:
 
 
 @message(2)
-class Registered:
+@dataclass(frozen=True, slots=True)
+class Registered(Message):
     node_id: bytes
     agent_pid: int
     store_path: str
@@ -95,14 +100,16 @@ class Registered:
 
 
 @message(3)
-class ExportFunction:
+@dataclass(frozen=True, slots=True)
+class ExportFunction(Message):
     function_id: bytes
     name: str
     blob: bytes
 
 
 @message(4)
-class SubmitTask:
+@dataclass(frozen=True, slots=True)
+class SubmitTask(Message):
     task_id: bytes
     job_id: bytes
     function_id: bytes
@@ -117,7 +124,8 @@ class SubmitTask:
 
 
 @message(5)
-class ExecuteTask:
+@dataclass(frozen=True, slots=True)
+class ExecuteTask(Message):
     task_id: bytes
     job_id: bytes
     function_id: bytes
@@ -132,7 +140,8 @@ class ExecuteTask:
 
 
 @message(6)
-class TaskDone:
+@dataclass(frozen=True, slots=True)
+class TaskDone(Message):
     """A worker finished a task; store-backed results were created and sealed before."""
 
     task_id: bytes
@@ -143,19 +152,22 @@ class TaskDone:
 
 
 @message(7)
-class Blocked:
+@dataclass(frozen=True, slots=True)
+class Blocked(Message):
     """The worker's task waits in get(): release its CPU so other tasks can run."""
 
     task_id: bytes
 
 
 @message(8)
-class Unblocked:
+@dataclass(frozen=True, slots=True)
+class Unblocked(Message):
     task_id: bytes
 
 
 @message(9)
-class Subscribe:
+@dataclass(frozen=True, slots=True)
+class Subscribe(Message):
     """Send ObjectsReady for each of these objects once it is ready (at once if it is).
 
     ``for_get``: the caller will read the values (an error then counts as handled);
@@ -166,12 +178,14 @@ class Subscribe:
 
 
 @message(10)
-class ObjectsReady:
+@dataclass(frozen=True, slots=True)
+class ObjectsReady(Message):
     locations: list  # Locations
 
 
 @message(11)
-class PutObject:
+@dataclass(frozen=True, slots=True)
+class PutObject(Message):
     """An inline object made by put() or by a task's caller-side serialisation."""
 
     object_id: bytes
@@ -180,28 +194,32 @@ class PutObject:
 
 
 @message(12)
-class CreateObject:
+@dataclass(frozen=True, slots=True)
+class CreateObject(Message):
     request_id: int
     object_id: bytes
     size: int
 
 
 @message(13)
-class ObjectCreated:
+@dataclass(frozen=True, slots=True)
+class ObjectCreated(Message):
     request_id: int
     offset: int  # -1 when the store could not fit it; then ``error`` says why
     error: str
 
 
 @message(14)
-class SealObject:
+@dataclass(frozen=True, slots=True)
+class SealObject(Message):
     object_id: bytes
     contained: list
     is_error: bool
 
 
 @message(15)
-class RefsChanged:
+@dataclass(frozen=True, slots=True)
+class RefsChanged(Message):
     """This process started (added) or stopped (released) holding refs to these objects."""
 
     added: list
@@ -209,14 +227,16 @@ class RefsChanged:
 
 
 @message(16)
-class LogLines:
+@dataclass(frozen=True, slots=True)
+class LogLines(Message):
     prefix: str
     stream: str  # "stdout" or "stderr"
     lines: list
 
 
 @message(17)
-class Notice:
+@dataclass(frozen=True, slots=True)
+class Notice(Message):
     """Something the driver's user should read: an infeasible task, an unhandled error."""
 
     text: str
@@ -224,14 +244,16 @@ class Notice:
 
 
 @message(18)
-class Disconnect:
+@dataclass(frozen=True, slots=True)
+class Disconnect(Message):
     """A clean goodbye; with ``stop_cluster`` the agent also stops (private clusters)."""
 
     stop_cluster: bool
 
 
 @message(19)
-class QueryAgent:
+@dataclass(frozen=True, slots=True)
+class QueryAgent(Message):
     """Ask the agent for its state: ``what`` is "resources" or "store"."""
 
     request_id: int
@@ -239,7 +261,8 @@ class QueryAgent:
 
 
 @message(20)
-class AgentReply:
+@dataclass(frozen=True, slots=True)
+class AgentReply(Message):
     request_id: int
     body_json: str
 
@@ -248,7 +271,8 @@ class AgentReply:
 
 
 @message(30)
-class TableBatch:
+@dataclass(frozen=True, slots=True)
+class TableBatch(Message):
     """Rows to upsert (``fields`` None deletes); acknowledged once in the write-ahead log.
 
     A row is ``(table, key, fields_json, blob)``: ``fields_json`` is a JSON object that
@@ -261,19 +285,22 @@ class TableBatch:
 
 
 @message(31)
-class BatchAck:
+@dataclass(frozen=True, slots=True)
+class BatchAck(Message):
     seq: int
 
 
 @message(32)
-class Query:
+@dataclass(frozen=True, slots=True)
+class Query(Message):
     request_id: int
     table: str
     limit: int
 
 
 @message(33)
-class QueryReply:
+@dataclass(frozen=True, slots=True)
+class QueryReply(Message):
     request_id: int
     rows: list  # (key, fields_json, blob)
 
@@ -306,7 +333,7 @@ def decode(frames: list[bytes]) -> Message:
         raise ProtocolError(f"{cls.__name__}: body does not unpickle: {exc!r}") from exc
     if type(values) is not tuple or len(values) != len(cls._types):
         raise ProtocolError(f"{cls.__name__}: expected {len(cls._types)} fields")
-    for value, allowed in zip(values, cls._types):
+    for value, allowed in zip(values, cls._types, strict=True):
         if not isinstance(value, allowed):
             raise ProtocolError(f"{cls.__name__}: field of type {type(value).__name__}")
     return cls(*values)

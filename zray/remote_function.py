@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import cloudpickle
 
@@ -55,7 +56,7 @@ class _OptionsBound:
         self._opts = opts
 
     def remote(self, *args: Any, **kwargs: Any) -> ObjectRef | list[ObjectRef]:
-        return self._function._submit(args, kwargs, self._opts)  # type: ignore[no-any-return]
+        return self._function._submit(args, kwargs, self._opts)
 
 
 def _task_options(options: dict[str, Any]) -> TaskOptions:

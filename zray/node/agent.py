@@ -24,7 +24,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import zmq
 
@@ -86,7 +88,7 @@ class Agent:
             "state": "ALIVE", "started": time.time()})
         self.owner_pidfd = os.pidfd_open(self.owner_pid) if self.owner_pid else -1
         self.running = True
-        self.handlers = {
+        self.handlers: dict[type, Callable[[bytes, Any], None]] = {
             p.Register: self.on_register, p.ExportFunction: self.on_export,
             p.SubmitTask: self.on_submit, p.TaskDone: self.on_task_done,
             p.Blocked: self.on_blocked, p.Unblocked: self.on_unblocked,
@@ -155,7 +157,7 @@ class Agent:
             return
         client_id = identity[:-1]
         if not isinstance(msg, p.Register) and client_id not in self.clients:
-            log.warning("dropped %s from unregistered peer %s", type(msg).__name__, short(client_id))
+            log.warning("dropped %s from unregistered %s", type(msg).__name__, short(client_id))
             return
         handler = self.handlers.get(type(msg))
         if handler is None:
@@ -377,6 +379,7 @@ class Agent:
             self.objects.release(client_id, object_id)
 
     def on_query(self, client_id: bytes, msg: p.QueryAgent) -> None:
+        body: dict[str, object]
         if msg.what == "resources":
             body = {"total": self.scheduler.total, "available": self.scheduler.available}
         elif msg.what == "store":

@@ -45,11 +45,12 @@ class Serialized:
     def write_into(self, dest: memoryview) -> None:
         """Lay the value out in ``dest`` (at least ``size`` bytes): one copy per buffer."""
         header = _HEAD.pack(_MAGIC, len(self.buffers), len(self.pickled))
-        spans = b"".join(_SPAN.pack(o, b.nbytes) for o, b in zip(self.offsets, self.buffers))
+        pairs = zip(self.offsets, self.buffers, strict=True)
+        spans = b"".join(_SPAN.pack(offset, buf.nbytes) for offset, buf in pairs)
         head_len = len(header) + len(spans)
         dest[: head_len] = header + spans
         dest[head_len : head_len + len(self.pickled)] = self.pickled
-        for offset, buf in zip(self.offsets, self.buffers):
+        for offset, buf in zip(self.offsets, self.buffers, strict=True):
             dest[offset : offset + buf.nbytes] = buf
 
     def to_bytes(self) -> bytes:

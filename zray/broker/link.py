@@ -1,0 +1,169 @@
+"""How a node agent talks to its broker shard, and a blocking query for the CLI.
+
+``BrokerLink`` is sans-blocking: ``record`` only queues a row; ``flush`` (called from the
+agent's loop) sends queued rows as TableBatch messages and resends what was not
+acknowledged in time; ``handle`` takes the broker's BatchAck. The agent polls ``socket``
+in its own zmq.Poller.
+
+Reliability is the ZeroMQ guide's Lazy Pirate, adapted to a window of batches: if the
+oldest unacknowledged batch is older than ``broker_ack_timeout_s``, every batch still in
+the window is resent, in seq order, acknowledged or not. Resending the whole window is what
+keeps the broker's final state right: had only the lost batch been resent, it would land
+after newer batches and put back older values of the keys they updated. A batch leaves the
+window once it and every batch before it are acknowledged. The socket is not closed and
+reopened on a timeout (as lpclient does): a DEALER reconnects by itself when the broker
+comes back, duplicates are harmless, and keeping the socket keeps the agent's poller valid.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from zray.broker.tables import Row
+from zray.config import Config
+from zray.exceptions import ZrayError
+from zray.protocol import BatchAck, ProtocolError, Query, QueryReply, TableBatch, decode, encode
+
+__all__ = ["BrokerLink", "query"]
+
+log = logging.getLogger("zray.broker.link")
+
+# At most this many batches are in flight; more rows wait in the queue. This bounds what a
+# resend puts on the wire after the broker was away.
+MAX_INFLIGHT_BATCHES = 64
+
+
+@dataclass
+class _InFlight:
+    frames: list[bytes]  # the encoded TableBatch, kept for resends
+    rows: int
+    sent_at: float
+    acked: bool = False
+
+
+class BrokerLink:
+    """A node agent's DEALER connection to one broker shard."""
+
+    def __init__(self, context: zmq.Context, endpoint: str, node_id: bytes, config: Config):
+        self.endpoint = endpoint
+        self.node_id = node_id
+        self.config = config
+        self.socket: zmq.Socket = context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.SNDHWM, 0)
+        self.socket.setsockopt(zmq.RCVHWM, 0)
+        _connect(self.socket, endpoint)
+        self.resent_batches = 0  # for inspect and tests: how often Lazy Pirate fired
+        self._queued: list[Row] = []
+        self._window: collections.OrderedDict[int, _InFlight] = collections.OrderedDict()
+        self._seq = itertools.count(1)
+
+    def record(
+        self, table: str, key: bytes, fields: dict[str, Any] | None, blob: bytes | None = None
+    ) -> None:
+        """Queue an upsert (or, with ``fields`` None, a delete); no I/O."""
+        fields_json = None if fields is None else json.dumps(fields)
+        self._queued.append((table, key, fields_json, blob))
+
+    def flush(self, now: float) -> None:
+        """Resend a stale window, then send queued rows; ``now`` is time.monotonic()."""
+        self._resend_if_stale(now)
+        batch_rows = max(1, self.config.broker_batch_rows)
+        while self._queued and len(self._window) < MAX_INFLIGHT_BATCHES:
+            rows = self._queued[:batch_rows]
+            del self._queued[:batch_rows]
+            seq = next(self._seq)
+            entry = _InFlight(encode(TableBatch(seq, self.node_id, rows)), len(rows), now)
+            self._window[seq] = entry
+            self._send(entry)
+
+    def handle(self, frames: list[bytes]) -> None:
+        """Take a message from ``socket``: a BatchAck settles its batch."""
+        try:
+            msg = decode(frames)
+        except ProtocolError as exc:
+            log.warning("dropped a malformed message from the broker at %s: %s", self.endpoint, exc)
+            return
+        if not isinstance(msg, BatchAck):
+            log.warning("dropped a %s from the broker at %s", type(msg).__name__, self.endpoint)
+            return
+        entry = self._window.get(msg.seq)
+        if entry is not None:
+            entry.acked = True
+        while self._window and next(iter(self._window.values())).acked:
+            self._window.popitem(last=False)
+
+    def unacked_rows(self) -> int:
+        """Rows recorded but not yet acknowledged (queued or in flight)."""
+        in_flight = sum(entry.rows for entry in self._window.values() if not entry.acked)
+        return len(self._queued) + in_flight
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+    def _resend_if_stale(self, now: float) -> None:
+        oldest = next(iter(self._window.values()), None)
+        if oldest is None or now - oldest.sent_at < self.config.broker_ack_timeout_s:
+            return
+        log.info("broker at %s did not acknowledge in %.1fs; resending %d batches",
+                 self.endpoint, self.config.broker_ack_timeout_s, len(self._window))
+        for entry in self._window.values():
+            entry.sent_at = now
+            self._send(entry)
+        self.resent_batches += len(self._window)
+
+    def _send(self, entry: _InFlight) -> None:
+        try:
+            self.socket.send_multipart(entry.frames, zmq.NOBLOCK)
+        except zmq.Again:  # cannot happen with HWM 0, but never block: the resend covers it
+            log.warning("broker at %s: send would block; will resend", self.endpoint)
+
+
+def query(
+    endpoint: str, table: str, limit: int | None = None, timeout_s: float = 5.0
+) -> list[tuple[bytes, dict[str, Any], bytes | None]]:
+    """The rows of ``table`` (the newest ``limit``, oldest first), asked of a running shard."""
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        _connect(sock, endpoint)
+        sock.send_multipart(encode(Query(1, table, limit or 0)))
+        reply = _await_reply(sock, endpoint, timeout_s)
+    finally:
+        sock.close(linger=0)
+        context.term()
+    try:
+        return [(key, json.loads(fields), blob) for key, fields, blob in reply.rows]
+    except (ValueError, TypeError) as exc:
+        raise ZrayError(f"broker at {endpoint} sent malformed {table} rows: {exc}") from exc
+
+
+def _await_reply(sock: zmq.Socket, endpoint: str, timeout_s: float) -> QueryReply:
+    if sock.poll(int(timeout_s * 1000), zmq.POLLIN):
+        try:
+            reply = decode(sock.recv_multipart())
+        except ProtocolError as exc:
+            raise ZrayError(f"broker at {endpoint} sent a malformed reply: {exc}") from exc
+        if isinstance(reply, QueryReply):
+            return reply
+        raise ZrayError(f"broker at {endpoint} answered a query with {type(reply).__name__}")
+    raise ZrayError(
+        f"broker at {endpoint} did not answer within {timeout_s}s; is the cluster running? "
+        "(a stopped cluster's tables can still be read from its write-ahead log)"
+    )
+
+
+def _connect(sock: zmq.Socket, endpoint: str) -> None:
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(linger=0)
+        raise ZrayError(f"cannot connect to the broker at {endpoint}: {exc}") from exc
