@@ -114,13 +114,16 @@ def test_worker_view_keeps_object_alive():
     try:
         @zray.remote
         def keep(a):
-            global kept
-            kept = a  # a zero-copy view held by the worker after the task ends
+            import sys
+
+            sys.zray_test_kept = a  # a zero-copy view the worker holds after the task ends
             return True
 
         @zray.remote
         def read_kept():
-            return float(kept.sum())
+            import sys
+
+            return float(sys.zray_test_kept.sum())
 
         ref = zray.put(np.ones(1_000_000))
         assert zray.get(keep.remote(ref))
@@ -153,7 +156,9 @@ def test_wait_partitions_in_input_order(small_store):
         time.sleep(seconds)
         return value
 
-    refs = [after.remote(s, i) for i, s in enumerate([2.0, 0.0, 2.0, 0.0])]
+    fast = [after.remote(0.0, 1), after.remote(0.0, 3)]  # submitted first: run first
+    slow = [after.remote(2.0, 0), after.remote(2.0, 2)]
+    refs = [slow[0], fast[0], slow[1], fast[1]]
     ready, not_ready = zray.wait(refs, num_returns=2, timeout=10)
     assert ready == [refs[1], refs[3]]
     assert not_ready == [refs[0], refs[2]]

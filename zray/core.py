@@ -453,7 +453,7 @@ class CoreClient:
             assert self._mapping is not None
             base = np.frombuffer(self._mapping.view[offset : offset + size], dtype=np.uint8)
             base.flags.writeable = False
-            self.refs.created(object_id)
+            self.refs.borrowed(object_id)  # tells the agent if this process held no ref yet
             weakref.finalize(base, self.refs.dropped, object_id)
             self._views[object_id] = base
         return memoryview(base)  # type: ignore[arg-type]

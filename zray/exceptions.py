@@ -39,7 +39,8 @@ class TaskError(ZrayError):
     def __init__(
         self, cause: BaseException | None, function_name: str, traceback_text: str, pid: int
     ) -> None:
-        super().__init__(function_name, traceback_text, pid)
+        # Not super(): in the dual class the next __init__ would be the user's class's.
+        Exception.__init__(self, function_name, traceback_text, pid)
         self.cause = cause
         self.function_name = function_name
         self.traceback_text = traceback_text
@@ -51,7 +52,9 @@ class TaskError(ZrayError):
         return f"{self.function_name}() failed in pid={self.pid}:\n{self.traceback_text}"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (TaskError, (self.cause, self.function_name, self.traceback_text, self.pid))
+        cause = None if self.cause is None else (type(self.cause), self.cause.args,
+                                                 dict(vars(self.cause)))
+        return (_rebuild_task_error, (cause, self.function_name, self.traceback_text, self.pid))
 
     def as_instanceof_cause(self) -> TaskError:
         """This error as an instance of both ``TaskError`` and the cause's class."""
@@ -67,6 +70,23 @@ class TaskError(ZrayError):
         for key, value in vars(self.cause).items():
             err.__dict__.setdefault(key, value)
         return err
+
+
+def _rebuild_task_error(cause_state: tuple[type[BaseException], tuple[Any, ...], dict[str, Any]]
+                        | None, function_name: str, traceback_text: str, pid: int) -> TaskError:
+    """Unpickle a TaskError. The cause is rebuilt without calling its ``__init__``, which
+    may take arguments that ``args`` does not hold (a common reason exceptions fail to
+    unpickle); if even that fails, the error keeps only the remote traceback's text."""
+    cause: BaseException | None = None
+    if cause_state is not None:
+        try:
+            cls, args, attributes = cause_state
+            cause = cls.__new__(cls)
+            cause.args = args
+            cause.__dict__.update(attributes)
+        except Exception:
+            cause = None
+    return TaskError(cause, function_name, traceback_text, pid)
 
 
 _DUAL_CLASSES: dict[type, type[TaskError] | None] = {}

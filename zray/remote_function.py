@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import pickle
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -45,7 +47,7 @@ class RemoteFunction:
 
         client = client_for_call()
         if self._descriptor is None:
-            self._descriptor = FunctionDescriptor.of(cloudpickle.dumps(self._fn), self._name)
+            self._descriptor = FunctionDescriptor.of(export_blob(self._fn), self._name)
         refs = client.submit(self._descriptor, args, kwargs, opts)
         return refs[0] if opts.num_returns == 1 else refs
 
@@ -57,6 +59,16 @@ class _OptionsBound:
 
     def remote(self, *args: Any, **kwargs: Any) -> ObjectRef | list[ObjectRef]:
         return self._function._submit(args, kwargs, self._opts)
+
+
+def export_blob(fn: Callable[..., Any]) -> bytes:
+    """The function and this process's import path (see zray.node.worker.load_function)."""
+    try:
+        return pickle.dumps((list(sys.path), cloudpickle.dumps(fn)))
+    except Exception as exc:
+        raise TypeError(f"remote function {getattr(fn, '__qualname__', fn)!r} cannot be "
+                        f"pickled: {exc}. Functions must not capture locks, sockets or open "
+                        "files; create those inside the function instead.") from exc
 
 
 def _task_options(options: dict[str, Any]) -> TaskOptions:

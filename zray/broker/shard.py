@@ -20,6 +20,7 @@ idempotent). Malformed frames are logged and dropped. One thread, one loop.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -163,6 +164,9 @@ class BrokerShard:
         self.socket.close(linger=0)
         self.context.term()
         self.wal.close()
+        if self.endpoint.startswith("ipc://"):  # libzmq leaves the socket file behind
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.endpoint.removeprefix("ipc://"))
         if self.parent_fd is not None:
             os.close(self.parent_fd)
 

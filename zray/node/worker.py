@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import sys
 import traceback
 from collections.abc import Callable
@@ -56,12 +57,12 @@ def main() -> None:
 
 def run_task(client: CoreClient, functions: dict[bytes, Callable[..., Any]],
              task: p.ExecuteTask) -> p.TaskDone:
-    if task.function_blob is not None:
-        functions[task.function_id] = cloudpickle.loads(task.function_blob)
     client.context = TaskContext(TaskID(task.task_id), task.name, list(task.gpu_ids))
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, task.gpu_ids))
     contained: list[bytes] = []
     try:
+        if task.function_blob is not None:
+            functions[task.function_id] = load_function(task.function_blob)
         values = _call(client, functions[task.function_id], task)
         results = [_store(client, return_object_id(TaskID(task.task_id), i), serialize(v), False,
                           contained) for i, v in enumerate(values)]
@@ -74,6 +75,16 @@ def run_task(client: CoreClient, functions: dict[bytes, Callable[..., Any]],
     finally:
         client.context = TaskContext(TaskID(b""), "idle")
     return p.TaskDone(task.task_id, task.attempt, results, contained, retryable)
+
+
+def load_function(blob: bytes) -> Callable[..., Any]:
+    """Unpickle an exported function, first adding its driver's import path to ours.
+
+    Functions in importable modules are pickled by reference, so the worker must be able
+    to import the driver's modules (a script's directory, a test's rootdir), as in Ray."""
+    driver_path, function_blob = pickle.loads(blob)
+    sys.path.extend(entry for entry in driver_path if entry not in sys.path)
+    return cloudpickle.loads(function_blob)  # type: ignore[no-any-return]
 
 
 def _call(client: CoreClient, fn: Callable[..., Any], task: p.ExecuteTask) -> list[Any]:
