@@ -84,7 +84,7 @@ def load_function(blob: bytes) -> Callable[..., Any]:
     to import the driver's modules (a script's directory, a test's rootdir), as in Ray."""
     driver_path, function_blob = pickle.loads(blob)
     sys.path.extend(entry for entry in driver_path if entry not in sys.path)
-    return cloudpickle.loads(function_blob)  # type: ignore[no-any-return]
+    return cloudpickle.loads(function_blob)
 
 
 def _call(client: CoreClient, fn: Callable[..., Any], task: p.ExecuteTask) -> list[Any]:

@@ -1,0 +1,180 @@
+"""Starting and stopping: driver exits of every kind, output forwarding, the broker's log.
+
+Each case runs a driver in its own process (so it can exit, raise or be killed) and then
+relies on the autouse leak check: no process, socket, session directory or arena remains.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+import zray
+from zray import api
+from zray.broker.link import query
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def run_driver(body: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    script = "import zray\n" + textwrap.dedent(body)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_driver_exit_without_shutdown_cleans_up():
+    out = run_driver("""
+        zray.init(num_cpus=1)
+        print(zray.get(zray.remote(lambda: 7).remote()))
+    """)
+    assert out.returncode == 0 and out.stdout.strip() == "7", out.stderr
+
+
+def test_driver_exception_cleans_up():
+    out = run_driver("""
+        zray.init(num_cpus=1)
+        zray.get(zray.put(1))
+        raise RuntimeError("driver fails")
+    """)
+    assert out.returncode == 1 and "driver fails" in out.stderr
+
+
+def test_driver_sigkill_is_noticed_by_the_agent():
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys, time, zray, numpy as np
+        zray.init(num_cpus=1)
+        ref = zray.put(np.ones(10_000_000))  # something in /dev/shm
+        print("ready", flush=True)
+        time.sleep(120)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_output_is_prefixed_and_can_be_turned_off():
+    body = """
+        zray.init(num_cpus=1, log_to_driver={flag})
+
+        @zray.remote
+        def shout():
+            print("hello from a task")
+
+        zray.get(shout.remote())
+        zray.shutdown()
+    """
+    on = run_driver(body.replace("{flag}", "True"))
+    assert on.returncode == 0, on.stderr
+    pid_line = [line for line in on.stdout.splitlines() if "hello from a task" in line]
+    assert len(pid_line) == 1 and pid_line[0].startswith("(shout pid=")
+    off = run_driver(body.replace("{flag}", "False"))
+    assert off.returncode == 0 and "hello from a task" not in off.stdout
+
+
+def test_small_dev_shm_falls_back_to_disk_with_the_fix_named():
+    too_big = shutil.disk_usage("/dev/shm").free + 2**30
+    out = run_driver(f"""
+        import numpy as np
+        zray.init(num_cpus=1, object_store_memory={too_big})
+        a = zray.get(zray.put(np.arange(1_000_000)))
+        print(int(a.sum()), zray.store_stats()["path"])
+        zray.shutdown()
+    """)
+    assert out.returncode == 0, out.stderr
+    assert "--shm-size" in out.stderr and "object_store_memory" in out.stderr
+    total, path = out.stdout.split()
+    assert int(total) == sum(range(1_000_000)) and not path.startswith("/dev/shm")
+
+
+def test_broker_sigkill_mid_workload_replays_its_log():
+    zray.init(num_cpus=2)
+    try:
+        endpoint = f"ipc://{api._cluster.session}/broker-0.sock"  # type: ignore[union-attr]
+
+        @zray.remote
+        def work(i):
+            time.sleep(0.05)
+            return i
+
+        assert zray.get([work.remote(i) for i in range(20)]) == list(range(20))
+        before = wait_for_rows(endpoint, 20)
+        running = [work.remote(i) for i in range(20, 60)]  # in flight across the kill
+        broker = broker_process()
+        broker.send_signal(signal.SIGKILL)
+        assert zray.get(running) == list(range(20, 60))
+        after = {key: fields for key, fields, _ in wait_for_rows(endpoint, 60)}
+        assert broker_process().pid != broker.pid  # the agent restarted it
+        assert {key for key, _, _ in before} <= set(after)
+        assert all(after[key]["state"] == "FINISHED" for key, _, _ in before)
+    finally:
+        zray.shutdown()
+
+
+def broker_process() -> psutil.Process:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for proc in psutil.Process().children(recursive=True):
+            if "zray.broker.shard" in " ".join(proc.cmdline()) and proc.status() != "zombie":
+                return proc
+        time.sleep(0.05)
+    raise AssertionError("no broker process")
+
+
+def wait_for_rows(endpoint: str, count: int) -> list:
+    """Rows of finished tasks, once the broker has at least ``count`` (bounded wait)."""
+    deadline = time.monotonic() + 30
+    rows: list = []
+    while time.monotonic() < deadline:
+        try:
+            rows = [r for r in query(endpoint, "tasks", timeout_s=2.0)
+                    if r[1]["state"] == "FINISHED"]
+        except zray.exceptions.ZrayError:
+            rows = []  # the broker is restarting
+        if len(rows) >= count:
+            return rows
+        time.sleep(0.05)
+    raise AssertionError(f"broker has {len(rows)} finished task rows, expected {count}")
+
+
+def test_task_history_is_bounded(monkeypatch):
+    monkeypatch.setenv("ZRAY_MAX_TASK_HISTORY", "50")
+    zray.init(num_cpus=2)
+    try:
+        endpoint = f"ipc://{api._cluster.session}/broker-0.sock"  # type: ignore[union-attr]
+        noop = zray.remote(lambda i: i)
+        assert len(zray.get([noop.remote(i) for i in range(200)])) == 200
+        deadline = time.monotonic() + 20
+        while not any(r[1].get("name") and r[1]["state"] == "FINISHED" and
+                      r[1]["task_id"] for r in query(endpoint, "tasks")[-1:]):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert len(query(endpoint, "tasks")) == 50
+    finally:
+        zray.shutdown()
+
+
+def test_init_twice_and_shutdown_twice():
+    zray.init(num_cpus=1)
+    try:
+        with pytest.raises(RuntimeError, match="already"):
+            zray.init(num_cpus=1)
+        zray.init(num_cpus=1, ignore_reinit_error=True)
+        assert zray.get(zray.put(np.int64(3))) == 3
+    finally:
+        zray.shutdown()
+    zray.shutdown()
+    assert not zray.is_initialized()
+
+
