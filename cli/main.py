@@ -1,21 +1,117 @@
-"""The ``zray`` command: ``zray inspect`` (more subcommands arrive with later issues)."""
+"""The ``zray`` command.
+
+``zray inspect tasks|objects|nodes|functions`` lists a GCS table: live from the broker
+shard of a running cluster, or post-mortem from its write-ahead log when it is down.
+"""
 
 from __future__ import annotations
 
 import argparse
+import glob
+import json
+import os
 import sys
+import tempfile
+from typing import Any
+
+from zray.broker.link import query
+from zray.broker.wal import read_tables
+from zray.config import Config
+from zray.exceptions import ZrayError
+from zray.node.launcher import SESSION_PREFIX
+
+TABLES = ("tasks", "objects", "nodes", "functions")
+COLUMNS = {
+    "tasks": ("task_id", "name", "state", "attempt", "pid", "job_id"),
+    "objects": ("object_id", "size", "where", "is_error", "job_id"),
+    "nodes": ("node_id", "state", "pid", "resources"),
+    "functions": ("key", "name"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zray", description="zray cluster tools")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("version", help="print the zray version")
+    inspect = sub.add_parser("inspect", help="list a GCS table (live, or from the log)")
+    inspect.add_argument("table", choices=TABLES)
+    where = inspect.add_mutually_exclusive_group()
+    where.add_argument("--session", help="session directory (default: the newest one)")
+    where.add_argument("--wal", help="read this write-ahead log file (post-mortem)")
+    inspect.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
+                         help="keep rows whose FIELD equals VALUE (repeatable)")
+    inspect.add_argument("--limit", type=int, default=0, help="only the newest N rows")
+    inspect.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args(argv)
-    if args.command == "version":
-        from importlib.metadata import version
-
-        print(version("zray"))
+    try:
+        rows = _rows(args)
+    except ZrayError as exc:
+        print(f"zray inspect: {exc}", file=sys.stderr)
+        return 1
+    rows = [r for r in rows if _matches(r, args.filter)]
+    if args.limit:
+        rows = rows[-args.limit:]
+    _print(rows, args.table, args.json)
     return 0
+
+
+def _rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    if args.wal:
+        return _from_wal(args.wal, args.table)
+    session = args.session or _newest_session()
+    endpoint = f"ipc://{session}/broker-0.sock"
+    if os.path.exists(endpoint[len("ipc://"):]):
+        try:
+            return [_row(key, fields) for key, fields, _ in query(endpoint, args.table)]
+        except ZrayError:
+            pass  # the socket file outlived its shard: read the log instead
+    return _from_wal(os.path.join(session, "broker-0.wal"), args.table)
+
+
+def _from_wal(path: str, table: str) -> list[dict[str, Any]]:
+    if not os.path.exists(path):
+        raise ZrayError(f"no write-ahead log at {path}")
+    tables = read_tables(path, Config.from_env().max_task_history)
+    return [_row(key, json.loads(fields)) for key, fields, _ in tables.rows(table)]
+
+
+def _row(key: bytes, fields: dict[str, Any]) -> dict[str, Any]:
+    return {"key": key.hex(), **fields}
+
+
+def _newest_session() -> str:
+    sessions = glob.glob(os.path.join(tempfile.gettempdir(), SESSION_PREFIX + "*"))
+    if not sessions:
+        raise ZrayError("no zray session found; is a cluster running? (pass --session or --wal)")
+    return max(sessions, key=os.path.getmtime)
+
+
+def _matches(row: dict[str, Any], filters: list[str]) -> bool:
+    for item in filters:
+        field, _, value = item.partition("=")
+        if str(row.get(field)) != value:
+            return False
+    return True
+
+
+def _print(rows: list[dict[str, Any]], table: str, as_json: bool) -> None:
+    if as_json:
+        for row in rows:
+            print(json.dumps(row))
+        return
+    columns = COLUMNS[table]
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+    print(f"({len(rows)} {table})")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    text = json.dumps(value) if isinstance(value, dict) else str(value)
+    return text[:40]
 
 
 if __name__ == "__main__":

@@ -314,6 +314,7 @@ class Agent:
         """Deliver ready objects, queue the tasks they unblock, dispatch, report frees."""
         while self.objects.became_ready:
             object_id = self.objects.became_ready.pop()
+            self._record_object(object_id)
             for task in self.scheduler.object_ready(object_id):
                 self._check_args(task)
         by_client: dict[bytes, list[p.Location]] = {}
@@ -323,6 +324,7 @@ class Agent:
         for client_id, locations in by_client.items():
             self.send(client_id, p.ObjectsReady(locations))
         for freed in self.objects.freed:
+            self.broker_link.record("objects", freed.object_id, None)
             if freed.unhandled_error is not None:
                 self.notice(freed.job_id, "", freed.unhandled_error)
         self.objects.freed.clear()
@@ -408,6 +410,14 @@ class Agent:
         if pid:
             row["pid"] = pid
         self.broker_link.record("tasks", task.spec.task_id, row)
+
+    def _record_object(self, object_id: bytes) -> None:
+        entry = self.objects.get(object_id)
+        if entry is not None:
+            self.broker_link.record("objects", object_id, {
+                "object_id": object_id.hex(), "job_id": entry.job_id.hex(), "size": entry.size,
+                "where": "inline" if entry.data is not None else "store",
+                "is_error": entry.is_error, "node_id": self.node_id.hex()})
 
     def _start_broker(self) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen([sys.executable, *self.broker_argv], stdin=subprocess.DEVNULL)
