@@ -40,7 +40,7 @@ def test_inspect_tasks_and_objects_live():
             if len(rows) == 3 or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-        assert {r["name"] for r in rows} == {"test_inspect_tasks_and_objects_live.<locals>.named_task"}
+        assert {r["name"].rsplit(".", 1)[-1] for r in rows} == {"named_task"}
         objects = zray_cli("inspect", "objects", "--session", session)
         assert objects.returncode == 0 and "store" in objects.stdout and "inline" in objects.stdout
     finally:

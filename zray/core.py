@@ -107,6 +107,21 @@ class Dep:
         return (Dep, (self.index,))
 
 
+class _Waiter:
+    """One blocked get/wait: woken once ``remaining`` more of its objects are ready."""
+
+    __slots__ = ("remaining", "event")
+
+    def __init__(self, remaining: int) -> None:
+        self.remaining = remaining
+        self.event = threading.Event()
+
+    def one_ready(self) -> None:
+        self.remaining -= 1
+        if self.remaining <= 0:
+            self.event.set()
+
+
 class CoreClient:
     def __init__(self, endpoint: str, kind: str, job_id: bytes, config: Config,
                  log_to_driver: bool = True,
@@ -129,6 +144,7 @@ class CoreClient:
         self._cond = threading.Condition()
         self._ready: dict[bytes, tuple[Any, ...]] = {}
         self._subscribed: set[bytes] = set()
+        self._waiters: dict[bytes, list[_Waiter]] = {}  # object id -> get/wait calls on it
         self._replies: dict[int, p.Message] = {}
         self._request_ids = itertools.count(1)
         self._exported: set[bytes] = set()
@@ -239,7 +255,8 @@ class CoreClient:
                 for location in msg.locations:
                     if location[0] in self._subscribed:
                         self._ready[location[0]] = location
-                self._cond.notify_all()
+                        for waiter in self._waiters.pop(location[0], ()):
+                            waiter.one_ready()
         elif isinstance(msg, (p.ObjectCreated, p.AgentReply)):
             with self._cond:
                 self._replies[msg.request_id] = msg
@@ -260,6 +277,9 @@ class CoreClient:
         with self._cond:
             self._broken = reason
             self._cond.notify_all()
+            for waiters in self._waiters.values():
+                for waiter in waiters:
+                    waiter.event.set()
         self.tasks.put(None)
 
     def _check_broken(self) -> None:
@@ -400,28 +420,33 @@ class CoreClient:
     def _await(self, ids: list[bytes], count: int, timeout: float | None,
                raise_on_timeout: bool = True, for_get: bool = False) -> None:
         """Block until ``count`` of ``ids`` are ready; a waiting worker lends out its CPU."""
-        missing = [i for i in ids if i not in self._ready]
-        if len(ids) - len(missing) >= count:
-            return
+        unique = set(ids)
+        with self._cond:
+            missing = [i for i in unique if i not in self._ready]
+            waiter = _Waiter(count - (len(unique) - len(missing)))
+            if waiter.remaining <= 0:
+                return
+            for object_id in missing:
+                self._waiters.setdefault(object_id, []).append(waiter)
         self._subscribe(missing, for_get)
         blocked = self.kind == "worker" and self.context.name != "driver"
         if blocked:
             self.send(p.Blocked(self.context.task_id))
-        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            with self._cond:
-                while sum(i in self._ready for i in set(ids)) < count:
-                    self._check_broken()
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        if raise_on_timeout:
-                            missing = [i for i in set(ids) if i not in self._ready]
-                            raise GetTimeoutError(
-                                f"get timed out after {timeout}s: {len(missing)} of "
-                                f"{len(set(ids))} objects not ready yet (e.g. {missing[0].hex()})")
-                        return
-                    self._cond.wait(left if left is not None else 1.0)
+            if not waiter.event.wait(timeout):
+                if raise_on_timeout:
+                    raise GetTimeoutError(
+                        f"get timed out after {timeout}s: {waiter.remaining} of {len(unique)} "
+                        f"objects not ready yet (e.g. {missing[0].hex()})")
+            self._check_broken()
         finally:
+            with self._cond:
+                for object_id in missing:
+                    waiting = self._waiters.get(object_id)
+                    if waiting is not None and waiter in waiting:
+                        waiting.remove(waiter)
+                        if not waiting:
+                            del self._waiters[object_id]
             if blocked:
                 self.send(p.Unblocked(self.context.task_id))
 

@@ -69,7 +69,9 @@ class Scheduler:
         self.available = dict(resources)
         self.gpu_free = [1.0] * int(resources.get("GPU", 0))
         self.tasks: dict[bytes, Task] = {}
-        self.queue: deque[Task] = deque()
+        # Queued tasks by resource shape ("scheduling class", as in Ray): scheduling looks at
+        # the head of each class, so its cost grows with the number of shapes, not of tasks.
+        self.queues: dict[tuple[tuple[str, float], ...], deque[Task]] = {}
         self.waiting_on: dict[bytes, set[bytes]] = {}  # object id -> task ids waiting for it
         self.idle: list[bytes] = []
         self.busy: dict[bytes, Task] = {}
@@ -115,7 +117,7 @@ class Scheduler:
             task.retries_left -= 1
             task.attempt += 1
             task.move(TaskState.QUEUED)
-            self.queue.appendleft(task)
+            self._queue_of(task).appendleft(task)
         else:
             task.move(TaskState.FAILED if retry else TaskState.FINISHED)
             self.tasks.pop(task.spec.task_id, None)
@@ -124,8 +126,9 @@ class Scheduler:
         """A task that never ran fails (e.g. an argument is an error)."""
         task.move(TaskState.FAILED)
         self.tasks.pop(task.spec.task_id, None)
-        if task in self.queue:
-            self.queue.remove(task)
+        queue = self._queue_of(task)
+        if task in queue:
+            queue.remove(task)
 
     def worker_gone(self, worker: bytes) -> Task | None:
         """The worker process died; returns the task it was running (then call task_done)."""
@@ -151,27 +154,34 @@ class Scheduler:
         """Dispatches to make now, and how many more workers to start."""
         dispatches = []
         runnable_without_worker = 0
-        for task in list(self.queue):
-            if task.infeasible or not self._fits(task.spec.resources, self.available):
-                continue
-            if not self.idle:
-                runnable_without_worker += 1
-                continue
-            gpu_ids = self._take_gpus(task.spec.resources.get("GPU", 0.0))
-            if gpu_ids is None:
-                continue
-            self.queue.remove(task)
-            worker = self.idle.pop()
-            self._acquire(task.spec.resources)
-            task.move(TaskState.RUNNING)
-            task.worker, task.gpu_ids = worker, gpu_ids
-            self.busy[worker] = task
-            dispatches.append(Dispatch(task, worker))
+        for queue in self.queues.values():
+            while queue and not queue[0].infeasible:
+                task = queue[0]
+                if not self._fits(task.spec.resources, self.available):
+                    break
+                if not self.idle:
+                    runnable_without_worker += len(queue)
+                    break
+                gpu_ids = self._take_gpus(task.spec.resources.get("GPU", 0.0))
+                if gpu_ids is None:
+                    break
+                queue.popleft()
+                dispatches.append(self._start(task, self.idle.pop(), gpu_ids))
         limit = max(1, int(self.total.get("CPU", 1))) + self.blocked
         pool = len(self.idle) + len(self.busy) + self.starting
         to_start = max(0, min(runnable_without_worker - self.starting, limit - pool))
         self.starting += to_start
         return dispatches, to_start
+
+    def _start(self, task: Task, worker: bytes, gpu_ids: list[int]) -> Dispatch:
+        self._acquire(task.spec.resources)
+        task.move(TaskState.RUNNING)
+        task.worker, task.gpu_ids = worker, gpu_ids
+        self.busy[worker] = task
+        return Dispatch(task, worker)
+
+    def queued(self) -> int:
+        return sum(len(queue) for queue in self.queues.values())
 
     def pool_size_target(self) -> int:
         return max(1, int(self.total.get("CPU", 1)))
@@ -180,7 +190,14 @@ class Scheduler:
 
     def _enqueue(self, task: Task) -> None:
         task.move(TaskState.QUEUED)
-        self.queue.append(task)
+        self._queue_of(task).append(task)
+
+    def _queue_of(self, task: Task) -> deque[Task]:
+        shape = tuple(sorted(task.spec.resources.items()))
+        queue = self.queues.get(shape)
+        if queue is None:
+            queue = self.queues[shape] = deque()
+        return queue
 
     @staticmethod
     def _fits(demand: dict[str, float], have: dict[str, float]) -> bool:
