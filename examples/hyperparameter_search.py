@@ -46,7 +46,7 @@ def main():
     zray.init(num_cpus=2)
     try:
         data = [zray.put(a) for a in make_data()]  # stored once, shared by every trial
-        hparams_of = {}  # ObjectRef -> the hyperparameters of the trial computing it
+        hparams_of: dict[zray.ObjectRef, dict] = {}  # ref -> its trial's hparams
 
         def launch():
             hparams = generate_hyperparameters(rng)
@@ -55,7 +55,7 @@ def main():
             return ref
 
         remaining = [launch() for _ in range(N_CONCURRENT)]
-        best_score, best_hparams, done = -1.0, None, 0
+        best_score, best_hparams, done = -1.0, {}, 0
         while remaining:
             ready, remaining = zray.wait(remaining, num_returns=1)
             accuracy, done = zray.get(ready[0]), done + 1

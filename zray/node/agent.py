@@ -21,8 +21,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,10 +29,10 @@ from typing import Any
 import zmq
 
 from zray import protocol as p
-from zray.broker.link import BrokerLink
 from zray.config import Config
 from zray.ids import new_node_id, return_object_id, short
 from zray.node import failures
+from zray.node.gcs_client import GcsClient
 from zray.node.object_table import ObjectTable
 from zray.node.scheduler import Scheduler, Task, TaskState
 from zray.node.worker_pool import WorkerPool, WorkerProcess
@@ -79,11 +77,9 @@ class Agent:
         self.router.bind(args.endpoint)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.pool = WorkerPool(["-m", "zray.node.worker", "--endpoint", args.endpoint], env)
-        self.broker_argv = ["-m", "zray.broker.shard", "--endpoint", args.broker_endpoint,
-                            "--wal", args.broker_wal, "--parent-pid", str(os.getpid())]
-        self.broker = self._start_broker()
-        self.broker_link = BrokerLink(self.zmq, args.broker_endpoint, self.node_id, config)
-        self.broker_link.record("nodes", self.node_id, {
+        self.gcs = GcsClient(self.zmq, args.broker_endpoint, args.broker_wal, self.node_id,
+                             config)
+        self.gcs.record("nodes", self.node_id, {
             "node_id": self.node_id.hex(), "pid": os.getpid(), "resources": self.resources,
             "state": "ALIVE", "started": time.time()})
         self.owner_pidfd = os.pidfd_open(self.owner_pid) if self.owner_pid else -1
@@ -106,7 +102,7 @@ class Agent:
     def run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
-        poller.register(self.broker_link.socket, zmq.POLLIN)
+        poller.register(self.gcs.link.socket, zmq.POLLIN)
         if self.owner_pidfd >= 0:
             poller.register(self.owner_pidfd, zmq.POLLIN)
         registered_fds: set[int] = set()
@@ -117,14 +113,12 @@ class Agent:
                 self._on_fd(fd)
             while self.router in events and self.running and self.router.poll(0):
                 self._on_frames(self.router.recv_multipart())
-            while self.broker_link.socket.poll(0):
-                self.broker_link.handle(self.broker_link.socket.recv_multipart())
             self._after_events()
-            self.broker_link.flush(time.monotonic())
+            self.gcs.pump()
 
     def _sync_fds(self, poller: zmq.Poller, registered: set[int]) -> set[int]:
         wanted = set(self.pool.by_fd) | {c.pidfd for c in self.clients.values() if c.pidfd >= 0}
-        wanted.add(self.broker_pidfd)
+        wanted.update(self.gcs.fds)
         for fd in registered - wanted:
             poller.unregister(fd)
         for fd in wanted - registered:
@@ -135,8 +129,8 @@ class Agent:
         if fd == self.owner_pidfd:
             log.info("the driver (pid %d) exited; stopping the cluster", self.owner_pid)
             self.running = False
-        elif fd == self.broker_pidfd:
-            self._restart_broker()
+        elif fd in self.gcs.fds:
+            self.gcs.on_broker_exit()
         elif fd in self.pool.by_fd:
             worker, what = self.pool.by_fd[fd]
             if what == "exit":
@@ -163,7 +157,10 @@ class Agent:
         if handler is None:
             log.warning("dropped unexpected %s from %s", type(msg).__name__, short(client_id))
             return
-        handler(client_id, msg)
+        try:
+            handler(client_id, msg)
+        except Exception:  # a bug handling one message must not take the node down
+            log.exception("failed to handle %s from %s", type(msg).__name__, short(client_id))
 
     def send(self, client_id: bytes, msg: p.Message) -> None:
         try:
@@ -211,7 +208,7 @@ class Agent:
     def on_export(self, client_id: bytes, msg: p.ExportFunction) -> None:
         if msg.function_id not in self.functions:
             self.functions[msg.function_id] = msg.blob
-            self.broker_link.record("functions", msg.function_id, {"name": msg.name}, msg.blob)
+            self.gcs.record("functions", msg.function_id, {"name": msg.name}, msg.blob)
 
     def on_submit(self, client_id: bytes, msg: p.SubmitTask) -> None:
         task = Task(msg, client_id)
@@ -222,7 +219,7 @@ class Agent:
             self.objects.pin(ref)
         missing = {d for d in msg.deps if not self.objects.is_ready(d)} - set(lost)
         self.scheduler.submit(task, missing)
-        self._record_task(task)
+        self.gcs.record_task(task)
         if lost:
             self.fail_task(task, failures.object_lost(lost[0], msg.name))
         elif not missing:
@@ -257,7 +254,7 @@ class Agent:
         self.scheduler.task_done(task, retry=msg.retryable)
         if task.state is not TaskState.QUEUED:
             self._finish(task, msg.results, msg.contained)
-        self._record_task(task)
+        self.gcs.record_task(task)
 
     def _finish(self, task: Task, results: list[p.Location], contained: list[bytes]) -> None:
         for object_id, data, _, _, is_error in results:
@@ -268,7 +265,7 @@ class Agent:
             self.objects.unpin(dep)
         for ref in task.spec.contained:
             self.objects.unpin(ref)
-        self._record_task(task)
+        self.gcs.record_task(task)
 
     def on_blocked(self, client_id: bytes, msg: p.Blocked) -> None:
         self.scheduler.set_blocked(msg.task_id, True)
@@ -293,7 +290,7 @@ class Agent:
             self.scheduler.task_done(task, retry=True)
             if task.state is TaskState.FAILED:
                 self._finish_crashed(task, worker.pid, how)
-            self._record_task(task)
+            self.gcs.record_task(task)
         if self.running and len(self.pool.by_pid) < self.scheduler.pool_size_target():
             self.pool.start()
             self.scheduler.starting += 1
@@ -314,7 +311,7 @@ class Agent:
         """Deliver ready objects, queue the tasks they unblock, dispatch, report frees."""
         while self.objects.became_ready:
             object_id = self.objects.became_ready.pop()
-            self._record_object(object_id)
+            self.gcs.record_object(self.objects.get(object_id), self.node_id)
             for task in self.scheduler.object_ready(object_id):
                 self._check_args(task)
         by_client: dict[bytes, list[p.Location]] = {}
@@ -324,7 +321,7 @@ class Agent:
         for client_id, locations in by_client.items():
             self.send(client_id, p.ObjectsReady(locations))
         for freed in self.objects.freed:
-            self.broker_link.record("objects", freed.object_id, None)
+            self.gcs.record("objects", freed.object_id, None)
             if freed.unhandled_error is not None:
                 self.notice(freed.job_id, "", freed.unhandled_error)
         self.objects.freed.clear()
@@ -350,7 +347,7 @@ class Agent:
             spec.num_returns, spec.retry_filter, task.gpu_ids, blob, task.attempt))
         assert client.worker is not None
         self.running_on[client.worker.pid] = task
-        self._record_task(task, client.worker.pid)
+        self.gcs.record_task(task, client.worker.pid)
 
     # --- objects ---------------------------------------------------------------------
 
@@ -403,43 +400,9 @@ class Agent:
             if driver.log_to_driver:
                 self.send(driver.client_id, p.LogLines(prefix, stream, lines))
 
-    def _record_task(self, task: Task, pid: int = 0) -> None:
-        row = {"task_id": task.spec.task_id.hex(), "name": task.spec.name,
-               "job_id": task.spec.job_id.hex(), "state": task.state.name,
-               "attempt": task.attempt, "time": time.time()}
-        if pid:
-            row["pid"] = pid
-        self.broker_link.record("tasks", task.spec.task_id, row)
-
-    def _record_object(self, object_id: bytes) -> None:
-        entry = self.objects.get(object_id)
-        if entry is not None:
-            self.broker_link.record("objects", object_id, {
-                "object_id": object_id.hex(), "job_id": entry.job_id.hex(), "size": entry.size,
-                "where": "inline" if entry.data is not None else "store",
-                "is_error": entry.is_error, "node_id": self.node_id.hex()})
-
-    def _start_broker(self) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, *self.broker_argv], stdin=subprocess.DEVNULL)
-        self.broker_pidfd = os.pidfd_open(proc.pid)
-        return proc
-
-    def _restart_broker(self) -> None:
-        log.warning("broker shard (pid %d) exited with %s; restarting it",
-                    self.broker.pid, self.broker.wait())
-        os.close(self.broker_pidfd)
-        if self.running:
-            self.broker = self._start_broker()
-
     def stop(self) -> None:
         self.pool.stop_all(self.config.shutdown_timeout_s)
-        self.broker.terminate()
-        try:
-            self.broker.wait(self.config.shutdown_timeout_s)
-        except subprocess.TimeoutExpired:
-            self.broker.kill()
-            self.broker.wait()
-        self.broker_link.close()
+        self.gcs.stop()
         self.mapping.close()
         self.router.close()
         self.zmq.term()

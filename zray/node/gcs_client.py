@@ -1,0 +1,88 @@
+"""The agent's side of the GCS: it supervises its broker shard and reports rows to it.
+
+Rows go out through ``BrokerLink`` (batched, acknowledged, resent after a broker restart),
+never on the hot path: the agent records and moves on. On a private cluster the agent also
+starts the broker shard and restarts it whenever it dies (DESIGN.md §3: "restarted by its
+node's supervisor"); the shard replays its write-ahead log when it comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import zmq
+
+from zray.broker.link import BrokerLink
+from zray.config import Config
+from zray.node.object_table import ObjectEntry
+from zray.node.scheduler import Task
+
+log = logging.getLogger("zray.agent")
+
+
+class GcsClient:
+    def __init__(self, context: zmq.Context, endpoint: str, wal: str, node_id: bytes,
+                 config: Config) -> None:
+        self._argv = [sys.executable, "-m", "zray.broker.shard", "--endpoint", endpoint,
+                      "--wal", wal, "--parent-pid", str(os.getpid())]
+        self._config = config
+        self.stopping = False
+        self._start()
+        self.link = BrokerLink(context, endpoint, node_id, config)
+
+    @property
+    def fds(self) -> list[int]:
+        """What the agent's poller watches for us: the broker's pidfd."""
+        return [self.pidfd]
+
+    def record(self, table: str, key: bytes, fields: dict[str, Any] | None,
+               blob: bytes | None = None) -> None:
+        self.link.record(table, key, fields, blob)
+
+    def record_task(self, task: Task, pid: int = 0) -> None:
+        row = {"task_id": task.spec.task_id.hex(), "name": task.spec.name,
+               "job_id": task.spec.job_id.hex(), "state": task.state.name,
+               "attempt": task.attempt, "time": time.time()}
+        if pid:
+            row["pid"] = pid
+        self.link.record("tasks", task.spec.task_id, row)
+
+    def record_object(self, entry: ObjectEntry | None, node_id: bytes) -> None:
+        if entry is not None:
+            self.link.record("objects", entry.object_id, {
+                "object_id": entry.object_id.hex(), "job_id": entry.job_id.hex(),
+                "size": entry.size, "where": "inline" if entry.data is not None else "store",
+                "is_error": entry.is_error, "node_id": node_id.hex()})
+
+    def pump(self) -> None:
+        """Take acknowledgements, send what is queued or due for a resend."""
+        while self.link.socket.poll(0):
+            self.link.handle(self.link.socket.recv_multipart())
+        self.link.flush(time.monotonic())
+
+    def on_broker_exit(self) -> None:
+        log.warning("broker shard (pid %d) %s; restarting it", self.proc.pid,
+                    f"exited with {self.proc.wait()}")
+        os.close(self.pidfd)
+        if not self.stopping:
+            self._start()
+
+    def _start(self) -> None:
+        self.proc = subprocess.Popen(self._argv, stdin=subprocess.DEVNULL)
+        self.pidfd = os.pidfd_open(self.proc.pid)
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.proc.terminate()
+        try:
+            self.proc.wait(self._config.shutdown_timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.pidfd)
+        self.link.close()
