@@ -37,10 +37,19 @@ def zray_processes() -> list[psutil.Process]:
 def leftovers() -> list[str]:
     found = [f"process {p.pid}: {' '.join(p.cmdline())}" for p in zray_processes()
              if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    found += glob.glob(os.path.join(tempfile.gettempdir(), SESSION_PREFIX + "*"))
-    found += glob.glob("/dev/shm/zray-*")
+    paths = glob.glob(os.path.join(tempfile.gettempdir(), SESSION_PREFIX + "*"))
+    paths += glob.glob("/dev/shm/" + SESSION_PREFIX + "*")
+    found += [path for path in paths if _created_since_start(path)]
     found += [f"thread {t.name}" for t in threading.enumerate() if t.name.startswith("zray")]
     return found
+
+
+def _created_since_start(path: str) -> bool:
+    """Only what this test session made counts (a developer may run a demo meanwhile)."""
+    try:
+        return os.stat(path).st_ctime >= _STARTED
+    except FileNotFoundError:
+        return False
 
 
 def assert_no_leaks(timeout_s: float = 10.0) -> None:

@@ -178,3 +178,34 @@ def test_init_twice_and_shutdown_twice():
     assert not zray.is_initialized()
 
 
+
+
+def test_frozen_broker_does_not_block_tasks():
+    zray.init(num_cpus=2)
+    broker = broker_process()
+    try:
+        broker.send_signal(signal.SIGSTOP)
+        noop = zray.remote(lambda i: i)
+        assert zray.get([noop.remote(i) for i in range(200)], timeout=30) == list(range(200))
+    finally:
+        broker.send_signal(signal.SIGCONT)
+        zray.shutdown()
+
+
+def test_garbage_frames_do_not_crash_the_agent():
+    import zmq
+
+    zray.init(num_cpus=1)
+    try:
+        endpoint = f"ipc://{api._cluster.session}/agent.sock"  # type: ignore[union-attr]
+        context = zmq.Context()
+        sock = context.socket(zmq.DEALER)
+        sock.connect(endpoint)
+        for frames in ([b"junk"], [b"\x01\x04", b"not a pickle"], [b"\x09\x01", b""],
+                       [b"\x01\x04", b"\x80\x05\x95\x05\x00\x00\x00\x00\x00\x00\x00\x8c"]):
+            sock.send_multipart(frames)
+        sock.close(linger=1000)
+        context.term()
+        assert zray.get(zray.remote(lambda: "alive").remote(), timeout=30) == "alive"
+    finally:
+        zray.shutdown()

@@ -178,3 +178,28 @@ def test_bad_input_to_get_put_wait(small_store):
         import threading
 
         zray.put(threading.Lock())
+
+
+def test_ref_inside_a_put_keeps_its_object_alive(small_store):
+    inner = zray.put(np.arange(1_000_000))
+    outer = zray.put({"inner": inner})
+    del inner
+    gc.collect()
+    filler = [zray.put(np.zeros(MB)) for _ in range(3)]
+    got = zray.get(zray.get(outer)["inner"])
+    assert got[999_999] == 999_999
+    del outer, got, filler
+    assert wait_store_empty() == 0
+
+
+def test_ref_made_in_a_task_outlives_the_task(small_store):
+    @zray.remote
+    def make():
+        return [zray.put(np.full(1_000_000, 7.0))]
+
+    [ref] = zray.get(make.remote())
+    gc.collect()
+    filler = [zray.put(np.zeros(MB)) for _ in range(3)]
+    assert float(zray.get(ref).sum()) == 7_000_000.0
+    del ref, filler
+    assert wait_store_empty() == 0

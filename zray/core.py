@@ -212,21 +212,32 @@ class CoreClient:
     # --- sending ---------------------------------------------------------------------
 
     def send(self, msg: p.Message) -> None:
-        """Send on tx; pending ref-count edges go first, so the agent sees them in order."""
+        """Send on tx, with the pending ref-count edges around it.
+
+        Refs this process started holding are announced before the message (which may hand
+        them on, e.g. a task's result containing a ref it borrowed); refs it let go are
+        announced after it (the message may pin them first, e.g. a ref inside a put)."""
         with self._tx_lock:
-            self._flush_refs_locked()
+            added, released = self.refs.drain()
+            if added:
+                self._tx.send_multipart(p.encode(p.RefsChanged(added, [])))
             self._tx.send_multipart(p.encode(msg), copy=False)
+            if released:
+                self._send_released(released)
 
     def _flush_refs_locked(self) -> None:
         added, released = self.refs.drain()
-        if not (added or released):
-            return
+        if added:
+            self._tx.send_multipart(p.encode(p.RefsChanged(added, [])))
         if released:
-            with self._cond:
-                for object_id in released:
-                    self._ready.pop(object_id, None)
-                    self._subscribed.discard(object_id)
-        self._tx.send_multipart(p.encode(p.RefsChanged(added, released)))
+            self._send_released(released)
+
+    def _send_released(self, released: list[bytes]) -> None:
+        with self._cond:
+            for object_id in released:
+                self._ready.pop(object_id, None)
+                self._subscribed.discard(object_id)
+        self._tx.send_multipart(p.encode(p.RefsChanged([], released)))
 
     # --- the I/O thread --------------------------------------------------------------
 

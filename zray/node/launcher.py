@@ -37,7 +37,7 @@ class LocalCluster:
     @classmethod
     def start(cls, resources: dict[str, float], store_size: int, config: Config) -> LocalCluster:
         session = tempfile.mkdtemp(prefix=SESSION_PREFIX)
-        placement = place_arena(f"zray-{os.path.basename(session)}-store", store_size, session)
+        placement = place_arena(f"{os.path.basename(session)}-store", store_size, session)
         endpoint = f"ipc://{session}/agent.sock"
         with open(os.path.join(session, "agent.log"), "wb") as log_file:
             agent = subprocess.Popen(

@@ -48,18 +48,21 @@ def main() -> None:
         task = client.tasks.get()
         if task is None:
             break
-        done = run_task(client, functions, task)
+        done, results = run_task(client, functions, task)
         sys.stdout.flush()
         sys.stderr.flush()
         client.send(done)
+        del results  # refs inside the results stay held until TaskDone has pinned them
     client.close()
 
 
 def run_task(client: CoreClient, functions: dict[bytes, Callable[..., Any]],
-             task: p.ExecuteTask) -> p.TaskDone:
+             task: p.ExecuteTask) -> tuple[p.TaskDone, list[Any]]:
+    """Run one task: its TaskDone, and its return values (keep them until it is sent)."""
     client.context = TaskContext(TaskID(task.task_id), task.name, list(task.gpu_ids))
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, task.gpu_ids))
     contained: list[bytes] = []
+    values: list[Any] = []
     try:
         if task.function_blob is not None:
             functions[task.function_id] = load_function(task.function_blob)
@@ -74,7 +77,7 @@ def run_task(client: CoreClient, functions: dict[bytes, Callable[..., Any]],
         retryable = _should_retry(task.retry_filter, exc)
     finally:
         client.context = TaskContext(TaskID(b""), "idle")
-    return p.TaskDone(task.task_id, task.attempt, results, contained, retryable)
+    return p.TaskDone(task.task_id, task.attempt, results, contained, retryable), values
 
 
 def load_function(blob: bytes) -> Callable[..., Any]:
