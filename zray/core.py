@@ -188,6 +188,8 @@ class CoreClient:
         """Round trip to the agent after flushing refs: notices it owes us arrive first."""
         if self._io is None:
             return
+        with self._tx_lock:
+            self._flush_refs_locked()  # releases go before the query, not after it
         try:
             self.query("resources")
         except NodeDiedError:
