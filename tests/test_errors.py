@@ -122,7 +122,7 @@ def test_unretrieved_error_is_printed_when_ref_dropped():
 
         @zray.remote
         def bad():
-            raise KeyError("nobody-read-me")
+            raise KeyError("nobody-read-me" + "!" * 200_000)  # bigger than inline values
 
         ref = bad.remote()
         zray.wait([ref])

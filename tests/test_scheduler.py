@@ -21,7 +21,7 @@ def make_task(resources: dict[str, float] | None = None, max_retries: int = 0,
         task_id=task_id, job_id=b"job1", function_id=b"fn" * 8, name=name, args=b"",
         deps=[], contained=[], num_returns=1,
         resources={"CPU": 1.0} if resources is None else resources,
-        max_retries=max_retries, retry_filter=b"",
+        max_retries=max_retries, retry_filter=b"", actor_id=b"", actor_options={},
     )
     return Task(spec, submitter=b"driver")
 
@@ -252,10 +252,6 @@ def test_transition_table_covers_every_state_and_ends_are_final() -> None:
     assert TRANSITIONS[TaskState.FAILED] == set()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Scheduler.task_done releases the task's resources and worker (_release) before "
-    "task.move checks the transition, so a task_done for a task that is not RUNNING raises "
-    "only after available resources were raised past the total"))
 def test_task_done_on_a_finished_task_changes_nothing() -> None:
     sched = Scheduler({"CPU": 1})
     with_workers(sched, b"w1")
@@ -268,10 +264,6 @@ def test_task_done_on_a_finished_task_changes_nothing() -> None:
     assert sched.available == {"CPU": 1}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Scheduler.task_done on a QUEUED task (never dispatched) with retry=True and no "
-    "retries left moves QUEUED -> FAILED, which the table allows, but _release first hands "
-    "back resources that were never acquired"))
 def test_task_done_on_a_queued_task_does_not_mint_resources() -> None:
     sched = Scheduler({"CPU": 1})
     task = make_task()

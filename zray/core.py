@@ -15,6 +15,7 @@ once instead of leaving it hanging.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import itertools
 import json
@@ -134,7 +135,9 @@ class CoreClient:
         self.worker_id: WorkerID = new_worker_id()
         self.refs = RefCounter()
         self.tasks: queue.SimpleQueue[p.ExecuteTask | None] = queue.SimpleQueue()
-        self.context = TaskContext(TaskID(b""))
+        self._root_context = TaskContext(TaskID(b""), "idle")
+        # The running task, per thread and per asyncio task (threaded and async actors).
+        self._context: contextvars.ContextVar[TaskContext] = contextvars.ContextVar("zray_task")
         self.node_id = b""
         self.resources: dict[str, float] = {}
         self._zmq = zmq.Context()
@@ -154,6 +157,17 @@ class CoreClient:
         self._mapping: Mapping | None = None
         self._io: threading.Thread | None = None
         self._agent_pidfd = -1
+
+    @property
+    def context(self) -> TaskContext:
+        return self._context.get(self._root_context)
+
+    @context.setter
+    def context(self, value: TaskContext) -> None:
+        if self.kind == "driver":
+            self._root_context = value  # every driver thread submits as the driver
+        else:
+            self._context.set(value)
 
     def _socket(self, endpoint: str, role: bytes) -> zmq.Socket:
         sock = self._zmq.socket(zmq.DEALER)
@@ -301,21 +315,25 @@ class CoreClient:
 
     # --- tasks -----------------------------------------------------------------------
 
-    def submit(self, fn: FunctionDescriptor, args: tuple[Any, ...], kwargs: dict[str, Any],
-               options: TaskOptions) -> list[ObjectRef]:
+    def submit(self, fn: FunctionDescriptor | None, name: str, args: tuple[Any, ...],
+               kwargs: dict[str, Any], options: TaskOptions, actor_id: bytes = b"",
+               actor_options: dict[str, Any] | None = None) -> tuple[bytes, list[ObjectRef]]:
+        """Submit a task, an actor's creation (``actor_options``) or an actor method call
+        (``actor_id`` without ``fn``); returns its task id and refs to its results."""
         self._check_broken()
-        if fn.function_id not in self._exported:
+        if fn is not None and fn.function_id not in self._exported:
             self.send(p.ExportFunction(fn.function_id, fn.name, fn.blob))
             self._exported.add(fn.function_id)
         task_id = child_task_id(self.context.task_id, next(self.context.submitted))
-        blob, deps, contained, keep_alive = self._encode_args(fn.name, args, kwargs)
+        blob, deps, contained, keep_alive = self._encode_args(name, args, kwargs)
         self.send(p.SubmitTask(
-            task_id, self.job_id, fn.function_id, fn.name, blob, deps, contained,
+            task_id, self.job_id, fn.function_id if fn else b"", name, blob, deps, contained,
             options.num_returns, options.resources, options.max_retries, options.retry_filter,
+            actor_id, actor_options or {},
         ))
         del keep_alive  # refs of large arguments put on the caller's behalf: the task pins them now
-        return [ObjectRef(return_object_id(task_id, i), self.refs, created=True)
-                for i in range(options.num_returns)]
+        return task_id, [ObjectRef(return_object_id(task_id, i), self.refs, created=True)
+                         for i in range(options.num_returns)]
 
     def _encode_args(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
                      ) -> tuple[bytes, list[bytes], list[bytes], list[ObjectRef]]:
@@ -379,8 +397,9 @@ class CoreClient:
         """Hand a serialised value to the node: inline, or written into the store in place.
 
         An inline value only comes back as a location (with its data): the caller sends it,
-        put in a PutObject, a task's results in its TaskDone."""
-        if ser.size <= self.config.inline_object_max_bytes:
+        put in a PutObject, a task's results in its TaskDone. Errors always travel inline,
+        so the agent can hand them to dependents and report them if nobody reads them."""
+        if ser.size <= self.config.inline_object_max_bytes or is_error:
             return (object_id, ser.to_bytes(), 0, ser.size, is_error)
         offset = self._create(object_id, ser.size)
         if offset == -2:  # a retried task made it again; the first value stands
@@ -400,8 +419,8 @@ class CoreClient:
                 self._cond.wait(1.0)
             return self._replies.pop(request_id)
 
-    def query(self, what: str) -> Any:
-        reply = self.request(lambda rid: p.QueryAgent(rid, what))
+    def query(self, what: str, **args: Any) -> Any:
+        reply = self.request(lambda rid: p.QueryAgent(rid, what, args))
         return json.loads(reply.body_json)
 
     def _create(self, object_id: bytes, size: int) -> int:

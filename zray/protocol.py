@@ -121,6 +121,8 @@ class SubmitTask(Message):
     resources: dict  # {"CPU": 1.0, "GPU": 0.0, "custom": 2.0}
     max_retries: int
     retry_filter: bytes  # b"" none, b"*" any exception, else pickled tuple of classes
+    actor_id: bytes  # b"" for a plain task; else the actor this creates or calls
+    actor_options: dict  # only when creating an actor: name, namespace, max_restarts, ...
 
 
 @message(5)
@@ -137,6 +139,8 @@ class ExecuteTask(Message):
     gpu_ids: list
     function_blob: bytes | None  # sent with the first task of a function to each worker
     attempt: int
+    actor_id: bytes  # b"" for a plain task
+    actor_options: dict  # only for an actor's creation (its __init__)
 
 
 @message(6)
@@ -254,10 +258,11 @@ class Disconnect(Message):
 @message(19)
 @dataclass(frozen=True, slots=True)
 class QueryAgent(Message):
-    """Ask the agent for its state: ``what`` is "resources" or "store"."""
+    """Ask the agent: "resources", "store", or "actor" (``args``: name, namespace)."""
 
     request_id: int
     what: str
+    args: dict
 
 
 @message(20)
@@ -265,6 +270,30 @@ class QueryAgent(Message):
 class AgentReply(Message):
     request_id: int
     body_json: str
+
+
+@message(21)
+@dataclass(frozen=True, slots=True)
+class KillActor(Message):
+    actor_id: bytes
+    no_restart: bool
+
+
+@message(22)
+@dataclass(frozen=True, slots=True)
+class CancelTask(Message):
+    """Cancel the task that makes this object: dequeue it, interrupt it, or kill it."""
+
+    object_id: bytes
+    force: bool
+
+
+@message(23)
+@dataclass(frozen=True, slots=True)
+class CancelRunning(Message):
+    """Agent to worker: interrupt this task if it is still the one running."""
+
+    task_id: bytes
 
 
 # --- node agent <-> broker shard ------------------------------------------------------

@@ -48,7 +48,7 @@ class RemoteFunction:
         client = client_for_call()
         if self._descriptor is None:
             self._descriptor = FunctionDescriptor.of(export_blob(self._fn), self._name)
-        refs = client.submit(self._descriptor, args, kwargs, opts)
+        _, refs = client.submit(self._descriptor, self._name, args, kwargs, opts)
         return refs[0] if opts.num_returns == 1 else refs
 
 

@@ -344,7 +344,8 @@ class Agent:
             deps.append(self.objects.entries[dep].location())
         self.send(worker_id, p.ExecuteTask(
             spec.task_id, spec.job_id, spec.function_id, spec.name, spec.args, deps,
-            spec.num_returns, spec.retry_filter, task.gpu_ids, blob, task.attempt))
+            spec.num_returns, spec.retry_filter, task.gpu_ids, blob, task.attempt,
+            spec.actor_id, spec.actor_options))
         assert client.worker is not None
         self.running_on[client.worker.pid] = task
         self.gcs.record_task(task, client.worker.pid)

@@ -112,6 +112,8 @@ class Scheduler:
 
     def task_done(self, task: Task, retry: bool) -> None:
         """The task's worker is free again; with ``retry`` the task goes back in the queue."""
+        if task.state is not TaskState.RUNNING:
+            raise ValueError(f"task {task.spec.name}: task_done while {task.state.name}")
         self._release(task)
         if retry and task.retries_left > 0:
             task.retries_left -= 1

@@ -1,0 +1,149 @@
+"""Pure tests of the wire protocol: every message roundtrips; every malformed frame is refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from typing import Any
+
+import pytest
+
+from zray import protocol as p
+
+pytestmark = pytest.mark.timeout(30)
+
+SAMPLES: dict[type, Any] = {
+    bytes: b"\x00\xffid",
+    str: "text \u00e9",
+    int: 7,
+    float: 1.5,
+    bool: True,
+    list: [b"a", 1, ("nested", None)],
+    dict: {"CPU": 1.0, "custom": 2},
+    tuple: (b"x", 2),
+    type(None): None,
+}
+
+MESSAGES = sorted(p._BY_OP.items())
+
+
+def sample(cls: type[p.Message], pick: int = 0) -> p.Message:
+    """An instance of ``cls`` with a sample value of each field's ``pick``-th allowed type."""
+    values = [SAMPLES[allowed[min(pick, len(allowed) - 1)]] for allowed in cls._types]
+    return cls(*values)
+
+
+def names(cls: type[p.Message]) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+
+
+def frames_of(cls: type[p.Message], values: Any, version: int = p.PROTOCOL_VERSION) -> list[bytes]:
+    return [bytes((version, cls.op)), pickle.dumps(values, protocol=5)]
+
+
+def test_every_message_class_is_registered_under_its_op() -> None:
+    assert len(MESSAGES) >= 20
+    for op, cls in MESSAGES:
+        assert cls.op == op
+        assert dataclasses.is_dataclass(cls)
+        assert len(cls._types) == len(names(cls))
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(sample(cls), names(cls)[0], None)
+
+
+@pytest.mark.parametrize(("op", "cls"), MESSAGES, ids=[c.__name__ for _, c in MESSAGES])
+def test_roundtrip(op: int, cls: type[p.Message]) -> None:
+    for pick in (0, 1):  # e.g. ``bytes | None`` fields both ways
+        msg = sample(cls, pick)
+        frames = p.encode(msg)
+        assert len(frames) == 2 and frames[0] == bytes((p.PROTOCOL_VERSION, op))
+        assert p.decode(frames) == msg
+        assert type(p.decode(frames)) is cls
+
+
+def test_submit_task_roundtrip_with_real_values() -> None:
+    msg = p.SubmitTask(b"t" * 16, b"job1", b"f" * 16, "mod.fn", b"\x80args", [b"d" * 20],
+                       [], 2, {"CPU": 1.0, "GPU": 0.5}, 3, b"*", b"", {})
+    assert p.decode(p.encode(msg)) == msg
+
+
+def test_wrong_version_is_refused() -> None:
+    frames = p.encode(p.Blocked(b"t"))
+    with pytest.raises(p.ProtocolError, match="version"):
+        p.decode([bytes((p.PROTOCOL_VERSION + 1, p.Blocked.op)), frames[1]])
+
+
+def test_unknown_op_is_refused() -> None:
+    unused = next(op for op in range(256) if op not in p._BY_OP)
+    with pytest.raises(p.ProtocolError, match=f"unknown op {unused}"):
+        p.decode([bytes((p.PROTOCOL_VERSION, unused)), pickle.dumps((), protocol=5)])
+
+
+@pytest.mark.parametrize("frames", [
+    [],
+    [b"\x01\x07"],
+    [b"\x01", pickle.dumps((b"t",))],
+    [b"\x01\x07\x00", pickle.dumps((b"t",))],
+    [b"\x01\x07", pickle.dumps((b"t",)), b"extra"],
+], ids=["none", "header-only", "short-header", "long-header", "three-frames"])
+def test_wrong_frame_shape_is_refused(frames: list[bytes]) -> None:
+    with pytest.raises(p.ProtocolError):
+        p.decode(frames)
+
+
+@pytest.mark.parametrize(("op", "cls"), MESSAGES, ids=[c.__name__ for _, c in MESSAGES])
+def test_truncated_body_is_refused(op: int, cls: type[p.Message]) -> None:
+    header, body = p.encode(sample(cls))
+    for cut in (0, 1, len(body) // 2, len(body) - 1):
+        with pytest.raises(p.ProtocolError):
+            p.decode([header, body[:cut]])
+
+
+def test_garbage_body_is_refused() -> None:
+    with pytest.raises(p.ProtocolError, match="Blocked"):
+        p.decode([bytes((p.PROTOCOL_VERSION, p.Blocked.op)), b"not a pickle at all"])
+
+
+@pytest.mark.parametrize(("op", "cls"), MESSAGES, ids=[c.__name__ for _, c in MESSAGES])
+def test_wrong_field_count_is_refused(op: int, cls: type[p.Message]) -> None:
+    values = tuple(getattr(sample(cls), name) for name in names(cls))
+    for wrong in (values[:-1], values + (None,)):
+        with pytest.raises(p.ProtocolError, match="fields"):
+            p.decode(frames_of(cls, wrong))
+    with pytest.raises(p.ProtocolError):
+        p.decode(frames_of(cls, list(values)))  # a list is not the tuple of fields
+
+
+@pytest.mark.parametrize(("op", "cls"), MESSAGES, ids=[c.__name__ for _, c in MESSAGES])
+def test_wrong_field_type_is_refused(op: int, cls: type[p.Message]) -> None:
+    values = [getattr(sample(cls), name) for name in names(cls)]
+    for i, allowed in enumerate(cls._types):
+        wrong = b"wrong" if str in allowed else "wrong"
+        bad = tuple(values[:i] + [wrong] + values[i + 1:])
+        with pytest.raises(p.ProtocolError, match=cls.__name__):
+            p.decode(frames_of(cls, bad))
+
+
+@pytest.mark.parametrize("payload", [
+    (print,),
+    (b"t", ValueError("x")),
+    (dataclasses.field,),
+], ids=["builtin", "exception", "function"])
+def test_pickle_naming_a_global_is_refused(payload: tuple[Any, ...]) -> None:
+    frames = [bytes((p.PROTOCOL_VERSION, p.Blocked.op)), pickle.dumps(payload, protocol=5)]
+    with pytest.raises(p.ProtocolError, match="global"):
+        p.decode(frames)
+
+
+def test_global_nested_inside_a_field_is_refused() -> None:
+    frames = frames_of(p.Subscribe, ([b"id", {"f": print}], True))
+    with pytest.raises(p.ProtocolError, match="global"):
+        p.decode(frames)
+
+
+def test_out_of_band_buffer_in_body_is_refused() -> None:
+    buffers: list[pickle.PickleBuffer] = []
+    body = pickle.dumps((pickle.PickleBuffer(b"t" * 16),), protocol=5,
+                        buffer_callback=buffers.append)
+    with pytest.raises(p.ProtocolError):
+        p.decode([bytes((p.PROTOCOL_VERSION, p.Blocked.op)), body])
