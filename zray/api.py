@@ -14,6 +14,8 @@ from typing import Any
 import psutil
 
 from zray import core
+from zray import protocol as p
+from zray.actors.handle import ActorClass, ActorHandle
 from zray.config import Config
 from zray.core import CoreClient, TaskContext
 from zray.exceptions import ZrayError
@@ -63,7 +65,8 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
             print(f"zray: {cluster.warning}", file=sys.stderr, flush=True)
         job_id = new_job_id()
         client = CoreClient(cluster.endpoint, "driver", job_id, _config, log_to_driver)
-        client.context = TaskContext(driver_task_id(job_id))
+        client.namespace = namespace or f"anonymous-{job_id.hex()}"
+        client.context = TaskContext(driver_task_id(job_id), "driver", job_id)
         try:
             client.connect(_config.startup_timeout_s, cluster.why_not_running)
         except BaseException:
@@ -120,9 +123,30 @@ def remote(*args: Any, **options: Any) -> Any:
 
 def _make_remote(target: Any, options: dict[str, Any]) -> Any:
     if isinstance(target, type):
-        raise NotImplementedError(f"@zray.remote on a class ({target.__name__}): actors are not "
-                                  "available in this version of zray yet")
+        return ActorClass(target, options)
     return RemoteFunction(target, options)
+
+
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    """The handle of the named actor; ValueError if there is none by that name."""
+    found = client_for_call().query("actor", name=name, namespace=namespace or "")
+    if "error" in found:
+        raise ValueError(found["error"])
+    return ActorHandle(bytes.fromhex(found["actor_id"]), found["class_name"], found["methods"])
+
+
+def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
+    """Stop the actor now; later calls raise ActorDiedError (unless it may restart)."""
+    if not isinstance(actor, ActorHandle):
+        raise ValueError(f"zray.kill() takes an actor handle, got {type(actor).__name__}")
+    client_for_call().send(p.KillActor(actor.actor_id, no_restart))
+
+
+def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task making ``ref``: dequeue it, interrupt it, or (force) kill its worker."""
+    if not isinstance(ref, ObjectRef):
+        raise ValueError(f"zray.cancel() takes an ObjectRef, got {type(ref).__name__}")
+    client_for_call().send(p.CancelTask(ref.id, force))
 
 
 def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:

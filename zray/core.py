@@ -72,6 +72,7 @@ class TaskContext:
 
     task_id: TaskID
     name: str = "driver"
+    job_id: bytes = b""
     gpu_ids: list[int] = field(default_factory=list)
     submitted: Iterator[int] = field(default_factory=itertools.count)
     puts: Iterator[int] = field(default_factory=itertools.count)
@@ -129,9 +130,11 @@ class CoreClient:
                  on_agent_death: Callable[[], None] | None = None) -> None:
         self.kind = kind
         self._on_agent_death = on_agent_death
+        self.on_cancel: Callable[[bytes], None] | None = None  # set by a worker
         self.job_id = job_id
         self.config = config
         self.log_to_driver = log_to_driver
+        self.namespace = ""
         self.worker_id: WorkerID = new_worker_id()
         self.refs = RefCounter()
         self.tasks: queue.SimpleQueue[p.ExecuteTask | None] = queue.SimpleQueue()
@@ -182,7 +185,8 @@ class CoreClient:
 
     def connect(self, timeout_s: float, still_starting: Callable[[], str] | None = None) -> None:
         """Register with the agent; ``still_starting`` returns why to give up early, or ""."""
-        hello = p.Register(self.worker_id, os.getpid(), self.kind, self.job_id, self.log_to_driver)
+        hello = p.Register(self.worker_id, os.getpid(), self.kind, self.job_id,
+                           self.log_to_driver, self.namespace)
         self._rx.send_multipart(p.encode(hello))
         deadline = time.monotonic() + timeout_s
         while not self._rx.poll(50):
@@ -290,6 +294,8 @@ class CoreClient:
                 self._cond.notify_all()
         elif isinstance(msg, p.ExecuteTask):
             self.tasks.put(msg)
+        elif isinstance(msg, p.CancelRunning) and self.on_cancel is not None:
+            self.on_cancel(msg.task_id)
         elif isinstance(msg, p.LogLines):
             stream = sys.stderr if msg.stream == "stderr" else sys.stdout
             stream.write("".join(f"({msg.prefix}) {line}\n" for line in msg.lines))
@@ -325,11 +331,13 @@ class CoreClient:
             self.send(p.ExportFunction(fn.function_id, fn.name, fn.blob))
             self._exported.add(fn.function_id)
         task_id = child_task_id(self.context.task_id, next(self.context.submitted))
+        if actor_options:
+            actor_id = task_id  # an actor is named after the task that creates it
         blob, deps, contained, keep_alive = self._encode_args(name, args, kwargs)
         self.send(p.SubmitTask(
-            task_id, self.job_id, fn.function_id if fn else b"", name, blob, deps, contained,
-            options.num_returns, options.resources, options.max_retries, options.retry_filter,
-            actor_id, actor_options or {},
+            task_id, self.context.job_id, fn.function_id if fn else b"", name, blob, deps,
+            contained, options.num_returns, options.resources, options.max_retries,
+            options.retry_filter, actor_id, actor_options or {},
         ))
         del keep_alive  # refs of large arguments put on the caller's behalf: the task pins them now
         return task_id, [ObjectRef(return_object_id(task_id, i), self.refs, created=True)

@@ -16,6 +16,10 @@ def _non_negative(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
 
 
+def _count_or_unlimited(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= -1
+
+
 def _gpus(v: Any) -> bool:
     return _non_negative(v) and (v <= 1 or float(v).is_integer())
 
@@ -48,11 +52,20 @@ OPTIONS: dict[str, Option] = {
     "num_gpus": Option(_gpus, "a number >= 0 (a fraction only below 1)", 0, for_actors=True),
     "resources": Option(_resources, "a dict of custom resource name -> number >= 0 "
                         "(use num_cpus/num_gpus for CPU and GPU)", None, for_actors=True),
-    "max_retries": Option(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= -1,
-                          "an int >= 0, or -1 for unlimited", None),
+    "max_retries": Option(_count_or_unlimited, "an int >= 0, or -1 for unlimited", None),
     "retry_exceptions": Option(_retry_exceptions, "a bool or a list of exception classes",
                                False),
     "name": Option(lambda v: v is None or isinstance(v, str), "a str", None, for_actors=True),
+    "namespace": Option(lambda v: v is None or isinstance(v, str), "a str", None,
+                        for_tasks=False, for_actors=True),
+    "lifetime": Option(lambda v: v in (None, "detached", "non_detached"),
+                       '"detached" or None', None, for_tasks=False, for_actors=True),
+    "max_restarts": Option(_count_or_unlimited, "an int >= 0, or -1 for unlimited", 0,
+                           for_tasks=False, for_actors=True),
+    "max_task_retries": Option(_count_or_unlimited, "an int >= 0, or -1 for unlimited", 0,
+                               for_tasks=False, for_actors=True),
+    "max_concurrency": Option(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                              "an int >= 1", None, for_tasks=False, for_actors=True),
 }
 
 

@@ -87,6 +87,7 @@ class Register(Message):
     kind: str  # "driver" or "worker"
     job_id: bytes
     log_to_driver: bool
+    namespace: str  # a driver's namespace for named actors
 
 
 @message(2)

@@ -51,6 +51,8 @@ class Actor:
     holders: set[bytes] = field(default_factory=set)
     death_cause: str = ""
     gpu_ids: list[int] = field(default_factory=list)
+    reserved: bool = False  # holds its resources (num_cpus, num_gpus, resources)
+    pins: int = 0  # handles inside live objects or queued tasks' arguments
 
     @property
     def actor_id(self) -> bytes:
@@ -79,16 +81,13 @@ class Actor:
                              f"{state.name} is not allowed")
         self.state = state
 
-    def next_calls(self, ready: set[bytes] | None = None) -> list[Task]:
-        """Calls to start now: from the head, while slots are free and arguments exist.
-
-        ``ready`` holds the calls whose arguments are all ready (by task id); None means
-        every call's arguments are ready."""
+    def next_calls(self) -> list[Task]:
+        """Calls to start now: from the head, while slots are free and arguments exist."""
         started = []
         while (self.state is ActorState.ALIVE and self.mailbox
                and len(self.running) < self.max_concurrency):
             head = self.mailbox[0]
-            if ready is not None and head.spec.task_id not in ready:
+            if head.missing:
                 break
             self.mailbox.popleft()
             self.running[head.spec.task_id] = head

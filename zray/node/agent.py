@@ -29,12 +29,14 @@ from typing import Any
 import zmq
 
 from zray import protocol as p
+from zray.actors.manager import ActorManager
 from zray.config import Config
-from zray.ids import new_node_id, return_object_id, short
+from zray.ids import new_node_id, return_object_id, short, task_of
 from zray.node import failures
 from zray.node.gcs_client import GcsClient
 from zray.node.object_table import ObjectTable
-from zray.node.scheduler import Scheduler, Task, TaskState
+from zray.node.scheduler import Scheduler, Task
+from zray.node.tasks import TaskManager
 from zray.node.worker_pool import WorkerPool, WorkerProcess
 from zray.objects.store import Allocator, Mapping, create_arena
 
@@ -67,6 +69,7 @@ class Agent:
         self.clients: dict[bytes, Client] = {}
         self.functions: dict[bytes, bytes] = {}
         self.warned: set[str] = set()
+        self.namespaces: dict[bytes, str] = {}  # job id -> its driver's namespace
         self.running_on: dict[int, Task] = {}  # worker pid -> its task, to prefix its output
         self.mapping = Mapping(self.store_path, self.store_size)
         self.zmq = zmq.Context()
@@ -82,6 +85,9 @@ class Agent:
         self.gcs.record("nodes", self.node_id, {
             "node_id": self.node_id.hex(), "pid": os.getpid(), "resources": self.resources,
             "state": "ALIVE", "started": time.time()})
+        self.tasks = TaskManager(self)
+        self.actors = ActorManager(self)
+        self.objects.other_pins = self.actors.pin  # handles inside objects keep actors alive
         self.owner_pidfd = os.pidfd_open(self.owner_pid) if self.owner_pid else -1
         self.running = True
         self.handlers: dict[type, Callable[[bytes, Any], None]] = {
@@ -91,7 +97,8 @@ class Agent:
             p.Subscribe: self.on_subscribe, p.PutObject: self.on_put,
             p.CreateObject: self.on_create, p.SealObject: self.on_seal,
             p.RefsChanged: self.on_refs, p.Disconnect: self.on_disconnect,
-            p.QueryAgent: self.on_query,
+            p.QueryAgent: self.on_query, p.KillActor: self.on_kill,
+            p.CancelTask: self.on_cancel,
         }
         for _ in range(self.scheduler.pool_size_target()):
             self.pool.start()
@@ -172,15 +179,18 @@ class Agent:
 
     def on_register(self, client_id: bytes, msg: p.Register) -> None:
         client = Client(client_id, msg.kind, msg.pid, msg.job_id, msg.log_to_driver)
-        if msg.kind == "worker" and msg.pid in self.pool.by_pid:
-            client.worker = self.pool.by_pid[msg.pid]
-            client.worker.worker_id = client_id
-            self.scheduler.worker_started(client_id)
-        else:
-            client.pidfd = os.pidfd_open(msg.pid)
         self.clients[client_id] = client
         self.send(client_id, p.Registered(self.node_id, os.getpid(), self.store_path,
                                           self.store_size, self.resources))
+        if msg.kind == "worker" and msg.pid in self.pool.by_pid:
+            client.worker = self.pool.by_pid[msg.pid]
+            client.worker.worker_id = client_id
+            if not self.actors.claim_worker(client_id, msg.pid):
+                self.scheduler.worker_started(client_id)
+        else:
+            client.pidfd = os.pidfd_open(msg.pid)
+            if msg.kind == "driver":
+                self.namespaces[msg.job_id] = msg.namespace
 
     def on_disconnect(self, client_id: bytes, msg: p.Disconnect) -> None:
         self._drop_client(self.clients[client_id])
@@ -192,8 +202,15 @@ class Agent:
         if client.pidfd >= 0:
             os.close(client.pidfd)
         self.objects.release_all(client.client_id)
+        self.actors.client_gone(client.client_id, client.job_id, client.kind == "driver")
         if client.pid == self.owner_pid:
             self.running = False
+
+    def _job_of(self, client_id: bytes) -> bytes:
+        """A driver's job, or the job of the task a worker is running."""
+        client = self.clients[client_id]
+        task = self.running_on.get(client.pid)
+        return task.spec.job_id if client.kind == "worker" and task else client.job_id
 
     def _drivers_of(self, job_id: bytes | None) -> list[Client]:
         return [c for c in self.clients.values() if c.kind == "driver"
@@ -203,7 +220,7 @@ class Agent:
         for driver in self._drivers_of(job_id):
             self.send(driver.client_id, p.Notice(text, error))
 
-    # --- tasks -----------------------------------------------------------------------
+    # --- tasks and actors -------------------------------------------------------------
 
     def on_export(self, client_id: bytes, msg: p.ExportFunction) -> None:
         if msg.function_id not in self.functions:
@@ -211,6 +228,7 @@ class Agent:
             self.gcs.record("functions", msg.function_id, {"name": msg.name}, msg.blob)
 
     def on_submit(self, client_id: bytes, msg: p.SubmitTask) -> None:
+        """Pin what the task reads, then hand it to the tasks or the actors."""
         task = Task(msg, client_id)
         for i in range(msg.num_returns):
             self.objects.expect(return_object_id(msg.task_id, i), msg.job_id, client_id)
@@ -218,60 +236,91 @@ class Agent:
         for ref in msg.contained:
             self.objects.pin(ref)
         missing = {d for d in msg.deps if not self.objects.is_ready(d)} - set(lost)
-        self.scheduler.submit(task, missing)
         self.gcs.record_task(task)
         if lost:
-            self.fail_task(task, failures.object_lost(lost[0], msg.name))
-        elif not missing:
-            self._check_args(task)
-        if task.infeasible:
-            self._warn_infeasible(task)
-
-    def _check_args(self, task: Task) -> None:
-        """A task whose argument is an error fails with that error, without running."""
-        for dep in task.spec.deps:
-            entry = self.objects.get(dep)
-            if entry is not None and entry.is_error:
-                self.objects.mark_delivered(dep)
-                error = entry.data
-                if error is None:
-                    error = bytes(self.mapping.view[entry.offset : entry.offset + entry.size])
-                self.fail_task(task, error)
-                return
-
-    def fail_task(self, task: Task, error: bytes) -> None:
-        self.scheduler.fail(task)
-        self._finish(task, [(return_object_id(task.spec.task_id, i), error, 0, len(error), True)
-                            for i in range(task.spec.num_returns)], [])
+            self.fail_with(task, failures.object_lost(lost[0], msg.name))
+        elif msg.actor_options:
+            self.actors.create(task, missing)
+        elif msg.actor_id:
+            self.actors.call(task, missing)
+        else:
+            self.tasks.submit(task, missing)
 
     def on_task_done(self, client_id: bytes, msg: p.TaskDone) -> None:
-        task = self.scheduler.tasks.get(msg.task_id)
-        if task is None or task.attempt != msg.attempt or task.worker != client_id:
-            return  # a stale report from an attempt that was already given up on
         worker = self.clients[client_id].worker
         if worker is not None:
             self.running_on.pop(worker.pid, None)
-        self.scheduler.task_done(task, retry=msg.retryable)
-        if task.state is not TaskState.QUEUED:
-            self._finish(task, msg.results, msg.contained)
-        self.gcs.record_task(task)
-
-    def _finish(self, task: Task, results: list[p.Location], contained: list[bytes]) -> None:
-        for object_id, data, _, _, is_error in results:
-            if data is not None:
-                self.objects.put_inline(object_id, task.spec.job_id, data, contained,
-                                        task.submitter, is_error)
-        for dep in task.spec.deps:
-            self.objects.unpin(dep)
-        for ref in task.spec.contained:
-            self.objects.unpin(ref)
-        self.gcs.record_task(task)
+        if not self.actors.task_done(client_id, msg):
+            self.tasks.done(client_id, msg)
 
     def on_blocked(self, client_id: bytes, msg: p.Blocked) -> None:
         self.scheduler.set_blocked(msg.task_id, True)
 
     def on_unblocked(self, client_id: bytes, msg: p.Unblocked) -> None:
         self.scheduler.set_blocked(msg.task_id, False)
+
+    def on_kill(self, client_id: bytes, msg: p.KillActor) -> None:
+        self.actors.kill(msg.actor_id, msg.no_restart)
+
+    def on_cancel(self, client_id: bytes, msg: p.CancelTask) -> None:
+        task_id = task_of(msg.object_id)
+        if not self.actors.cancel(task_id):
+            self.tasks.cancel(task_id, msg.force)
+
+    def send_execute(self, task: Task, worker_id: bytes, gpu_ids: list[int]) -> None:
+        client = self.clients[worker_id]
+        spec = task.spec
+        blob = None
+        if spec.function_id and spec.function_id not in client.functions:
+            blob = self.functions[spec.function_id]
+            client.functions.add(spec.function_id)
+        deps = []
+        for dep in spec.deps:
+            self.objects.mark_delivered(dep)
+            deps.append(self.objects.entries[dep].location())
+        self.send(worker_id, p.ExecuteTask(
+            spec.task_id, spec.job_id, spec.function_id, spec.name, spec.args, deps,
+            spec.num_returns, spec.retry_filter, gpu_ids, blob, task.attempt,
+            spec.actor_id, spec.actor_options))
+        assert client.worker is not None
+        self.running_on[client.worker.pid] = task
+        self.gcs.record_task(task, client.worker.pid)
+
+    def dep_error(self, task: Task) -> bytes | None:
+        """The first of the task's arguments that is an error (now counted as read)."""
+        for dep in task.spec.deps:
+            entry = self.objects.get(dep)
+            if entry is not None and entry.is_error:
+                self.objects.mark_delivered(dep)
+                return entry.data  # errors always travel inline
+        return None
+
+    def fail_with(self, task: Task, error: bytes) -> None:
+        """Every result of the task is ``error``; the task never ran (or never will)."""
+        self.finish_task(task, [(return_object_id(task.spec.task_id, i), error, 0, len(error),
+                                 True) for i in range(task.spec.num_returns)], [])
+
+    def finish_task(self, task: Task, results: list[p.Location], contained: list[bytes]) -> None:
+        for object_id, data, _, _, is_error in results:
+            if data is not None:
+                self.objects.put_inline(object_id, task.spec.job_id, data, contained,
+                                        task.submitter, is_error)
+        if not task.spec.actor_options:  # an actor keeps its __init__ arguments for restarts
+            self.release_task_args(task)
+        self.gcs.record_task(task)
+
+    def release_task_args(self, task: Task) -> None:
+        for dep in task.spec.deps:
+            self.objects.unpin(dep)
+        for ref in task.spec.contained:
+            self.objects.unpin(ref)
+
+    def warn_infeasible(self, task: Task) -> None:
+        key = f"{task.spec.name}:{sorted(task.spec.resources.items())}"
+        if key not in self.warned:
+            self.warned.add(key)
+            self.notice(task.spec.job_id, failures.infeasible_text(
+                task.spec.name, task.spec.resources, self.scheduler.total))
 
     def _on_worker_exit(self, worker: WorkerProcess) -> None:
         for fd, (owner, what) in list(self.pool.by_fd.items()):
@@ -280,40 +329,22 @@ class Agent:
         how = self.pool.reap(worker)
         self.running_on.pop(worker.pid, None)
         client = self.clients.get(worker.worker_id)
-        task = self.scheduler.worker_gone(worker.worker_id) if client else None
-        if client is None:
-            self.scheduler.worker_failed_to_start()
-        else:
+        if client is not None:
             self._drop_client(client)
-        if task is not None:
-            log.info("worker pid=%d running %s %s", worker.pid, task.spec.name, how)
-            self.scheduler.task_done(task, retry=True)
-            if task.state is TaskState.FAILED:
-                self._finish_crashed(task, worker.pid, how)
-            self.gcs.record_task(task)
-        if self.running and len(self.pool.by_pid) < self.scheduler.pool_size_target():
+        if not self.actors.worker_exited(worker.pid, how):
+            self.tasks.worker_exited(client.client_id if client else None, worker.pid, how)
+        pooled = len(self.pool.by_pid) - len(self.actors.directory.by_worker)
+        if self.running and pooled < self.scheduler.pool_size_target():
             self.pool.start()
             self.scheduler.starting += 1
 
-    def _finish_crashed(self, task: Task, pid: int, how: str) -> None:
-        error = failures.worker_crashed(task.spec.name, pid, how, task.spec.max_retries)
-        self._finish(task, [(return_object_id(task.spec.task_id, i), error, 0, len(error), True)
-                            for i in range(task.spec.num_returns)], [])
-
-    def _warn_infeasible(self, task: Task) -> None:
-        key = f"{task.spec.name}:{sorted(task.spec.resources.items())}"
-        if key not in self.warned:
-            self.warned.add(key)
-            self.notice(task.spec.job_id, failures.infeasible_text(
-                task.spec.name, task.spec.resources, self.scheduler.total))
-
     def _after_events(self) -> None:
-        """Deliver ready objects, queue the tasks they unblock, dispatch, report frees."""
+        """Deliver ready objects, queue what they unblock, dispatch, report frees."""
         while self.objects.became_ready:
             object_id = self.objects.became_ready.pop()
             self.gcs.record_object(self.objects.get(object_id), self.node_id)
-            for task in self.scheduler.object_ready(object_id):
-                self._check_args(task)
+            self.tasks.object_ready(object_id)
+            self.actors.object_ready(object_id)
         by_client: dict[bytes, list[p.Location]] = {}
         for client_id, location in self.objects.notify:
             by_client.setdefault(client_id, []).append(location)
@@ -325,30 +356,8 @@ class Agent:
             if freed.unhandled_error is not None:
                 self.notice(freed.job_id, "", freed.unhandled_error)
         self.objects.freed.clear()
-        dispatches, to_start = self.scheduler.schedule()
-        for dispatch in dispatches:
-            self._dispatch(dispatch.task, dispatch.worker)
-        for _ in range(to_start):
-            self.pool.start()
-
-    def _dispatch(self, task: Task, worker_id: bytes) -> None:
-        client = self.clients[worker_id]
-        spec = task.spec
-        blob = None
-        if spec.function_id not in client.functions:
-            blob = self.functions[spec.function_id]
-            client.functions.add(spec.function_id)
-        deps = []
-        for dep in spec.deps:
-            self.objects.mark_delivered(dep)
-            deps.append(self.objects.entries[dep].location())
-        self.send(worker_id, p.ExecuteTask(
-            spec.task_id, spec.job_id, spec.function_id, spec.name, spec.args, deps,
-            spec.num_returns, spec.retry_filter, task.gpu_ids, blob, task.attempt,
-            spec.actor_id, spec.actor_options))
-        assert client.worker is not None
-        self.running_on[client.worker.pid] = task
-        self.gcs.record_task(task, client.worker.pid)
+        self.actors.place_waiting()
+        self.tasks.dispatch()
 
     # --- objects ---------------------------------------------------------------------
 
@@ -374,14 +383,22 @@ class Agent:
 
     def on_refs(self, client_id: bytes, msg: p.RefsChanged) -> None:
         for object_id in msg.added:
-            self.objects.add_holder(client_id, object_id)
+            if not self.actors.holds(client_id, object_id, True):
+                self.objects.add_holder(client_id, object_id)
         for object_id in msg.released:
-            self.objects.release(client_id, object_id)
+            if not self.actors.holds(client_id, object_id, False):
+                self.objects.release(client_id, object_id)
 
     def on_query(self, client_id: bytes, msg: p.QueryAgent) -> None:
         body: dict[str, object]
         if msg.what == "resources":
             body = {"total": self.scheduler.total, "available": self.scheduler.available}
+        elif msg.what == "actor":
+            namespace = msg.args.get("namespace") or self.namespaces.get(
+                self._job_of(client_id), "")
+            body = self.actors.lookup(str(msg.args.get("name")), namespace)
+        elif msg.what == "actor_created":
+            body = {"error": self.actors.refused_reason(bytes.fromhex(msg.args["actor_id"]))}
         elif msg.what == "store":
             body = {"bytes_in_use": self.objects.allocator.in_use,
                     "capacity": self.objects.allocator.capacity,
@@ -396,7 +413,9 @@ class Agent:
         if not lines:
             return
         task = self.running_on.get(worker.pid)
-        prefix = f"{task.spec.name if task else 'worker'} pid={worker.pid}"
+        actor = self.actors.directory.by_worker.get(worker.worker_id)
+        name = actor.options["class_name"] if actor else task.spec.name if task else "worker"
+        prefix = f"{name} pid={worker.pid}"
         for driver in self._drivers_of(task.spec.job_id if task else None):
             if driver.log_to_driver:
                 self.send(driver.client_id, p.LogLines(prefix, stream, lines))

@@ -5,9 +5,14 @@ Each message names what failed (task, object, pid) and says what to check next.
 
 from __future__ import annotations
 
-from zray.exceptions import ObjectLostError, WorkerCrashedError
+from zray.exceptions import (
+    ActorDiedError,
+    ObjectLostError,
+    TaskCancelledError,
+    WorkerCrashedError,
+)
 from zray.ids import short
-from zray.objects.serialization import serialize
+from zray.objects.serialization import deserialize, serialize
 from zray.objects.store import Allocator
 
 
@@ -46,3 +51,22 @@ def store_full_text(size: int, allocator: Allocator) -> str:
             f"{allocator.in_use / mb:.1f} MB of {allocator.capacity / mb:.1f} MB are in use by "
             f"live objects (largest free block {allocator.largest_free() / mb:.1f} MB). Drop "
             "ObjectRefs you no longer need, or pass a larger object_store_memory to zray.init().")
+
+
+def actor_died(call: str, cause: str) -> bytes:
+    return _payload(ActorDiedError(
+        f"the actor cannot run {call}(): it is dead because {cause}. Create a new actor, or "
+        "give it max_restarts (and max_task_retries) to survive process deaths."
+    ))
+
+
+def cancelled(name: str) -> bytes:
+    return _payload(TaskCancelledError(f"{name}() was cancelled with zray.cancel()"))
+
+
+def error_text(data: bytes | None) -> str:
+    """A stored error as text (its remote traceback), for errors about errors."""
+    try:
+        return f"its __init__ raised:\n{deserialize(data or b'')}"
+    except Exception as exc:  # the error's class may not exist in the agent
+        return f"its __init__ raised an error that cannot be shown here ({exc!r})"

@@ -17,6 +17,7 @@ from typing import Any
 
 import zmq
 
+from zray.actors.mailbox import Actor
 from zray.broker.link import BrokerLink
 from zray.config import Config
 from zray.node.object_table import ObjectEntry
@@ -58,6 +59,14 @@ class GcsClient:
                 "object_id": entry.object_id.hex(), "job_id": entry.job_id.hex(),
                 "size": entry.size, "where": "inline" if entry.data is not None else "store",
                 "is_error": entry.is_error, "node_id": node_id.hex()})
+
+    def record_actor(self, actor: Actor) -> None:
+        options = actor.options
+        self.link.record("actors", actor.actor_id, {
+            "actor_id": actor.actor_id.hex(), "class_name": options.get("class_name"),
+            "name": options.get("name"), "namespace": options.get("namespace"),
+            "state": actor.state.name, "pid": actor.worker_pid,
+            "restarts_left": actor.restarts_left, "death_cause": actor.death_cause[:500]})
 
     def pump(self) -> None:
         """Take acknowledgements, send what is queued or due for a resend."""

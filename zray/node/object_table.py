@@ -16,6 +16,7 @@ Lifecycle (an illegal move raises and changes nothing)::
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from zray.ids import is_put_object
@@ -79,6 +80,9 @@ class ObjectTable:
         self.notify: list[tuple[Client, Location]] = []  # drained by the agent after each event
         self.freed: list[Freed] = []
         self.became_ready: list[bytes] = []
+        # Pins of ids that are not objects (actor handles inside values): (id, +1/-1) ->
+        # whether the id was known there.
+        self.other_pins: Callable[[bytes, int], bool] = lambda _id, _delta: False
 
     # --- making objects --------------------------------------------------------------
 
@@ -178,7 +182,9 @@ class ObjectTable:
 
     def unpin(self, object_id: bytes) -> None:
         entry = self.entries.get(object_id)
-        if entry is not None:
+        if entry is None:
+            self.other_pins(object_id, -1)
+        else:
             entry.pins -= 1
             self._maybe_free(entry)
 
@@ -197,7 +203,7 @@ class ObjectTable:
     def _pin(self, object_id: bytes) -> bool:
         entry = self.entries.get(object_id)
         if entry is None:
-            return False
+            return self.other_pins(object_id, +1)
         entry.pins += 1
         return True
 

@@ -49,6 +49,7 @@ class Task:
     gpu_ids: list[int] = field(default_factory=list)
     blocked: bool = False
     infeasible: bool = False
+    cancelled: bool = False
 
     def move(self, state: TaskState) -> None:
         if state not in TRANSITIONS[self.state]:
@@ -184,6 +185,25 @@ class Scheduler:
 
     def queued(self) -> int:
         return sum(len(queue) for queue in self.queues.values())
+
+    def reserve(self, demand: dict[str, float]) -> list[int] | None:
+        """Hold resources outside the task queue (an actor's, for its lifetime): the GPU
+        ids it got, or None if they are not free now."""
+        if not self._fits(demand, self.available):
+            return None
+        gpu_ids = self._take_gpus(demand.get("GPU", 0.0))
+        if gpu_ids is None:
+            return None
+        self._acquire(demand)
+        return gpu_ids
+
+    def unreserve(self, demand: dict[str, float], gpu_ids: list[int]) -> None:
+        for name, amount in demand.items():
+            self.available[name] = self.available.get(name, 0.0) + amount
+        self._return_gpus(gpu_ids, demand.get("GPU", 0.0))
+
+    def could_ever_fit(self, demand: dict[str, float]) -> bool:
+        return self._fits(demand, self.total)
 
     def pool_size_target(self) -> int:
         return max(1, int(self.total.get("CPU", 1)))

@@ -6,33 +6,86 @@
                                                    | ExecuteTask, through a queue
                                                main thread: run the task, send TaskDone
 
-Its stdout and stderr are pipes that the agent reads and forwards to the driver, so the
-loop flushes both before reporting a task done. If the agent dies the worker exits at once:
-nobody is left to take its results.
+A worker dedicated to an actor hosts its instance (zray/actors/host.py) and runs its calls
+in the order the agent's mailbox releases them. Stdout and stderr are pipes that the agent
+reads and forwards to the driver, so both are flushed before a task is reported done. If
+the agent dies the worker exits at once: nobody is left to take its results.
+
+Cancelling a running task: the agent sends CancelRunning; the I/O thread sends SIGUSR1 to
+the main thread, whose handler raises TaskCancelledError inside the task (interrupting a
+sleep or a blocking get) if that task is still the one running.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import pickle
+import signal
 import sys
-import traceback
-from collections.abc import Callable
+import threading
 from typing import Any
 
-import cloudpickle
-
-import zray
 from zray import core
 from zray import protocol as p
+from zray.actors.host import ActorHost
 from zray.config import Config
-from zray.core import CoreClient, Dep, TaskContext
-from zray.exceptions import TaskError
-from zray.ids import TaskID, return_object_id
-from zray.objects.serialization import Serialized, serialize
+from zray.core import CoreClient
+from zray.exceptions import TaskCancelledError
+from zray.node.execution import Outcome, load_function, run_sync
 
-_ZRAY_DIR = os.path.dirname(os.path.abspath(zray.__file__))
+
+class Worker:
+    def __init__(self, client: CoreClient) -> None:
+        self.client = client
+        self.functions: dict[bytes, Any] = {}
+        self.actor: ActorHost | None = None
+        self.running = b""  # the plain task on the main thread, for cancellation
+        self.cancelled = b""
+        client.on_cancel = self.on_cancel
+        signal.signal(signal.SIGUSR1, self._raise_cancelled)
+
+    def serve(self) -> None:
+        while True:
+            task = self.client.tasks.get()
+            if task is None:
+                return
+            if task.actor_options:
+                self.actor = ActorHost(self.client, task)
+            elif task.actor_id:
+                assert self.actor is not None, "an actor call reached a worker with no actor"
+                self.actor.run(task)
+            else:
+                self.report(self.run_task(task))
+
+    def run_task(self, task: p.ExecuteTask) -> Outcome:
+        self.running = task.task_id
+        try:
+            return run_sync(self.client, task, lambda: self._function(task))
+        finally:
+            self.running = b""
+
+    def report(self, outcome: Outcome) -> None:
+        done, results = outcome
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.client.send(done)
+        del results  # refs inside the results stay held until TaskDone has pinned them
+
+    def _function(self, task: p.ExecuteTask) -> Any:
+        if task.function_blob is not None:
+            self.functions[task.function_id] = load_function(task.function_blob)
+        return self.functions[task.function_id]
+
+    def on_cancel(self, task_id: bytes) -> None:
+        """From the I/O thread: interrupt the main thread if it still runs ``task_id``."""
+        if task_id and task_id == self.running:
+            self.cancelled = task_id
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+
+    def _raise_cancelled(self, signum: int, frame: Any) -> None:
+        if self.cancelled and self.cancelled == self.running:
+            self.cancelled = b""
+            raise TaskCancelledError(f"task {self.running.hex()[:12]} was cancelled")
 
 
 def main() -> None:
@@ -43,99 +96,8 @@ def main() -> None:
     client = CoreClient(args.endpoint, "worker", b"", config, on_agent_death=lambda: os._exit(1))
     client.connect(config.startup_timeout_s)
     core.set_current(client)
-    functions: dict[bytes, Callable[..., Any]] = {}
-    while True:
-        task = client.tasks.get()
-        if task is None:
-            break
-        done, results = run_task(client, functions, task)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        client.send(done)
-        del results  # refs inside the results stay held until TaskDone has pinned them
+    Worker(client).serve()
     client.close()
-
-
-def run_task(client: CoreClient, functions: dict[bytes, Callable[..., Any]],
-             task: p.ExecuteTask) -> tuple[p.TaskDone, list[Any]]:
-    """Run one task: its TaskDone, and its return values (keep them until it is sent)."""
-    client.context = TaskContext(TaskID(task.task_id), task.name, list(task.gpu_ids))
-    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, task.gpu_ids))
-    contained: list[bytes] = []
-    values: list[Any] = []
-    try:
-        if task.function_blob is not None:
-            functions[task.function_id] = load_function(task.function_blob)
-        values = _call(client, functions[task.function_id], task)
-        results = [_store(client, return_object_id(TaskID(task.task_id), i), serialize(v), False,
-                          contained) for i, v in enumerate(values)]
-        retryable = False
-    except Exception as exc:
-        error = _error_payload(exc, task.name)
-        results = [_store(client, return_object_id(TaskID(task.task_id), i), error, True, contained)
-                   for i in range(task.num_returns)]
-        retryable = _should_retry(task.retry_filter, exc)
-    finally:
-        client.context = TaskContext(TaskID(b""), "idle")
-    return p.TaskDone(task.task_id, task.attempt, results, contained, retryable), values
-
-
-def load_function(blob: bytes) -> Callable[..., Any]:
-    """Unpickle an exported function, first adding its driver's import path to ours.
-
-    Functions in importable modules are pickled by reference, so the worker must be able
-    to import the driver's modules (a script's directory, a test's rootdir), as in Ray."""
-    driver_path, function_blob = pickle.loads(blob)
-    sys.path.extend(entry for entry in driver_path if entry not in sys.path)
-    return cloudpickle.loads(function_blob)
-
-
-def _call(client: CoreClient, fn: Callable[..., Any], task: p.ExecuteTask) -> list[Any]:
-    from zray.objects.serialization import deserialize
-
-    dep_values = [client.value_of(location) for location in task.deps]
-    args, kwargs = deserialize(task.args)
-    args = [dep_values[a.index] if isinstance(a, Dep) else a for a in args]
-    kwargs = {k: dep_values[v.index] if isinstance(v, Dep) else v for k, v in kwargs.items()}
-    result = fn(*args, **kwargs)
-    if task.num_returns == 1:
-        return [result]
-    if not isinstance(result, (tuple, list)) or len(result) != task.num_returns:
-        raise ValueError(f"{task.name}() has num_returns={task.num_returns} but returned "
-                         f"{type(result).__name__} {result!r:.60}")
-    return list(result)
-
-
-def _store(client: CoreClient, object_id: bytes, ser: Serialized, is_error: bool,
-           contained: list[bytes]) -> tuple[Any, ...]:
-    location = client.store_value(object_id, ser, is_error)
-    if location[1] is not None:  # inline: its refs are pinned through TaskDone
-        contained.extend(ser.contained)
-    return location
-
-
-def _error_payload(exc: Exception, name: str) -> Serialized:
-    text = remote_traceback(exc)
-    try:
-        return serialize(TaskError(exc, name, text, os.getpid()))
-    except TypeError:  # the exception itself cannot be pickled: keep its text
-        return serialize(TaskError(None, name, text, os.getpid()))
-
-
-def remote_traceback(exc: BaseException) -> str:
-    """The traceback of ``exc`` as the user would write it: zray's own frames left out."""
-    info = traceback.TracebackException.from_exception(exc)
-    info.stack = traceback.StackSummary.from_list(
-        [frame for frame in info.stack if not frame.filename.startswith(_ZRAY_DIR)])
-    return "".join(info.format())
-
-
-def _should_retry(retry_filter: bytes, exc: Exception) -> bool:
-    if not retry_filter:
-        return False
-    if retry_filter == b"*":
-        return True
-    return isinstance(exc, tuple(cloudpickle.loads(retry_filter)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,268 @@
+"""The agent's actors: creation, mailboxes, restarts, handles, kill and cancel.
+
+The decisions about one actor live in ``Actor`` (zray/actors/mailbox.py, no I/O); this
+class applies them with the agent's means: it starts a dedicated worker process per actor,
+sends it the creation and then the calls the mailbox releases, and turns process deaths
+into restarts or into ``ActorDiedError`` for every call that cannot run.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from zray import protocol as p
+from zray.actors.mailbox import Actor, ActorDirectory, ActorState
+from zray.node import failures
+from zray.node.scheduler import Task, TaskState
+
+if TYPE_CHECKING:
+    from zray.node.agent import Agent
+
+log = logging.getLogger("zray.agent")
+
+
+class ActorManager:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.directory = ActorDirectory()
+        self.refused: dict[bytes, str] = {}  # actor id -> why its creation was refused
+        self.calls: dict[bytes, Actor] = {}  # task id of a queued or running call -> actor
+        self.waits: dict[bytes, list[Task]] = {}  # object id -> creations/calls waiting on it
+        self.starting: dict[int, Actor] = {}  # pid of a worker being started -> its actor
+        self.waiting_for_resources: list[Actor] = []
+
+    # --- creation --------------------------------------------------------------------
+
+    def create(self, task: Task, missing: set[bytes]) -> None:
+        actor = self.directory.create(task)
+        if isinstance(actor, str):
+            self.refused[task.spec.actor_id] = actor
+            return
+        actor.holders.add(task.submitter)
+        self._wait_for(task, missing)
+        if not missing:
+            self._place(actor)
+        self.agent.gcs.record_actor(actor)
+
+    def _place(self, actor: Actor) -> None:
+        """Reserve the actor's resources and start its worker, or wait for resources."""
+        resources = actor.creation.spec.resources
+        gpu_ids = self.agent.scheduler.reserve(resources)
+        if gpu_ids is None:
+            if actor not in self.waiting_for_resources:
+                self.waiting_for_resources.append(actor)
+                if not self.agent.scheduler.could_ever_fit(resources):
+                    self.agent.warn_infeasible(actor.creation)
+            return
+        actor.gpu_ids, actor.reserved = gpu_ids, True
+        self._start_worker(actor)
+
+    def _start_worker(self, actor: Actor) -> None:
+        self.starting[self.agent.pool.start().pid] = actor
+
+    def place_waiting(self) -> None:
+        for actor in list(self.waiting_for_resources):
+            if actor.state is ActorState.DEAD:
+                self.waiting_for_resources.remove(actor)
+            else:
+                gpu_ids = self.agent.scheduler.reserve(actor.creation.spec.resources)
+                if gpu_ids is not None:
+                    self.waiting_for_resources.remove(actor)
+                    actor.gpu_ids, actor.reserved = gpu_ids, True
+                    self._start_worker(actor)
+
+    def claim_worker(self, client_id: bytes, pid: int) -> bool:
+        """A worker registered: if it was started for an actor, send it the creation."""
+        actor = self.starting.pop(pid, None)
+        if actor is None:
+            return False
+        if actor.state is ActorState.DEAD:
+            self.agent.pool.kill(self.agent.pool.by_pid[pid])
+            return True
+        self.directory.attach_worker(actor, client_id, pid)
+        self.agent.send_execute(actor.creation, client_id, actor.gpu_ids)
+        return True
+
+    def refused_reason(self, actor_id: bytes) -> str:
+        return self.refused.pop(actor_id, "")
+
+    def lookup(self, name: str, namespace: str) -> dict[str, Any]:
+        actor = self.directory.lookup(namespace, name)
+        if actor is None or actor.state is ActorState.DEAD:
+            return {"error": f"no actor named {name!r} in namespace {namespace!r}"}
+        options = actor.options
+        return {"actor_id": actor.actor_id.hex(), "class_name": options["class_name"],
+                "methods": options["methods"]}
+
+    # --- calls -----------------------------------------------------------------------
+
+    def call(self, task: Task, missing: set[bytes]) -> None:
+        actor = self.directory.actors.get(task.spec.actor_id)
+        if actor is None or actor.state is ActorState.DEAD:
+            cause = actor.death_cause if actor else "no such actor on this node"
+            self.agent.fail_with(task, failures.actor_died(task.spec.name, cause))
+            return
+        task.move(TaskState.QUEUED)
+        task.retries_left = actor.max_task_retries
+        self._wait_for(task, missing)
+        actor.mailbox.append(task)
+        self.calls[task.spec.task_id] = actor
+        self.dispatch(actor)
+
+    def dispatch(self, actor: Actor) -> None:
+        """Send every call the mailbox releases; a call whose argument failed fails too."""
+        while started := actor.next_calls():
+            for call in started:
+                error = self.agent.dep_error(call)
+                if error is not None:
+                    actor.finished(call.spec.task_id)
+                    self._fail_call(call, error)
+                    continue
+                call.move(TaskState.RUNNING)
+                self.agent.send_execute(call, actor.worker, actor.gpu_ids)
+                self.agent.gcs.record_task(call, actor.worker_pid)
+            if actor.state is not ActorState.ALIVE:
+                break
+
+    def object_ready(self, object_id: bytes) -> None:
+        for task in self.waits.pop(object_id, ()):
+            task.missing.discard(object_id)
+            actor = self.directory.actors.get(task.spec.actor_id)
+            if actor is None or task.missing:
+                continue
+            if task is actor.creation and actor.state is ActorState.PENDING:
+                self._place(actor)
+            else:
+                self.dispatch(actor)
+
+    def task_done(self, client_id: bytes, msg: p.TaskDone) -> bool:
+        """A report from an actor's worker; False if it is not about an actor."""
+        actor = self.directory.by_worker.get(client_id)
+        if actor is None:
+            return False
+        if msg.task_id == actor.actor_id:
+            self._created(actor, msg)
+        else:
+            call = actor.finished(msg.task_id)
+            if call is not None and call.attempt == msg.attempt:
+                self.calls.pop(msg.task_id, None)
+                call.move(TaskState.FINISHED)
+                self.agent.finish_task(call, msg.results, msg.contained)
+        self.dispatch(actor)
+        self._stop_if_unreferenced(actor)
+        return True
+
+    def _created(self, actor: Actor, msg: p.TaskDone) -> None:
+        if msg.results and msg.results[0][4]:  # __init__ raised: the actor is dead for good
+            self._bury(actor, failures.error_text(msg.results[0][1]), kill=True)
+            return
+        actor.move(ActorState.ALIVE)
+        self.agent.gcs.record_actor(actor)
+
+    def _fail_call(self, call: Task, error: bytes) -> None:
+        self.calls.pop(call.spec.task_id, None)
+        call.state = TaskState.FAILED
+        self.agent.fail_with(call, error)
+
+    def _wait_for(self, task: Task, missing: set[bytes]) -> None:
+        task.missing = set(missing)
+        for object_id in missing:
+            self.waits.setdefault(object_id, []).append(task)
+
+    # --- failure, kill, lifetime -----------------------------------------------------
+
+    def worker_exited(self, pid: int, how: str) -> bool:
+        """A process died: if it hosted an actor, restart it or bury it."""
+        actor = self.starting.pop(pid, None) or next(
+            (a for a in self.directory.actors.values() if a.worker_pid == pid), None)
+        if actor is None:
+            return False
+        if actor.state is ActorState.DEAD:
+            return True
+        self.directory.detach_worker(actor)
+        if actor.restarts_left <= 0:
+            self._bury(actor, f"its worker process (pid={pid}) {how}")
+            return True
+        actor.restarts_left -= 1
+        actor.move(ActorState.RESTARTING)
+        _, lost = actor.interrupted_calls()
+        for call in lost:
+            self._fail_call(call, failures.actor_died(
+                call.spec.name, f"its process (pid={pid}) {how} during this call, and the "
+                "call has no retries left (max_task_retries)"))
+        actor.creation.attempt += 1
+        self._start_worker(actor)
+        self.agent.gcs.record_actor(actor)
+        return True
+
+    def kill(self, actor_id: bytes, no_restart: bool) -> None:
+        actor = self.directory.actors.get(actor_id)
+        if actor is None or actor.state is ActorState.DEAD:
+            return
+        if no_restart:
+            self._bury(actor, "it was killed with zray.kill()", kill=True)
+        elif actor.worker_pid:
+            self.agent.pool.kill(self.agent.pool.by_pid[actor.worker_pid])
+
+    def _bury(self, actor: Actor, cause: str, kill: bool = False) -> None:
+        pid = actor.worker_pid
+        if actor in self.waiting_for_resources:
+            self.waiting_for_resources.remove(actor)
+        if actor.reserved:
+            self.agent.scheduler.unreserve(actor.creation.spec.resources, actor.gpu_ids)
+            actor.reserved = False
+        for call in self.directory.bury(actor, cause):
+            self._fail_call(call, failures.actor_died(call.spec.name, cause))
+        self.agent.release_task_args(actor.creation)
+        if kill and pid in self.agent.pool.by_pid:
+            self.agent.pool.kill(self.agent.pool.by_pid[pid])
+        self.agent.gcs.record_actor(actor)
+
+    def cancel(self, task_id: bytes) -> bool:
+        """Remove a queued call (it fails with TaskCancelledError); running ones go on."""
+        actor = self.calls.get(task_id)
+        if actor is None:
+            return False
+        call = next((c for c in actor.mailbox if c.spec.task_id == task_id), None)
+        if call is not None:
+            actor.mailbox.remove(call)
+            self._fail_call(call, failures.cancelled(call.spec.name))
+            self.dispatch(actor)
+        return True
+
+    def holds(self, client_id: bytes, actor_id: bytes, held: bool) -> bool:
+        """A process took or dropped a handle; False if ``actor_id`` is not an actor."""
+        actor = self.directory.actors.get(actor_id)
+        if actor is None:
+            return False
+        if held:
+            actor.holders.add(client_id)
+        else:
+            actor.holders.discard(client_id)
+            self._stop_if_unreferenced(actor)
+        return True
+
+    def pin(self, actor_id: bytes, delta: int) -> bool:
+        """A handle inside a task's arguments or an object keeps the actor alive."""
+        actor = self.directory.actors.get(actor_id)
+        if actor is None:
+            return False
+        actor.pins += delta
+        self._stop_if_unreferenced(actor)
+        return True
+
+    def client_gone(self, client_id: bytes, job_id: bytes, was_driver: bool) -> None:
+        """Its handles are gone; a driver's exit also ends its job's non-detached actors."""
+        for actor in list(self.directory.actors.values()):
+            actor.holders.discard(client_id)
+            ends_with_job = (was_driver and actor.creation.spec.job_id == job_id
+                             and actor.options.get("lifetime") != "detached")
+            if ends_with_job and actor.state is not ActorState.DEAD:
+                self._bury(actor, "the driver that created it exited", kill=True)
+            else:
+                self._stop_if_unreferenced(actor)
+
+    def _stop_if_unreferenced(self, actor: Actor) -> None:
+        if actor.idle_and_unreferenced() and actor.pins <= 0:
+            self._bury(actor, "every handle to it was dropped", kill=True)

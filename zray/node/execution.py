@@ -1,0 +1,136 @@
+"""Running one task or actor call inside a worker: arguments in, TaskDone out.
+
+Shared by plain tasks (zray/node/worker.py) and actor calls (zray/actors/host.py). The
+return values are handed back with the TaskDone: refs inside them must stay held until the
+TaskDone that pins them has been sent.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import cloudpickle
+
+import zray
+from zray import protocol as p
+from zray.core import CoreClient, Dep, TaskContext
+from zray.exceptions import TaskCancelledError, TaskError
+from zray.ids import TaskID, return_object_id
+from zray.objects.serialization import Serialized, deserialize, serialize
+
+_ZRAY_DIR = os.path.dirname(os.path.abspath(zray.__file__))
+
+Outcome = tuple[p.TaskDone, list[Any]]
+
+
+def run_sync(client: CoreClient, task: p.ExecuteTask,
+             target: Callable[[], Callable[..., Any]]) -> Outcome:
+    """Call ``target()(*args)`` for the task; exceptions become its error result."""
+    _enter(client, task)
+    try:
+        fn = target()
+        args, kwargs = resolve_args(client, task)
+        values = split_returns(task, fn(*args, **kwargs))
+        return finish(client, task, values), values
+    except Exception as exc:
+        return fail(client, task, exc), []
+
+
+async def run_async(client: CoreClient, task: p.ExecuteTask,
+                    fn: Callable[..., Awaitable[Any]]) -> Outcome:
+    """The same for an ``async def`` actor method, on the actor's event loop."""
+    _enter(client, task)
+    try:
+        args, kwargs = resolve_args(client, task)
+        values = split_returns(task, await fn(*args, **kwargs))
+        return finish(client, task, values), values
+    except Exception as exc:
+        return fail(client, task, exc), []
+
+
+def _enter(client: CoreClient, task: p.ExecuteTask) -> None:
+    client.context = TaskContext(TaskID(task.task_id), task.name, task.job_id,
+                                 list(task.gpu_ids))
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, task.gpu_ids))
+
+
+def resolve_args(client: CoreClient, task: p.ExecuteTask) -> tuple[list[Any], dict[str, Any]]:
+    dep_values = [client.value_of(location) for location in task.deps]
+    args, kwargs = deserialize(task.args)
+    args = [dep_values[a.index] if isinstance(a, Dep) else a for a in args]
+    kwargs = {k: dep_values[v.index] if isinstance(v, Dep) else v for k, v in kwargs.items()}
+    return args, kwargs
+
+
+def split_returns(task: p.ExecuteTask, result: Any) -> list[Any]:
+    if task.num_returns == 1:
+        return [result]
+    if task.num_returns == 0:
+        return []
+    if not isinstance(result, (tuple, list)) or len(result) != task.num_returns:
+        raise ValueError(f"{task.name}() has num_returns={task.num_returns} but returned "
+                         f"{type(result).__name__} {result!r:.60}")
+    return list(result)
+
+
+def finish(client: CoreClient, task: p.ExecuteTask, values: list[Any]) -> p.TaskDone:
+    contained: list[bytes] = []
+    results = [_store(client, return_object_id(task.task_id, i), serialize(v), False, contained)
+               for i, v in enumerate(values)]
+    return p.TaskDone(task.task_id, task.attempt, results, contained, False)
+
+
+def fail(client: CoreClient, task: p.ExecuteTask, exc: Exception) -> p.TaskDone:
+    error = error_payload(exc, task.name)
+    contained: list[bytes] = []
+    results = [_store(client, return_object_id(task.task_id, i), error, True, contained)
+               for i in range(max(1, task.num_returns))]
+    retryable = not isinstance(exc, TaskCancelledError) and should_retry(task.retry_filter, exc)
+    return p.TaskDone(task.task_id, task.attempt, results, contained, retryable)
+
+
+def _store(client: CoreClient, object_id: bytes, ser: Serialized, is_error: bool,
+           contained: list[bytes]) -> tuple[Any, ...]:
+    location = client.store_value(object_id, ser, is_error)
+    if location[1] is not None:  # inline: its refs are pinned through TaskDone
+        contained.extend(ser.contained)
+    return location
+
+
+def error_payload(exc: BaseException, name: str) -> Serialized:
+    text = remote_traceback(exc)
+    try:
+        return serialize(TaskError(exc, name, text, os.getpid()))
+    except TypeError:  # the exception itself cannot be pickled: keep its text
+        return serialize(TaskError(None, name, text, os.getpid()))
+
+
+def remote_traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` as the user would write it: zray's own frames left out."""
+    info = traceback.TracebackException.from_exception(exc)
+    info.stack = traceback.StackSummary.from_list(
+        [frame for frame in info.stack if not frame.filename.startswith(_ZRAY_DIR)])
+    return "".join(info.format())
+
+
+def should_retry(retry_filter: bytes, exc: Exception) -> bool:
+    if not retry_filter:
+        return False
+    if retry_filter == b"*":
+        return True
+    return isinstance(exc, tuple(cloudpickle.loads(retry_filter)))
+
+
+def load_function(blob: bytes) -> Any:
+    """Unpickle an exported function or class, first adding its driver's import path.
+
+    Functions in importable modules are pickled by reference, so the worker must be able
+    to import the driver's modules (a script's directory, a test's rootdir), as in Ray."""
+    driver_path, function_blob = pickle.loads(blob)
+    sys.path.extend(entry for entry in driver_path if entry not in sys.path)
+    return cloudpickle.loads(function_blob)

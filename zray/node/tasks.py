@@ -1,0 +1,101 @@
+"""The agent's plain tasks: submission, dispatch to pooled workers, results, retries, cancel.
+
+Decisions come from the ``Scheduler`` (no I/O); this class applies them with the agent's
+means: ExecuteTask to an idle worker, results into the object table, a dead worker's task
+retried or failed with WorkerCrashedError, a cancelled one dequeued, interrupted or killed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from zray import protocol as p
+from zray.node import failures
+from zray.node.scheduler import Task, TaskState
+
+if TYPE_CHECKING:
+    from zray.node.agent import Agent
+
+log = logging.getLogger("zray.agent")
+
+
+class TaskManager:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.scheduler = agent.scheduler
+        self.warned: set[str] = set()
+
+    def submit(self, task: Task, missing: set[bytes]) -> None:
+        self.scheduler.submit(task, missing)
+        if not missing:
+            self.check_args(task)
+        if task.infeasible:
+            self.agent.warn_infeasible(task)
+
+    def check_args(self, task: Task) -> None:
+        """A task whose argument is an error fails with that error, without running."""
+        error = self.agent.dep_error(task)
+        if error is not None:
+            self.scheduler.fail(task)
+            self.agent.fail_with(task, error)
+
+    def object_ready(self, object_id: bytes) -> None:
+        for task in self.scheduler.object_ready(object_id):
+            self.check_args(task)
+
+    def dispatch(self) -> None:
+        dispatches, to_start = self.scheduler.schedule()
+        for dispatch in dispatches:
+            self.agent.send_execute(dispatch.task, dispatch.worker, dispatch.task.gpu_ids)
+        for _ in range(to_start):
+            self.agent.pool.start()
+
+    def done(self, client_id: bytes, msg: p.TaskDone) -> None:
+        task = self.scheduler.tasks.get(msg.task_id)
+        if task is None or task.attempt != msg.attempt or task.worker != client_id:
+            return  # a stale report from an attempt that was already given up on
+        self.scheduler.task_done(task, retry=msg.retryable and not task.cancelled)
+        if task.state is not TaskState.QUEUED:
+            self.agent.finish_task(task, msg.results, msg.contained)
+        self.agent.gcs.record_task(task)
+
+    def worker_exited(self, worker_id: bytes | None, pid: int, how: str) -> None:
+        """A pooled worker died: retry its task, or fail it, and keep the pool full."""
+        task = self.scheduler.worker_gone(worker_id) if worker_id else None
+        if worker_id is None:
+            self.scheduler.worker_failed_to_start()
+        if task is not None:
+            log.info("worker pid=%d running %s %s", pid, task.spec.name, how)
+            self.scheduler.task_done(task, retry=not task.cancelled)
+            if task.cancelled:
+                self.agent.finish_task(task, _error_results(task, failures.cancelled(
+                    task.spec.name)), [])
+            elif task.state is TaskState.FAILED:
+                error = failures.worker_crashed(task.spec.name, pid, how, task.spec.max_retries)
+                self.agent.finish_task(task, _error_results(task, error), [])
+            self.agent.gcs.record_task(task)
+
+    def cancel(self, task_id: bytes, force: bool) -> None:
+        """Queued: fail it now. Running: interrupt it, or with ``force`` kill its worker."""
+        task = self.scheduler.tasks.get(task_id)
+        if task is None:
+            return  # finished already (or unknown): nothing to do, as in Ray
+        task.cancelled = True
+        if task.state is TaskState.RUNNING:
+            if force:
+                process = self.agent.clients[task.worker or b""].worker
+                if process is not None:
+                    self.agent.pool.kill(process)
+            else:
+                self.agent.send(task.worker or b"", p.CancelRunning(task_id))
+        else:
+            self.scheduler.fail(task)
+            self.agent.fail_with(task, failures.cancelled(task.spec.name))
+
+
+def _error_results(task: Task, error: bytes) -> list[p.Location]:
+    from zray.ids import return_object_id
+
+    return [(return_object_id(task.spec.task_id, i), error, 0, len(error), True)
+            for i in range(task.spec.num_returns)]
