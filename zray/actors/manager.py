@@ -35,6 +35,9 @@ class ActorManager:
     # --- creation --------------------------------------------------------------------
 
     def create(self, task: Task, missing: set[bytes]) -> None:
+        options = task.spec.actor_options
+        if not options.get("namespace"):  # as in Ray: the namespace of the creator's job
+            options["namespace"] = self.agent.namespaces.get(task.spec.job_id, "")
         actor = self.directory.create(task)
         if isinstance(actor, str):
             self.refused[task.spec.actor_id] = actor
@@ -186,11 +189,11 @@ class ActorManager:
             return True
         actor.restarts_left -= 1
         actor.move(ActorState.RESTARTING)
-        _, lost = actor.interrupted_calls()
-        for call in lost:
-            self._fail_call(call, failures.actor_died(
-                call.spec.name, f"its process (pid={pid}) {how} during this call, and the "
-                "call has no retries left (max_task_retries)"))
+        retry, lost = actor.interrupted_calls()
+        for call in retry:
+            call.move(TaskState.QUEUED)
+        for call in lost:  # it may have run, or not: at most once without max_task_retries
+            self._fail_call(call, failures.actor_unavailable(call.spec.name, pid, how))
         actor.creation.attempt += 1
         self._start_worker(actor)
         self.agent.gcs.record_actor(actor)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from zray.exceptions import (
     ActorDiedError,
+    ActorUnavailableError,
     ObjectLostError,
     TaskCancelledError,
     WorkerCrashedError,
@@ -70,3 +71,12 @@ def error_text(data: bytes | None) -> str:
         return f"its __init__ raised:\n{deserialize(data or b'')}"
     except Exception as exc:  # the error's class may not exist in the agent
         return f"its __init__ raised an error that cannot be shown here ({exc!r})"
+
+
+def actor_unavailable(call: str, pid: int, how: str) -> bytes:
+    return _payload(ActorUnavailableError(
+        f"{call}() was sent to the actor when its process (pid={pid}) {how}; the actor is "
+        "restarting, and the call has no retries left (max_task_retries), so it may or may "
+        "not have run. Calls made from now on wait for the restart; give the actor "
+        "max_task_retries to have such calls run again."
+    ))
