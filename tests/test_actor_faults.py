@@ -41,8 +41,10 @@ class Box:
             open(marker, "w").close()
             os._exit(1)  # die in __init__ the first time only
 
-    def call(self, seconds=0.0):
+    def call(self, seconds=0.0, started=None):
         self.calls += 1
+        if started:
+            open(started, "w").close()  # tells the test the call is running
         time.sleep(seconds)
         return self.calls
 
@@ -66,6 +68,14 @@ def kill_actor_process(handle) -> int:
     pid = zray.get(handle.pid.remote())
     os.kill(pid, signal.SIGKILL)
     return pid
+
+
+def wait_started(path) -> None:
+    """Wait (bounded) until a task or call has written its 'started' marker file."""
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, "the task never started"
+        time.sleep(0.01)
 
 
 def wait_gone(pid: int) -> None:
@@ -131,22 +141,23 @@ def call_until_available(box):
     raise AssertionError("the actor never came back")
 
 
-def test_killed_during_a_call_without_task_retries():
+def test_killed_during_a_call_without_task_retries(tmp_path):
     box = Box.options(max_restarts=1).remote()
     pid = zray.get(box.pid.remote())
-    slow = box.call.remote(5.0)
-    time.sleep(0.3)  # let the call start: the point is to kill it mid-call
+    slow = box.call.remote(5.0, str(tmp_path / "started"))
+    wait_started(tmp_path / "started")
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(ActorUnavailableError):
         zray.get(slow, timeout=30)
     assert call_until_available(box) == 1  # restarted, and usable
 
 
-def test_killed_during_a_call_with_task_retries_runs_it_again_in_order():
+def test_killed_during_a_call_with_task_retries_runs_it_again_in_order(tmp_path):
     box = Box.options(max_restarts=1, max_task_retries=1).remote()
     pid = zray.get(box.pid.remote())
-    refs = [box.call.remote(1.0)] + [box.call.remote() for _ in range(3)]
-    time.sleep(0.3)
+    refs = [box.call.remote(1.0, str(tmp_path / "started"))]
+    refs += [box.call.remote() for _ in range(3)]
+    wait_started(tmp_path / "started")
     os.kill(pid, signal.SIGKILL)
     assert zray.get(refs, timeout=30) == [1, 2, 3, 4]
 
@@ -167,9 +178,11 @@ def test_dropping_every_handle_stops_the_actor():
     wait_gone(pid)
 
 
-def test_cancel_queued_running_forced_and_finished():
+def test_cancel_queued_running_forced_and_finished(tmp_path):
     @zray.remote
-    def sleeper(seconds):
+    def sleeper(seconds, started=None):
+        if started:
+            open(started, "w").close()
         time.sleep(seconds)
         return "slept"
 
@@ -180,15 +193,15 @@ def test_cancel_queued_running_forced_and_finished():
         zray.get(queued, timeout=30)
     assert zray.get(blockers) == ["slept", "slept"]
 
-    running = sleeper.remote(30)
-    time.sleep(0.5)
+    running = sleeper.remote(30, str(tmp_path / "running"))
+    wait_started(tmp_path / "running")
     zray.cancel(running)
     with pytest.raises(TaskError) as info:
         zray.get(running, timeout=30)
     assert isinstance(info.value, TaskCancelledError)
 
-    forced = sleeper.remote(30)
-    time.sleep(0.5)
+    forced = sleeper.remote(30, str(tmp_path / "forced"))
+    wait_started(tmp_path / "forced")
     zray.cancel(forced, force=True)
     with pytest.raises(TaskCancelledError):
         zray.get(forced, timeout=30)
@@ -199,11 +212,11 @@ def test_cancel_queued_running_forced_and_finished():
     assert zray.get(done) == "slept"
 
 
-def test_cancel_actor_calls_queued_and_running():
+def test_cancel_actor_calls_queued_and_running(tmp_path):
     box = Box.remote()
-    running = box.call.remote(1.0)
+    running = box.call.remote(1.0, str(tmp_path / "started"))
     queued = box.call.remote()
-    time.sleep(0.3)
+    wait_started(tmp_path / "started")
     zray.cancel(queued)
     zray.cancel(running)  # a running method of a plain actor is not interrupted
     assert zray.get(running) == 1

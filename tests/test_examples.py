@@ -59,3 +59,44 @@ def test_hyperparameter_search() -> None:
     match = re.search(r"^best accuracy ([\d.]+) after 16 trials with \{", out, re.M)
     assert match, out
     assert 0.5 < float(match.group(1)) <= 1.0, out
+
+
+@pytest.mark.timeout(180)
+def test_counter() -> None:
+    out = run_example("counter.py")
+    assert re.search(r"^each counter incremented once: \[1, 1, 1, 1, 1, 1, 1, 1, 1, 1\]$", out,
+                     re.M), out
+    assert re.search(r"^first counter incremented five more times: \[2, 3, 4, 5, 6\]$", out,
+                     re.M), out
+
+
+@pytest.mark.timeout(180)
+def test_parameter_server() -> None:
+    out = run_example("parameter_server.py")
+    assert "40 updates from 4 workers x 10 iterations" in out
+    match = re.search(r"; sum (-?[\d.]+) \(expected (-?[\d.]+)\)$", out, re.M)
+    assert match and match.group(1) == match.group(2), out
+    assert "parameter server OK: parameters equal the initial values plus every update" in out
+
+
+@pytest.mark.timeout(180)
+def test_simulator() -> None:
+    out = run_example("simulator.py")
+    # Four tasks of 25 steps after the driver's 4, each picking up where the last left off.
+    spans = re.findall(r"^task \d: steps (\d+)-(\d+), reward ", out, re.M)
+    assert spans == [("5", "29"), ("30", "54"), ("55", "79"), ("80", "104")], out
+    assert re.search(r"^final state: position [-+][\d.]+, velocity [-+][\d.]+$", out, re.M), out
+    assert "simulator OK: 104 steps taken (expected 104)" in out
+
+
+@pytest.mark.timeout(180)
+def test_policy_gradient() -> None:
+    out = run_example("policy_gradient.py")
+    rewards = [float(r) for r in re.findall(r"^iteration +\d+: average reward ([-+][\d.]+)$", out,
+                                            re.M)]
+    assert len(rewards) == 12, out
+    match = re.search(r"^policy gradient OK: average reward ([-+][\d.]+) -> ([-+][\d.]+)$", out,
+                      re.M)
+    assert match, out
+    assert float(match.group(2)) > float(match.group(1)) + 1.0, out
+    assert sum(rewards[-3:]) / 3 > 0.5, out  # most balls caught by the end

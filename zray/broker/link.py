@@ -61,7 +61,9 @@ class BrokerLink:
         self.socket.setsockopt(zmq.RCVHWM, 0)
         _connect(self.socket, endpoint)
         self.resent_batches = 0  # for inspect and tests: how often Lazy Pirate fired
-        self._queued: list[Row] = []
+        # Rows not sent yet, by (table, key): a key updated again before the next flush is
+        # sent once, with its latest fields (a short task's submit, start and finish).
+        self._queued: dict[tuple[str, bytes], tuple[dict[str, Any] | None, bytes | None]] = {}
         self._window: collections.OrderedDict[int, _InFlight] = collections.OrderedDict()
         self._seq = itertools.count(1)
 
@@ -69,20 +71,30 @@ class BrokerLink:
         self, table: str, key: bytes, fields: dict[str, Any] | None, blob: bytes | None = None
     ) -> None:
         """Queue an upsert (or, with ``fields`` None, a delete); no I/O."""
-        fields_json = None if fields is None else json.dumps(fields)
-        self._queued.append((table, key, fields_json, blob))
+        self._queued.pop((table, key), None)  # re-queued at the end: the newest row is last
+        self._queued[(table, key)] = (fields, blob)
 
     def flush(self, now: float) -> None:
         """Resend a stale window, then send queued rows; ``now`` is time.monotonic()."""
         self._resend_if_stale(now)
         batch_rows = max(1, self.config.broker_batch_rows)
         while self._queued and len(self._window) < MAX_INFLIGHT_BATCHES:
-            rows = self._queued[:batch_rows]
-            del self._queued[:batch_rows]
+            rows = self._take(batch_rows)
             seq = next(self._seq)
             entry = _InFlight(encode(TableBatch(seq, self.node_id, rows)), len(rows), now)
             self._window[seq] = entry
             self._send(entry)
+
+    def _take(self, count: int) -> list[Row]:
+        """The oldest ``count`` queued rows, encoded now (only the latest version of each)."""
+        rows: list[Row] = []
+        for (table, key) in list(itertools.islice(self._queued, count)):
+            fields, blob = self._queued.pop((table, key))
+            rows.append((table, key, None if fields is None else json.dumps(fields), blob))
+        return rows
+
+    def queued_rows(self) -> int:
+        return len(self._queued)
 
     def handle(self, frames: list[bytes]) -> None:
         """Take a message from ``socket``: a BatchAck settles its batch."""

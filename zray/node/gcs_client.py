@@ -33,6 +33,7 @@ class GcsClient:
                       "--wal", wal, "--parent-pid", str(os.getpid())]
         self._config = config
         self.stopping = False
+        self._last_flush = 0.0
         self._start()
         self.link = BrokerLink(context, endpoint, node_id, config)
 
@@ -69,10 +70,15 @@ class GcsClient:
             "restarts_left": actor.restarts_left, "death_cause": actor.death_cause[:500]})
 
     def pump(self) -> None:
-        """Take acknowledgements, send what is queued or due for a resend."""
+        """Take acknowledgements; send queued rows once per poll period (so a key updated
+        several times meanwhile goes out once) or as soon as a batch is full."""
         while self.link.socket.poll(0):
             self.link.handle(self.link.socket.recv_multipart())
-        self.link.flush(time.monotonic())
+        now = time.monotonic()
+        due = now - self._last_flush >= self._config.poll_interval_ms / 1000
+        if due or self.link.queued_rows() >= self._config.broker_batch_rows:
+            self.link.flush(now)
+            self._last_flush = now
 
     def on_broker_exit(self) -> None:
         log.warning("broker shard (pid %d) %s; restarting it", self.proc.pid,
