@@ -20,10 +20,11 @@ from zray.config import Config
 from zray.exceptions import ZrayError
 from zray.node.launcher import SESSION_PREFIX
 
-TABLES = ("tasks", "objects", "nodes", "functions")
+TABLES = ("tasks", "objects", "actors", "nodes", "functions")
 COLUMNS = {
     "tasks": ("task_id", "name", "state", "attempt", "pid", "job_id"),
     "objects": ("object_id", "size", "where", "is_error", "job_id"),
+    "actors": ("actor_id", "class_name", "name", "state", "pid", "restarts_left"),
     "nodes": ("node_id", "state", "pid", "resources"),
     "functions": ("key", "name"),
 }
