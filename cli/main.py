@@ -1,7 +1,9 @@
 """The ``zray`` command.
 
-``zray inspect tasks|objects|nodes|functions`` lists a GCS table: live from the broker
-shard of a running cluster, or post-mortem from its write-ahead log when it is down.
+``zray inspect tasks|objects|actors|nodes|functions`` lists a GCS table: live from the
+broker shard of a running cluster, or post-mortem from its write-ahead log when it is down.
+``zray microbenchmark`` runs zray/bench.py's workloads (``python -m zray.bench --backend ray``
+runs the same ones on an installed Ray).
 """
 
 from __future__ import annotations
@@ -42,7 +44,15 @@ def main(argv: list[str] | None = None) -> int:
                          help="keep rows whose FIELD equals VALUE (repeatable)")
     inspect.add_argument("--limit", type=int, default=0, help="only the newest N rows")
     inspect.add_argument("--json", action="store_true", help="one JSON object per line")
+    bench = sub.add_parser("microbenchmark", help="measure zray on a private local cluster")
+    bench.add_argument("--quick", action="store_true", help="a tenth of the work, one run")
+    bench.add_argument("--json", action="store_true", help="one JSON object per workload")
     args = parser.parse_args(argv)
+    if args.command == "microbenchmark":
+        from zray import bench as zray_bench
+
+        return zray_bench.main(["--backend", "zray"] + ["--quick"] * args.quick
+                               + ["--json"] * args.json)
     try:
         rows = _rows(args)
     except ZrayError as exc:
