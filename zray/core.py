@@ -7,9 +7,9 @@
 
 Two sockets to one agent: user threads send straight on ``tx`` (no hop through another
 thread on the submit path), while one thread, "zray-io", owns ``rx``: it files incoming
-object locations and replies under ``_cond`` and wakes the waiters, prints forwarded task
-output, hands ``ExecuteTask`` to a worker's main loop, and flushes reference-count edges
-every poll period. It also watches the agent's pidfd, so a dead agent fails every waiter at
+object locations (``LocalObjects``, which wakes the waiters) and replies, prints forwarded
+task output, hands ``ExecuteTask`` to a worker's main loop, and flushes reference-count
+edges every poll period. It also watches the agent's pidfd, so a dead agent fails every waiter at
 once instead of leaving it hanging.
 """
 
@@ -25,17 +25,15 @@ import queue
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import zmq
 
 from zray import protocol as p
 from zray.config import Config
-from zray.exceptions import GetTimeoutError, NodeDiedError, ObjectStoreFullError, TaskError
+from zray.exceptions import GetTimeoutError, NodeDiedError, ObjectStoreFullError
 from zray.ids import (
     TaskID,
     WorkerID,
@@ -44,6 +42,8 @@ from zray.ids import (
     put_object_id,
     return_object_id,
 )
+from zray.objects.arguments import encode_arguments
+from zray.objects.local import LocalObjects
 from zray.objects.refs import ObjectRef, RefCounter
 from zray.objects.serialization import Serialized, deserialize, serialize
 from zray.objects.store import Mapping
@@ -97,33 +97,6 @@ class TaskOptions:
     retry_filter: bytes
 
 
-class Dep:
-    """Stands for the i-th top-level ref argument inside a task's serialised arguments."""
-
-    __slots__ = ("index",)
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Dep, (self.index,))
-
-
-class _Waiter:
-    """One blocked get/wait: woken once ``remaining`` more of its objects are ready."""
-
-    __slots__ = ("remaining", "event")
-
-    def __init__(self, remaining: int) -> None:
-        self.remaining = remaining
-        self.event = threading.Event()
-
-    def one_ready(self) -> None:
-        self.remaining -= 1
-        if self.remaining <= 0:
-            self.event.set()
-
-
 class CoreClient:
     def __init__(self, endpoint: str, kind: str, job_id: bytes, config: Config,
                  log_to_driver: bool = True,
@@ -147,17 +120,13 @@ class CoreClient:
         self._tx = self._socket(endpoint, b"t")
         self._rx = self._socket(endpoint, b"r")
         self._tx_lock = threading.Lock()
-        self._cond = threading.Condition()
-        self._ready: dict[bytes, tuple[Any, ...]] = {}
-        self._subscribed: set[bytes] = set()
-        self._waiters: dict[bytes, list[_Waiter]] = {}  # object id -> get/wait calls on it
+        self._cond = threading.Condition()  # guards _replies
+        self.objects = LocalObjects(self.refs)
         self._replies: dict[int, p.Message] = {}
         self._request_ids = itertools.count(1)
         self._exported: set[bytes] = set()
-        self._views: weakref.WeakValueDictionary[bytes, np.ndarray] = weakref.WeakValueDictionary()
         self._broken = ""
         self._stopping = False
-        self._mapping: Mapping | None = None
         self._io: threading.Thread | None = None
         self._agent_pidfd = -1
 
@@ -197,7 +166,7 @@ class CoreClient:
         if not isinstance(reply, p.Registered):
             raise NodeDiedError(f"the node agent answered {type(reply).__name__} to Register")
         self.node_id, self.resources = reply.node_id, reply.resources
-        self._mapping = Mapping(reply.store_path, reply.store_size)
+        self.objects.mapping = Mapping(reply.store_path, reply.store_size)
         self._agent_pidfd = os.pidfd_open(reply.agent_pid)
         self._io = threading.Thread(target=self._io_loop, name="zray-io", daemon=True)
         self._io.start()
@@ -226,8 +195,8 @@ class CoreClient:
         self._zmq.term()
         if self._agent_pidfd >= 0:
             os.close(self._agent_pidfd)
-        if self._mapping is not None:
-            self._mapping.close()
+        if self.objects.mapping is not None:
+            self.objects.mapping.close()
 
     # --- sending ---------------------------------------------------------------------
 
@@ -253,10 +222,7 @@ class CoreClient:
             self._send_released(released)
 
     def _send_released(self, released: list[bytes]) -> None:
-        with self._cond:
-            for object_id in released:
-                self._ready.pop(object_id, None)
-                self._subscribed.discard(object_id)
+        self.objects.forget(released)
         self._tx.send_multipart(p.encode(p.RefsChanged([], released)))
 
     # --- the I/O thread --------------------------------------------------------------
@@ -282,12 +248,7 @@ class CoreClient:
             log.warning("dropped a malformed message from the agent: %s", exc)
             return
         if isinstance(msg, p.ObjectsReady):
-            with self._cond:
-                for location in msg.locations:
-                    if location[0] in self._subscribed:
-                        self._ready[location[0]] = location
-                        for waiter in self._waiters.pop(location[0], ()):
-                            waiter.one_ready()
+            self.objects.file(msg.locations)
         elif isinstance(msg, (p.ObjectCreated, p.AgentReply)):
             with self._cond:
                 self._replies[msg.request_id] = msg
@@ -310,9 +271,7 @@ class CoreClient:
         with self._cond:
             self._broken = reason
             self._cond.notify_all()
-            for waiters in self._waiters.values():
-                for waiter in waiters:
-                    waiter.event.set()
+        self.objects.wake_all()
         self.tasks.put(None)
 
     def _check_broken(self) -> None:
@@ -333,7 +292,8 @@ class CoreClient:
         task_id = child_task_id(self.context.task_id, next(self.context.submitted))
         if actor_options:
             actor_id = task_id  # an actor is named after the task that creates it
-        blob, deps, contained, keep_alive = self._encode_args(name, args, kwargs)
+        blob, deps, contained, keep_alive = encode_arguments(
+            name, args, kwargs, self.config.inline_object_max_bytes, self._put_serialized)
         self.send(p.SubmitTask(
             task_id, self.context.job_id, fn.function_id if fn else b"", name, blob, deps,
             contained, options.num_returns, options.resources, options.max_retries,
@@ -342,48 +302,6 @@ class CoreClient:
         del keep_alive  # refs of large arguments put on the caller's behalf: the task pins them now
         return task_id, [ObjectRef(return_object_id(task_id, i), self.refs, created=True)
                          for i in range(options.num_returns)]
-
-    def _encode_args(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-                     ) -> tuple[bytes, list[bytes], list[bytes], list[ObjectRef]]:
-        """Serialise the arguments once; top-level refs become ``Dep`` placeholders.
-
-        Only when the whole is too big to travel inline are the big values put in the store
-        and passed as refs instead, as Ray does."""
-        keep_alive: list[ObjectRef] = []
-        ser, deps = self._serialize_args(name, args, kwargs)
-        if ser.size > self.config.inline_object_max_bytes:
-            args = tuple(self._by_ref(v, name, f"#{i}", keep_alive) for i, v in enumerate(args))
-            kwargs = {k: self._by_ref(v, name, repr(k), keep_alive) for k, v in kwargs.items()}
-            ser, deps = self._serialize_args(name, args, kwargs)
-        return ser.to_bytes(), deps, ser.contained, keep_alive
-
-    def _serialize_args(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-                        ) -> tuple[Serialized, list[bytes]]:
-        deps: list[bytes] = []
-
-        def swap(value: Any) -> Any:
-            if isinstance(value, ObjectRef):
-                deps.append(value.id)
-                return Dep(len(deps) - 1)
-            return value
-
-        try:
-            ser = serialize((tuple(map(swap, args)), {k: swap(v) for k, v in kwargs.items()}))
-        except TypeError:
-            for label, value in [(f"#{i}", v) for i, v in enumerate(args)] + list(kwargs.items()):
-                _serialize_argument(value, name, str(label))
-            raise
-        return ser, deps
-
-    def _by_ref(self, value: Any, name: str, label: str, keep_alive: list[ObjectRef]) -> Any:
-        if isinstance(value, ObjectRef):
-            return value
-        ser = _serialize_argument(value, name, label)
-        if ser.size <= self.config.inline_object_max_bytes // 16:
-            return value
-        ref = self._put_serialized(ser)
-        keep_alive.append(ref)
-        return ref
 
     # --- objects ---------------------------------------------------------------------
 
@@ -396,9 +314,7 @@ class CoreClient:
         location = self.store_value(object_id, ser, is_error=False)
         if location[1] is not None:
             self.send(p.PutObject(object_id, location[1], ser.contained))
-        with self._cond:
-            self._subscribed.add(object_id)
-            self._ready[object_id] = location
+        self.objects.remember(location)
         return ObjectRef(object_id, self.refs, created=True)
 
     def store_value(self, object_id: bytes, ser: Serialized, is_error: bool) -> tuple[Any, ...]:
@@ -412,8 +328,8 @@ class CoreClient:
         offset = self._create(object_id, ser.size)
         if offset == -2:  # a retried task made it again; the first value stands
             return (object_id, None, -1, ser.size, is_error)
-        assert self._mapping is not None
-        ser.write_into(self._mapping.view[offset : offset + ser.size])
+        assert self.objects.mapping is not None
+        ser.write_into(self.objects.mapping.view[offset : offset + ser.size])
         self.send(p.SealObject(object_id, ser.contained, is_error))
         return (object_id, None, offset, ser.size, is_error)
 
@@ -440,11 +356,11 @@ class CoreClient:
     def get(self, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
         ids = [ref.id for ref in refs]
         self._await(ids, len(set(ids)), timeout, for_get=True)
-        locations = [self._ready[object_id] for object_id in ids]
+        locations = [self.objects.location(object_id) for object_id in ids]
         errors = [loc[0] for loc in locations if loc[4]]
         if errors:  # tell the agent they were read, so it does not report them unhandled
             self.send(p.Subscribe(errors, True))
-        return [self.value_of(location) for location in locations]
+        return [self.objects.value_of(location) for location in locations]
 
     def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None
              ) -> tuple[list[ObjectRef], list[ObjectRef]]:
@@ -453,82 +369,36 @@ class CoreClient:
         ready: list[ObjectRef] = []
         not_ready: list[ObjectRef] = []
         for ref in refs:
-            is_ready = ref.id in self._ready and len(ready) < num_returns
+            is_ready = self.objects.is_ready(ref.id) and len(ready) < num_returns
             (ready if is_ready else not_ready).append(ref)
         return ready, not_ready
 
     def _await(self, ids: list[bytes], count: int, timeout: float | None,
                raise_on_timeout: bool = True, for_get: bool = False) -> None:
         """Block until ``count`` of ``ids`` are ready; a waiting worker lends out its CPU."""
-        unique = set(ids)
-        with self._cond:
-            missing = [i for i in unique if i not in self._ready]
-            waiter = _Waiter(count - (len(unique) - len(missing)))
-            if waiter.remaining <= 0:
-                return
-            for object_id in missing:
-                self._waiters.setdefault(object_id, []).append(waiter)
-        self._subscribe(missing, for_get)
-        blocked = self.kind == "worker" and self.context.name != "driver"
+        waiter, missing, to_subscribe = self.objects.start_wait(ids, count)
+        if waiter is None:
+            return
+        if to_subscribe:
+            self.send(p.Subscribe(to_subscribe, for_get))
+        blocked = self.kind == "worker" and self.context.name != "idle"
         if blocked:
             self.send(p.Blocked(self.context.task_id))
         try:
             if not waiter.event.wait(timeout):
                 if raise_on_timeout:
                     raise GetTimeoutError(
-                        f"get timed out after {timeout}s: {waiter.remaining} of {len(unique)} "
-                        f"objects not ready yet (e.g. {missing[0].hex()})")
+                        f"get timed out after {timeout}s: {waiter.remaining} of "
+                        f"{len(set(ids))} objects not ready yet (e.g. {missing[0].hex()})")
             self._check_broken()
         finally:
-            with self._cond:
-                for object_id in missing:
-                    waiting = self._waiters.get(object_id)
-                    if waiting is not None and waiter in waiting:
-                        waiting.remove(waiter)
-                        if not waiting:
-                            del self._waiters[object_id]
+            self.objects.end_wait(waiter, missing)
             if blocked:
                 self.send(p.Unblocked(self.context.task_id))
 
-    def _subscribe(self, ids: list[bytes], for_get: bool) -> None:
-        new = [i for i in dict.fromkeys(ids) if i not in self._subscribed]
-        if new:
-            with self._cond:
-                self._subscribed.update(new)
-            self.send(p.Subscribe(new, for_get))
-
     def value_of(self, location: tuple[Any, ...]) -> Any:
         """The value at a location; raises it if it is an error."""
-        object_id, data, offset, size, is_error = location
-        value = deserialize(data if data is not None else self._view(object_id, offset, size))
-        if is_error:
-            raise value.as_instanceof_cause() if isinstance(value, TaskError) else value
-        return value
-
-    def accept_location(self, location: tuple[Any, ...]) -> None:
-        """File a location the agent sent along with a task (its argument)."""
-        with self._cond:
-            self._subscribed.add(location[0])
-            self._ready[location[0]] = location
-
-    def _view(self, object_id: bytes, offset: int, size: int) -> memoryview:
-        """A read-only view of a store object; the object is pinned while the view lives."""
-        base = self._views.get(object_id)
-        if base is None:
-            assert self._mapping is not None
-            base = np.frombuffer(self._mapping.view[offset : offset + size], dtype=np.uint8)
-            base.flags.writeable = False
-            self.refs.borrowed(object_id)  # tells the agent if this process held no ref yet
-            weakref.finalize(base, self.refs.dropped, object_id)
-            self._views[object_id] = base
-        return memoryview(base)  # type: ignore[arg-type]
-
-
-def _serialize_argument(value: Any, function_name: str, label: str) -> Serialized:
-    try:
-        return serialize(value)
-    except TypeError as exc:
-        raise TypeError(f"argument {label} of {function_name}() cannot be pickled: {exc}") from None
+        return self.objects.value_of(location)
 
 
 def _unhandled_error_text(error: bytes | None) -> str:

@@ -18,9 +18,10 @@ import cloudpickle
 
 import zray
 from zray import protocol as p
-from zray.core import CoreClient, Dep, TaskContext
+from zray.core import CoreClient, TaskContext
 from zray.exceptions import TaskCancelledError, TaskError
 from zray.ids import TaskID, return_object_id
+from zray.objects.arguments import resolve_arguments
 from zray.objects.serialization import Serialized, deserialize, serialize
 
 _ZRAY_DIR = os.path.dirname(os.path.abspath(zray.__file__))
@@ -60,11 +61,8 @@ def _enter(client: CoreClient, task: p.ExecuteTask) -> None:
 
 
 def resolve_args(client: CoreClient, task: p.ExecuteTask) -> tuple[list[Any], dict[str, Any]]:
-    dep_values = [client.value_of(location) for location in task.deps]
     args, kwargs = deserialize(task.args)
-    args = [dep_values[a.index] if isinstance(a, Dep) else a for a in args]
-    kwargs = {k: dep_values[v.index] if isinstance(v, Dep) else v for k, v in kwargs.items()}
-    return args, kwargs
+    return resolve_arguments(args, kwargs, [client.value_of(loc) for loc in task.deps])
 
 
 def split_returns(task: p.ExecuteTask, result: Any) -> list[Any]:

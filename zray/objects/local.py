@@ -1,0 +1,129 @@
+"""What one process knows about objects: where the ready ones are, who waits for which,
+and the zero-copy views it holds into the node's store.
+
+The I/O thread files locations as the agent sends them and wakes the waiters; user threads
+wait on their own ``Waiter`` (one event each: a ready object wakes only the calls that
+wait for it). A view is a read-only numpy array over the store's mapping, shared by every
+``get`` of the object in this process, and counted as a reference until it is collected.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any
+
+import numpy as np
+
+from zray.exceptions import TaskError
+from zray.objects.refs import RefCounter
+from zray.objects.serialization import deserialize
+from zray.objects.store import Mapping
+
+Location = tuple[Any, ...]  # (object_id, data, offset, size, is_error), see zray.protocol
+
+
+class Waiter:
+    """One blocked get/wait: woken once ``remaining`` more of its objects are ready."""
+
+    __slots__ = ("remaining", "event")
+
+    def __init__(self, remaining: int) -> None:
+        self.remaining = remaining
+        self.event = threading.Event()
+
+    def one_ready(self) -> None:
+        self.remaining -= 1
+        if self.remaining <= 0:
+            self.event.set()
+
+
+class LocalObjects:
+    def __init__(self, refs: RefCounter) -> None:
+        self.refs = refs
+        self.mapping: Mapping | None = None
+        self._lock = threading.Lock()
+        self._ready: dict[bytes, Location] = {}
+        self._subscribed: set[bytes] = set()
+        self._waiters: dict[bytes, list[Waiter]] = {}
+        self._views: weakref.WeakValueDictionary[bytes, np.ndarray] = weakref.WeakValueDictionary()
+
+    def is_ready(self, object_id: bytes) -> bool:
+        return object_id in self._ready
+
+    def location(self, object_id: bytes) -> Location:
+        return self._ready[object_id]
+
+    def file(self, locations: list[Location]) -> None:
+        """Locations the agent sent for objects we asked about; wake who waits for them."""
+        with self._lock:
+            for location in locations:
+                if location[0] in self._subscribed:
+                    self._ready[location[0]] = location
+                    for waiter in self._waiters.pop(location[0], ()):
+                        waiter.one_ready()
+
+    def remember(self, location: Location) -> None:
+        """An object this process made itself (put): readable without asking the agent."""
+        with self._lock:
+            self._subscribed.add(location[0])
+            self._ready[location[0]] = location
+
+    def forget(self, object_ids: list[bytes]) -> None:
+        """This process no longer holds these objects."""
+        with self._lock:
+            for object_id in object_ids:
+                self._ready.pop(object_id, None)
+                self._subscribed.discard(object_id)
+
+    def start_wait(self, ids: list[bytes], count: int
+                   ) -> tuple[Waiter | None, list[bytes], list[bytes]]:
+        """Register a wait for ``count`` of ``ids``: (waiter or None if already satisfied,
+        the ids not ready, the ids to ask the agent about)."""
+        unique = set(ids)
+        with self._lock:
+            missing = [i for i in unique if i not in self._ready]
+            waiter = Waiter(count - (len(unique) - len(missing)))
+            if waiter.remaining <= 0:
+                return None, [], []
+            for object_id in missing:
+                self._waiters.setdefault(object_id, []).append(waiter)
+            to_subscribe = [i for i in missing if i not in self._subscribed]
+            self._subscribed.update(to_subscribe)
+        return waiter, missing, to_subscribe
+
+    def end_wait(self, waiter: Waiter, missing: list[bytes]) -> None:
+        with self._lock:
+            for object_id in missing:
+                waiting = self._waiters.get(object_id)
+                if waiting is not None and waiter in waiting:
+                    waiting.remove(waiter)
+                    if not waiting:
+                        del self._waiters[object_id]
+
+    def wake_all(self) -> None:
+        """The agent is gone: every waiter must wake up and find out."""
+        with self._lock:
+            for waiters in self._waiters.values():
+                for waiter in waiters:
+                    waiter.event.set()
+
+    def value_of(self, location: Location) -> Any:
+        """The value at a location; raises it if it is an error."""
+        object_id, data, offset, size, is_error = location
+        value = deserialize(data if data is not None else self._view(object_id, offset, size))
+        if is_error:
+            raise value.as_instanceof_cause() if isinstance(value, TaskError) else value
+        return value
+
+    def _view(self, object_id: bytes, offset: int, size: int) -> memoryview:
+        """A read-only view of a store object; the object is pinned while the view lives."""
+        base = self._views.get(object_id)
+        if base is None:
+            assert self.mapping is not None
+            base = np.frombuffer(self.mapping.view[offset : offset + size], dtype=np.uint8)
+            base.flags.writeable = False
+            self.refs.borrowed(object_id)  # tells the agent if this process held no ref yet
+            weakref.finalize(base, self.refs.dropped, object_id)
+            self._views[object_id] = base
+        return memoryview(base)  # type: ignore[arg-type]
