@@ -34,6 +34,9 @@ class Config:
     max_task_history: int = 10_000
     # The write-ahead log is compacted into a snapshot once it holds this many rows.
     wal_compact_rows: int = 50_000
+    # Calls sent ahead to an actor's worker beyond those it may run at once: the worker
+    # runs them in mailbox order, so this only saves a round trip per call.
+    actor_pipeline_depth: int = 32
     # Retries for a task whose worker died, unless the task says otherwise.
     default_max_retries: int = 3
     # Extra workers started beyond num_cpus while tasks block in get() are stopped after

@@ -47,6 +47,7 @@ from zray.objects.local import LocalObjects
 from zray.objects.refs import ObjectRef, RefCounter
 from zray.objects.serialization import Serialized, deserialize, serialize
 from zray.objects.store import Mapping
+from zray.protocol import has_input
 
 log = logging.getLogger("zray")
 
@@ -236,7 +237,7 @@ class CoreClient:
             if self._agent_pidfd in events:
                 self._fail("the node agent exited; the cluster is gone")
                 return
-            while self._rx in events and self._rx.poll(0):
+            while self._rx in events and has_input(self._rx):
                 self._dispatch(self._rx.recv_multipart())
             with self._tx_lock:
                 self._flush_refs_locked()

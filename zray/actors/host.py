@@ -6,7 +6,10 @@ what it is sent:
 - ``max_concurrency`` 1: on the worker's main thread, one after another.
 - threaded (``max_concurrency`` > 1): on a pool of that many threads ("zray-actor-N").
 - async (the class has ``async def`` methods): on one event loop in its own thread
-  ("zray-actor-loop"); the agent bounds how many coroutines are in flight.
+  ("zray-actor-loop"), at most ``max_concurrency`` coroutines at once.
+
+The agent may send calls ahead (a pipeline); each kind above starts them in the order they
+arrive, and a call cancelled before it starts is answered with TaskCancelledError.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from typing import Any
 
 from zray import protocol as p
 from zray.core import CoreClient
-from zray.node.execution import Outcome, load_function, run_async, run_sync
+from zray.exceptions import TaskCancelledError
+from zray.node.execution import Outcome, fail, load_function, run_async, run_sync
 
 
 class ActorHost:
@@ -29,6 +33,8 @@ class ActorHost:
         self.instance: Any = None
         self._pool: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._cancelled: set[bytes] = set()
         self._report(run_sync(client, creation, lambda: self._construct(creation)))
 
     def _construct(self, creation: p.ExecuteTask) -> Any:
@@ -37,6 +43,7 @@ class ActorHost:
         concurrency = int(creation.actor_options.get("max_concurrency", 1))
         if any(inspect.iscoroutinefunction(f) for _, f in inspect.getmembers(cls, callable)):
             self._loop = asyncio.new_event_loop()
+            self._slots = asyncio.Semaphore(concurrency)
             threading.Thread(target=self._loop.run_forever, name="zray-actor-loop",
                              daemon=True).start()
         elif concurrency > 1:
@@ -46,11 +53,14 @@ class ActorHost:
     def _keep(self, instance: Any) -> None:
         self.instance = instance
 
+    def cancel(self, task_id: bytes) -> None:
+        """From the I/O thread: drop this call if it has not started yet."""
+        self._cancelled.add(task_id)
+
     def run(self, call: p.ExecuteTask) -> None:
         method = getattr(self.instance, call.name, None)
         if self._loop is not None and inspect.iscoroutinefunction(method):
-            future = asyncio.run_coroutine_threadsafe(
-                run_async(self.client, call, method), self._loop)
+            future = asyncio.run_coroutine_threadsafe(self._run_async(call, method), self._loop)
             future.add_done_callback(lambda f: self._report(f.result()))
         elif self._loop is not None:  # a plain method of an async actor runs on its loop
             self._loop.call_soon_threadsafe(self._run_and_report, call)
@@ -59,8 +69,23 @@ class ActorHost:
         else:
             self._run_and_report(call)
 
+    async def _run_async(self, call: p.ExecuteTask, method: Any) -> Outcome:
+        assert self._slots is not None
+        async with self._slots:
+            if call.task_id in self._cancelled:
+                return self._cancelled_outcome(call)
+            return await run_async(self.client, call, method)
+
     def _run_and_report(self, call: p.ExecuteTask) -> None:
-        self._report(run_sync(self.client, call, lambda: self._method(call.name)))
+        if call.task_id in self._cancelled:
+            self._report(self._cancelled_outcome(call))
+        else:
+            self._report(run_sync(self.client, call, lambda: self._method(call.name)))
+
+    def _cancelled_outcome(self, call: p.ExecuteTask) -> Outcome:
+        self._cancelled.discard(call.task_id)
+        error = TaskCancelledError(f"{call.name}() was cancelled with zray.cancel()")
+        return fail(self.client, call, error), []
 
     def _method(self, name: str) -> Any:
         method = getattr(self.instance, name, None)
@@ -70,6 +95,7 @@ class ActorHost:
 
     def _report(self, outcome: Outcome) -> None:
         done, results = outcome
+        self._cancelled.discard(done.task_id)  # a cancel that came too late
         sys.stdout.flush()
         sys.stderr.flush()
         self.client.send(done)

@@ -5,7 +5,10 @@ caller's order (a caller's messages travel one socket, in order). Calls leave th
 from the head only: a call whose arguments are still being computed holds back every call
 behind it, so no caller's later call overtakes an earlier one. With ``max_concurrency`` 1
 (the default) one call runs at a time, so methods run serially and each sees the state the
-one before it left; with N, up to N run at once, started in mailbox order.
+one before it left; with N, up to N run at once, started in mailbox order. Released calls
+may be sent ahead to the worker (a pipeline): it starts them in the order received and
+never runs more than ``max_concurrency`` at once, so sending ahead saves round trips
+without changing the order.
 
 Lifecycle (an illegal move raises and changes nothing)::
 
@@ -81,11 +84,12 @@ class Actor:
                              f"{state.name} is not allowed")
         self.state = state
 
-    def next_calls(self) -> list[Task]:
-        """Calls to start now: from the head, while slots are free and arguments exist."""
+    def next_calls(self, pipeline_depth: int = 0) -> list[Task]:
+        """Calls to send now: from the head, while the worker has room (its running slots
+        plus ``pipeline_depth`` waiting there) and their arguments exist."""
         started = []
-        while (self.state is ActorState.ALIVE and self.mailbox
-               and len(self.running) < self.max_concurrency):
+        window = self.max_concurrency + pipeline_depth
+        while self.state is ActorState.ALIVE and self.mailbox and len(self.running) < window:
             head = self.mailbox[0]
             if head.missing:
                 break

@@ -115,7 +115,7 @@ class ActorManager:
 
     def dispatch(self, actor: Actor) -> None:
         """Send every call the mailbox releases; a call whose argument failed fails too."""
-        while started := actor.next_calls():
+        while started := actor.next_calls(self.agent.config.actor_pipeline_depth):
             for call in started:
                 error = self.agent.dep_error(call)
                 if error is not None:
@@ -223,7 +223,8 @@ class ActorManager:
         self.agent.gcs.record_actor(actor)
 
     def cancel(self, task_id: bytes) -> bool:
-        """Remove a queued call (it fails with TaskCancelledError); running ones go on."""
+        """Remove a queued call (it fails with TaskCancelledError); one already sent ahead
+        to the worker is dropped there if it has not started; running ones go on."""
         actor = self.calls.get(task_id)
         if actor is None:
             return False
@@ -232,6 +233,8 @@ class ActorManager:
             actor.mailbox.remove(call)
             self._fail_call(call, failures.cancelled(call.spec.name))
             self.dispatch(actor)
+        elif task_id in actor.running and actor.worker:
+            self.agent.send(actor.worker, p.CancelRunning(task_id))
         return True
 
     def holds(self, client_id: bytes, actor_id: bytes, held: bool) -> bool:

@@ -39,6 +39,7 @@ from zray.node.scheduler import Scheduler, Task
 from zray.node.tasks import TaskManager
 from zray.node.worker_pool import WorkerPool, WorkerProcess
 from zray.objects.store import Allocator, Mapping, create_arena
+from zray.protocol import has_input
 
 log = logging.getLogger("zray.agent")
 
@@ -118,7 +119,7 @@ class Agent:
             events = dict(poller.poll(self.config.poll_interval_ms))
             for fd in [e for e in events if isinstance(e, int)]:
                 self._on_fd(fd)
-            while self.router in events and self.running and self.router.poll(0):
+            while self.router in events and self.running and has_input(self.router):
                 self._on_frames(self.router.recv_multipart())
             self._after_events()
             self.gcs.pump()

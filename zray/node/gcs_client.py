@@ -22,6 +22,7 @@ from zray.broker.link import BrokerLink
 from zray.config import Config
 from zray.node.object_table import ObjectEntry
 from zray.node.scheduler import Task
+from zray.protocol import has_input
 
 log = logging.getLogger("zray.agent")
 
@@ -72,7 +73,7 @@ class GcsClient:
     def pump(self) -> None:
         """Take acknowledgements; send queued rows once per poll period (so a key updated
         several times meanwhile goes out once) or as soon as a batch is full."""
-        while self.link.socket.poll(0):
+        while has_input(self.link.socket):
             self.link.handle(self.link.socket.recv_multipart())
         now = time.monotonic()
         due = now - self._last_flush >= self._config.poll_interval_ms / 1000

@@ -77,8 +77,11 @@ class Worker:
         return self.functions[task.function_id]
 
     def on_cancel(self, task_id: bytes) -> None:
-        """From the I/O thread: interrupt the main thread if it still runs ``task_id``."""
-        if task_id and task_id == self.running:
+        """From the I/O thread: interrupt the main thread if it still runs ``task_id``;
+        an actor's call that was sent ahead and has not started is dropped instead."""
+        if self.actor is not None:
+            self.actor.cancel(task_id)
+        elif task_id and task_id == self.running:
             self.cancelled = task_id
             signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
 
