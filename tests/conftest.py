@@ -21,7 +21,7 @@ import zray
 from zray.node.launcher import SESSION_PREFIX
 
 _STARTED = time.time() - 1
-_ZRAY_MODULES = ("zray.node.agent", "zray.node.worker", "zray.broker.shard")
+_ZRAY_MODULES = ("zray.node.boot", "zray.node.worker", "zray.broker.shard")
 
 
 def zray_processes() -> list[psutil.Process]:

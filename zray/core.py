@@ -130,6 +130,7 @@ class CoreClient:
         self._stopping = False
         self._io: threading.Thread | None = None
         self._agent_pidfd = -1
+        self._wake_r, self._wake_w = os.pipe()  # close() wakes the I/O thread at once
 
     @property
     def context(self) -> TaskContext:
@@ -187,8 +188,11 @@ class CoreClient:
         if not self._broken:
             self._barrier()
         self._stopping = True
+        os.write(self._wake_w, b"x")
         if self._io is not None:
             self._io.join()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
         if not self._broken:
             self.send(p.Disconnect(stop_cluster))
         self._tx.close()
@@ -232,6 +236,7 @@ class CoreClient:
         poller = zmq.Poller()
         poller.register(self._rx, zmq.POLLIN)
         poller.register(self._agent_pidfd, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
         while not self._stopping:
             events = dict(poller.poll(self.config.poll_interval_ms))
             if self._agent_pidfd in events:

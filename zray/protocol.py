@@ -22,11 +22,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import pickle
-import types
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar, Union
+from typing import Any, ClassVar, TypeVar
 
 import zmq
 
@@ -56,24 +54,25 @@ def message(op: int) -> Callable[[M], M]:
     def register(cls: M) -> M:
         if op in _BY_OP:
             raise RuntimeError(f"op {op} is used by both {_BY_OP[op].__name__} and {cls.__name__}")
-        hints = typing.get_type_hints(cls)
         cls.op = op  # type: ignore[attr-defined]
-        cls._types = tuple(_runtime_types(hints[f.name]) for f in dataclasses.fields(cls))  # type: ignore[attr-defined]
+        cls._types = tuple(  # type: ignore[attr-defined]
+            _runtime_types(str(f.type)) for f in dataclasses.fields(cls))
         _BY_OP[op] = cls
         return cls
 
     return register
 
 
-def _runtime_types(hint: Any) -> tuple[type, ...]:
-    if typing.get_origin(hint) in (Union, types.UnionType):
-        return tuple(t for arg in typing.get_args(hint) for t in _runtime_types(arg))
-    origin = typing.get_origin(hint) or hint
-    if origin is float:
-        return (float, int)
-    if origin is type(None) or hint is None:
-        return (type(None),)
-    return (origin,)
+_PLAIN_TYPES: dict[str, tuple[type, ...]] = {
+    "bytes": (bytes,), "str": (str,), "int": (int,), "bool": (bool,), "float": (float, int),
+    "list": (list,), "dict": (dict,), "tuple": (tuple,), "None": (type(None),),
+}
+
+
+def _runtime_types(annotation: str) -> tuple[type, ...]:
+    """``"bytes | None"`` -> ``(bytes, NoneType)``: field annotations are plain names (read
+    as strings, which is cheaper at import than typing.get_type_hints)."""
+    return tuple(t for part in annotation.split("|") for t in _PLAIN_TYPES[part.strip()])
 
 
 # --- client (driver or worker) <-> node agent --------------------------------------------

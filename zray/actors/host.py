@@ -14,17 +14,19 @@ arrive, and a call cancelled before it starts is answered with TaskCancelledErro
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zray import protocol as p
 from zray.core import CoreClient
 from zray.exceptions import TaskCancelledError
 from zray.node.execution import Outcome, fail, load_function, run_async, run_sync
+
+if TYPE_CHECKING:  # imported when an actor needs them: most workers never host one
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
 
 class ActorHost:
@@ -42,11 +44,15 @@ class ActorHost:
         cls = load_function(creation.function_blob)
         concurrency = int(creation.actor_options.get("max_concurrency", 1))
         if any(inspect.iscoroutinefunction(f) for _, f in inspect.getmembers(cls, callable)):
+            import asyncio
+
             self._loop = asyncio.new_event_loop()
             self._slots = asyncio.Semaphore(concurrency)
             threading.Thread(target=self._loop.run_forever, name="zray-actor-loop",
                              daemon=True).start()
         elif concurrency > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
             self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="zray-actor")
         return lambda *args, **kwargs: self._keep(cls(*args, **kwargs))
 
@@ -60,6 +66,8 @@ class ActorHost:
     def run(self, call: p.ExecuteTask) -> None:
         method = getattr(self.instance, call.name, None)
         if self._loop is not None and inspect.iscoroutinefunction(method):
+            import asyncio
+
             future = asyncio.run_coroutine_threadsafe(self._run_async(call, method), self._loop)
             future.add_done_callback(lambda f: self._report(f.result()))
         elif self._loop is not None:  # a plain method of an async actor runs on its loop

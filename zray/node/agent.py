@@ -57,7 +57,7 @@ class Client:
 
 
 class Agent:
-    def __init__(self, args: argparse.Namespace, config: Config) -> None:
+    def __init__(self, args: argparse.Namespace, config: Config, pool: WorkerPool) -> None:
         self.config = config
         self.session = args.session
         self.node_id = new_node_id()
@@ -79,8 +79,7 @@ class Agent:
                               (zmq.SNDHWM, 0), (zmq.RCVHWM, 0)):
             self.router.setsockopt(option, value)
         self.router.bind(args.endpoint)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.pool = WorkerPool(["-m", "zray.node.worker", "--endpoint", args.endpoint], env)
+        self.pool = pool  # its first workers were started before the agent imported
         self.gcs = GcsClient(self.zmq, args.broker_endpoint, args.broker_wal, self.node_id,
                              config)
         self.gcs.record("nodes", self.node_id, {
@@ -101,9 +100,7 @@ class Agent:
             p.QueryAgent: self.on_query, p.KillActor: self.on_kill,
             p.CancelTask: self.on_cancel,
         }
-        for _ in range(self.scheduler.pool_size_target()):
-            self.pool.start()
-            self.scheduler.starting += 1
+        self.scheduler.starting = len(pool.by_pid)
 
     # --- the loop --------------------------------------------------------------------
 
@@ -422,6 +419,7 @@ class Agent:
                 self.send(driver.client_id, p.LogLines(prefix, stream, lines))
 
     def stop(self) -> None:
+        self.gcs.begin_stop()  # the broker and the workers wind down side by side
         self.pool.stop_all(self.config.shutdown_timeout_s)
         self.gcs.stop()
         self.mapping.close()
@@ -432,26 +430,12 @@ class Agent:
             shutil.rmtree(self.session, ignore_errors=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="zray node agent (started by zray.init)")
-    parser.add_argument("--session", required=True)
-    parser.add_argument("--endpoint", required=True)
-    parser.add_argument("--broker-endpoint", required=True)
-    parser.add_argument("--broker-wal", required=True)
-    parser.add_argument("--store-path", required=True)
-    parser.add_argument("--store-size", type=int, required=True)
-    parser.add_argument("--resources", required=True, help="JSON, e.g. {\"CPU\": 2}")
-    parser.add_argument("--owner-pid", type=int, default=0,
-                        help="a private cluster's driver: stop the cluster when it exits")
-    args = parser.parse_args()
+def run_agent(args: argparse.Namespace, pool: WorkerPool) -> None:
+    """Run the agent until its driver leaves or it is told to stop (see zray/node/boot.py)."""
     logging.basicConfig(level=logging.INFO, format="[agent] %(levelname)s %(message)s")
-    agent = Agent(args, Config.from_env())
+    agent = Agent(args, Config.from_env(), pool)
     signal.signal(signal.SIGTERM, lambda *_: setattr(agent, "running", False))
     try:
         agent.run()
     finally:
         agent.stop()
-
-
-if __name__ == "__main__":
-    main()

@@ -92,9 +92,13 @@ class GcsClient:
         self.proc = subprocess.Popen(self._argv, stdin=subprocess.DEVNULL)
         self.pidfd = os.pidfd_open(self.proc.pid)
 
-    def stop(self) -> None:
+    def begin_stop(self) -> None:
+        """SIGTERM the broker (it closes its log); ``stop`` then waits for it."""
         self.stopping = True
         self.proc.terminate()
+
+    def stop(self) -> None:
+        self.begin_stop()
         try:
             self.proc.wait(self._config.shutdown_timeout_s)
         except subprocess.TimeoutExpired:

@@ -41,7 +41,7 @@ class LocalCluster:
         endpoint = f"ipc://{session}/agent.sock"
         with open(os.path.join(session, "agent.log"), "wb") as log_file:
             agent = subprocess.Popen(
-                [sys.executable, "-m", "zray.node.agent", "--session", session,
+                [sys.executable, "-m", "zray.node.boot", "--session", session,
                  "--endpoint", endpoint, "--broker-endpoint", f"ipc://{session}/broker-0.sock",
                  "--broker-wal", os.path.join(session, "broker-0.wal"),
                  "--store-path", placement.path, "--store-size", str(store_size),

@@ -3,17 +3,19 @@ and the zero-copy views it holds into the node's store.
 
 The I/O thread files locations as the agent sends them and wakes the waiters; user threads
 wait on their own ``Waiter`` (one event each: a ready object wakes only the calls that
-wait for it). A view is a read-only numpy array over the store's mapping, shared by every
-``get`` of the object in this process, and counted as a reference until it is collected.
+wait for it). A view is a read-only window on the store's mapping, shared by every ``get``
+of the object in this process, and counted as a reference until it is collected: its
+exporter is a ctypes array over the mapping, because every buffer carved from it (numpy
+arrays, Arrow buffers) keeps that one object alive, and it can carry a weakref finalizer.
+(No numpy here: the agent and idle workers need not import it.)
 """
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import weakref
 from typing import Any
-
-import numpy as np
 
 from zray.exceptions import TaskError
 from zray.objects.refs import RefCounter
@@ -46,7 +48,7 @@ class LocalObjects:
         self._ready: dict[bytes, Location] = {}
         self._subscribed: set[bytes] = set()
         self._waiters: dict[bytes, list[Waiter]] = {}
-        self._views: weakref.WeakValueDictionary[bytes, np.ndarray] = weakref.WeakValueDictionary()
+        self._views: weakref.WeakValueDictionary[bytes, Any] = weakref.WeakValueDictionary()
 
     def is_ready(self, object_id: bytes) -> bool:
         return object_id in self._ready
@@ -121,9 +123,8 @@ class LocalObjects:
         base = self._views.get(object_id)
         if base is None:
             assert self.mapping is not None
-            base = np.frombuffer(self.mapping.view[offset : offset + size], dtype=np.uint8)
-            base.flags.writeable = False
+            base = (ctypes.c_char * size).from_buffer(self.mapping.mmap, offset)
             self.refs.borrowed(object_id)  # tells the agent if this process held no ref yet
             weakref.finalize(base, self.refs.dropped, object_id)
             self._views[object_id] = base
-        return memoryview(base)  # type: ignore[arg-type]
+        return memoryview(base).cast("B").toreadonly()

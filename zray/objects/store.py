@@ -104,15 +104,15 @@ class Mapping:
     def __init__(self, path: str, size: int) -> None:
         fd = os.open(path, os.O_RDWR)
         try:
-            self._mmap = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            self.mmap = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         finally:
             os.close(fd)
-        self.view = memoryview(self._mmap)
+        self.view = memoryview(self.mmap)
 
     def close(self) -> None:
         """Unmap, unless zero-copy views still point in; then the OS unmaps at exit."""
         try:
             self.view.release()
-            self._mmap.close()
+            self.mmap.close()
         except BufferError:
             pass
