@@ -203,3 +203,17 @@ def test_ref_made_in_a_task_outlives_the_task(small_store):
     assert float(zray.get(ref).sum()) == 7_000_000.0
     del ref, filler
     assert wait_store_empty() == 0
+
+
+def test_a_hundred_thousand_messages_in_flight_lose_nothing(small_store):
+    """Flow control: 100,000 puts are sent without waiting; none may be dropped."""
+    refs = [zray.put(i) for i in range(100_000)]
+
+    @zray.remote
+    def total(values):
+        return sum(zray.get(values))
+
+    assert zray.get(total.remote(refs[::100])) == sum(range(0, 100_000, 100))
+    assert zray.get(refs[-1]) == 99_999
+    del refs
+    assert wait_store_empty() == 0
