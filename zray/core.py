@@ -205,18 +205,22 @@ class CoreClient:
 
     # --- sending ---------------------------------------------------------------------
 
-    def send(self, msg: p.Message) -> None:
+    def send(self, msg: p.Message, releases_first: bool = False) -> None:
         """Send on tx, with the pending ref-count edges around it.
 
         Refs this process started holding are announced before the message (which may hand
         them on, e.g. a task's result containing a ref it borrowed); refs it let go are
-        announced after it (the message may pin them first, e.g. a ref inside a put)."""
+        announced after it (the message may pin them first, e.g. a ref inside a put),
+        unless ``releases_first``: a request that pins nothing and wants the memory back
+        (CreateObject, so a freed block is reused rather than fresh pages touched)."""
         with self._tx_lock:
             added, released = self.refs.drain()
             if added:
                 self._tx.send_multipart(p.encode(p.RefsChanged(added, [])))
+            if released and releases_first:
+                self._send_released(released)
             self._tx.send_multipart(p.encode(msg), copy=False)
-            if released:
+            if released and not releases_first:
                 self._send_released(released)
 
     def _flush_refs_locked(self) -> None:
@@ -339,10 +343,10 @@ class CoreClient:
         self.send(p.SealObject(object_id, ser.contained, is_error))
         return (object_id, None, offset, ser.size, is_error)
 
-    def request(self, make: Callable[[int], p.Message]) -> Any:
+    def request(self, make: Callable[[int], p.Message], releases_first: bool = False) -> Any:
         """Send the request ``make(request_id)`` and wait for the agent's reply to it."""
         request_id = next(self._request_ids)
-        self.send(make(request_id))
+        self.send(make(request_id), releases_first)
         with self._cond:
             while request_id not in self._replies:
                 self._check_broken()
@@ -354,7 +358,8 @@ class CoreClient:
         return json.loads(reply.body_json)
 
     def _create(self, object_id: bytes, size: int) -> int:
-        reply = self.request(lambda rid: p.CreateObject(rid, object_id, size))
+        reply = self.request(lambda rid: p.CreateObject(rid, object_id, size),
+                             releases_first=True)
         if reply.offset == -1:
             raise ObjectStoreFullError(reply.error)
         return reply.offset

@@ -338,6 +338,12 @@ class Agent:
 
     def _after_events(self) -> None:
         """Deliver ready objects, queue what they unblock, dispatch, report frees."""
+        self._deliver()
+        self.actors.place_waiting()
+        self.tasks.dispatch()
+
+    def _deliver(self) -> None:
+        """Send what the last messages caused: ready objects, unhandled-error notices."""
         while self.objects.became_ready:
             object_id = self.objects.became_ready.pop()
             self.gcs.record_object(self.objects.get(object_id), self.node_id)
@@ -354,8 +360,6 @@ class Agent:
             if freed.unhandled_error is not None:
                 self.notice(freed.job_id, "", freed.unhandled_error)
         self.objects.freed.clear()
-        self.actors.place_waiting()
-        self.tasks.dispatch()
 
     # --- objects ---------------------------------------------------------------------
 
@@ -388,6 +392,7 @@ class Agent:
                 self.objects.release(client_id, object_id)
 
     def on_query(self, client_id: bytes, msg: p.QueryAgent) -> None:
+        self._deliver()  # what earlier messages caused reaches the client before the reply
         body: dict[str, object]
         if msg.what == "resources":
             body = {"total": self.scheduler.total, "available": self.scheduler.available}

@@ -24,7 +24,6 @@ class TaskManager:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self.scheduler = agent.scheduler
-        self.warned: set[str] = set()
 
     def submit(self, task: Task, missing: set[bytes]) -> None:
         self.scheduler.submit(task, missing)
