@@ -39,9 +39,6 @@ class Config:
     actor_pipeline_depth: int = 32
     # Retries for a task whose worker died, unless the task says otherwise.
     default_max_retries: int = 3
-    # Extra workers started beyond num_cpus while tasks block in get() are stopped after
-    # being idle this long.
-    idle_worker_timeout_s: float = 10.0
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
