@@ -44,10 +44,6 @@ class Config:
         return json.dumps(dataclasses.asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> Config:
-        return cls(**json.loads(text))
-
-    @classmethod
     def from_env(cls) -> Config:
         """Defaults, overridden by ``ZRAY_*`` environment variables (bad values raise)."""
         overrides: dict[str, object] = {}

@@ -403,7 +403,7 @@ class Agent:
         elif msg.what == "actor_created":
             body = {"error": self.actors.refused_reason(bytes.fromhex(msg.args["actor_id"]))}
         elif msg.what == "store":
-            body = {"bytes_in_use": self.objects.allocator.in_use,
+            body = {"bytes_in_use": self.objects.bytes_in_store(),
                     "capacity": self.objects.allocator.capacity,
                     "objects": len(self.objects.entries), "path": self.store_path}
         else:

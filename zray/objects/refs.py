@@ -35,9 +35,6 @@ class RefCounter:
     def dropped(self, object_id: bytes) -> None:
         self._events.append((object_id, _DROPPED))
 
-    def holds(self, object_id: bytes) -> bool:
-        return self._counts.get(object_id, 0) > 0
-
     def drain(self) -> tuple[list[bytes], list[bytes]]:
         """Fold pending events into the counts: the (added, released) edges since last time."""
         added: list[bytes] = []
