@@ -209,3 +209,22 @@ def test_garbage_frames_do_not_crash_the_agent():
         assert zray.get(zray.remote(lambda: "alive").remote(), timeout=30) == "alive"
     finally:
         zray.shutdown()
+
+
+def test_agent_death_fails_waiting_calls_instead_of_hanging():
+    zray.init(num_cpus=1)
+    try:
+        @zray.remote
+        def forever():
+            time.sleep(300)
+
+        ref = forever.remote()
+        agent = next(p for p in psutil.Process().children() if "zray.node.boot" in
+                     " ".join(p.cmdline()))
+        agent.send_signal(signal.SIGKILL)
+        with pytest.raises(zray.exceptions.NodeDiedError):
+            zray.get(ref, timeout=30)
+        with pytest.raises(zray.exceptions.NodeDiedError):
+            zray.get(ref, timeout=30)  # and again, once the I/O thread is gone
+    finally:
+        zray.shutdown()

@@ -136,3 +136,31 @@ def test_unpicklable_argument_is_named():
 
     with pytest.raises(TypeError, match=r"argument #1 of add\(\).*\.lock"):
         add.remote(1, Holder())
+
+
+def test_retried_parent_does_not_run_its_children_twice_or_leak(tmp_path):
+    runs = tmp_path / "child-runs"
+
+    @zray.remote
+    def child(path):
+        with open(path, "a") as f:
+            f.write("x")
+        time.sleep(0.3)  # still running when the parent is retried
+        return 7
+
+    @zray.remote(retry_exceptions=True, max_retries=1)
+    def parent(path, attempts):
+        ref = child.remote(path)
+        big = zray.put(np.zeros(50_000))  # a store object, alive in the child's argument
+        with open(attempts, "a") as f:
+            f.write("x")
+        if len(open(attempts).read()) == 1:
+            raise RuntimeError("first attempt fails")
+        return zray.get(ref) + int(zray.get(big).sum())
+
+    assert zray.get(parent.remote(str(runs), str(tmp_path / "attempts"))) == 7
+    assert runs.read_text() == "x"  # the retry's child is the first one, merged by id
+    deadline = time.monotonic() + 10
+    while zray.available_resources() != zray.cluster_resources():
+        assert time.monotonic() < deadline, "resources leaked"
+        time.sleep(0.02)

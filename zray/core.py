@@ -35,6 +35,7 @@ from zray import protocol as p
 from zray.config import Config
 from zray.exceptions import GetTimeoutError, NodeDiedError, ObjectStoreFullError
 from zray.ids import (
+    PUT_ATTEMPT_SHIFT,
     TaskID,
     WorkerID,
     child_task_id,
@@ -75,8 +76,15 @@ class TaskContext:
     name: str = "driver"
     job_id: bytes = b""
     gpu_ids: list[int] = field(default_factory=list)
+    attempt: int = 0
     submitted: Iterator[int] = field(default_factory=itertools.count)
     puts: Iterator[int] = field(default_factory=itertools.count)
+
+    def __post_init__(self) -> None:
+        # A retry re-creates its children's ids (lineage: the agent merges the duplicates)
+        # but must not reuse its puts' ids: a put cannot be rebuilt, and the first
+        # attempt's objects may still be alive.
+        self.puts = itertools.count(self.attempt << PUT_ATTEMPT_SHIFT)
 
 
 @dataclass(frozen=True)
@@ -242,14 +250,19 @@ class CoreClient:
         poller.register(self._agent_pidfd, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         while not self._stopping:
-            events = dict(poller.poll(self.config.poll_interval_ms))
-            if self._agent_pidfd in events:
-                self._fail("the node agent exited; the cluster is gone")
+            try:
+                events = dict(poller.poll(self.config.poll_interval_ms))
+                if self._agent_pidfd in events:
+                    self._fail("the node agent exited; the cluster is gone")
+                    return
+                while self._rx in events and has_input(self._rx):
+                    self._dispatch(self._rx.recv_multipart())
+                with self._tx_lock:
+                    self._flush_refs_locked()
+            except Exception as exc:  # without this thread nothing wakes a waiter again
+                log.exception("zray's I/O thread failed")
+                self._fail(f"zray's I/O thread failed: {exc!r}")
                 return
-            while self._rx in events and has_input(self._rx):
-                self._dispatch(self._rx.recv_multipart())
-            with self._tx_lock:
-                self._flush_refs_locked()
 
     def _dispatch(self, frames: list[bytes]) -> None:
         try:
@@ -396,6 +409,7 @@ class CoreClient:
         if blocked:
             self.send(p.Blocked(self.context.task_id))
         try:
+            self._check_broken()  # the agent may have died before the waiter was filed
             if not waiter.event.wait(timeout):
                 if raise_on_timeout:
                     raise GetTimeoutError(

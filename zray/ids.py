@@ -25,6 +25,7 @@ NodeID = NewType("NodeID", bytes)  # 8 random bytes per node agent
 TASK_ID_BYTES = 16
 OBJECT_ID_BYTES = TASK_ID_BYTES + 4
 _PUT_BIT = 0x8000_0000
+PUT_ATTEMPT_SHIFT = 20  # a task's puts in attempt k are numbered from k << 20
 _INDEX = struct.Struct(">I")
 
 

@@ -64,8 +64,7 @@ class ActorClass:
         client = client_for_call()
         if self._descriptor is None:
             self._descriptor = FunctionDescriptor.of(export_blob(self._cls), self._name)
-        task_options = _task_options({**options, "num_cpus": options.get("num_cpus", 0),
-                                      "max_retries": 0, "num_returns": 1})
+        resources = _task_options({**options, "num_cpus": options.get("num_cpus", 0)}).resources
         actor_options = {
             "class_name": self._name, "methods": self._methods,
             "name": options.get("name") or "", "namespace": options.get("namespace") or "",
@@ -75,9 +74,9 @@ class ActorClass:
             "max_concurrency": resolved(options, "max_concurrency")
             or (1000 if self._is_async else 1),
         }
-        task_options = TaskOptions(0, task_options.resources, 0, b"")
         actor_id, _ = client.submit(self._descriptor, f"{self._name}.__init__", args, kwargs,
-                                    task_options, actor_options=actor_options)
+                                    TaskOptions(0, resources, 0, b""),
+                                    actor_options=actor_options)
         handle = ActorHandle(actor_id, self._name, self._methods, created=True)
         if actor_options["name"]:  # a taken name fails here, at the call site, as in Ray
             error = client.query("actor_created", actor_id=actor_id.hex())["error"]

@@ -82,13 +82,25 @@ class ActorHost:
         async with self._slots:
             if call.task_id in self._cancelled:
                 return self._cancelled_outcome(call)
-            return await run_async(self.client, call, method)
+            try:
+                return await run_async(self.client, call, method)
+            except BaseException as exc:  # e.g. CancelledError: the caller still gets an answer
+                return self._ended(call, exc)
 
     def _run_and_report(self, call: p.ExecuteTask) -> None:
         if call.task_id in self._cancelled:
             self._report(self._cancelled_outcome(call))
-        else:
-            self._report(run_sync(self.client, call, lambda: self._method(call.name)))
+            return
+        try:
+            outcome = run_sync(self.client, call, lambda: self._method(call.name))
+        except BaseException as exc:  # SystemExit in a pool thread must not lose the reply
+            if self._pool is None and self._loop is None:
+                raise  # on the main thread it ends the actor's process, as in Ray
+            outcome = self._ended(call, exc)
+        self._report(outcome)
+
+    def _ended(self, call: p.ExecuteTask, exc: BaseException) -> Outcome:
+        return fail(self.client, call, RuntimeError(f"{call.name}() ended with {exc!r}")), []
 
     def _cancelled_outcome(self, call: p.ExecuteTask) -> Outcome:
         self._cancelled.discard(call.task_id)

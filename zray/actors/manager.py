@@ -41,6 +41,7 @@ class ActorManager:
         actor = self.directory.create(task)
         if isinstance(actor, str):
             self.refused[task.spec.actor_id] = actor
+            self.agent.release_task_args(task)
             return
         actor.holders.add(task.submitter)
         self._wait_for(task, missing)
@@ -147,8 +148,10 @@ class ActorManager:
         if msg.task_id == actor.actor_id:
             self._created(actor, msg)
         else:
-            call = actor.finished(msg.task_id)
-            if call is not None and call.attempt == msg.attempt:
+            running = actor.running.get(msg.task_id)
+            if running is not None and running.attempt == msg.attempt:
+                call = actor.finished(msg.task_id)
+                assert call is running
                 self.calls.pop(msg.task_id, None)
                 call.move(TaskState.FINISHED)
                 self.agent.finish_task(call, msg.results, msg.contained)

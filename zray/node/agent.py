@@ -164,8 +164,17 @@ class Agent:
             return
         try:
             handler(client_id, msg)
-        except Exception:  # a bug handling one message must not take the node down
+        except Exception as exc:  # a bug handling one message must not take the node down
             log.exception("failed to handle %s from %s", type(msg).__name__, short(client_id))
+            self._answer_failed_request(client_id, msg, exc)
+
+    def _answer_failed_request(self, client_id: bytes, msg: p.Message, exc: Exception) -> None:
+        """A caller blocked on a reply gets an error instead of waiting forever."""
+        error = f"the node agent failed to handle {type(msg).__name__}: {exc!r}"
+        if isinstance(msg, p.CreateObject):
+            self.send(client_id, p.ObjectCreated(msg.request_id, -1, error))
+        elif isinstance(msg, p.QueryAgent):
+            self.send(client_id, p.AgentReply(msg.request_id, json.dumps({"error": error})))
 
     def send(self, client_id: bytes, msg: p.Message) -> None:
         try:
@@ -230,6 +239,10 @@ class Agent:
         task = Task(msg, client_id)
         for i in range(msg.num_returns):
             self.objects.expect(return_object_id(msg.task_id, i), msg.job_id, client_id)
+        if self._known(msg.task_id):  # a retried parent submitted it again (same lineage,
+            if msg.actor_options:      # same id): one copy runs, both submitters hold it
+                self.actors.holds(client_id, msg.actor_id, True)
+            return
         lost = [d for d in msg.deps if not self.objects.pin(d)]
         for ref in msg.contained:
             self.objects.pin(ref)
@@ -237,12 +250,18 @@ class Agent:
         self.gcs.record_task(task)
         if lost:
             self.fail_with(task, failures.object_lost(lost[0], msg.name))
+            if msg.actor_options:  # fail_with keeps an actor's __init__ arguments pinned
+                self.release_task_args(task)
         elif msg.actor_options:
             self.actors.create(task, missing)
         elif msg.actor_id:
             self.actors.call(task, missing)
         else:
             self.tasks.submit(task, missing)
+
+    def _known(self, task_id: bytes) -> bool:
+        return (task_id in self.scheduler.tasks or task_id in self.actors.calls
+                or task_id in self.actors.directory.actors)
 
     def on_task_done(self, client_id: bytes, msg: p.TaskDone) -> None:
         worker = self.clients[client_id].worker
@@ -424,15 +443,18 @@ class Agent:
                 self.send(driver.client_id, p.LogLines(prefix, stream, lines))
 
     def stop(self) -> None:
-        self.gcs.begin_stop()  # the broker and the workers wind down side by side
-        self.pool.stop_all(self.config.shutdown_timeout_s)
-        self.gcs.stop()
-        self.mapping.close()
-        self.router.close()
-        self.zmq.term()
-        os.unlink(self.store_path)
-        if self.owner_pid:
-            shutil.rmtree(self.session, ignore_errors=True)
+        try:
+            self.gcs.begin_stop()  # the broker and the workers wind down side by side
+            self.pool.stop_all(self.config.shutdown_timeout_s)
+            self.gcs.stop()
+            self.mapping.close()
+            self.router.close()
+            self.zmq.term()
+        finally:  # whatever failed above, the node's files go
+            if os.path.exists(self.store_path):
+                os.unlink(self.store_path)
+            if self.owner_pid:
+                shutil.rmtree(self.session, ignore_errors=True)
 
 
 def run_agent(args: argparse.Namespace, pool: WorkerPool) -> None:

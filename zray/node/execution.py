@@ -56,7 +56,7 @@ async def run_async(client: CoreClient, task: p.ExecuteTask,
 
 def _enter(client: CoreClient, task: p.ExecuteTask) -> None:
     client.context = TaskContext(TaskID(task.task_id), task.name, task.job_id,
-                                 list(task.gpu_ids))
+                                 list(task.gpu_ids), task.attempt)
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, task.gpu_ids))
 
 

@@ -39,7 +39,8 @@ class Worker:
         self.client = client
         self.functions: dict[bytes, Any] = {}
         self.actor: ActorHost | None = None
-        self.running = b""  # the plain task on the main thread, for cancellation
+        self.current = b""  # the plain task on the main thread
+        self.running = b""  # ...while its user code runs: only then may a cancel interrupt
         self.cancelled = b""
         client.on_cancel = self.on_cancel
         signal.signal(signal.SIGUSR1, self._raise_cancelled)
@@ -58,11 +59,24 @@ class Worker:
                 self.report(self.run_task(task))
 
     def run_task(self, task: p.ExecuteTask) -> Outcome:
-        self.running = task.task_id
+        self.current = task.task_id
         try:
-            return run_sync(self.client, task, lambda: self._function(task))
+            return run_sync(self.client, task, lambda: self._armed(task, self._function(task)))
         finally:
-            self.running = b""
+            self.current = self.cancelled = b""
+
+    def _armed(self, task: p.ExecuteTask, fn: Any) -> Any:
+        """``fn``, interruptible by a cancel while it runs, and only then: a signal inside
+        zray's own bookkeeping (sending, ref counting) could corrupt it."""
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.running = task.task_id
+            try:
+                if self.cancelled == task.task_id:
+                    raise TaskCancelledError(f"task {task.name}() was cancelled")
+                return fn(*args, **kwargs)
+            finally:
+                self.running = b""
+        return call
 
     def report(self, outcome: Outcome) -> None:
         done, results = outcome
@@ -81,9 +95,10 @@ class Worker:
         an actor's call that was sent ahead and has not started is dropped instead."""
         if self.actor is not None:
             self.actor.cancel(task_id)
-        elif task_id and task_id == self.running:
+        elif task_id and task_id == self.current:
             self.cancelled = task_id
-            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+            if self.running == task_id:
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
 
     def _raise_cancelled(self, signum: int, frame: Any) -> None:
         if self.cancelled and self.cancelled == self.running:

@@ -52,7 +52,10 @@ class RefCounter:
                         counts[object_id] = count - 1
                 else:
                     if count == 0 and kind == _BORROWED:
-                        added.append(object_id)
+                        if object_id in released:  # let go and taken again: no edge at all
+                            released.remove(object_id)
+                        else:
+                            added.append(object_id)
                     counts[object_id] = count + 1
         return added, released
 
