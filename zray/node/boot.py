@@ -29,7 +29,8 @@ def main() -> None:
     parser.add_argument("--owner-pid", type=int, default=0,
                         help="a private cluster's driver: stop the cluster when it exits")
     args = parser.parse_args()
-    pool = WorkerPool(["-m", "zray.node.worker", "--endpoint", args.endpoint],
+    pool = WorkerPool(["-m", "zray.node.worker", "--endpoint", args.endpoint,
+                       "--agent-pid", str(os.getpid())],
                       dict(os.environ, PYTHONUNBUFFERED="1"))
     for _ in range(max(1, int(json.loads(args.resources).get("CPU", 1)))):
         pool.start()

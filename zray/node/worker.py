@@ -30,7 +30,7 @@ from zray import protocol as p
 from zray.actors.host import ActorHost
 from zray.config import Config
 from zray.core import CoreClient
-from zray.exceptions import TaskCancelledError
+from zray.exceptions import NodeDiedError, TaskCancelledError
 from zray.node.execution import Outcome, load_function, run_sync
 
 
@@ -109,10 +109,15 @@ class Worker:
 def main() -> None:
     parser = argparse.ArgumentParser(description="zray worker (started by a node agent)")
     parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--agent-pid", type=int, required=True)
     args = parser.parse_args()
     config = Config.from_env()
     client = CoreClient(args.endpoint, "worker", b"", config, on_agent_death=lambda: os._exit(1))
-    client.connect(config.startup_timeout_s)
+    try:  # if the agent that started us dies before we connect, give up at once
+        client.connect(config.startup_timeout_s,
+                       lambda: "" if os.getppid() == args.agent_pid else "the agent exited")
+    except NodeDiedError:
+        os._exit(1)
     core.set_current(client)
     Worker(client).serve()
     client.close()
