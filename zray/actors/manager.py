@@ -37,7 +37,7 @@ class ActorManager:
     def create(self, task: Task, missing: set[bytes]) -> None:
         options = task.spec.actor_options
         if not options.get("namespace"):  # as in Ray: the namespace of the creator's job
-            options["namespace"] = self.agent.namespaces.get(task.spec.job_id, "")
+            options["namespace"] = self.agent.clients.namespaces.get(task.spec.job_id, "")
         actor = self.directory.create(task)
         if isinstance(actor, str):
             self.refused[task.spec.actor_id] = actor

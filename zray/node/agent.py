@@ -23,7 +23,6 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -33,6 +32,7 @@ from zray.actors.manager import ActorManager
 from zray.config import Config
 from zray.ids import new_node_id, return_object_id, short, task_of
 from zray.node import failures
+from zray.node.clients import Client, Clients
 from zray.node.gcs_client import GcsClient
 from zray.node.object_table import ObjectTable
 from zray.node.scheduler import Scheduler, Task
@@ -42,18 +42,6 @@ from zray.objects.store import Allocator, Mapping, create_arena
 from zray.protocol import has_input
 
 log = logging.getLogger("zray.agent")
-
-
-@dataclass
-class Client:
-    client_id: bytes
-    kind: str
-    pid: int
-    job_id: bytes
-    log_to_driver: bool
-    pidfd: int = -1
-    worker: WorkerProcess | None = None
-    functions: set[bytes] = field(default_factory=set)
 
 
 class Agent:
@@ -67,11 +55,9 @@ class Agent:
         create_arena(self.store_path, self.store_size)
         self.objects = ObjectTable(Allocator(self.store_size))
         self.scheduler = Scheduler(self.resources)
-        self.clients: dict[bytes, Client] = {}
+        self.clients = Clients()
         self.functions: dict[bytes, bytes] = {}
         self.warned: set[str] = set()
-        self.namespaces: dict[bytes, str] = {}  # job id -> its driver's namespace
-        self.running_on: dict[int, Task] = {}  # worker pid -> its task, to prefix its output
         self.mapping = Mapping(self.store_path, self.store_size)
         self.zmq = zmq.Context()
         self.router = self.zmq.socket(zmq.ROUTER)
@@ -122,7 +108,7 @@ class Agent:
             self.gcs.pump()
 
     def _sync_fds(self, poller: zmq.Poller, registered: set[int]) -> set[int]:
-        wanted = set(self.pool.by_fd) | {c.pidfd for c in self.clients.values() if c.pidfd >= 0}
+        wanted = set(self.pool.by_fd) | self.clients.pidfds()
         wanted.update(self.gcs.fds)
         for fd in registered - wanted:
             poller.unregister(fd)
@@ -143,7 +129,7 @@ class Agent:
             else:
                 self._forward_output(worker, what, self.pool.read_lines(fd))
         else:
-            client = next((c for c in self.clients.values() if c.pidfd == fd), None)
+            client = self.clients.with_pidfd(fd)
             if client is not None:
                 self._drop_client(client)
 
@@ -186,7 +172,7 @@ class Agent:
 
     def on_register(self, client_id: bytes, msg: p.Register) -> None:
         client = Client(client_id, msg.kind, msg.pid, msg.job_id, msg.log_to_driver)
-        self.clients[client_id] = client
+        self.clients.add(client, msg.namespace)
         self.send(client_id, p.Registered(self.node_id, os.getpid(), self.store_path,
                                           self.store_size, self.resources))
         if msg.kind == "worker" and msg.pid in self.pool.by_pid:
@@ -196,8 +182,6 @@ class Agent:
                 self.scheduler.worker_started(client_id)
         else:
             client.pidfd = os.pidfd_open(msg.pid)
-            if msg.kind == "driver":
-                self.namespaces[msg.job_id] = msg.namespace
 
     def on_disconnect(self, client_id: bytes, msg: p.Disconnect) -> None:
         self._drop_client(self.clients[client_id])
@@ -205,7 +189,7 @@ class Agent:
             self.running = False
 
     def _drop_client(self, client: Client) -> None:
-        self.clients.pop(client.client_id, None)
+        self.clients.remove(client.client_id)
         if client.pidfd >= 0:
             os.close(client.pidfd)
         self.objects.release_all(client.client_id)
@@ -213,18 +197,8 @@ class Agent:
         if client.pid == self.owner_pid:
             self.running = False
 
-    def _job_of(self, client_id: bytes) -> bytes:
-        """A driver's job, or the job of the task a worker is running."""
-        client = self.clients[client_id]
-        task = self.running_on.get(client.pid)
-        return task.spec.job_id if client.kind == "worker" and task else client.job_id
-
-    def _drivers_of(self, job_id: bytes | None) -> list[Client]:
-        return [c for c in self.clients.values() if c.kind == "driver"
-                and (job_id is None or c.job_id == job_id)]
-
     def notice(self, job_id: bytes | None, text: str, error: bytes | None = None) -> None:
-        for driver in self._drivers_of(job_id):
+        for driver in self.clients.drivers_of(job_id):
             self.send(driver.client_id, p.Notice(text, error))
 
     # --- tasks and actors -------------------------------------------------------------
@@ -266,7 +240,7 @@ class Agent:
     def on_task_done(self, client_id: bytes, msg: p.TaskDone) -> None:
         worker = self.clients[client_id].worker
         if worker is not None:
-            self.running_on.pop(worker.pid, None)
+            self.clients.running_on.pop(worker.pid, None)
         if not self.actors.task_done(client_id, msg):
             self.tasks.done(client_id, msg)
 
@@ -300,7 +274,7 @@ class Agent:
             spec.num_returns, spec.retry_filter, gpu_ids, blob, task.attempt,
             spec.actor_id, spec.actor_options))
         assert client.worker is not None
-        self.running_on[client.worker.pid] = task
+        self.clients.running_on[client.worker.pid] = task
         self.gcs.record_task(task, client.worker.pid)
 
     def dep_error(self, task: Task) -> bytes | None:
@@ -344,7 +318,7 @@ class Agent:
             if owner is worker and what != "exit":
                 self._forward_output(worker, what, self.pool.read_lines(fd))
         how = self.pool.reap(worker)
-        self.running_on.pop(worker.pid, None)
+        self.clients.running_on.pop(worker.pid, None)
         client = self.clients.get(worker.worker_id)
         if client is not None:
             self._drop_client(client)
@@ -416,8 +390,8 @@ class Agent:
         if msg.what == "resources":
             body = {"total": self.scheduler.total, "available": self.scheduler.available}
         elif msg.what == "actor":
-            namespace = msg.args.get("namespace") or self.namespaces.get(
-                self._job_of(client_id), "")
+            namespace = msg.args.get("namespace") or self.clients.namespaces.get(
+                self.clients.job_of(client_id), "")
             body = self.actors.lookup(str(msg.args.get("name")), namespace)
         elif msg.what == "actor_created":
             body = {"error": self.actors.refused_reason(bytes.fromhex(msg.args["actor_id"]))}
@@ -434,11 +408,11 @@ class Agent:
     def _forward_output(self, worker: WorkerProcess, stream: str, lines: list[str]) -> None:
         if not lines:
             return
-        task = self.running_on.get(worker.pid)
+        task = self.clients.running_on.get(worker.pid)
         actor = self.actors.directory.by_worker.get(worker.worker_id)
         name = actor.options["class_name"] if actor else task.spec.name if task else "worker"
         prefix = f"{name} pid={worker.pid}"
-        for driver in self._drivers_of(task.spec.job_id if task else None):
+        for driver in self.clients.drivers_of(task.spec.job_id if task else None):
             if driver.log_to_driver:
                 self.send(driver.client_id, p.LogLines(prefix, stream, lines))
 
