@@ -17,13 +17,14 @@ from zray import core
 from zray import protocol as p
 from zray.actors.handle import ActorClass, ActorHandle
 from zray.config import Config
-from zray.core import CoreClient, TaskContext
+from zray.core import CoreClient
 from zray.exceptions import ZrayError
 from zray.ids import driver_task_id, new_job_id
 from zray.node.launcher import LocalCluster
 from zray.objects.refs import ObjectRef
 from zray.options import validate
 from zray.remote_function import RemoteFunction
+from zray.specs import TaskContext
 
 _lock = threading.RLock()
 _cluster: LocalCluster | None = None

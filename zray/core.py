@@ -16,7 +16,6 @@ once instead of leaving it hanging.
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import itertools
 import json
 import logging
@@ -25,8 +24,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -35,7 +33,6 @@ from zray import protocol as p
 from zray.config import Config
 from zray.exceptions import GetTimeoutError, NodeDiedError, ObjectStoreFullError
 from zray.ids import (
-    PUT_ATTEMPT_SHIFT,
     TaskID,
     WorkerID,
     child_task_id,
@@ -49,6 +46,7 @@ from zray.objects.refs import ObjectRef, RefCounter
 from zray.objects.serialization import Serialized, deserialize, serialize
 from zray.objects.store import Mapping
 from zray.protocol import has_input
+from zray.specs import FunctionDescriptor, TaskContext, TaskOptions
 
 log = logging.getLogger("zray")
 
@@ -66,44 +64,6 @@ def set_current(client: CoreClient | None) -> None:
 
 def current_counter() -> RefCounter | None:
     return _runtime.refs if _runtime is not None else None
-
-
-@dataclass
-class TaskContext:
-    """Where new ids come from: the running task (or the driver's root task)."""
-
-    task_id: TaskID
-    name: str = "driver"
-    job_id: bytes = b""
-    gpu_ids: list[int] = field(default_factory=list)
-    attempt: int = 0
-    submitted: Iterator[int] = field(default_factory=itertools.count)
-    puts: Iterator[int] = field(default_factory=itertools.count)
-
-    def __post_init__(self) -> None:
-        # A retry re-creates its children's ids (lineage: the agent merges the duplicates)
-        # but must not reuse its puts' ids: a put cannot be rebuilt, and the first
-        # attempt's objects may still be alive.
-        self.puts = itertools.count(self.attempt << PUT_ATTEMPT_SHIFT)
-
-
-@dataclass(frozen=True)
-class FunctionDescriptor:
-    function_id: bytes
-    name: str
-    blob: bytes
-
-    @classmethod
-    def of(cls, blob: bytes, name: str) -> FunctionDescriptor:
-        return cls(hashlib.blake2b(blob, digest_size=16).digest(), name, blob)
-
-
-@dataclass(frozen=True)
-class TaskOptions:
-    num_returns: int
-    resources: dict[str, float]
-    max_retries: int
-    retry_filter: bytes
 
 
 class CoreClient:

@@ -10,9 +10,9 @@ from typing import Any
 
 import cloudpickle
 
-from zray.core import FunctionDescriptor, TaskOptions
 from zray.objects.refs import ObjectRef
 from zray.options import resolved, validate
+from zray.specs import FunctionDescriptor, TaskOptions
 
 
 class RemoteFunction:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from zray.core import FunctionDescriptor, TaskOptions, current_counter
+from zray.core import current_counter
 from zray.objects.refs import ObjectRef
 from zray.objects.serialization import record_contained_ref
 from zray.options import resolved, validate
 from zray.remote_function import _task_options, export_blob
+from zray.specs import FunctionDescriptor, TaskOptions
 
 _NUM_RETURNS_ATTR = "__zray_num_returns__"
 

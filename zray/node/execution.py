@@ -18,11 +18,12 @@ import cloudpickle
 
 import zray
 from zray import protocol as p
-from zray.core import CoreClient, TaskContext
+from zray.core import CoreClient
 from zray.exceptions import TaskCancelledError, TaskError
 from zray.ids import TaskID, return_object_id
 from zray.objects.arguments import resolve_arguments
 from zray.objects.serialization import Serialized, deserialize, serialize
+from zray.specs import TaskContext
 
 _ZRAY_DIR = os.path.dirname(os.path.abspath(zray.__file__))
 
