@@ -202,6 +202,42 @@ class Workloads:
                       "s")
 
 
+def scaling(rt: Any, quick: bool) -> list[Result]:
+    """Issue 4 item 3: throughput as tasks in flight grow, the driver's memory per pending
+    task, and whether any process grows with history (waves of 10,000 tasks)."""
+    @rt.remote
+    def noop(x: int) -> int:
+        return x
+
+    results = []
+    me = psutil.Process()
+    for n in (1_000, 10_000) if quick else (1_000, 10_000, 100_000):
+        before = me.memory_info().rss
+        start = time.perf_counter()
+        refs = [noop.remote(i) for i in range(n)]
+        pending = (me.memory_info().rss - before) / n
+        assert sum(rt.get(refs)) == n * (n - 1) // 2
+        results.append(Result(f"{n} tasks in flight, throughput", n / (time.perf_counter() - start),
+                              "/s"))
+        results.append(Result(f"driver memory per pending task ({n} in flight)", pending, "B"))
+        del refs
+    waves = 10 if quick else 100
+    sizes: dict[int, tuple[str, int]] = {}
+    for wave in range(waves):
+        assert sum(rt.get([noop.remote(i) for i in range(10_000)])) == 49_995_000
+        if wave == waves // 10 - 1:
+            sizes = {p.pid: (p.name(), p.memory_info().rss) for p in _cluster(me)}
+    growth, name = max(((p.memory_info().rss / sizes[p.pid][1] - 1) * 100, sizes[p.pid][0])
+                       for p in _cluster(me) if p.pid in sizes)
+    first, last = waves // 10 * 10_000, waves * 10_000
+    results.append(Result(f"largest RSS growth, {first:,} to {last:,} tasks ({name})", growth, "%"))
+    return results
+
+
+def _cluster(me: psutil.Process) -> list[psutil.Process]:
+    return [me] + me.children(recursive=True)
+
+
 def startup_time(backend: str) -> Result:
     """init + first task + shutdown, in a fresh process (imports included)."""
     extra = ", include_dashboard=False" if backend == "ray" else ""
@@ -227,13 +263,18 @@ def idle_memory() -> Result:
     return Result(f"memory at idle, {len(processes)} processes (PSS)", total / MB, "MB")
 
 
-def run(backend: str, quick: bool) -> list[Result]:
+def run(backend: str, quick: bool, only_scaling: bool = False) -> list[Result]:
     rt = importlib.import_module(backend)
     kwargs: dict[str, Any] = {"num_cpus": 2}
     if backend == "ray":
         kwargs["include_dashboard"] = False
     rt.init(**kwargs)
     results = []
+    if only_scaling:
+        try:
+            return scaling(rt, quick)
+        finally:
+            rt.shutdown()
     try:
         workloads = Workloads(rt, quick)
         time.sleep(1.0)  # let prestarted workers finish starting before measuring
@@ -261,8 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=("zray", "ray"), default="zray")
     parser.add_argument("--quick", action="store_true", help="a tenth of the work, one run")
     parser.add_argument("--json", action="store_true", help="one JSON object per workload")
+    parser.add_argument("--scaling", action="store_true",
+                        help="only the cost-as-work-grows runs (up to 1,000,000 tasks)")
     args = parser.parse_args(argv)
-    for result in run(args.backend, args.quick):
+    for result in run(args.backend, args.quick, args.scaling):
         if args.json:
             print(json.dumps({"backend": args.backend, **result.__dict__}), flush=True)
         else:

@@ -34,13 +34,13 @@ class RemoteFunction:
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         if self._task_options is None:
-            self._task_options = _task_options(self._options)
+            self._task_options = task_options(self._options)
         return self._submit(args, kwargs, self._task_options)
 
     def options(self, **options: Any) -> _OptionsBound:
         merged = {**self._options,
                   **validate(options, for_actor=False, where=f"{self._name}.options()")}
-        return _OptionsBound(self, _task_options(merged))
+        return _OptionsBound(self, task_options(merged))
 
     def _submit(self, args: tuple[Any, ...], kwargs: dict[str, Any], opts: TaskOptions) -> Any:
         from zray.api import client_for_call
@@ -62,7 +62,7 @@ class _OptionsBound:
 
 
 def export_blob(fn: Callable[..., Any]) -> bytes:
-    """The function and this process's import path (see zray.node.worker.load_function)."""
+    """The function and this process's import path (see zray.node.execution.load_function)."""
     try:
         return pickle.dumps((list(sys.path), cloudpickle.dumps(fn)))
     except Exception as exc:
@@ -71,7 +71,7 @@ def export_blob(fn: Callable[..., Any]) -> bytes:
                         "files; create those inside the function instead.") from exc
 
 
-def _task_options(options: dict[str, Any]) -> TaskOptions:
+def task_options(options: dict[str, Any]) -> TaskOptions:
     from zray.api import default_max_retries
 
     resources = {"CPU": float(resolved(options, "num_cpus")),

@@ -14,7 +14,7 @@ from zray.core import current_counter
 from zray.objects.refs import ObjectRef
 from zray.objects.serialization import record_contained_ref
 from zray.options import resolved, validate
-from zray.remote_function import _task_options, export_blob
+from zray.remote_function import export_blob, task_options
 from zray.specs import FunctionDescriptor, TaskOptions
 
 _NUM_RETURNS_ATTR = "__zray_num_returns__"
@@ -65,7 +65,7 @@ class ActorClass:
         client = client_for_call()
         if self._descriptor is None:
             self._descriptor = FunctionDescriptor.of(export_blob(self._cls), self._name)
-        resources = _task_options({**options, "num_cpus": options.get("num_cpus", 0)}).resources
+        resources = task_options({**options, "num_cpus": options.get("num_cpus", 0)}).resources
         actor_options = {
             "class_name": self._name, "methods": self._methods,
             "name": options.get("name") or "", "namespace": options.get("namespace") or "",
