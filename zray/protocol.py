@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import operator
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,9 +41,11 @@ class ProtocolError(ValueError):
 class Message:
     op: ClassVar[int]
     _types: ClassVar[tuple[tuple[type, ...], ...]]
+    _values: ClassVar[Callable[[Any], Any]]  # the field values, in order
 
 
 _BY_OP: dict[int, type[Message]] = {}
+_HEADERS: dict[int, bytes] = {}
 
 
 M = TypeVar("M", bound=type)
@@ -55,9 +58,11 @@ def message(op: int) -> Callable[[M], M]:
         if op in _BY_OP:
             raise RuntimeError(f"op {op} is used by both {_BY_OP[op].__name__} and {cls.__name__}")
         cls.op = op  # type: ignore[attr-defined]
-        cls._types = tuple(  # type: ignore[attr-defined]
-            _runtime_types(str(f.type)) for f in dataclasses.fields(cls))
+        fields = dataclasses.fields(cls)
+        cls._types = tuple(_runtime_types(str(f.type)) for f in fields)  # type: ignore[attr-defined]
+        cls._values = operator.attrgetter(*(f.name for f in fields))  # type: ignore[attr-defined]
         _BY_OP[op] = cls
+        _HEADERS[op] = bytes((PROTOCOL_VERSION, op))
         return cls
 
     return register
@@ -348,8 +353,10 @@ class _NoGlobals(pickle.Unpickler):
 
 
 def encode(msg: Message) -> list[bytes]:
-    values = tuple(getattr(msg, f.name) for f in dataclasses.fields(msg))  # type: ignore[arg-type]
-    return [bytes((PROTOCOL_VERSION, msg.op)), pickle.dumps(values, protocol=5)]
+    values = type(msg)._values(msg)
+    if type(values) is not tuple:  # attrgetter of a single field returns the bare value
+        values = (values,)
+    return [_HEADERS[msg.op], pickle.dumps(values, protocol=5)]
 
 
 def decode(frames: list[bytes]) -> Message:
