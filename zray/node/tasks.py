@@ -68,11 +68,10 @@ class TaskManager:
             log.info("worker pid=%d running %s %s", pid, task.spec.name, how)
             self.scheduler.task_done(task, retry=not task.cancelled)
             if task.cancelled:
-                self.agent.finish_task(task, _error_results(task, failures.cancelled(
-                    task.spec.name)), [])
+                self.agent.fail_with(task, failures.cancelled(task.spec.name))
             elif task.state is TaskState.FAILED:
-                error = failures.worker_crashed(task.spec.name, pid, how, task.spec.max_retries)
-                self.agent.finish_task(task, _error_results(task, error), [])
+                self.agent.fail_with(task, failures.worker_crashed(
+                    task.spec.name, pid, how, task.spec.max_retries))
             self.agent.gcs.record_task(task)
 
     def cancel(self, task_id: bytes, force: bool) -> None:
@@ -92,9 +91,3 @@ class TaskManager:
             self.scheduler.fail(task)
             self.agent.fail_with(task, failures.cancelled(task.spec.name))
 
-
-def _error_results(task: Task, error: bytes) -> list[p.Location]:
-    from zray.ids import return_object_id
-
-    return [(return_object_id(task.spec.task_id, i), error, 0, len(error), True)
-            for i in range(task.spec.num_returns)]
