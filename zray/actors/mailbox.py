@@ -21,10 +21,12 @@ Lifecycle (an illegal move raises and changes nothing)::
 from __future__ import annotations
 
 import enum
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from zray.node.scheduler import Task
+
+MAX_TOMBSTONES = 10_000
 
 
 class ActorState(enum.Enum):
@@ -137,6 +139,9 @@ class ActorDirectory:
         self.actors: dict[bytes, Actor] = {}
         self.names: dict[tuple[str, str], bytes] = {}  # (namespace, name) -> actor id
         self.by_worker: dict[bytes, Actor] = {}
+        # Why recently dead actors died, for calls that still arrive; the actors themselves
+        # (their __init__ arguments above all) are dropped.
+        self.tombstones: OrderedDict[bytes, str] = OrderedDict()
 
     def create(self, creation: Task) -> Actor | str:
         """The new actor, or why it cannot be made (its name is taken)."""
@@ -172,4 +177,11 @@ class ActorDirectory:
         if self.names.get(key) == actor.actor_id:
             del self.names[key]
         self.detach_worker(actor)
+        del self.actors[actor.actor_id]
+        self.tombstones[actor.actor_id] = cause
+        while len(self.tombstones) > MAX_TOMBSTONES:
+            self.tombstones.popitem(last=False)
         return actor.drain()
+
+    def death_cause(self, actor_id: bytes) -> str:
+        return self.tombstones.get(actor_id, "no actor with this id lives on this node")

@@ -103,8 +103,8 @@ class ActorManager:
 
     def call(self, task: Task, missing: set[bytes]) -> None:
         actor = self.directory.actors.get(task.spec.actor_id)
-        if actor is None or actor.state is ActorState.DEAD:
-            cause = actor.death_cause if actor else "no such actor on this node"
+        if actor is None:
+            cause = self.directory.death_cause(task.spec.actor_id)
             self.agent.fail_with(task, failures.actor_died(task.spec.name, cause))
             return
         task.move(TaskState.QUEUED)
