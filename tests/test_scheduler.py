@@ -405,3 +405,15 @@ def test_no_workers_started_without_runnable_tasks() -> None:
     assert sched.schedule() == ([], 0)
     sched.submit(make_task(), {b"missing"})
     assert sched.schedule() == ([], 0)
+
+
+def test_retire_takes_only_an_idle_worker_out_of_service() -> None:
+    sched = Scheduler({"CPU": 1.0})
+    with_workers(sched, b"w1", b"w2")
+    sched.submit(make_task(), set())
+    dispatches, _ = sched.schedule()
+    busy = dispatches[0].worker
+    idle = b"w1" if busy == b"w2" else b"w2"
+    assert not sched.retire(busy)
+    assert sched.retire(idle)
+    assert sched.idle == [] and not sched.retire(idle)

@@ -164,3 +164,41 @@ def test_retried_parent_does_not_run_its_children_twice_or_leak(tmp_path):
     while zray.available_resources() != zray.cluster_resources():
         assert time.monotonic() < deadline, "resources leaked"
         time.sleep(0.02)
+
+
+def test_pool_grows_while_tasks_block_and_shrinks_back():
+    """Uses its own cluster: the idle timeout is shortened through the environment."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import time, psutil, zray
+        zray.init(num_cpus=1)
+
+        @zray.remote
+        def leaf(i):
+            return i
+
+        @zray.remote
+        def parent(i):
+            return zray.get(leaf.remote(i))  # blocks: the pool must grow to run leaf
+
+        def workers():
+            return [p for p in psutil.Process().children(recursive=True)
+                    if "zray.node.worker" in " ".join(p.cmdline())]
+
+        assert zray.get([parent.remote(i) for i in range(3)]) == [0, 1, 2]
+        grown = len(workers())
+        deadline = time.monotonic() + 20
+        while len(workers()) > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        print(grown, len(workers()))
+        zray.shutdown()
+    """)
+    env = dict(os.environ, ZRAY_IDLE_WORKER_TIMEOUT_S="0.3")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    grown, after = map(int, out.stdout.split())
+    assert grown >= 2 and after == 1

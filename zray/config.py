@@ -37,6 +37,9 @@ class Config:
     # Calls sent ahead to an actor's worker beyond those it may run at once: the worker
     # runs them in mailbox order, so this only saves a round trip per call.
     actor_pipeline_depth: int = 32
+    # Workers beyond num_cpus (started while tasks blocked in get) are stopped once they
+    # have been idle for about this long.
+    idle_worker_timeout_s: float = 10.0
     # Retries for a task whose worker died, unless the task says otherwise.
     default_max_retries: int = 3
 

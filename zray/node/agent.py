@@ -334,6 +334,7 @@ class Agent:
         self._deliver()
         self.actors.place_waiting()
         self.tasks.dispatch()
+        self.tasks.reap_idle(time.monotonic())
 
     def _deliver(self) -> None:
         """Send what the last messages caused: ready objects, unhandled-error notices."""

@@ -205,6 +205,13 @@ class Scheduler:
     def could_ever_fit(self, demand: dict[str, float]) -> bool:
         return self._fits(demand, self.total)
 
+    def retire(self, worker: bytes) -> bool:
+        """Take an idle worker out of service (it is about to be stopped)."""
+        if worker not in self.idle:
+            return False
+        self.idle.remove(worker)
+        return True
+
     def pool_size_target(self) -> int:
         return max(1, int(self.total.get("CPU", 1)))
 

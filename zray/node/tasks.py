@@ -24,6 +24,8 @@ class TaskManager:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self.scheduler = agent.scheduler
+        self._idle_at_last_check: set[bytes] = set()
+        self._last_check = 0.0
 
     def submit(self, task: Task, missing: set[bytes]) -> None:
         self.scheduler.submit(task, missing)
@@ -49,6 +51,21 @@ class TaskManager:
             self.agent.send_execute(dispatch.task, dispatch.worker, dispatch.task.gpu_ids)
         for _ in range(to_start):
             self.agent.pool.start()
+
+    def reap_idle(self, now: float) -> None:
+        """Stop workers beyond num_cpus that stayed idle for a whole check period: the
+        pool grows while tasks block in get, and shrinks back once they are done."""
+        if now - self._last_check < self.agent.config.idle_worker_timeout_s:
+            return
+        self._last_check = now
+        surplus = self.scheduler.starting + len(self.scheduler.idle) + len(self.scheduler.busy) \
+            - self.scheduler.pool_size_target()
+        still_idle = [w for w in self.scheduler.idle if w in self._idle_at_last_check]
+        for worker in still_idle[:max(0, surplus)]:
+            client = self.agent.clients.get(worker)
+            if client is not None and client.worker is not None and self.scheduler.retire(worker):
+                client.worker.proc.terminate()
+        self._idle_at_last_check = set(self.scheduler.idle)
 
     def done(self, client_id: bytes, msg: p.TaskDone) -> None:
         task = self.scheduler.tasks.get(msg.task_id)
