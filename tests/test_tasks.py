@@ -142,15 +142,19 @@ def test_retried_parent_does_not_run_its_children_twice_or_leak(tmp_path):
     runs = tmp_path / "child-runs"
 
     @zray.remote
-    def child(path):
+    def child(path, attempts):
         with open(path, "a") as f:
             f.write("x")
-        time.sleep(0.3)  # still running when the parent is retried
-        return 7
+        deadline = time.monotonic() + 30  # still running when the parent is retried:
+        while time.monotonic() < deadline:  # wait (bounded) for the second attempt
+            if os.path.exists(attempts) and len(open(attempts).read()) == 2:
+                return 7
+            time.sleep(0.01)
+        raise TimeoutError("the parent was never retried")
 
     @zray.remote(retry_exceptions=True, max_retries=1)
     def parent(path, attempts):
-        ref = child.remote(path)
+        ref = child.remote(path, attempts)
         big = zray.put(np.zeros(50_000))  # a store object, alive in the child's argument
         with open(attempts, "a") as f:
             f.write("x")

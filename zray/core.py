@@ -381,10 +381,6 @@ class CoreClient:
             if blocked:
                 self.send(p.Unblocked(self.context.task_id))
 
-    def value_of(self, location: tuple[Any, ...]) -> Any:
-        """The value at a location; raises it if it is an error."""
-        return self.objects.value_of(location)
-
 
 def _unhandled_error_text(error: bytes | None) -> str:
     try:

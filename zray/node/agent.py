@@ -224,8 +224,6 @@ class Agent:
         self.gcs.record_task(task)
         if lost:
             self.fail_with(task, failures.object_lost(lost[0], msg.name))
-            if msg.actor_options:  # fail_with keeps an actor's __init__ arguments pinned
-                self.release_task_args(task)
         elif msg.actor_options:
             self.actors.create(task, missing)
         elif msg.actor_id:
@@ -296,8 +294,8 @@ class Agent:
             if data is not None:
                 self.objects.put_inline(object_id, task.spec.job_id, data, contained,
                                         task.submitter, is_error)
-        if not task.spec.actor_options:  # an actor keeps its __init__ arguments for restarts
-            self.release_task_args(task)
+        self.release_task_args(task)  # (a live actor's __init__ never gets here: it keeps
+        # its arguments for restarts, and ActorManager releases them when it dies)
         self.gcs.record_task(task)
 
     def release_task_args(self, task: Task) -> None:

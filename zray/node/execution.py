@@ -63,7 +63,7 @@ def _enter(client: CoreClient, task: p.ExecuteTask) -> None:
 
 def resolve_args(client: CoreClient, task: p.ExecuteTask) -> tuple[list[Any], dict[str, Any]]:
     args, kwargs = deserialize(task.args)
-    return resolve_arguments(args, kwargs, [client.value_of(loc) for loc in task.deps])
+    return resolve_arguments(args, kwargs, [client.objects.value_of(loc) for loc in task.deps])
 
 
 def split_returns(task: p.ExecuteTask, result: Any) -> list[Any]:

@@ -72,9 +72,10 @@ class TaskManager:
         if task is None or task.attempt != msg.attempt or task.worker != client_id:
             return  # a stale report from an attempt that was already given up on
         self.scheduler.task_done(task, retry=msg.retryable and not task.cancelled)
-        if task.state is not TaskState.QUEUED:
-            self.agent.finish_task(task, msg.results, msg.contained)
-        self.agent.gcs.record_task(task)
+        if task.state is TaskState.QUEUED:  # to be retried
+            self.agent.gcs.record_task(task)
+        else:
+            self.agent.finish_task(task, msg.results, msg.contained)  # which records it
 
     def worker_exited(self, worker_id: bytes | None, pid: int, how: str) -> None:
         """A pooled worker died: retry its task, or fail it, and keep the pool full."""
@@ -89,7 +90,8 @@ class TaskManager:
             elif task.state is TaskState.FAILED:
                 self.agent.fail_with(task, failures.worker_crashed(
                     task.spec.name, pid, how, task.spec.max_retries))
-            self.agent.gcs.record_task(task)
+            else:  # queued again for a retry (fail_with records the others)
+                self.agent.gcs.record_task(task)
 
     def cancel(self, task_id: bytes, force: bool) -> None:
         """Queued: fail it now. Running: interrupt it, or with ``force`` kill its worker."""

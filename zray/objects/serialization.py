@@ -54,6 +54,8 @@ class Serialized:
             dest[offset : offset + buf.nbytes] = buf
 
     def to_bytes(self) -> bytes:
+        if not self.buffers:  # the common small value: one concatenation, not two copies
+            return _HEAD.pack(_MAGIC, 0, len(self.pickled)) + self.pickled
         out = bytearray(self.size)
         self.write_into(memoryview(out))
         return bytes(out)
