@@ -21,7 +21,7 @@ def make_task(resources: dict[str, float] | None = None, max_retries: int = 0,
         task_id=task_id, job_id=b"job1", function_id=b"fn" * 8, name=name, args=b"",
         deps=[], contained=[], num_returns=1,
         resources={"CPU": 1.0} if resources is None else resources,
-        max_retries=max_retries, retry_filter=b"", actor_id=b"", actor_options={},
+        max_retries=max_retries, retry_filter=b"", actor_id=b"", actor_options={}, direct=False,
     )
     return Task(spec, submitter=b"driver")
 

@@ -147,7 +147,7 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
     """Cancel the task making ``ref``: dequeue it, interrupt it, or (force) kill its worker."""
     if not isinstance(ref, ObjectRef):
         raise ValueError(f"zray.cancel() takes an ObjectRef, got {type(ref).__name__}")
-    client_for_call().send(p.CancelTask(ref.id, force))
+    client_for_call().cancel(ref.id, force)
 
 
 def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:

@@ -39,7 +39,9 @@ from zray.ids import (
     new_worker_id,
     put_object_id,
     return_object_id,
+    task_of,
 )
+from zray.leasing import DirectSubmitter, DirectTask, Peers, direct_endpoint
 from zray.objects.arguments import encode_arguments
 from zray.objects.local import LocalObjects
 from zray.objects.refs import ObjectRef, RefCounter
@@ -88,6 +90,14 @@ class CoreClient:
         self._zmq = zmq.Context()
         self._tx = self._socket(endpoint, b"t")
         self._rx = self._socket(endpoint, b"r")
+        # Direct messages from other processes: tasks sent on a lease (a worker), their
+        # results (an owner). Bound before Register, so a peer told of us can connect.
+        self._direct = self._zmq.socket(zmq.ROUTER)
+        self._direct.setsockopt(zmq.LINGER, 0)
+        self._direct.setsockopt(zmq.RCVHWM, 0)
+        self._direct.bind(direct_endpoint(endpoint, self.worker_id))
+        self.peers = Peers(self._zmq, self.worker_id, endpoint)
+        self.leasing: DirectSubmitter | None = None  # once registered (it needs the CPUs)
         self._tx_lock = threading.Lock()
         self._cond = threading.Condition()  # guards _replies
         self.objects = LocalObjects(self.refs)
@@ -138,6 +148,9 @@ class CoreClient:
         self.node_id, self.resources = reply.node_id, reply.resources
         self.objects.mapping = Mapping(reply.store_path, reply.store_size)
         self._agent_pidfd = os.pidfd_open(reply.agent_pid)
+        self.leasing = DirectSubmitter(self.worker_id, self.peers, self.send, self.objects.file,
+                                       self.resources.get("CPU", 1.0),
+                                       self.config.lease_idle_ms / 1000)
         self._io = threading.Thread(target=self._io_loop, name="zray-io", daemon=True)
         self._io.start()
 
@@ -163,6 +176,8 @@ class CoreClient:
         os.close(self._wake_w)
         if not self._broken:
             self.send(p.Disconnect(stop_cluster))
+        self.peers.close()
+        self._direct.close()
         self._tx.close()
         self._rx.close(linger=0)
         self._zmq.term()
@@ -207,6 +222,7 @@ class CoreClient:
     def _io_loop(self) -> None:
         poller = zmq.Poller()
         poller.register(self._rx, zmq.POLLIN)
+        poller.register(self._direct, zmq.POLLIN)
         poller.register(self._agent_pidfd, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         while not self._stopping:
@@ -215,8 +231,12 @@ class CoreClient:
                 if self._agent_pidfd in events:
                     self._fail("the node agent exited; the cluster is gone")
                     return
+                while self._direct in events and has_input(self._direct):
+                    self._dispatch(self._direct.recv_multipart()[1:])
                 while self._rx in events and has_input(self._rx):
                     self._dispatch(self._rx.recv_multipart())
+                if self.leasing is not None:
+                    self.leasing.expire_idle(time.monotonic())
                 with self._tx_lock:
                     self._flush_refs_locked()
             except Exception as exc:  # without this thread nothing wakes a waiter again
@@ -230,7 +250,9 @@ class CoreClient:
         except p.ProtocolError as exc:
             log.warning("dropped a malformed message from the agent: %s", exc)
             return
-        if isinstance(msg, p.ObjectsReady):
+        if isinstance(msg, p.TaskDone) and self.leasing is not None:
+            self.leasing.on_done(msg)
+        elif isinstance(msg, p.ObjectsReady):
             self.objects.file(msg.locations)
         elif isinstance(msg, (p.ObjectCreated, p.AgentReply)):
             with self._cond:
@@ -240,6 +262,12 @@ class CoreClient:
             self.tasks.put(msg)
         elif isinstance(msg, p.CancelRunning) and self.on_cancel is not None:
             self.on_cancel(msg.task_id)
+        elif isinstance(msg, p.LeaseGranted) and self.leasing is not None:
+            self.leasing.on_granted(msg)
+        elif isinstance(msg, p.LeaseLost) and self.leasing is not None:
+            self.leasing.on_lease_lost(msg)
+        elif isinstance(msg, p.ReturnIdleLeases) and self.leasing is not None:
+            self.leasing.return_idle()
         elif isinstance(msg, p.LogLines):
             stream = sys.stderr if msg.stream == "stderr" else sys.stdout
             stream.write("".join(f"({msg.prefix}) {line}\n" for line in msg.lines))
@@ -277,14 +305,47 @@ class CoreClient:
             actor_id = task_id  # an actor is named after the task that creates it
         blob, deps, contained, keep_alive = encode_arguments(
             name, args, kwargs, self.config.inline_object_max_bytes, self._put_serialized)
+        # A plain task whose arguments are all here runs on a lease (zray/leasing.py); the
+        # agent still hears of it first, so it can pin the arguments and expect the results.
+        # A retried task's children go through the agent, which merges them by id with the
+        # ones the first attempt submitted (they must not run twice).
+        direct_deps = self._ready_locations(deps) if (
+            fn is not None and not actor_id and not contained and self.leasing
+            and self.context.attempt == 0) else None
+        job_id = self.context.job_id
         self.send(p.SubmitTask(
-            task_id, self.context.job_id, fn.function_id if fn else b"", name, blob, deps,
+            task_id, job_id, fn.function_id if fn else b"", name, blob, deps,
             contained, options.num_returns, options.resources, options.max_retries,
-            options.retry_filter, actor_id, actor_options or {},
+            options.retry_filter, actor_id, actor_options or {}, direct_deps is not None,
         ))
         del keep_alive  # refs of large arguments put on the caller's behalf: the task pins them now
-        return task_id, [ObjectRef(return_object_id(task_id, i), self.refs, created=True)
-                         for i in range(options.num_returns)]
+        refs = [ObjectRef(return_object_id(task_id, i), self.refs, created=True)
+                for i in range(options.num_returns)]
+        if direct_deps is not None and fn is not None and self.leasing is not None:
+            self.objects.expect([ref.id for ref in refs])
+            self.leasing.functions.setdefault(fn.function_id, fn.blob)
+            shape = tuple(sorted(options.resources.items()))
+            self.leasing.submit(DirectTask(
+                task_id, job_id, fn.function_id, name, blob, direct_deps, options.num_returns,
+                options.retry_filter, options.max_retries, options.max_retries,
+                (fn.function_id, shape), options.resources))
+        return task_id, refs
+
+    def _ready_locations(self, deps: list[bytes]) -> list[p.Location] | None:
+        """The locations of ``deps`` if every one is here and none is an error, else None."""
+        locations = []
+        for object_id in deps:
+            if not self.objects.is_ready(object_id):
+                return None
+            location = self.objects.location(object_id)
+            if location[4]:
+                return None
+            locations.append(location)
+        return locations
+
+    def cancel(self, object_id: bytes, force: bool) -> None:
+        if self.leasing is None or not self.leasing.cancel(task_of(object_id), force):
+            self.send(p.CancelTask(object_id, force))
 
     # --- objects ---------------------------------------------------------------------
 
@@ -300,7 +361,8 @@ class CoreClient:
         self.objects.remember(location)
         return ObjectRef(object_id, self.refs, created=True)
 
-    def store_value(self, object_id: bytes, ser: Serialized, is_error: bool) -> tuple[Any, ...]:
+    def store_value(self, object_id: bytes, ser: Serialized, is_error: bool,
+                    owner: bytes = b"") -> tuple[Any, ...]:
         """Hand a serialised value to the node: inline, or written into the store in place.
 
         An inline value only comes back as a location (with its data): the caller sends it,
@@ -308,7 +370,7 @@ class CoreClient:
         so the agent can hand them to dependents and report them if nobody reads them."""
         if ser.size <= self.config.inline_object_max_bytes or is_error:
             return (object_id, ser.to_bytes(), 0, ser.size, is_error)
-        offset = self._create(object_id, ser.size)
+        offset = self._create(object_id, ser.size, owner)
         if offset == -2:  # a retried task made it again; the first value stands
             return (object_id, None, -1, ser.size, is_error)
         assert self.objects.mapping is not None
@@ -327,11 +389,13 @@ class CoreClient:
             return self._replies.pop(request_id)
 
     def query(self, what: str, **args: Any) -> Any:
+        if what == "resources" and self.leasing is not None:
+            self.leasing.return_idle()  # our idle leases are free, not in use
         reply = self.request(lambda rid: p.QueryAgent(rid, what, args))
         return json.loads(reply.body_json)
 
-    def _create(self, object_id: bytes, size: int) -> int:
-        reply = self.request(lambda rid: p.CreateObject(rid, object_id, size),
+    def _create(self, object_id: bytes, size: int, owner: bytes) -> int:
+        reply = self.request(lambda rid: p.CreateObject(rid, object_id, size, owner),
                              releases_first=True)
         if reply.offset == -1:
             raise ObjectStoreFullError(reply.error)

@@ -19,6 +19,7 @@ __all__ = [
     "ActorUnavailableError",
     "GetTimeoutError",
     "ObjectLostError",
+    "OwnerDiedError",
     "ObjectStoreFullError",
     "TaskCancelledError",
     "NodeDiedError",
@@ -134,6 +135,10 @@ class GetTimeoutError(ZrayError, TimeoutError):
 
 class ObjectLostError(ZrayError):
     """An object's value is gone and cannot be rebuilt."""
+
+
+class OwnerDiedError(ObjectLostError):
+    """The process that submitted the task making this object died before it finished."""
 
 
 class ObjectStoreFullError(ZrayError):

@@ -130,6 +130,7 @@ class SubmitTask(Message):
     retry_filter: bytes  # b"" none, b"*" any exception, else pickled tuple of classes
     actor_id: bytes  # b"" for a plain task; else the actor this creates or calls
     actor_options: dict  # only when creating an actor: name, namespace, max_restarts, ...
+    direct: bool  # the owner runs it on a leased worker: the agent only records and pins
 
 
 @message(5)
@@ -148,6 +149,7 @@ class ExecuteTask(Message):
     attempt: int
     actor_id: bytes  # b"" for a plain task
     actor_options: dict  # only for an actor's creation (its __init__)
+    owner: bytes  # b"": sent by the agent; else the owner that sent it on a lease
 
 
 @message(6)
@@ -160,6 +162,7 @@ class TaskDone(Message):
     results: list  # Locations of the return values (inline ones carry their data)
     contained: list  # object ids of refs nested inside the return values
     retryable: bool  # the task raised an exception that its retry_filter accepts
+    owner: bytes  # a direct task's owner (the worker reports to both); b"" otherwise
 
 
 @message(7)
@@ -210,6 +213,7 @@ class CreateObject(Message):
     request_id: int
     object_id: bytes
     size: int
+    owner: bytes  # who holds it once made (a direct task's owner); b"": the requester
 
 
 @message(13)
@@ -301,6 +305,55 @@ class CancelRunning(Message):
     """Agent to worker: interrupt this task if it is still the one running."""
 
     task_id: bytes
+
+
+# --- leases and direct tasks (zray/leasing.py, zray/node/leases.py) --------------------
+
+
+@message(24)
+@dataclass(frozen=True, slots=True)
+class RequestLease(Message):
+    """Owner to agent: a worker for tasks of this function and shape, when one fits."""
+
+    lease_id: bytes
+    job_id: bytes
+    name: str
+    resources: dict
+
+
+@message(25)
+@dataclass(frozen=True, slots=True)
+class LeaseGranted(Message):
+    lease_id: bytes
+    worker_id: bytes  # send ExecuteTask to its direct socket
+    gpu_ids: list
+
+
+@message(26)
+@dataclass(frozen=True, slots=True)
+class ReturnLease(Message):
+    """Owner to agent: the worker is free again; ``kill``: stop it (a forced cancel)."""
+
+    lease_id: bytes
+    kill: bool
+
+
+@message(27)
+@dataclass(frozen=True, slots=True)
+class LeaseLost(Message):
+    """Agent to owner: the leased worker died; what it was running did not finish."""
+
+    lease_id: bytes
+    pid: int
+    how: str
+
+
+@message(28)
+@dataclass(frozen=True, slots=True)
+class ReturnIdleLeases(Message):
+    """Agent to owner: work is waiting for resources; give back every lease not in use."""
+
+    reason: str
 
 
 # --- node agent <-> broker shard ------------------------------------------------------

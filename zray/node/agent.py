@@ -34,6 +34,7 @@ from zray.ids import new_node_id, return_object_id, short, task_of
 from zray.node import failures
 from zray.node.clients import Client, Clients
 from zray.node.gcs_client import GcsClient
+from zray.node.leases import LeaseManager
 from zray.node.object_table import ObjectTable
 from zray.node.scheduler import Scheduler, Task
 from zray.node.tasks import TaskManager
@@ -72,6 +73,7 @@ class Agent:
             "node_id": self.node_id.hex(), "pid": os.getpid(), "resources": self.resources,
             "state": "ALIVE", "started": time.time()})
         self.tasks = TaskManager(self)
+        self.leases = LeaseManager(self)
         self.actors = ActorManager(self)
         self.objects.other_pins = self.actors.pin  # handles inside objects keep actors alive
         self.owner_pidfd = os.pidfd_open(self.owner_pid) if self.owner_pid else -1
@@ -84,7 +86,8 @@ class Agent:
             p.CreateObject: self.on_create, p.SealObject: self.on_seal,
             p.RefsChanged: self.on_refs, p.Disconnect: self.on_disconnect,
             p.QueryAgent: self.on_query, p.KillActor: self.on_kill,
-            p.CancelTask: self.on_cancel,
+            p.CancelTask: self.on_cancel, p.RequestLease: self.leases.request,
+            p.ReturnLease: self.leases.give_back,
         }
         self.scheduler.starting = len(pool.by_pid)
 
@@ -193,6 +196,7 @@ class Agent:
         if client.pidfd >= 0:
             os.close(client.pidfd)
         self.objects.release_all(client.client_id)
+        self.leases.client_gone(client.client_id, client.pid)
         self.actors.client_gone(client.client_id, client.job_id, client.kind == "driver")
         if client.pid == self.owner_pid:
             self.running = False
@@ -224,6 +228,8 @@ class Agent:
         self.gcs.record_task(task)
         if lost:
             self.fail_with(task, failures.object_lost(lost[0], msg.name))
+        elif msg.direct:
+            self.leases.notice(task)
         elif msg.actor_options:
             self.actors.create(task, missing)
         elif msg.actor_id:
@@ -232,10 +238,13 @@ class Agent:
             self.tasks.submit(task, missing)
 
     def _known(self, task_id: bytes) -> bool:
-        return (task_id in self.scheduler.tasks or task_id in self.actors.calls
-                or task_id in self.actors.directory.actors)
+        return (task_id in self.scheduler.tasks or task_id in self.leases.direct
+                or task_id in self.actors.calls or task_id in self.actors.directory.actors)
 
     def on_task_done(self, client_id: bytes, msg: p.TaskDone) -> None:
+        if msg.owner:
+            self.leases.done(client_id, msg)
+            return
         worker = self.clients[client_id].worker
         if worker is not None:
             self.clients.running_on.pop(worker.pid, None)
@@ -243,10 +252,15 @@ class Agent:
             self.tasks.done(client_id, msg)
 
     def on_blocked(self, client_id: bytes, msg: p.Blocked) -> None:
-        self.scheduler.set_blocked(msg.task_id, True)
+        self.scheduler.set_blocked(self._blocking(client_id, msg.task_id), True)
 
     def on_unblocked(self, client_id: bytes, msg: p.Unblocked) -> None:
-        self.scheduler.set_blocked(msg.task_id, False)
+        self.scheduler.set_blocked(self._blocking(client_id, msg.task_id), False)
+
+    def _blocking(self, client_id: bytes, task_id: bytes) -> bytes:
+        """What holds the CPU of a task that blocks: itself, or the lease it runs on."""
+        lease = self.scheduler.busy.get(client_id)
+        return lease.spec.task_id if lease is not None and lease.lease else task_id
 
     def on_kill(self, client_id: bytes, msg: p.KillActor) -> None:
         self.actors.kill(msg.actor_id, msg.no_restart)
@@ -270,7 +284,7 @@ class Agent:
         self.send(worker_id, p.ExecuteTask(
             spec.task_id, spec.job_id, spec.function_id, spec.name, spec.args, deps,
             spec.num_returns, spec.retry_filter, gpu_ids, blob, task.attempt,
-            spec.actor_id, spec.actor_options))
+            spec.actor_id, spec.actor_options, b""))
         assert client.worker is not None
         self.clients.running_on[client.worker.pid] = task
         self.gcs.record_task(task, client.worker.pid)
@@ -332,7 +346,9 @@ class Agent:
         self._deliver()
         self.actors.place_waiting()
         self.tasks.dispatch()
-        self.tasks.reap_idle(time.monotonic())
+        now = time.monotonic()
+        self.leases.ask_for_idle(now)
+        self.tasks.reap_idle(now)
 
     def _deliver(self) -> None:
         """Send what the last messages caused: ready objects, unhandled-error notices."""
@@ -367,7 +383,7 @@ class Agent:
 
     def on_create(self, client_id: bytes, msg: p.CreateObject) -> None:
         job_id = self.clients[client_id].job_id
-        offset = self.objects.create(msg.object_id, job_id, msg.size, client_id)
+        offset = self.objects.create(msg.object_id, job_id, msg.size, msg.owner or client_id)
         error = "" if offset != -1 else failures.store_full_text(
             msg.size, self.objects.allocator)
         self.send(client_id, p.ObjectCreated(msg.request_id, offset, error))

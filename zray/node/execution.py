@@ -79,23 +79,24 @@ def split_returns(task: p.ExecuteTask, result: Any) -> list[Any]:
 
 def finish(client: CoreClient, task: p.ExecuteTask, values: list[Any]) -> p.TaskDone:
     contained: list[bytes] = []
-    results = [_store(client, return_object_id(task.task_id, i), serialize(v), False, contained)
+    results = [_store(client, task, i, serialize(v), False, contained)
                for i, v in enumerate(values)]
-    return p.TaskDone(task.task_id, task.attempt, results, contained, False)
+    return p.TaskDone(task.task_id, task.attempt, results, contained, False, task.owner)
 
 
 def fail(client: CoreClient, task: p.ExecuteTask, exc: Exception) -> p.TaskDone:
     error = error_payload(exc, task.name)
     contained: list[bytes] = []
-    results = [_store(client, return_object_id(task.task_id, i), error, True, contained)
+    results = [_store(client, task, i, error, True, contained)
                for i in range(max(1, task.num_returns))]
     retryable = not isinstance(exc, TaskCancelledError) and should_retry(task.retry_filter, exc)
-    return p.TaskDone(task.task_id, task.attempt, results, contained, retryable)
+    return p.TaskDone(task.task_id, task.attempt, results, contained, retryable, task.owner)
 
 
-def _store(client: CoreClient, object_id: bytes, ser: Serialized, is_error: bool,
-           contained: list[bytes]) -> tuple[Any, ...]:
-    location = client.store_value(object_id, ser, is_error)
+def _store(client: CoreClient, task: p.ExecuteTask, index: int, ser: Serialized,
+           is_error: bool, contained: list[bytes]) -> tuple[Any, ...]:
+    location = client.store_value(return_object_id(task.task_id, index), ser, is_error,
+                                  task.owner)
     if location[1] is not None:  # inline: its refs are pinned through TaskDone
         contained.extend(ser.contained)
     return location

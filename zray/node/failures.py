@@ -9,6 +9,7 @@ from zray.exceptions import (
     ActorDiedError,
     ActorUnavailableError,
     ObjectLostError,
+    OwnerDiedError,
     TaskCancelledError,
     WorkerCrashedError,
 )
@@ -58,6 +59,14 @@ def actor_died(call: str, cause: str) -> bytes:
     return _payload(ActorDiedError(
         f"the actor cannot run {call}(): it is dead because {cause}. Create a new actor, or "
         "give it max_restarts (and max_task_retries) to survive process deaths."
+    ))
+
+
+def owner_died(name: str, pid: int) -> bytes:
+    return _payload(OwnerDiedError(
+        f"{name}() was submitted by a process (pid={pid}) that exited before the task "
+        "finished, so its result is lost. A task's result lives as long as the process "
+        "that called .remote(); keep it alive until its results are read."
     ))
 
 

@@ -50,6 +50,7 @@ class Task:
     blocked: bool = False
     infeasible: bool = False
     cancelled: bool = False
+    lease: bool = False  # a worker leased to ``submitter`` (zray/node/leases.py), not a task
 
     def move(self, state: TaskState) -> None:
         if state not in TRANSITIONS[self.state]:

@@ -48,7 +48,10 @@ class TaskManager:
     def dispatch(self) -> None:
         dispatches, to_start = self.scheduler.schedule()
         for dispatch in dispatches:
-            self.agent.send_execute(dispatch.task, dispatch.worker, dispatch.task.gpu_ids)
+            if dispatch.task.lease:
+                self.agent.leases.grant(dispatch.task, dispatch.worker)
+            else:
+                self.agent.send_execute(dispatch.task, dispatch.worker, dispatch.task.gpu_ids)
         for _ in range(to_start):
             self.agent.pool.start()
 
@@ -82,7 +85,9 @@ class TaskManager:
         task = self.scheduler.worker_gone(worker_id) if worker_id else None
         if worker_id is None:
             self.scheduler.worker_failed_to_start()
-        if task is not None:
+        if task is not None and task.lease:
+            self.agent.leases.worker_lost(task, pid, how)
+        elif task is not None:
             log.info("worker pid=%d running %s %s", pid, task.spec.name, how)
             self.scheduler.task_done(task, retry=not task.cancelled)
             if task.cancelled:

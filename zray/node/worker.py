@@ -82,7 +82,9 @@ class Worker:
         done, results = outcome
         sys.stdout.flush()
         sys.stderr.flush()
-        self.client.send(done)
+        self.client.send(done)  # first to the agent: it pins what the results contain
+        if done.owner:  # a task sent on a lease: its owner waits for this copy
+            self.client.peers.send(done.owner, done)
         del results  # refs inside the results stay held until TaskDone has pinned them
 
     def _function(self, task: p.ExecuteTask) -> Any:

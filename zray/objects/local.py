@@ -65,6 +65,11 @@ class LocalObjects:
                     for waiter in self._waiters.pop(location[0], ()):
                         waiter.one_ready()
 
+    def expect(self, object_ids: list[bytes]) -> None:
+        """Results of our own direct tasks: their workers send them here, unasked."""
+        with self._lock:
+            self._subscribed.update(object_ids)
+
     def remember(self, location: Location) -> None:
         """An object this process made itself (put): readable without asking the agent."""
         with self._lock:

@@ -1,0 +1,287 @@
+"""The owner's side of direct task submission: leased workers, tasks sent straight to them.
+
+::
+
+    owner (driver or worker)                               node agent
+      f.remote() --SubmitTask(direct=True), on tx -------> pins the arguments, expects the
+                                                           results, records the task
+                 --RequestLease(function, shape) ------->  queued like a task of that shape
+                 <-LeaseGranted(worker) -----------------  once resources and a worker fit
+      Peers DEALER --ExecuteTask--> worker's direct ROUTER  ipc://SESSION/d-<worker id>.sock
+      direct ROUTER <--TaskDone---- worker  (which reported the same TaskDone to the agent
+                                             first, so the agent's table stays whole)
+                 --ReturnLease ------------------------->  after lease_idle_ms without work,
+                                                           or when the agent asks for it
+
+A task's round trip crosses no third process: the agent decides where work runs (it grants
+leases from the same queues as its own tasks) and keeps the object directory, but relays no
+task. A lease runs one task at a time, so a task never waits behind another on a worker
+while a different worker is free, and a task blocked in ``get`` cannot hold back one queued
+behind it. The owner retries a task whose worker died (``max_retries``) or whose exception
+its ``retry_exceptions`` accepts, and reports every failure it decides to the agent.
+
+Locks: ``DirectSubmitter.lock`` is taken before the core's tx lock, never after it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from zray import protocol as p
+from zray.ids import return_object_id
+from zray.node import failures
+
+ClassKey = tuple[bytes, tuple[tuple[str, float], ...]]  # (function id, resource shape)
+
+
+def direct_endpoint(agent_endpoint: str, worker_id: bytes) -> str:
+    """The ipc endpoint a process binds for direct messages, next to its agent's socket."""
+    session_dir = os.path.dirname(agent_endpoint.removeprefix("ipc://"))
+    return f"ipc://{session_dir}/d-{worker_id.hex()}.sock"
+
+
+class Peers:
+    """Send-only DEALERs to other processes' direct sockets, one per peer, made on first
+    use. Any thread may send: sends are serialised by one lock."""
+
+    def __init__(self, context: zmq.Context, worker_id: bytes, agent_endpoint: str) -> None:
+        self._context = context
+        self._identity = worker_id + b"d"
+        self._agent_endpoint = agent_endpoint
+        self._sockets: dict[bytes, zmq.Socket] = {}
+        self._lock = threading.Lock()
+
+    def send(self, peer: bytes, msg: p.Message) -> None:
+        with self._lock:
+            sock = self._sockets.get(peer)
+            if sock is None:
+                sock = self._sockets[peer] = self._context.socket(zmq.DEALER)
+                sock.setsockopt(zmq.IDENTITY, self._identity)
+                sock.setsockopt(zmq.LINGER, 1000)
+                sock.setsockopt(zmq.SNDHWM, 0)
+                sock.connect(direct_endpoint(self._agent_endpoint, peer))
+            sock.send_multipart(p.encode(msg), copy=False)
+
+    def forget(self, peer: bytes) -> None:
+        """The peer exited: drop its socket (messages still queued for it are lost)."""
+        with self._lock:
+            sock = self._sockets.pop(peer, None)
+        if sock is not None:
+            sock.close(linger=0)
+
+    def close(self) -> None:
+        with self._lock:
+            for sock in self._sockets.values():
+                sock.close()
+            self._sockets.clear()
+
+
+@dataclass(eq=False)
+class DirectTask:
+    """A task the owner runs on a lease: what it sends, and its retry budget."""
+
+    task_id: bytes
+    job_id: bytes
+    function_id: bytes
+    name: str
+    args: bytes
+    deps: list[Any]  # Locations of the top-level ref arguments (all ready at submit)
+    num_returns: int
+    retry_filter: bytes
+    retries_left: int
+    max_retries: int
+    key: ClassKey
+    resources: dict[str, float]
+    attempt: int = 0
+    cancelled: bool = False
+
+
+@dataclass(eq=False)
+class Lease:
+    lease_id: bytes
+    key: ClassKey
+    worker: bytes = b""
+    gpu_ids: list[int] = field(default_factory=list)
+    task: DirectTask | None = None
+    idle_since: float = 0.0
+
+
+class DirectSubmitter:
+    """One per process that submits tasks (driver or worker)."""
+
+    def __init__(self, worker_id: bytes, peers: Peers, send_to_agent: Callable[[p.Message], None],
+                 file_results: Callable[[list[Any]], None], total_cpus: float,
+                 lease_idle_s: float) -> None:
+        self.lock = threading.Lock()
+        self._worker_id = worker_id
+        self._peers = peers
+        self._send_to_agent = send_to_agent
+        self._file_results = file_results
+        self._total_cpus = total_cpus
+        self._lease_idle_s = lease_idle_s
+        self._lease_ids = itertools.count(1)
+        self.functions: dict[bytes, bytes] = {}  # function id -> blob, to send with tasks
+        self._sent_functions: dict[bytes, set[bytes]] = {}  # worker -> function ids it has
+        self._queues: dict[ClassKey, deque[DirectTask]] = {}
+        self._requested: dict[ClassKey, int] = {}  # lease requests not yet granted, per key
+        self._pending_keys: dict[bytes, ClassKey] = {}  # lease id requested -> its key
+        self._names: dict[ClassKey, str] = {}
+        self.leases: dict[bytes, Lease] = {}  # granted, by lease id
+        self.tasks: dict[bytes, DirectTask] = {}  # queued or running, by task id
+
+    # --- from user threads -----------------------------------------------------------
+
+    def submit(self, task: DirectTask) -> None:
+        with self.lock:
+            self.tasks[task.task_id] = task
+            self._names.setdefault(task.key, task.name)
+            self._queues.setdefault(task.key, deque()).append(task)
+            self._pump(task.key)
+
+    def cancel(self, task_id: bytes, force: bool) -> bool:
+        """Cancel a task of this owner's; False if it is not one (or is finished)."""
+        with self.lock:
+            task = self.tasks.get(task_id)
+            if task is None:
+                return False
+            task.cancelled = True
+            lease = self._lease_running(task)
+            if lease is None:  # still queued here: it never runs
+                self._queues[task.key].remove(task)
+                self._fail(task, failures.cancelled(task.name))
+            elif force:
+                del self.leases[lease.lease_id]
+                self._send_to_agent(p.ReturnLease(lease.lease_id, True))
+                self._fail(task, failures.cancelled(task.name))
+                self._pump(task.key)
+            else:
+                self._peers.send(lease.worker, p.CancelRunning(task_id))
+            return True
+
+    def return_idle(self) -> None:
+        """Give back every lease not running a task (the agent asked, or we are about to
+        ask it what is free)."""
+        with self.lock:
+            for lease in [lease for lease in self.leases.values() if lease.task is None]:
+                self._return(lease)
+
+    # --- from the I/O thread ---------------------------------------------------------
+
+    def on_granted(self, msg: p.LeaseGranted) -> None:
+        with self.lock:
+            key = self._pending_keys.pop(msg.lease_id, None)
+            if key is None:
+                return
+            self._requested[key] -= 1
+            lease = self.leases[msg.lease_id] = Lease(msg.lease_id, key, msg.worker_id,
+                                                      list(msg.gpu_ids))
+            lease.idle_since = time.monotonic()
+            self._pump(key)
+
+    def on_done(self, msg: p.TaskDone) -> None:
+        with self.lock:
+            task = self.tasks.get(msg.task_id)
+            lease = self._lease_running(task)
+            if task is None or lease is None or msg.attempt != task.attempt:
+                return  # stale: an attempt given up on (its worker died, or a forced cancel)
+            lease.task, lease.idle_since = None, time.monotonic()
+            if msg.retryable and task.retries_left > 0 and not task.cancelled:
+                task.retries_left -= 1
+                task.attempt += 1
+                self._queues[task.key].appendleft(task)
+            else:
+                del self.tasks[task.task_id]
+                self._file_results(msg.results)
+                if msg.retryable:  # the worker's report left the decision to us: final
+                    self._send_to_agent(p.TaskDone(msg.task_id, msg.attempt, msg.results,
+                                                   msg.contained, False, self._worker_id))
+            self._pump(lease.key)
+
+    def on_lease_lost(self, msg: p.LeaseLost) -> None:
+        with self.lock:
+            lease = self.leases.pop(msg.lease_id, None)
+            if lease is None:
+                return
+            self._peers.forget(lease.worker)
+            self._sent_functions.pop(lease.worker, None)
+            task = lease.task
+            if task is not None:
+                if task.cancelled:
+                    self._fail(task, failures.cancelled(task.name))
+                elif task.retries_left > 0:
+                    task.retries_left -= 1
+                    task.attempt += 1
+                    self._queues[task.key].appendleft(task)
+                else:
+                    self._fail(task, failures.worker_crashed(task.name, msg.pid, msg.how,
+                                                             task.max_retries))
+            self._pump(lease.key)
+
+    def expire_idle(self, now: float) -> None:
+        with self.lock:
+            for lease in [lease for lease in self.leases.values()
+                          if lease.task is None and now - lease.idle_since >= self._lease_idle_s]:
+                self._return(lease)
+
+    # --- under the lock --------------------------------------------------------------
+
+    def _pump(self, key: ClassKey) -> None:
+        """Start queued tasks of ``key`` on its idle leases; ask for more leases if needed."""
+        queue = self._queues.get(key)
+        if not queue:
+            return
+        for lease in self.leases.values():
+            if lease.key == key and lease.task is None:
+                self._start(lease, queue.popleft())
+                if not queue:
+                    return
+        cpus = queue[0].resources.get("CPU", 0.0)
+        cap = max(1, int(self._total_cpus / cpus) if cpus > 0 else int(self._total_cpus))
+        while self._requested.get(key, 0) < min(len(queue), cap):
+            self._request(key, queue[0])
+
+    def _lease_running(self, task: DirectTask | None) -> Lease | None:
+        if task is None:
+            return None
+        return next((lease for lease in self.leases.values() if lease.task is task), None)
+
+    def _request(self, key: ClassKey, task: DirectTask) -> None:
+        lease_id = self._worker_id + next(self._lease_ids).to_bytes(8, "big")
+        self._pending_keys[lease_id] = key
+        self._requested[key] = self._requested.get(key, 0) + 1
+        self._send_to_agent(p.RequestLease(lease_id, task.job_id, self._names[key],
+                                           task.resources))
+
+    def _start(self, lease: Lease, task: DirectTask) -> None:
+        lease.task = task
+        have = self._sent_functions.setdefault(lease.worker, set())
+        blob = None
+        if task.function_id not in have:
+            blob = self.functions[task.function_id]
+            have.add(task.function_id)
+        self._peers.send(lease.worker, p.ExecuteTask(
+            task.task_id, task.job_id, task.function_id, task.name, task.args, task.deps,
+            task.num_returns, task.retry_filter, lease.gpu_ids, blob, task.attempt, b"", {},
+            self._worker_id))
+
+    def _return(self, lease: Lease) -> None:
+        del self.leases[lease.lease_id]
+        self._send_to_agent(p.ReturnLease(lease.lease_id, False))
+
+    def _fail(self, task: DirectTask, error: bytes) -> None:
+        """The task ends with ``error`` without (another) run: here and at the agent."""
+        self.tasks.pop(task.task_id, None)
+        results = [(return_object_id(task.task_id, i), error, 0, len(error), True)
+                   for i in range(max(1, task.num_returns))]
+        self._file_results(results)
+        self._send_to_agent(p.TaskDone(task.task_id, task.attempt, results, [], False,
+                                       self._worker_id))

@@ -1,0 +1,138 @@
+"""The agent's side of leases and direct tasks (the owner's side is zray/leasing.py).
+
+A lease is a pseudo-task in the scheduler's queues: it waits for resources and an idle
+worker like a task of its shape, and "runs" from LeaseGranted until the owner returns it or
+the worker dies (LeaseLost: the owner retries or fails what ran there). The agent never
+sees which task runs on a lease; it learns of each direct task twice, both times off the
+critical path:
+
+- the owner's SubmitTask(direct=True), sent before ``.remote()`` returns: the agent pins the
+  arguments and expects the results, so any process may borrow the refs at once;
+- the worker's TaskDone, sent before the owner's copy: the agent files the results and
+  unpins the arguments. The owner itself reports the failures it decides (a crash out of
+  retries, a cancel, an exception its retry filter accepted but it stopped retrying).
+
+The two come over different connections, so a report can overtake its notice: it waits in
+``early`` until the notice arrives.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from zray import protocol as p
+from zray.node import failures
+from zray.node.scheduler import Task, TaskState
+
+if TYPE_CHECKING:
+    from zray.node.agent import Agent
+
+_EARLY_LIMIT = 10_000  # reports kept waiting for their notice (a retry's late duplicate
+# report never gets one: the oldest are dropped past this)
+
+
+class LeaseManager:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.scheduler = agent.scheduler
+        self.direct: dict[bytes, Task] = {}  # direct tasks not finished, by task id
+        self.early: OrderedDict[bytes, tuple[bytes, p.TaskDone]] = OrderedDict()
+        self._asked_at = 0.0
+
+    # --- leases ----------------------------------------------------------------------
+
+    def request(self, client_id: bytes, msg: p.RequestLease) -> None:
+        spec = p.SubmitTask(msg.lease_id, msg.job_id, b"", msg.name, b"", [], [], 0,
+                            msg.resources, 0, b"", b"", {}, False)
+        lease = Task(spec, client_id, lease=True)
+        self.scheduler.submit(lease, set())
+        if lease.infeasible:
+            self.agent.warn_infeasible(lease)
+
+    def grant(self, lease: Task, worker_id: bytes) -> None:
+        process = self.agent.clients[worker_id].worker
+        if process is not None:  # its output is shown as the lease's function's
+            self.agent.clients.running_on[process.pid] = lease
+        self.agent.send(lease.submitter, p.LeaseGranted(lease.spec.task_id, worker_id,
+                                                        lease.gpu_ids))
+
+    def give_back(self, client_id: bytes, msg: p.ReturnLease) -> None:
+        lease = self.scheduler.tasks.get(msg.lease_id)
+        if lease is None or not lease.lease or lease.submitter != client_id:
+            return
+        if lease.state is TaskState.QUEUED:
+            self.scheduler.fail(lease)
+            return
+        client = self.agent.clients.get(lease.worker or b"")
+        process = client.worker if client is not None else None
+        if msg.kill and process is not None:
+            self.agent.pool.kill(process)  # its exit ends the lease (LeaseLost, ignored)
+            return
+        if process is not None:
+            self.agent.clients.running_on.pop(process.pid, None)
+        self.scheduler.task_done(lease, retry=False)
+
+    def worker_lost(self, lease: Task, pid: int, how: str) -> None:
+        self.scheduler.task_done(lease, retry=False)
+        self.agent.send(lease.submitter, p.LeaseLost(lease.spec.task_id, pid, how))
+
+    def ask_for_idle(self, now: float) -> None:
+        """Work waits for resources: owners give back leases they are not using (at most
+        once a poll period, not once per event)."""
+        if now - self._asked_at < self.agent.config.poll_interval_ms / 1000:
+            return
+        if not any(queue and not queue[0].infeasible for queue in self.scheduler.queues.values()):
+            return
+        self._asked_at = now
+        for owner in {task.submitter for task in self.scheduler.busy.values() if task.lease}:
+            self.agent.send(owner, p.ReturnIdleLeases("work is waiting for resources"))
+
+    # --- direct tasks ----------------------------------------------------------------
+
+    def notice(self, task: Task) -> None:
+        """An owner will run this task on a lease; the agent already pinned its arguments."""
+        task.move(TaskState.QUEUED)
+        self.direct[task.spec.task_id] = task
+        self.agent.gcs.record_task(task)
+        early = self.early.pop(task.spec.task_id, None)
+        if early is not None:
+            self.done(*early)
+
+    def done(self, client_id: bytes, msg: p.TaskDone) -> None:
+        """A report: from the worker that ran it, or from the owner when it gave up."""
+        task = self.direct.get(msg.task_id)
+        if task is None:
+            if msg.owner in self.agent.clients:  # else its owner is gone: nobody waits
+                self.early[msg.task_id] = (client_id, msg)
+                if len(self.early) > _EARLY_LIMIT:
+                    self.early.popitem(last=False)
+            return
+        if msg.retryable or msg.attempt < task.attempt:
+            return  # the owner decides on a retry; or a stale attempt
+        del self.direct[msg.task_id]
+        task.attempt = msg.attempt
+        task.move(TaskState.RUNNING)
+        task.move(TaskState.FAILED if client_id == task.submitter else TaskState.FINISHED)
+        self.agent.finish_task(task, msg.results, msg.contained)
+
+    # --- an owner leaves -------------------------------------------------------------
+
+    def client_gone(self, client_id: bytes, pid: int) -> None:
+        """Its leases go back to the pool; its unfinished direct tasks fail (OwnerDiedError)
+        so nobody who borrowed their results waits for ever."""
+        for lease in [t for t in self.scheduler.tasks.values()
+                      if t.lease and t.submitter == client_id]:
+            if lease.state is TaskState.QUEUED:
+                self.scheduler.fail(lease)
+            else:
+                client = self.agent.clients.get(lease.worker or b"")
+                if client is not None and client.worker is not None:
+                    self.agent.clients.running_on.pop(client.worker.pid, None)
+                self.scheduler.task_done(lease, retry=False)
+        for task in [t for t in self.direct.values() if t.submitter == client_id]:
+            del self.direct[task.spec.task_id]
+            task.move(TaskState.FAILED)
+            self.agent.fail_with(task, failures.owner_died(task.spec.name, pid))
+        for task_id in [k for k, (_, msg) in self.early.items() if msg.owner == client_id]:
+            del self.early[task_id]
