@@ -40,6 +40,9 @@ class Config:
     # Workers beyond num_cpus (started while tasks blocked in get) are stopped once they
     # have been idle for about this long.
     idle_worker_timeout_s: float = 10.0
+    # Messages the agent need not see at once (a direct task's notice, a worker's report of
+    # it) are sent together, at most this late: fewer, bigger messages for the agent.
+    batch_window_ms: float = 2.0
     # An owner gives a leased worker back once it has had no task for this long (a new
     # task within it skips asking the agent); sooner if the agent has work waiting.
     lease_idle_ms: int = 20

@@ -19,6 +19,7 @@ import contextvars
 import itertools
 import json
 import logging
+import math
 import os
 import queue
 import sys
@@ -97,6 +98,15 @@ class CoreClient:
         self._direct.setsockopt(zmq.RCVHWM, 0)
         self._direct.bind(direct_endpoint(endpoint, self.worker_id))
         self.peers = Peers(self._zmq, self.worker_id, endpoint)
+        if kind == "worker":  # its main thread takes tasks straight from this socket
+            self._task_socket = self._zmq.socket(zmq.ROUTER)
+            self._task_socket.setsockopt(zmq.LINGER, 0)
+            self._task_socket.setsockopt(zmq.RCVHWM, 0)
+            self._task_socket.bind(direct_endpoint(endpoint, self.worker_id, "t"))
+            self._task_poller = zmq.Poller()
+            self._task_poller.register(self._task_socket, zmq.POLLIN)
+            self._tasks_r, self._tasks_w = os.pipe()  # the agent's tasks: self.tasks, then a byte
+            self._task_poller.register(self._tasks_r, zmq.POLLIN)
         self.leasing: DirectSubmitter | None = None  # once registered (it needs the CPUs)
         self._tx_lock = threading.Lock()
         self._cond = threading.Condition()  # guards _replies
@@ -109,6 +119,10 @@ class CoreClient:
         self._io: threading.Thread | None = None
         self._agent_pidfd = -1
         self._wake_r, self._wake_w = os.pipe()  # close() wakes the I/O thread at once
+        self._deferred: list[p.Message] = []  # see defer(); guarded by _tx_lock
+        self._deferred_since = 0.0
+        self._held_released: list[bytes] = []
+        self._window_s = config.batch_window_ms / 1000
 
     @property
     def context(self) -> TaskContext:
@@ -178,6 +192,10 @@ class CoreClient:
             self.send(p.Disconnect(stop_cluster))
         self.peers.close()
         self._direct.close()
+        if self.kind == "worker":
+            self._task_socket.close()
+            os.close(self._tasks_r)
+            os.close(self._tasks_w)
         self._tx.close()
         self._rx.close(linger=0)
         self._zmq.term()
@@ -197,21 +215,55 @@ class CoreClient:
         unless ``releases_first``: a request that pins nothing and wants the memory back
         (CreateObject, so a freed block is reused rather than fresh pages touched)."""
         with self._tx_lock:
-            added, released = self.refs.drain()
-            if added:
-                self._tx.send_multipart(p.encode(p.RefsChanged(added, [])))
+            released = self._drain_refs_locked()
+            self._send_deferred_locked()
             if released and releases_first:
                 self._send_released(released)
             self._tx.send_multipart(p.encode(msg), copy=False)
             if released and not releases_first:
                 self._send_released(released)
 
-    def _flush_refs_locked(self) -> None:
+    def defer(self, msg: p.Message) -> None:
+        """Send ``msg`` within ``batch_window_ms``, in one frame with others (a direct task's
+        notice or report: nobody waits on it), and always before any later message."""
+        with self._tx_lock:
+            if not self._deferred:
+                self._deferred_since = time.monotonic()
+            self._deferred.append(msg)
+            if len(self._deferred) >= 256:
+                self._send_deferred_locked()
+
+    def _drain_refs_locked(self) -> list[bytes]:
+        """Send the added edges now; return the released ones (held back so far included)."""
         added, released = self.refs.drain()
         if added:
             self._tx.send_multipart(p.encode(p.RefsChanged(added, [])))
+        if self._held_released:
+            released, self._held_released = self._held_released + released, []
+        return released
+
+    def _send_deferred_locked(self) -> None:
+        if self._deferred:
+            self._tx.send_multipart(p.encode(p.batch(self._deferred)))
+            self._deferred = []
+
+    def _flush_refs_locked(self, now: float | None = None) -> None:
+        """Edges out; deferred messages too once due (``now`` None: at once). Releases
+        never overtake a deferred message (it may pin what they let go), so while one waits
+        they wait with it."""
+        released = self._drain_refs_locked()
+        if self._deferred and now is not None and now - self._deferred_since < self._window_s:
+            self._held_released = released
+            return
+        self._send_deferred_locked()
         if released:
             self._send_released(released)
+
+    def _io_timeout_ms(self, now: float) -> int:
+        if not self._deferred:
+            return self.config.poll_interval_ms
+        # At least 1: poll() truncates to whole milliseconds, and 0 would spin.
+        return max(1, math.ceil((self._deferred_since + self._window_s - now) * 1000))
 
     def _send_released(self, released: list[bytes]) -> None:
         self.objects.forget(released)
@@ -227,7 +279,7 @@ class CoreClient:
         poller.register(self._wake_r, zmq.POLLIN)
         while not self._stopping:
             try:
-                events = dict(poller.poll(self.config.poll_interval_ms))
+                events = dict(poller.poll(self._io_timeout_ms(time.monotonic())))
                 if self._agent_pidfd in events:
                     self._fail("the node agent exited; the cluster is gone")
                     return
@@ -235,10 +287,11 @@ class CoreClient:
                     self._dispatch(self._direct.recv_multipart()[1:])
                 while self._rx in events and has_input(self._rx):
                     self._dispatch(self._rx.recv_multipart())
+                now = time.monotonic()
                 if self.leasing is not None:
-                    self.leasing.expire_idle(time.monotonic())
+                    self.leasing.expire_idle(now)
                 with self._tx_lock:
-                    self._flush_refs_locked()
+                    self._flush_refs_locked(now)
             except Exception as exc:  # without this thread nothing wakes a waiter again
                 log.exception("zray's I/O thread failed")
                 self._fail(f"zray's I/O thread failed: {exc!r}")
@@ -260,6 +313,7 @@ class CoreClient:
                 self._cond.notify_all()
         elif isinstance(msg, p.ExecuteTask):
             self.tasks.put(msg)
+            os.write(self._tasks_w, b"x")
         elif isinstance(msg, p.CancelRunning) and self.on_cancel is not None:
             self.on_cancel(msg.task_id)
         elif isinstance(msg, p.LeaseGranted) and self.leasing is not None:
@@ -284,6 +338,34 @@ class CoreClient:
             self._cond.notify_all()
         self.objects.wake_all()
         self.tasks.put(None)
+        if self.kind == "worker":
+            os.write(self._tasks_w, b"x")
+
+    def next_task(self) -> p.ExecuteTask | None:
+        """A worker's main thread: the next task, sent on a lease or by the agent (None: the
+        agent is gone). While it waits, it sends the deferred reports once they are due."""
+        while True:
+            try:
+                return self.tasks.get_nowait()
+            except queue.Empty:
+                pass
+            with self._tx_lock:
+                timeout = self._io_timeout_ms(time.monotonic()) if self._deferred else None
+            events = dict(self._task_poller.poll(timeout))
+            if self._tasks_r in events:
+                os.read(self._tasks_r, 4096)
+            if self._task_socket in events:
+                frames = self._task_socket.recv_multipart()
+                try:
+                    msg = p.decode(frames[1:])
+                except p.ProtocolError as exc:
+                    log.warning("dropped a malformed task: %s", exc)
+                    continue
+                if isinstance(msg, p.ExecuteTask):
+                    return msg
+            if not events:
+                with self._tx_lock:
+                    self._flush_refs_locked(time.monotonic())
 
     def _check_broken(self) -> None:
         if self._broken:
@@ -313,11 +395,15 @@ class CoreClient:
             fn is not None and not actor_id and not contained and self.leasing
             and self.context.attempt == 0) else None
         job_id = self.context.job_id
-        self.send(p.SubmitTask(
+        notice = p.SubmitTask(
             task_id, job_id, fn.function_id if fn else b"", name, blob, deps,
             contained, options.num_returns, options.resources, options.max_retries,
             options.retry_filter, actor_id, actor_options or {}, direct_deps is not None,
-        ))
+        )
+        if direct_deps is None:
+            self.send(notice)
+        else:  # before anything else this process sends, e.g. a ref to its result
+            self.defer(notice)
         del keep_alive  # refs of large arguments put on the caller's behalf: the task pins them now
         refs = [ObjectRef(return_object_id(task_id, i), self.refs, created=True)
                 for i in range(options.num_returns)]

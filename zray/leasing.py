@@ -43,10 +43,12 @@ from zray.node import failures
 ClassKey = tuple[bytes, tuple[tuple[str, float], ...]]  # (function id, resource shape)
 
 
-def direct_endpoint(agent_endpoint: str, worker_id: bytes) -> str:
-    """The ipc endpoint a process binds for direct messages, next to its agent's socket."""
+def direct_endpoint(agent_endpoint: str, worker_id: bytes, kind: str = "d") -> str:
+    """The ipc endpoint a process binds, next to its agent's socket, for direct messages
+    (``kind`` "d": results and cancels, read by its I/O thread) or for tasks sent on a
+    lease ("t": read by a worker's main thread, so a task reaches it without a hop)."""
     session_dir = os.path.dirname(agent_endpoint.removeprefix("ipc://"))
-    return f"ipc://{session_dir}/d-{worker_id.hex()}.sock"
+    return f"ipc://{session_dir}/{kind}-{worker_id.hex()}.sock"
 
 
 class Peers:
@@ -57,26 +59,27 @@ class Peers:
         self._context = context
         self._identity = worker_id + b"d"
         self._agent_endpoint = agent_endpoint
-        self._sockets: dict[bytes, zmq.Socket] = {}
+        self._sockets: dict[tuple[bytes, str], zmq.Socket] = {}
         self._lock = threading.Lock()
 
-    def send(self, peer: bytes, msg: p.Message) -> None:
+    def send(self, peer: bytes, msg: p.Message, kind: str = "d") -> None:
         with self._lock:
-            sock = self._sockets.get(peer)
+            sock = self._sockets.get((peer, kind))
             if sock is None:
-                sock = self._sockets[peer] = self._context.socket(zmq.DEALER)
+                sock = self._sockets[peer, kind] = self._context.socket(zmq.DEALER)
                 sock.setsockopt(zmq.IDENTITY, self._identity)
                 sock.setsockopt(zmq.LINGER, 1000)
                 sock.setsockopt(zmq.SNDHWM, 0)
-                sock.connect(direct_endpoint(self._agent_endpoint, peer))
+                sock.connect(direct_endpoint(self._agent_endpoint, peer, kind))
             sock.send_multipart(p.encode(msg), copy=False)
 
     def forget(self, peer: bytes) -> None:
-        """The peer exited: drop its socket (messages still queued for it are lost)."""
+        """The peer exited: drop its sockets (messages still queued for it are lost)."""
         with self._lock:
-            sock = self._sockets.pop(peer, None)
-        if sock is not None:
-            sock.close(linger=0)
+            socks = [self._sockets.pop((peer, kind), None) for kind in ("d", "t")]
+        for sock in socks:
+            if sock is not None:
+                sock.close(linger=0)
 
     def close(self) -> None:
         with self._lock:
@@ -271,7 +274,7 @@ class DirectSubmitter:
         self._peers.send(lease.worker, p.ExecuteTask(
             task.task_id, task.job_id, task.function_id, task.name, task.args, task.deps,
             task.num_returns, task.retry_filter, lease.gpu_ids, blob, task.attempt, b"", {},
-            self._worker_id))
+            self._worker_id), kind="t")
 
     def _return(self, lease: Lease) -> None:
         del self.leases[lease.lease_id]

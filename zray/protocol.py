@@ -356,6 +356,32 @@ class ReturnIdleLeases(Message):
     reason: str
 
 
+@message(29)
+@dataclass(frozen=True, slots=True)
+class Batch(Message):
+    """Messages to the agent that could wait a moment, in one frame (``batch``/``unbatch``):
+    a direct task's notice, a worker's report of one. Each item is ``(op, field values)``."""
+
+    items: list
+
+
+def batch(messages: list[Message]) -> Batch:
+    return Batch([(m.op, _values_of(m)) for m in messages])
+
+
+def unbatch(msg: Batch) -> list[Message]:
+    """The messages in a Batch, each checked as ``decode`` checks one; raises ProtocolError."""
+    out = []
+    for item in msg.items:
+        if type(item) is not tuple or len(item) != 2 or type(item[0]) is not int:
+            raise ProtocolError("Batch: each item must be (op, field values)")
+        cls = _BY_OP.get(item[0])
+        if cls is None or cls is Batch:
+            raise ProtocolError(f"Batch: op {item[0]} cannot be batched")
+        out.append(_build(cls, item[1]))
+    return out
+
+
 # --- node agent <-> broker shard ------------------------------------------------------
 
 
@@ -405,11 +431,15 @@ class _NoGlobals(pickle.Unpickler):
         raise ProtocolError(f"message frame names a global ({module}.{name}); refused")
 
 
-def encode(msg: Message) -> list[bytes]:
+def _values_of(msg: Message) -> tuple[Any, ...]:
     values = type(msg)._values(msg)
     if type(values) is not tuple:  # attrgetter of a single field returns the bare value
         values = (values,)
-    return [_HEADERS[msg.op], pickle.dumps(values, protocol=5)]
+    return values
+
+
+def encode(msg: Message) -> list[bytes]:
+    return [_HEADERS[msg.op], pickle.dumps(_values_of(msg), protocol=5)]
 
 
 def decode(frames: list[bytes]) -> Message:
@@ -428,6 +458,10 @@ def decode(frames: list[bytes]) -> Message:
         raise
     except Exception as exc:
         raise ProtocolError(f"{cls.__name__}: body does not unpickle: {exc!r}") from exc
+    return _build(cls, values)
+
+
+def _build(cls: type[Message], values: Any) -> Message:
     if type(values) is not tuple or len(values) != len(cls._types):
         raise ProtocolError(f"{cls.__name__}: expected {len(cls._types)} fields")
     for value, allowed in zip(values, cls._types, strict=True):

@@ -147,6 +147,18 @@ class Agent:
         if not isinstance(msg, p.Register) and client_id not in self.clients:
             log.warning("dropped %s from unregistered %s", type(msg).__name__, short(client_id))
             return
+        if isinstance(msg, p.Batch):
+            try:
+                messages = p.unbatch(msg)
+            except p.ProtocolError as exc:
+                log.warning("dropped a malformed batch from %s: %s", short(client_id), exc)
+                return
+        else:
+            messages = [msg]
+        for one in messages:
+            self._handle(client_id, one)
+
+    def _handle(self, client_id: bytes, msg: p.Message) -> None:
         handler = self.handlers.get(type(msg))
         if handler is None:
             log.warning("dropped unexpected %s from %s", type(msg).__name__, short(client_id))

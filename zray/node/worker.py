@@ -47,7 +47,7 @@ class Worker:
 
     def serve(self) -> None:
         while True:
-            task = self.client.tasks.get()
+            task = self.client.next_task()
             if task is None:
                 return
             if task.actor_options:
@@ -82,9 +82,11 @@ class Worker:
         done, results = outcome
         sys.stdout.flush()
         sys.stderr.flush()
-        self.client.send(done)  # first to the agent: it pins what the results contain
-        if done.owner:  # a task sent on a lease: its owner waits for this copy
-            self.client.peers.send(done.owner, done)
+        if done.owner:  # a task sent on a lease: its owner waits for this copy; the agent
+            self.client.defer(done)  # files it soon, before our releases (it pins the
+            self.client.peers.send(done.owner, done)  # refs the results contain)
+        else:
+            self.client.send(done)
         del results  # refs inside the results stay held until TaskDone has pinned them
 
     def _function(self, task: p.ExecuteTask) -> Any:
