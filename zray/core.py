@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import queue
 import sys
 import threading
 import time
@@ -43,6 +42,7 @@ from zray.ids import (
     task_of,
 )
 from zray.leasing import DirectSubmitter, DirectTask, Peers, direct_endpoint
+from zray.node.inbox import TaskInbox
 from zray.objects.arguments import encode_arguments
 from zray.objects.local import LocalObjects
 from zray.objects.refs import ObjectRef, RefCounter
@@ -82,7 +82,6 @@ class CoreClient:
         self.namespace = ""
         self.worker_id: WorkerID = new_worker_id()
         self.refs = RefCounter()
-        self.tasks: queue.SimpleQueue[p.ExecuteTask | None] = queue.SimpleQueue()
         self._root_context = TaskContext(TaskID(b""), "idle")
         # The running task, per thread and per asyncio task (threaded and async actors).
         self._context: contextvars.ContextVar[TaskContext] = contextvars.ContextVar("zray_task")
@@ -98,15 +97,7 @@ class CoreClient:
         self._direct.setsockopt(zmq.RCVHWM, 0)
         self._direct.bind(direct_endpoint(endpoint, self.worker_id))
         self.peers = Peers(self._zmq, self.worker_id, endpoint)
-        if kind == "worker":  # its main thread takes tasks straight from this socket
-            self._task_socket = self._zmq.socket(zmq.ROUTER)
-            self._task_socket.setsockopt(zmq.LINGER, 0)
-            self._task_socket.setsockopt(zmq.RCVHWM, 0)
-            self._task_socket.bind(direct_endpoint(endpoint, self.worker_id, "t"))
-            self._task_poller = zmq.Poller()
-            self._task_poller.register(self._task_socket, zmq.POLLIN)
-            self._tasks_r, self._tasks_w = os.pipe()  # the agent's tasks: self.tasks, then a byte
-            self._task_poller.register(self._tasks_r, zmq.POLLIN)
+        self.inbox = TaskInbox(self, self._zmq, endpoint) if kind == "worker" else None
         self.leasing: DirectSubmitter | None = None  # once registered (it needs the CPUs)
         self._tx_lock = threading.Lock()
         self._cond = threading.Condition()  # guards _replies
@@ -192,10 +183,8 @@ class CoreClient:
             self.send(p.Disconnect(stop_cluster))
         self.peers.close()
         self._direct.close()
-        if self.kind == "worker":
-            self._task_socket.close()
-            os.close(self._tasks_r)
-            os.close(self._tasks_w)
+        if self.inbox is not None:
+            self.inbox.close()
         self._tx.close()
         self._rx.close(linger=0)
         self._zmq.term()
@@ -259,6 +248,15 @@ class CoreClient:
         if released:
             self._send_released(released)
 
+    def deferred_timeout_ms(self) -> int | None:
+        """How long until deferred messages are due; None if there are none."""
+        with self._tx_lock:
+            return self._io_timeout_ms(time.monotonic()) if self._deferred else None
+
+    def flush_deferred(self) -> None:
+        with self._tx_lock:
+            self._flush_refs_locked(time.monotonic())
+
     def _io_timeout_ms(self, now: float) -> int:
         if not self._deferred:
             return self.config.poll_interval_ms
@@ -301,8 +299,11 @@ class CoreClient:
         try:
             msg = p.decode(frames)
         except p.ProtocolError as exc:
-            log.warning("dropped a malformed message from the agent: %s", exc)
+            log.warning("dropped a malformed message: %s", exc)
             return
+        self._dispatch_message(msg)
+
+    def _dispatch_message(self, msg: p.Message) -> None:
         if isinstance(msg, p.TaskDone) and self.leasing is not None:
             self.leasing.on_done(msg)
         elif isinstance(msg, p.ObjectsReady):
@@ -311,9 +312,14 @@ class CoreClient:
             with self._cond:
                 self._replies[msg.request_id] = msg
                 self._cond.notify_all()
-        elif isinstance(msg, p.ExecuteTask):
-            self.tasks.put(msg)
-            os.write(self._tasks_w, b"x")
+        elif isinstance(msg, p.ExecuteTask) and self.inbox is not None:
+            self.inbox.from_agent(msg)
+        elif isinstance(msg, p.Batch):  # results from a worker that ran several of our tasks
+            try:
+                for one in p.unbatch(msg):
+                    self._dispatch_message(one)
+            except p.ProtocolError as exc:
+                log.warning("dropped a malformed batch: %s", exc)
         elif isinstance(msg, p.CancelRunning) and self.on_cancel is not None:
             self.on_cancel(msg.task_id)
         elif isinstance(msg, p.LeaseGranted) and self.leasing is not None:
@@ -322,6 +328,8 @@ class CoreClient:
             self.leasing.on_lease_lost(msg)
         elif isinstance(msg, p.ReturnIdleLeases) and self.leasing is not None:
             self.leasing.return_idle()
+        elif isinstance(msg, p.NotStarted) and self.leasing is not None:
+            self.leasing.on_not_started(msg)
         elif isinstance(msg, p.LogLines):
             stream = sys.stderr if msg.stream == "stderr" else sys.stdout
             stream.write("".join(f"({msg.prefix}) {line}\n" for line in msg.lines))
@@ -337,35 +345,8 @@ class CoreClient:
             self._broken = reason
             self._cond.notify_all()
         self.objects.wake_all()
-        self.tasks.put(None)
-        if self.kind == "worker":
-            os.write(self._tasks_w, b"x")
-
-    def next_task(self) -> p.ExecuteTask | None:
-        """A worker's main thread: the next task, sent on a lease or by the agent (None: the
-        agent is gone). While it waits, it sends the deferred reports once they are due."""
-        while True:
-            try:
-                return self.tasks.get_nowait()
-            except queue.Empty:
-                pass
-            with self._tx_lock:
-                timeout = self._io_timeout_ms(time.monotonic()) if self._deferred else None
-            events = dict(self._task_poller.poll(timeout))
-            if self._tasks_r in events:
-                os.read(self._tasks_r, 4096)
-            if self._task_socket in events:
-                frames = self._task_socket.recv_multipart()
-                try:
-                    msg = p.decode(frames[1:])
-                except p.ProtocolError as exc:
-                    log.warning("dropped a malformed task: %s", exc)
-                    continue
-                if isinstance(msg, p.ExecuteTask):
-                    return msg
-            if not events:
-                with self._tx_lock:
-                    self._flush_refs_locked(time.monotonic())
+        if self.inbox is not None:
+            self.inbox.from_agent(None)
 
     def _check_broken(self) -> None:
         if self._broken:
@@ -520,7 +501,12 @@ class CoreClient:
             self.send(p.Blocked(self.context.task_id))
         try:
             self._check_broken()  # the agent may have died before the waiter was filed
-            if not waiter.event.wait(timeout):
+            if self.inbox is not None and blocked and \
+                    threading.current_thread() is threading.main_thread():
+                ready = self.inbox.wait_blocked(waiter.event, timeout)
+            else:
+                ready = waiter.event.wait(timeout)
+            if not ready:
                 if raise_on_timeout:
                     raise GetTimeoutError(
                         f"get timed out after {timeout}s: {waiter.remaining} of "

@@ -15,10 +15,13 @@
 
 A task's round trip crosses no third process: the agent decides where work runs (it grants
 leases from the same queues as its own tasks) and keeps the object directory, but relays no
-task. A lease runs one task at a time, so a task never waits behind another on a worker
-while a different worker is free, and a task blocked in ``get`` cannot hold back one queued
-behind it. The owner retries a task whose worker died (``max_retries``) or whose exception
-its ``retry_exceptions`` accepts, and reports every failure it decides to the agent.
+task. A lease carries one task at a time until the owner has seen that its function's
+tasks are short (under ``_PIPELINE_BELOW_S`` each): then up to ``_PIPELINE_DEPTH`` go in
+one message, and come back a batch of results at a time. A long task therefore never
+holds others back on its worker while another worker is free, and a task that blocks in
+``get`` sends back the ones behind it (NotStarted; zray/node/inbox.py). The owner retries
+a task whose worker died (``max_retries``) or whose exception its ``retry_exceptions``
+accepts, and reports every failure it decides to the agent.
 
 Locks: ``DirectSubmitter.lock`` is taken before the core's tx lock, never after it.
 """
@@ -114,8 +117,12 @@ class Lease:
     key: ClassKey
     worker: bytes = b""
     gpu_ids: list[int] = field(default_factory=list)
-    task: DirectTask | None = None
-    idle_since: float = 0.0
+    running: deque[DirectTask] = field(default_factory=deque)  # sent, in order; the first
+    idle_since: float = 0.0                                    # one is the one running
+
+
+_PIPELINE_DEPTH = 16
+_PIPELINE_BELOW_S = 0.0005
 
 
 class DirectSubmitter:
@@ -138,8 +145,10 @@ class DirectSubmitter:
         self._requested: dict[ClassKey, int] = {}  # lease requests not yet granted, per key
         self._pending_keys: dict[bytes, ClassKey] = {}  # lease id requested -> its key
         self._names: dict[ClassKey, str] = {}
+        self._task_time: dict[ClassKey, float] = {}  # moving average of one task's time
         self.leases: dict[bytes, Lease] = {}  # granted, by lease id
         self.tasks: dict[bytes, DirectTask] = {}  # queued or running, by task id
+        self._on_lease: dict[bytes, Lease] = {}  # task id -> the lease it was sent on
 
     # --- from user threads -----------------------------------------------------------
 
@@ -157,16 +166,16 @@ class DirectSubmitter:
             if task is None:
                 return False
             task.cancelled = True
-            lease = self._lease_running(task)
+            lease = self._on_lease.get(task_id)
             if lease is None:  # still queued here: it never runs
                 self._queues[task.key].remove(task)
                 self._fail(task, failures.cancelled(task.name))
             elif force:
-                del self.leases[lease.lease_id]
+                self._end_lease(lease)
                 self._send_to_agent(p.ReturnLease(lease.lease_id, True))
                 self._fail(task, failures.cancelled(task.name))
                 self._pump(task.key)
-            else:
+            else:  # the worker interrupts it, or drops it if it has not started
                 self._peers.send(lease.worker, p.CancelRunning(task_id))
             return True
 
@@ -174,7 +183,7 @@ class DirectSubmitter:
         """Give back every lease not running a task (the agent asked, or we are about to
         ask it what is free)."""
         with self.lock:
-            for lease in [lease for lease in self.leases.values() if lease.task is None]:
+            for lease in [lease for lease in self.leases.values() if not lease.running]:
                 self._return(lease)
 
     # --- from the I/O thread ---------------------------------------------------------
@@ -193,10 +202,11 @@ class DirectSubmitter:
     def on_done(self, msg: p.TaskDone) -> None:
         with self.lock:
             task = self.tasks.get(msg.task_id)
-            lease = self._lease_running(task)
+            lease = self._on_lease.get(msg.task_id)
             if task is None or lease is None or msg.attempt != task.attempt:
                 return  # stale: an attempt given up on (its worker died, or a forced cancel)
-            lease.task, lease.idle_since = None, time.monotonic()
+            self._took(task.key, msg.seconds)
+            self._off_lease(lease, task, time.monotonic())
             if msg.retryable and task.retries_left > 0 and not task.cancelled:
                 task.retries_left -= 1
                 task.attempt += 1
@@ -206,24 +216,46 @@ class DirectSubmitter:
                 self._file_results(msg.results)
                 if msg.retryable:  # the worker's report left the decision to us: final
                     self._send_to_agent(p.TaskDone(msg.task_id, msg.attempt, msg.results,
-                                                   msg.contained, False, self._worker_id))
+                                                   msg.contained, False, self._worker_id, 0.0))
             self._pump(lease.key)
+
+    def on_not_started(self, msg: p.NotStarted) -> None:
+        """The worker's running task blocked: these go back to the queue, in order, and
+        tasks of their function are no longer sent ahead."""
+        with self.lock:
+            keys = set()
+            for task_id in reversed(msg.task_ids):
+                task = self.tasks.get(task_id)
+                lease = self._on_lease.get(task_id)
+                if task is None or lease is None:
+                    continue
+                self._off_lease(lease, task, time.monotonic())
+                self._queues[task.key].appendleft(task)
+                self._task_time[task.key] = 1.0  # it blocks: one at a time from now on
+                keys.add(task.key)
+            for key in keys:
+                self._pump(key)
 
     def on_lease_lost(self, msg: p.LeaseLost) -> None:
         with self.lock:
-            lease = self.leases.pop(msg.lease_id, None)
+            lease = self.leases.get(msg.lease_id)
             if lease is None:
                 return
             self._peers.forget(lease.worker)
             self._sent_functions.pop(lease.worker, None)
-            task = lease.task
-            if task is not None:
+            running = list(lease.running)
+            self._end_lease(lease)
+            queue = self._queues[lease.key]
+            for task in reversed(running[1:]):  # sent ahead, never started: just requeue
+                queue.appendleft(task)
+            if running:
+                task = running[0]
                 if task.cancelled:
                     self._fail(task, failures.cancelled(task.name))
                 elif task.retries_left > 0:
                     task.retries_left -= 1
                     task.attempt += 1
-                    self._queues[task.key].appendleft(task)
+                    queue.appendleft(task)
                 else:
                     self._fail(task, failures.worker_crashed(task.name, msg.pid, msg.how,
                                                              task.max_retries))
@@ -232,30 +264,39 @@ class DirectSubmitter:
     def expire_idle(self, now: float) -> None:
         with self.lock:
             for lease in [lease for lease in self.leases.values()
-                          if lease.task is None and now - lease.idle_since >= self._lease_idle_s]:
+                          if not lease.running and now - lease.idle_since >= self._lease_idle_s]:
                 self._return(lease)
 
     # --- under the lock --------------------------------------------------------------
 
     def _pump(self, key: ClassKey) -> None:
-        """Start queued tasks of ``key`` on its idle leases; ask for more leases if needed."""
+        """Send queued tasks of ``key`` to its leases with room; ask for more leases."""
         queue = self._queues.get(key)
         if not queue:
             return
-        for lease in self.leases.values():
-            if lease.key == key and lease.task is None:
-                self._start(lease, queue.popleft())
-                if not queue:
-                    return
         cpus = queue[0].resources.get("CPU", 0.0)
         cap = max(1, int(self._total_cpus / cpus) if cpus > 0 else int(self._total_cpus))
-        while self._requested.get(key, 0) < min(len(queue), cap):
+        leases = [lease for lease in self.leases.values() if lease.key == key]
+        requested = self._requested.get(key, 0)
+        # Send ahead only short tasks, and only once no more leases are to come: until
+        # then a free worker may still take a task sooner than a busy one would.
+        ahead = (self._task_time.get(key, 1.0) < _PIPELINE_BELOW_S
+                 and len(leases) + requested >= cap)
+        depth = _PIPELINE_DEPTH if ahead else 1
+        share = max(1, -(-len(queue) // max(1, len(leases) + requested)))  # spread evenly
+        for lease in leases:
+            room = min(depth - len(lease.running), share)
+            if room > 0:
+                self._send(lease, [queue.popleft() for _ in range(min(room, len(queue)))])
+            if not queue:
+                return
+        while requested < min(len(queue), cap):
             self._request(key, queue[0])
+            requested += 1
 
-    def _lease_running(self, task: DirectTask | None) -> Lease | None:
-        if task is None:
-            return None
-        return next((lease for lease in self.leases.values() if lease.task is task), None)
+    def _took(self, key: ClassKey, seconds: float) -> None:
+        previous = self._task_time.get(key)
+        self._task_time[key] = seconds if previous is None else 0.8 * previous + 0.2 * seconds
 
     def _request(self, key: ClassKey, task: DirectTask) -> None:
         lease_id = self._worker_id + next(self._lease_ids).to_bytes(8, "big")
@@ -264,20 +305,38 @@ class DirectSubmitter:
         self._send_to_agent(p.RequestLease(lease_id, task.job_id, self._names[key],
                                            task.resources))
 
-    def _start(self, lease: Lease, task: DirectTask) -> None:
-        lease.task = task
+    def _send(self, lease: Lease, tasks: list[DirectTask]) -> None:
         have = self._sent_functions.setdefault(lease.worker, set())
-        blob = None
-        if task.function_id not in have:
-            blob = self.functions[task.function_id]
-            have.add(task.function_id)
-        self._peers.send(lease.worker, p.ExecuteTask(
-            task.task_id, task.job_id, task.function_id, task.name, task.args, task.deps,
-            task.num_returns, task.retry_filter, lease.gpu_ids, blob, task.attempt, b"", {},
-            self._worker_id), kind="t")
+        messages: list[p.Message] = []
+        for task in tasks:
+            blob = None
+            if task.function_id not in have:
+                blob = self.functions[task.function_id]
+                have.add(task.function_id)
+            lease.running.append(task)
+            self._on_lease[task.task_id] = lease
+            messages.append(p.ExecuteTask(
+                task.task_id, task.job_id, task.function_id, task.name, task.args, task.deps,
+                task.num_returns, task.retry_filter, lease.gpu_ids, blob, task.attempt, b"",
+                {}, self._worker_id))
+        self._peers.send(lease.worker, messages[0] if len(messages) == 1 else p.batch(messages),
+                         kind="t")
+
+    def _off_lease(self, lease: Lease, task: DirectTask, now: float) -> None:
+        if task in lease.running:
+            lease.running.remove(task)
+        self._on_lease.pop(task.task_id, None)
+        if not lease.running:
+            lease.idle_since = now
+
+    def _end_lease(self, lease: Lease) -> None:
+        self.leases.pop(lease.lease_id, None)
+        for task in lease.running:
+            self._on_lease.pop(task.task_id, None)
+        lease.running.clear()
 
     def _return(self, lease: Lease) -> None:
-        del self.leases[lease.lease_id]
+        self._end_lease(lease)
         self._send_to_agent(p.ReturnLease(lease.lease_id, False))
 
     def _fail(self, task: DirectTask, error: bytes) -> None:
@@ -287,4 +346,4 @@ class DirectSubmitter:
                    for i in range(max(1, task.num_returns))]
         self._file_results(results)
         self._send_to_agent(p.TaskDone(task.task_id, task.attempt, results, [], False,
-                                       self._worker_id))
+                                       self._worker_id, 0.0))

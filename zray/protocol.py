@@ -163,6 +163,7 @@ class TaskDone(Message):
     contained: list  # object ids of refs nested inside the return values
     retryable: bool  # the task raised an exception that its retry_filter accepts
     owner: bytes  # a direct task's owner (the worker reports to both); b"" otherwise
+    seconds: float  # how long it ran: its owner sends short tasks ahead, several at once
 
 
 @message(7)
@@ -380,6 +381,15 @@ def unbatch(msg: Batch) -> list[Message]:
             raise ProtocolError(f"Batch: op {item[0]} cannot be batched")
         out.append(_build(cls, item[1]))
     return out
+
+
+@message(34)
+@dataclass(frozen=True, slots=True)
+class NotStarted(Message):
+    """Worker to owner: these tasks sent on a lease were not started (the one before them
+    blocked); run them elsewhere."""
+
+    task_ids: list
 
 
 # --- node agent <-> broker shard ------------------------------------------------------

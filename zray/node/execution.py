@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import sys
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -33,32 +34,35 @@ Outcome = tuple[p.TaskDone, list[Any]]
 def run_sync(client: CoreClient, task: p.ExecuteTask,
              target: Callable[[], Callable[..., Any]]) -> Outcome:
     """Call ``target()(*args)`` for the task; exceptions become its error result."""
-    _enter(client, task)
+    started = _enter(client, task)
     try:
         fn = target()
         args, kwargs = resolve_args(client, task)
         values = split_returns(task, fn(*args, **kwargs))
-        return finish(client, task, values), values
+        return finish(client, task, values, started), values
     except Exception as exc:
-        return fail(client, task, exc), []
+        return fail(client, task, exc, started), []
 
 
 async def run_async(client: CoreClient, task: p.ExecuteTask,
                     fn: Callable[..., Awaitable[Any]]) -> Outcome:
     """The same for an ``async def`` actor method, on the actor's event loop."""
-    _enter(client, task)
+    started = _enter(client, task)
     try:
         args, kwargs = resolve_args(client, task)
         values = split_returns(task, await fn(*args, **kwargs))
-        return finish(client, task, values), values
+        return finish(client, task, values, started), values
     except Exception as exc:
-        return fail(client, task, exc), []
+        return fail(client, task, exc, started), []
 
 
-def _enter(client: CoreClient, task: p.ExecuteTask) -> None:
+def _enter(client: CoreClient, task: p.ExecuteTask) -> float:
+    """Set up the task's context; returns when it started."""
+    started = time.perf_counter()
     client.context = TaskContext(TaskID(task.task_id), task.name, task.job_id,
                                  list(task.gpu_ids), task.attempt)
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, task.gpu_ids))
+    return started
 
 
 def resolve_args(client: CoreClient, task: p.ExecuteTask) -> tuple[list[Any], dict[str, Any]]:
@@ -77,20 +81,25 @@ def split_returns(task: p.ExecuteTask, result: Any) -> list[Any]:
     return list(result)
 
 
-def finish(client: CoreClient, task: p.ExecuteTask, values: list[Any]) -> p.TaskDone:
+def finish(client: CoreClient, task: p.ExecuteTask, values: list[Any],
+           started: float) -> p.TaskDone:
     contained: list[bytes] = []
     results = [_store(client, task, i, serialize(v), False, contained)
                for i, v in enumerate(values)]
-    return p.TaskDone(task.task_id, task.attempt, results, contained, False, task.owner)
+    return p.TaskDone(task.task_id, task.attempt, results, contained, False, task.owner,
+                      time.perf_counter() - started)
 
 
-def fail(client: CoreClient, task: p.ExecuteTask, exc: Exception) -> p.TaskDone:
+def fail(client: CoreClient, task: p.ExecuteTask, exc: Exception,
+         started: float | None = None) -> p.TaskDone:
     error = error_payload(exc, task.name)
     contained: list[bytes] = []
     results = [_store(client, task, i, error, True, contained)
                for i in range(max(1, task.num_returns))]
     retryable = not isinstance(exc, TaskCancelledError) and should_retry(task.retry_filter, exc)
-    return p.TaskDone(task.task_id, task.attempt, results, contained, retryable, task.owner)
+    seconds = 0.0 if started is None else time.perf_counter() - started
+    return p.TaskDone(task.task_id, task.attempt, results, contained, retryable, task.owner,
+                      seconds)
 
 
 def _store(client: CoreClient, task: p.ExecuteTask, index: int, ser: Serialized,

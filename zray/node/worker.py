@@ -31,7 +31,7 @@ from zray.actors.host import ActorHost
 from zray.config import Config
 from zray.core import CoreClient
 from zray.exceptions import NodeDiedError, TaskCancelledError
-from zray.node.execution import Outcome, load_function, run_sync
+from zray.node.execution import Outcome, fail, load_function, run_sync
 
 
 class Worker:
@@ -42,12 +42,14 @@ class Worker:
         self.current = b""  # the plain task on the main thread
         self.running = b""  # ...while its user code runs: only then may a cancel interrupt
         self.cancelled = b""
+        self.cancel_before_start: set[bytes] = set()  # sent ahead on a lease, not started
         client.on_cancel = self.on_cancel
         signal.signal(signal.SIGUSR1, self._raise_cancelled)
 
     def serve(self) -> None:
         while True:
-            task = self.client.next_task()
+            assert self.client.inbox is not None
+            task = self.client.inbox.next()
             if task is None:
                 return
             if task.actor_options:
@@ -59,6 +61,9 @@ class Worker:
                 self.report(self.run_task(task))
 
     def run_task(self, task: p.ExecuteTask) -> Outcome:
+        if task.task_id in self.cancel_before_start:
+            self.cancel_before_start.discard(task.task_id)
+            return fail(self.client, task, TaskCancelledError(f"{task.name}() was cancelled")), []
         self.current = task.task_id
         try:
             return run_sync(self.client, task, lambda: self._armed(task, self._function(task)))
@@ -82,10 +87,10 @@ class Worker:
         done, results = outcome
         sys.stdout.flush()
         sys.stderr.flush()
-        if done.owner:  # a task sent on a lease: its owner waits for this copy; the agent
-            self.client.defer(done)  # files it soon, before our releases (it pins the
-            self.client.peers.send(done.owner, done)  # refs the results contain)
-        else:
+        if done.owner and self.client.inbox is not None:  # a task sent on a lease: its
+            self.client.defer(done)  # owner waits for this copy; the agent files the other
+            self.client.inbox.reply(done.owner, done)  # soon, before our releases (it pins
+        else:  # the refs the results contain)
             self.client.send(done)
         del results  # refs inside the results stay held until TaskDone has pinned them
 
@@ -103,6 +108,8 @@ class Worker:
             self.cancelled = task_id
             if self.running == task_id:
                 signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+        elif task_id:
+            self.cancel_before_start.add(task_id)
 
     def _raise_cancelled(self, signum: int, frame: Any) -> None:
         if self.cancelled and self.cancelled == self.running:

@@ -1,0 +1,141 @@
+"""A worker's task intake and its direct replies, on the worker's main thread.
+
+::
+
+    owners --ExecuteTask, or a Batch of them--> ROUTER ipc://SESSION/t-<worker id>.sock
+    agent  --ExecuteTask--> rx (the I/O thread) --> queue + a byte on a pipe
+    main thread: next() --> run --> reply(): TaskDone to the owner, several in one Batch
+                                    while more tasks are already here
+
+An owner may send a lease several short tasks at once (zray/leasing.py). They run in
+order; if one blocks in ``get``, every task not started yet goes back to its owner
+(NotStarted) so it can run elsewhere: a task never waits behind one that waits for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+import zmq
+
+from zray import protocol as p
+from zray.leasing import direct_endpoint
+from zray.protocol import has_input
+
+if TYPE_CHECKING:
+    from zray.core import CoreClient
+
+log = logging.getLogger("zray")
+
+_REPLY_BATCH = 32
+_SHORT_TASK_S = 0.0005  # after a task this short, the next reply may wait for company
+_BLOCKED_CHECK_S = 0.01  # how often a blocked task's worker sends back tasks that came in
+
+
+class TaskInbox:
+    def __init__(self, client: CoreClient, context: zmq.Context, agent_endpoint: str) -> None:
+        self._client = client
+        self.socket = context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.RCVHWM, 0)
+        self.socket.bind(direct_endpoint(agent_endpoint, client.worker_id, "t"))
+        self._from_agent: queue.SimpleQueue[p.ExecuteTask | None] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        self._poller = zmq.Poller()
+        self._poller.register(self.socket, zmq.POLLIN)
+        self._poller.register(self._wake_r, zmq.POLLIN)
+        self._pending: deque[p.ExecuteTask] = deque()  # sent on a lease, not started
+        self._replies: dict[bytes, list[p.Message]] = {}
+        self._last_started = 0.0
+
+    # --- from the I/O thread ---------------------------------------------------------
+
+    def from_agent(self, task: p.ExecuteTask | None) -> None:
+        """A task the agent sent (None: the agent is gone, stop)."""
+        self._from_agent.put(task)
+        os.write(self._wake_w, b"x")
+
+    # --- the main thread -------------------------------------------------------------
+
+    def next(self) -> p.ExecuteTask | None:
+        """The next task to run; while none is here, replies and deferred reports go out."""
+        while True:
+            try:
+                return self._from_agent.get_nowait()
+            except queue.Empty:
+                pass
+            self._receive()
+            if self._pending:
+                if time.monotonic() - self._last_started > _SHORT_TASK_S:
+                    self.flush_replies()  # the last one took a while: answer it now
+                self._last_started = time.monotonic()
+                return self._pending.popleft()
+            self.flush_replies()
+            timeout = self._client.deferred_timeout_ms()
+            events = dict(self._poller.poll(timeout))
+            if self._wake_r in events:
+                os.read(self._wake_r, 4096)
+            if not events:
+                self._client.flush_deferred()
+
+    def reply(self, owner: bytes, done: p.TaskDone) -> None:
+        replies = self._replies.setdefault(owner, [])
+        replies.append(done)
+        if len(replies) >= _REPLY_BATCH:
+            self._send_replies(owner)
+
+    def flush_replies(self) -> None:
+        for owner in list(self._replies):
+            self._send_replies(owner)
+
+    def wait_blocked(self, event: threading.Event, timeout: float | None) -> bool:
+        """Wait for ``event`` while the running task is blocked: tasks queued behind it go
+        back to their owners, now and as they arrive."""
+        self.flush_replies()
+        self._client.flush_deferred()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._bounce()
+            left = _BLOCKED_CHECK_S if deadline is None else min(
+                _BLOCKED_CHECK_S, deadline - time.monotonic())
+            if event.wait(max(0.0, left)):
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+
+    def close(self) -> None:
+        self.socket.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _receive(self) -> None:
+        while has_input(self.socket):
+            frames = self.socket.recv_multipart()
+            try:
+                msg = p.decode(frames[1:])
+                tasks = p.unbatch(msg) if isinstance(msg, p.Batch) else [msg]
+            except p.ProtocolError as exc:
+                log.warning("dropped a malformed task message: %s", exc)
+                continue
+            self._pending.extend(t for t in tasks if isinstance(t, p.ExecuteTask))
+
+    def _bounce(self) -> None:
+        self._receive()
+        by_owner: dict[bytes, list[bytes]] = {}
+        while self._pending:
+            task = self._pending.popleft()
+            by_owner.setdefault(task.owner, []).append(task.task_id)
+        for owner, task_ids in by_owner.items():
+            self._client.peers.send(owner, p.NotStarted(task_ids))
+
+    def _send_replies(self, owner: bytes) -> None:
+        replies = self._replies.pop(owner, [])
+        if replies:
+            msg = replies[0] if len(replies) == 1 else p.batch(replies)
+            self._client.peers.send(owner, msg)
