@@ -1,0 +1,107 @@
+"""Tasks on leased workers (zray/leasing.py, zray/node/leases.py, zray/node/inbox.py).
+
+Short tasks are sent ahead to a leased worker, several at once; these tests warm a
+function up so that it is, then check what must still hold: a task that blocks sends back
+the ones queued behind it, a crash requeues them, an owner's death fails its tasks'
+results for whoever borrowed them, and an idle lease goes back to the pool.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+import zray
+from zray.exceptions import OwnerDiedError
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("cluster")]
+
+
+@zray.remote
+class Holder:
+    def __init__(self):
+        self.refs = []
+
+    def hold(self, refs):
+        self.refs = refs
+
+    def get(self):
+        return self.refs
+
+
+@zray.remote
+def step(i, wait=False):
+    """Quick; or wait for the task that the named holder names. (Looked up by name: a
+    handle in the arguments would send the task through the agent, not on a lease.)"""
+    if not wait:
+        return i
+    holder = zray.get_actor("lease-test-holder")
+    refs = zray.get(holder.get.remote())
+    while not refs:
+        time.sleep(0.01)
+        refs = zray.get(holder.get.remote())
+    return zray.get(refs[0]) + 1000
+
+
+def warm_up(fn, n=60):
+    """Enough quick calls that the owner sends this function's tasks ahead."""
+    assert zray.get([fn.remote(i) for i in range(n)]) == list(range(n))
+
+
+def test_a_blocked_task_sends_back_the_tasks_queued_behind_it():
+    warm_up(step)
+    holder = Holder.options(name="lease-test-holder").remote()
+    waiting = step.remote(-1, True)  # first in line; blocks on the next task's result
+    quick = [step.remote(i) for i in range(30)]
+    holder.hold.remote([quick[0]])  # the task sent right behind it, on the same worker
+    assert zray.get(waiting, timeout=30) == 1000
+    assert zray.get(quick, timeout=30) == list(range(30))
+
+
+@zray.remote(max_retries=1)
+def crash_once(i, marker):
+    if i == 5 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+    return i
+
+
+def test_a_crash_retries_the_running_task_and_requeues_those_sent_ahead(tmp_path):
+    marker = str(tmp_path / "crashed")
+    assert zray.get([crash_once.remote(i, marker + "-warm") for i in range(60)]) == list(range(60))
+    refs = [crash_once.remote(i, marker) for i in range(60)]
+    assert zray.get(refs, timeout=30) == list(range(60))
+    assert os.path.exists(marker)
+
+
+@zray.remote
+def sleeper(seconds):
+    time.sleep(seconds)
+    return "slept"
+
+
+@zray.remote(max_retries=0)
+def owner_that_dies(holder):
+    child = sleeper.remote(0.5)  # runs on a lease this worker owns
+    zray.get(holder.hold.remote([child]))
+    os._exit(1)
+
+
+def test_a_dead_owners_results_fail_for_their_borrowers():
+    holder = Holder.remote()
+    with pytest.raises(zray.exceptions.WorkerCrashedError):
+        zray.get(owner_that_dies.remote(holder), timeout=30)
+    [child] = zray.get(holder.get.remote())
+    with pytest.raises(OwnerDiedError, match="exited before the task finished"):
+        zray.get(child, timeout=30)
+
+
+def test_idle_leases_go_back_to_the_pool():
+    warm_up(step)
+    deadline = time.monotonic() + 10
+    # available_resources() first gives back this driver's own idle leases
+    while zray.available_resources().get("CPU") != 2.0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert zray.available_resources()["CPU"] == 2.0
