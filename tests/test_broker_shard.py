@@ -202,8 +202,9 @@ def test_garbage_does_not_crash_it(shard_factory: Callable[..., Shard],
     garbage = [
         [b"garbage"],
         [b"\xff\xff", b"x"],
-        [header, b"not a pickle"],
-        [header, b"cos\nsystem\n(S'true'\ntR."],  # names a global: refused unread
+        [header + b"not a pickle"],
+        [header + b"cos\nsystem\n(S'true'\ntR."],  # names a global: refused unread
+        [header, b"not a pickle"],  # header and body in two frames
         [b"a", b"b", b"c"],
         encode(TableBatch(1, b"n", bad_rows)),
         encode(QueryReply(1, [])),  # well formed but not for the broker

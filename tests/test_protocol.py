@@ -38,7 +38,7 @@ def names(cls: type[p.Message]) -> list[str]:
 
 
 def frames_of(cls: type[p.Message], values: Any, version: int = p.PROTOCOL_VERSION) -> list[bytes]:
-    return [bytes((version, cls.op)), pickle.dumps(values, protocol=5)]
+    return [bytes((version, cls.op)) + pickle.dumps(values, protocol=5)]
 
 
 def test_every_message_class_is_registered_under_its_op() -> None:
@@ -56,7 +56,7 @@ def test_roundtrip(op: int, cls: type[p.Message]) -> None:
     for pick in (0, 1):  # e.g. ``bytes | None`` fields both ways
         msg = sample(cls, pick)
         frames = p.encode(msg)
-        assert len(frames) == 2 and frames[0] == bytes((p.PROTOCOL_VERSION, op))
+        assert len(frames) == 1 and frames[0][:2] == bytes((p.PROTOCOL_VERSION, op))
         assert p.decode(frames) == msg
         assert type(p.decode(frames)) is cls
 
@@ -70,22 +70,22 @@ def test_submit_task_roundtrip_with_real_values() -> None:
 def test_wrong_version_is_refused() -> None:
     frames = p.encode(p.Blocked(b"t"))
     with pytest.raises(p.ProtocolError, match="version"):
-        p.decode([bytes((p.PROTOCOL_VERSION + 1, p.Blocked.op)), frames[1]])
+        p.decode([bytes((p.PROTOCOL_VERSION + 1, p.Blocked.op)) + frames[0][2:]])
 
 
 def test_unknown_op_is_refused() -> None:
     unused = next(op for op in range(256) if op not in p._BY_OP)
     with pytest.raises(p.ProtocolError, match=f"unknown op {unused}"):
-        p.decode([bytes((p.PROTOCOL_VERSION, unused)), pickle.dumps((), protocol=5)])
+        p.decode([bytes((p.PROTOCOL_VERSION, unused)) + pickle.dumps((), protocol=5)])
 
 
 @pytest.mark.parametrize("frames", [
     [],
-    [b"\x01\x07"],
-    [b"\x01", pickle.dumps((b"t",))],
-    [b"\x01\x07\x00", pickle.dumps((b"t",))],
-    [b"\x01\x07", pickle.dumps((b"t",)), b"extra"],
-], ids=["none", "header-only", "short-header", "long-header", "three-frames"])
+    [b"\x02\x07"],
+    [b"\x02"],
+    [b"\x02\x07", pickle.dumps((b"t",))],
+    [b"\x02\x07" + pickle.dumps((b"t",)), b"extra"],
+], ids=["none", "header-only", "short-header", "header-and-body-apart", "extra-frame"])
 def test_wrong_frame_shape_is_refused(frames: list[bytes]) -> None:
     with pytest.raises(p.ProtocolError):
         p.decode(frames)
@@ -93,15 +93,16 @@ def test_wrong_frame_shape_is_refused(frames: list[bytes]) -> None:
 
 @pytest.mark.parametrize(("op", "cls"), MESSAGES, ids=[c.__name__ for _, c in MESSAGES])
 def test_truncated_body_is_refused(op: int, cls: type[p.Message]) -> None:
-    header, body = p.encode(sample(cls))
+    [frame] = p.encode(sample(cls))
+    header, body = frame[:2], frame[2:]
     for cut in (0, 1, len(body) // 2, len(body) - 1):
         with pytest.raises(p.ProtocolError):
-            p.decode([header, body[:cut]])
+            p.decode([header + body[:cut]])
 
 
 def test_garbage_body_is_refused() -> None:
     with pytest.raises(p.ProtocolError, match="Blocked"):
-        p.decode([bytes((p.PROTOCOL_VERSION, p.Blocked.op)), b"not a pickle at all"])
+        p.decode([bytes((p.PROTOCOL_VERSION, p.Blocked.op)) + b"not a pickle at all"])
 
 
 @pytest.mark.parametrize(("op", "cls"), MESSAGES, ids=[c.__name__ for _, c in MESSAGES])
@@ -130,7 +131,7 @@ def test_wrong_field_type_is_refused(op: int, cls: type[p.Message]) -> None:
     (dataclasses.field,),
 ], ids=["builtin", "exception", "function"])
 def test_pickle_naming_a_global_is_refused(payload: tuple[Any, ...]) -> None:
-    frames = [bytes((p.PROTOCOL_VERSION, p.Blocked.op)), pickle.dumps(payload, protocol=5)]
+    frames = [bytes((p.PROTOCOL_VERSION, p.Blocked.op)) + pickle.dumps(payload, protocol=5)]
     with pytest.raises(p.ProtocolError, match="global"):
         p.decode(frames)
 
@@ -146,4 +147,4 @@ def test_out_of_band_buffer_in_body_is_refused() -> None:
     body = pickle.dumps((pickle.PickleBuffer(b"t" * 16),), protocol=5,
                         buffer_callback=buffers.append)
     with pytest.raises(p.ProtocolError):
-        p.decode([bytes((p.PROTOCOL_VERSION, p.Blocked.op)), body])
+        p.decode([bytes((p.PROTOCOL_VERSION, p.Blocked.op)) + body])

@@ -1,9 +1,10 @@
 """Every wire message of zray, defined once, encoded one way, validated on receipt.
 
-Frame layout of one message (a ZeroMQ multipart message, after any routing frames)::
+Layout of one message: one ZeroMQ frame (after any routing frames; one frame, because each
+frame of a multipart message is a separate send, and sends dominate a small message's cost)::
 
-    frame 0   2 bytes   version (PROTOCOL_VERSION), op code (the message class's ``op``)
-    frame 1   n bytes   pickle (protocol 5) of the tuple of the message's field values
+    2 bytes   version (PROTOCOL_VERSION), op code (the message class's ``op``)
+    n bytes   pickle (protocol 5) of the tuple of the message's field values
 
 Field values are plain data only (bytes, str, int, float, bool, None, and lists, tuples and
 dicts of those). Decoding unpickles with a loader that refuses every global, so a frame can
@@ -29,7 +30,7 @@ from typing import Any, ClassVar, TypeVar
 
 import zmq
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 Location = tuple  # (object_id: bytes, data: bytes | None, offset: int, size: int, is_error: bool)
 
@@ -449,13 +450,14 @@ def _values_of(msg: Message) -> tuple[Any, ...]:
 
 
 def encode(msg: Message) -> list[bytes]:
-    return [_HEADERS[msg.op], pickle.dumps(_values_of(msg), protocol=5)]
+    return [_HEADERS[msg.op] + pickle.dumps(_values_of(msg), protocol=5)]
 
 
 def decode(frames: list[bytes]) -> Message:
     """The message in ``frames``; raises ProtocolError for anything malformed."""
-    if len(frames) != 2 or len(frames[0]) != 2:
-        raise ProtocolError(f"expected 2 frames with a 2-byte header, got {len(frames)} frames")
+    if len(frames) != 1 or len(frames[0]) < 2:
+        raise ProtocolError(f"expected 1 frame starting with a 2-byte header, got "
+                            f"{len(frames)} frames")
     version, op = frames[0][0], frames[0][1]
     if version != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {version}, this process speaks {PROTOCOL_VERSION}")
@@ -463,7 +465,7 @@ def decode(frames: list[bytes]) -> Message:
     if cls is None:
         raise ProtocolError(f"unknown op {op}")
     try:
-        values = _NoGlobals(io.BytesIO(frames[1])).load()
+        values = _NoGlobals(io.BytesIO(memoryview(frames[0])[2:])).load()
     except ProtocolError:
         raise
     except Exception as exc:

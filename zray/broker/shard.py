@@ -105,8 +105,8 @@ class BrokerShard:
             self._handle(frames)
 
     def _handle(self, frames: list[bytes]) -> None:
-        if len(frames) != 3:
-            log.warning("dropped a message of %d frames (expected identity, header, body)",
+        if len(frames) != 2:
+            log.warning("dropped a message of %d frames (expected identity, message)",
                         len(frames))
             return
         identity = frames[0]
