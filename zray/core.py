@@ -114,6 +114,7 @@ class CoreClient:
         self._deferred_since = 0.0
         self._held_released: list[bytes] = []
         self._window_s = config.batch_window_ms / 1000
+        self._actor_calls: set[bytes] = set()  # calls whose results the actor sends us
 
     @property
     def context(self) -> TaskContext:
@@ -218,6 +219,7 @@ class CoreClient:
         with self._tx_lock:
             if not self._deferred:
                 self._deferred_since = time.monotonic()
+                os.write(self._wake_w, b"d")  # the I/O thread sleeps with a longer timeout
             self._deferred.append(msg)
             if len(self._deferred) >= 256:
                 self._send_deferred_locked()
@@ -253,9 +255,9 @@ class CoreClient:
         with self._tx_lock:
             return self._io_timeout_ms(time.monotonic()) if self._deferred else None
 
-    def flush_deferred(self) -> None:
+    def flush_deferred(self, at_once: bool = False) -> None:
         with self._tx_lock:
-            self._flush_refs_locked(time.monotonic())
+            self._flush_refs_locked(None if at_once else time.monotonic())
 
     def _io_timeout_ms(self, now: float) -> int:
         if not self._deferred:
@@ -281,6 +283,8 @@ class CoreClient:
                 if self._agent_pidfd in events:
                     self._fail("the node agent exited; the cluster is gone")
                     return
+                if self._wake_r in events:
+                    os.read(self._wake_r, 4096)
                 while self._direct in events and has_input(self._direct):
                     self._dispatch(self._direct.recv_multipart()[1:])
                 while self._rx in events and has_input(self._rx):
@@ -304,10 +308,16 @@ class CoreClient:
         self._dispatch_message(msg)
 
     def _dispatch_message(self, msg: p.Message) -> None:
-        if isinstance(msg, p.TaskDone) and self.leasing is not None:
-            self.leasing.on_done(msg)
+        if isinstance(msg, p.TaskDone):
+            if msg.task_id in self._actor_calls:
+                self._actor_calls.discard(msg.task_id)
+                self.objects.file(msg.results)
+            elif self.leasing is not None:
+                self.leasing.on_done(msg)
         elif isinstance(msg, p.ObjectsReady):
             self.objects.file(msg.locations)
+            for location in msg.locations:  # e.g. a call the agent failed: no answer to come
+                self._actor_calls.discard(task_of(location[0]))
         elif isinstance(msg, (p.ObjectCreated, p.AgentReply)):
             with self._cond:
                 self._replies[msg.request_id] = msg
@@ -381,13 +391,16 @@ class CoreClient:
             contained, options.num_returns, options.resources, options.max_retries,
             options.retry_filter, actor_id, actor_options or {}, direct_deps is not None,
         )
-        if direct_deps is None:
-            self.send(notice)
-        else:  # before anything else this process sends, e.g. a ref to its result
-            self.defer(notice)
-        del keep_alive  # refs of large arguments put on the caller's behalf: the task pins them now
         refs = [ObjectRef(return_object_id(task_id, i), self.refs, created=True)
                 for i in range(options.num_returns)]
+        if actor_id and not actor_options:  # the actor's worker answers us directly
+            self._actor_calls.add(task_id)
+            self.objects.expect([ref.id for ref in refs])
+        if direct_deps is None and not actor_id:
+            self.send(notice)
+        else:  # soon, in a batch, before anything else this process sends (get flushes)
+            self.defer(notice)
+        del keep_alive  # refs of large arguments put on the caller's behalf: the task pins them now
         if direct_deps is not None and fn is not None and self.leasing is not None:
             self.objects.expect([ref.id for ref in refs])
             self.leasing.functions.setdefault(fn.function_id, fn.blob)
@@ -496,6 +509,8 @@ class CoreClient:
             return
         if to_subscribe:
             self.send(p.Subscribe(to_subscribe, for_get))
+        else:
+            self.flush_deferred(at_once=True)  # what we wait for may be in there
         blocked = self.kind == "worker" and self.context.name != "idle"
         if blocked:
             self.send(p.Blocked(self.context.task_id))

@@ -118,5 +118,9 @@ class ActorHost:
         self._cancelled.discard(done.task_id)  # a cancel that came too late
         sys.stdout.flush()
         sys.stderr.flush()
-        self.client.send(done)
+        if done.owner and not done.contained:  # a method call: the answer goes to the
+            self.client.peers.send(done.owner, done)  # caller first; the mailbox hears of it
+            self.client.defer(done)  # soon after, in a batch
+        else:  # results holding refs go through the agent (see Agent.on_task_done)
+            self.client.send(done)
         del results  # refs inside the results stay held until TaskDone has pinned them

@@ -31,6 +31,7 @@ from zray import protocol as p
 from zray.actors.manager import ActorManager
 from zray.config import Config
 from zray.ids import new_node_id, return_object_id, short, task_of
+from zray.leasing import Peers
 from zray.node import failures
 from zray.node.clients import Client, Clients
 from zray.node.gcs_client import GcsClient
@@ -66,6 +67,10 @@ class Agent:
                               (zmq.SNDHWM, 0), (zmq.RCVHWM, 0)):
             self.router.setsockopt(option, value)
         self.router.bind(args.endpoint)
+        # Tasks go to each worker's own task socket, read by its main thread (no hop
+        # through its I/O thread), all those of one loop pass in one message.
+        self.peers = Peers(self.zmq, self.node_id, args.endpoint)
+        self.outbox: dict[bytes, list[p.Message]] = {}
         self.pool = pool  # its first workers were started before the agent imported
         self.gcs = GcsClient(self.zmq, args.broker_endpoint, args.broker_wal, self.node_id,
                              config)
@@ -254,14 +259,21 @@ class Agent:
                 or task_id in self.actors.calls or task_id in self.actors.directory.actors)
 
     def on_task_done(self, client_id: bytes, msg: p.TaskDone) -> None:
-        if msg.owner:
+        if self.actors.task_done(client_id, msg):
+            pass
+        elif msg.owner:
             self.leases.done(client_id, msg)
-            return
-        worker = self.clients[client_id].worker
-        if worker is not None:
-            self.clients.running_on.pop(worker.pid, None)
-        if not self.actors.task_done(client_id, msg):
+        else:
+            worker = self.clients[client_id].worker
+            if worker is not None:
+                self.clients.running_on.pop(worker.pid, None)
             self.tasks.done(client_id, msg)
+        if msg.owner and msg.contained and msg.owner != client_id:
+            # Results holding refs or actor handles come through here, not straight to
+            # their owner: the refs may name objects or actors that the worker made just
+            # before, which the agent must know first (one connection keeps order, two do
+            # not). So the agent files them, then passes the answer on.
+            self.send(msg.owner, msg)
 
     def on_blocked(self, client_id: bytes, msg: p.Blocked) -> None:
         self.scheduler.set_blocked(self._blocking(client_id, msg.task_id), True)
@@ -293,10 +305,11 @@ class Agent:
         for dep in spec.deps:
             self.objects.mark_delivered(dep)
             deps.append(self.objects.entries[dep].location())
-        self.send(worker_id, p.ExecuteTask(
+        is_call = bool(spec.actor_id) and not spec.actor_options  # answered to its caller too
+        self.outbox.setdefault(worker_id, []).append(p.ExecuteTask(
             spec.task_id, spec.job_id, spec.function_id, spec.name, spec.args, deps,
             spec.num_returns, spec.retry_filter, gpu_ids, blob, task.attempt,
-            spec.actor_id, spec.actor_options, b""))
+            spec.actor_id, spec.actor_options, task.submitter if is_call else b""))
         assert client.worker is not None
         self.clients.running_on[client.worker.pid] = task
         self.gcs.record_task(task, client.worker.pid)
@@ -312,8 +325,11 @@ class Agent:
 
     def fail_with(self, task: Task, error: bytes) -> None:
         """Every result of the task is ``error``; the task never ran (or never will)."""
-        self.finish_task(task, [(return_object_id(task.spec.task_id, i), error, 0, len(error),
-                                 True) for i in range(task.spec.num_returns)], [])
+        results = [(return_object_id(task.spec.task_id, i), error, 0, len(error), True)
+                   for i in range(task.spec.num_returns)]
+        if task.spec.actor_id and not task.spec.actor_options:  # its caller waits for the
+            self.send(task.submitter, p.ObjectsReady(results))  # actor's answer, not ours
+        self.finish_task(task, results, [])
 
     def finish_task(self, task: Task, results: list[p.Location], contained: list[bytes]) -> None:
         for object_id, data, _, _, is_error in results:
@@ -346,6 +362,8 @@ class Agent:
         client = self.clients.get(worker.worker_id)
         if client is not None:
             self._drop_client(client)
+        self.peers.forget(worker.worker_id)
+        self.outbox.pop(worker.worker_id, None)
         if not self.actors.worker_exited(worker.pid, how):
             self.tasks.worker_exited(client.client_id if client else None, worker.pid, how)
         pooled = len(self.pool.by_pid) - len(self.actors.directory.by_worker)
@@ -358,6 +376,10 @@ class Agent:
         self._deliver()
         self.actors.place_waiting()
         self.tasks.dispatch()
+        for worker_id, messages in self.outbox.items():
+            self.peers.send(worker_id, messages[0] if len(messages) == 1 else p.batch(messages),
+                            kind="t")
+        self.outbox.clear()
         now = time.monotonic()
         self.leases.ask_for_idle(now)
         self.tasks.reap_idle(now)
@@ -449,6 +471,7 @@ class Agent:
             self.pool.stop_all(self.config.shutdown_timeout_s)
             self.gcs.stop()
             self.mapping.close()
+            self.peers.close()
             self.router.close()
             self.zmq.term()
         finally:  # whatever failed above, the node's files go

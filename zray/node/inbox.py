@@ -128,9 +128,15 @@ class TaskInbox:
     def _bounce(self) -> None:
         self._receive()
         by_owner: dict[bytes, list[bytes]] = {}
+        keep: deque[p.ExecuteTask] = deque()  # what the agent sent: an actor's calls stay,
+        # in its mailbox's order
         while self._pending:
             task = self._pending.popleft()
-            by_owner.setdefault(task.owner, []).append(task.task_id)
+            if task.owner and not task.actor_id:
+                by_owner.setdefault(task.owner, []).append(task.task_id)
+            else:
+                keep.append(task)
+        self._pending = keep
         for owner, task_ids in by_owner.items():
             self._client.peers.send(owner, p.NotStarted(task_ids))
 

@@ -87,10 +87,10 @@ class Worker:
         done, results = outcome
         sys.stdout.flush()
         sys.stderr.flush()
-        if done.owner and self.client.inbox is not None:  # a task sent on a lease: its
-            self.client.defer(done)  # owner waits for this copy; the agent files the other
-            self.client.inbox.reply(done.owner, done)  # soon, before our releases (it pins
-        else:  # the refs the results contain)
+        if done.owner and not done.contained and self.client.inbox is not None:
+            self.client.defer(done)  # a task sent on a lease: its owner waits for this copy;
+            self.client.inbox.reply(done.owner, done)  # the agent files the other soon
+        else:  # results holding refs go through the agent (see Agent.on_task_done)
             self.client.send(done)
         del results  # refs inside the results stay held until TaskDone has pinned them
 

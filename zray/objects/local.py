@@ -66,7 +66,7 @@ class LocalObjects:
                         waiter.one_ready()
 
     def expect(self, object_ids: list[bytes]) -> None:
-        """Results of our own direct tasks: their workers send them here, unasked."""
+        """Results of our direct tasks and actor calls: their workers send them here."""
         with self._lock:
             self._subscribed.update(object_ids)
 
