@@ -1,4 +1,9 @@
-"""The public API: init, shutdown, remote, get, put, wait, and the cluster queries."""
+"""The public API: init, shutdown, remote, get, put, wait, and the cluster queries.
+
+Only light modules are imported here; the runtime (``zray.core`` and what it needs: ZeroMQ,
+the protocol, cloudpickle) is imported where it is used. ``init`` starts the node agent
+first and imports the runtime while the agent's interpreter starts up.
+"""
 
 from __future__ import annotations
 
@@ -9,22 +14,18 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psutil
-
-from zray import core
-from zray import protocol as p
-from zray.actors.handle import ActorClass, ActorHandle
 from zray.config import Config
-from zray.core import CoreClient
 from zray.exceptions import ZrayError
 from zray.ids import driver_task_id, new_job_id
 from zray.node.launcher import LocalCluster
-from zray.objects.refs import ObjectRef
 from zray.options import validate
-from zray.remote_function import RemoteFunction
-from zray.specs import TaskContext
+
+if TYPE_CHECKING:
+    from zray.actors.handle import ActorHandle
+    from zray.core import CoreClient
+    from zray.objects.refs import ObjectRef
 
 _lock = threading.RLock()
 _cluster: LocalCluster | None = None
@@ -47,7 +48,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         names = ", ".join(sorted(unknown))
         raise TypeError(f"zray.init() got unknown keyword argument(s): {names}")
     with _lock:
-        if core.current() is not None:
+        if _current() is not None:
             if ignore_reinit_error:
                 return
             raise RuntimeError("zray.init() was already called; call zray.shutdown() first, "
@@ -59,13 +60,15 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
                             "address to start a private local cluster")
         _config = Config.from_env()
         total = _resources(num_cpus, num_gpus, resources)
-        store_size = object_store_memory or int(psutil.virtual_memory().total
-                                                * _config.object_store_fraction)
+        store_size = object_store_memory or int(_total_memory() * _config.object_store_fraction)
         cluster = LocalCluster.start(total, store_size, _config)
+        from zray import core  # while the agent starts
+        from zray.specs import TaskContext
+
         if cluster.warning:
             print(f"zray: {cluster.warning}", file=sys.stderr, flush=True)
         job_id = new_job_id()
-        client = CoreClient(cluster.endpoint, "driver", job_id, _config, log_to_driver)
+        client = core.CoreClient(cluster.endpoint, "driver", job_id, _config, log_to_driver)
         client.namespace = namespace or f"anonymous-{job_id.hex()}"
         client.context = TaskContext(driver_task_id(job_id), "driver", job_id)
         try:
@@ -84,9 +87,11 @@ def shutdown() -> None:
     """Stop the private cluster: no process, socket or shared-memory file stays behind."""
     global _cluster
     with _lock:
-        client = core.current()
+        client = _current()
         if client is None:
             return
+        from zray import core
+
         core.set_current(None)
         client.close(stop_cluster=True)
         if _cluster is not None:
@@ -95,15 +100,24 @@ def shutdown() -> None:
 
 
 def is_initialized() -> bool:
-    return core.current() is not None
+    return _current() is not None
+
+
+def _current() -> CoreClient | None:
+    core = sys.modules.get("zray.core")  # not imported yet: not initialised either
+    return core.current() if core is not None else None
+
+
+def _total_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def client_for_call() -> CoreClient:
     """The process's runtime; a driver that never called init() gets a private cluster."""
-    client = core.current()
+    client = _current()
     if client is None:
         init()
-        client = core.current()
+        client = _current()
         assert client is not None
     return client
 
@@ -123,6 +137,9 @@ def remote(*args: Any, **options: Any) -> Any:
 
 
 def _make_remote(target: Any, options: dict[str, Any]) -> Any:
+    from zray.actors.handle import ActorClass
+    from zray.remote_function import RemoteFunction
+
     if isinstance(target, type):
         return ActorClass(target, options)
     return RemoteFunction(target, options)
@@ -130,6 +147,8 @@ def _make_remote(target: Any, options: dict[str, Any]) -> Any:
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     """The handle of the named actor; ValueError if there is none by that name."""
+    from zray.actors.handle import ActorHandle
+
     found = client_for_call().query("actor", name=name, namespace=namespace or "")
     if "error" in found:
         raise ValueError(found["error"])
@@ -138,6 +157,9 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     """Stop the actor now; later calls raise ActorDiedError (unless it may restart)."""
+    from zray import protocol as p
+    from zray.actors.handle import ActorHandle
+
     if not isinstance(actor, ActorHandle):
         raise ValueError(f"zray.kill() takes an actor handle, got {type(actor).__name__}")
     client_for_call().send(p.KillActor(actor.actor_id, no_restart))
@@ -145,6 +167,8 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
 
 def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task making ``ref``: dequeue it, interrupt it, or (force) kill its worker."""
+    from zray.objects.refs import ObjectRef
+
     if not isinstance(ref, ObjectRef):
         raise ValueError(f"zray.cancel() takes an ObjectRef, got {type(ref).__name__}")
     client_for_call().cancel(ref.id, force)
@@ -152,6 +176,8 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
 
 def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
     """The values of the refs (blocking); a list in, a list out, in the same order."""
+    from zray.objects.refs import ObjectRef
+
     single = isinstance(object_refs, ObjectRef)
     refs = [object_refs] if single else object_refs
     if not isinstance(refs, (list, tuple)) or not all(isinstance(r, ObjectRef) for r in refs):
@@ -166,6 +192,8 @@ def get(object_refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None =
 
 def put(value: Any) -> ObjectRef:
     """Store ``value`` once; the ref can be read by any task."""
+    from zray.objects.refs import ObjectRef
+
     if isinstance(value, ObjectRef):
         raise TypeError("zray.put() of an ObjectRef is not allowed; pass the ref itself")
     return client_for_call().put(value)
@@ -175,6 +203,8 @@ def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1,
          timeout: float | None = None, fetch_local: bool = True
          ) -> tuple[list[ObjectRef], list[ObjectRef]]:
     """``(ready, not_ready)``: both in input order; at most ``num_returns`` ready."""
+    from zray.objects.refs import ObjectRef
+
     if not isinstance(object_refs, (list, tuple)) or not all(
             isinstance(r, ObjectRef) for r in object_refs):
         raise TypeError("zray.wait() takes a list of ObjectRefs")
@@ -220,7 +250,7 @@ def _check_timeout(timeout: float | None) -> None:
 
 def _resources(num_cpus: int | None, num_gpus: int | None,
                custom: dict[str, float] | None) -> dict[str, float]:
-    cpus = (psutil.cpu_count() or 1) if num_cpus is None else num_cpus
+    cpus = (os.cpu_count() or 1) if num_cpus is None else num_cpus
     gpus = _detect_gpus() if num_gpus is None else num_gpus
     total = {"CPU": float(cpus), "GPU": float(gpus)}
     if custom:

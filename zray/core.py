@@ -133,6 +133,9 @@ class CoreClient:
         sock.setsockopt(zmq.LINGER, 1000)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
+        # The agent binds while we start (init, a worker started with it): retry every
+        # 5 ms, not zmq's default 100 ms, which start-up would otherwise wait out.
+        sock.setsockopt(zmq.RECONNECT_IVL, 5)
         sock.connect(endpoint)
         return sock
 

@@ -22,6 +22,7 @@ from zray.broker.link import BrokerLink
 from zray.config import Config
 from zray.node.object_table import ObjectEntry
 from zray.node.scheduler import Task
+from zray.node.worker_pool import wait_for_exit
 from zray.protocol import has_input
 
 log = logging.getLogger("zray.agent")
@@ -99,9 +100,8 @@ class GcsClient:
 
     def stop(self) -> None:
         self.begin_stop()
-        try:
-            self.proc.wait(self._config.shutdown_timeout_s)
-        except subprocess.TimeoutExpired:
+        wait_for_exit([self.proc], self._config.shutdown_timeout_s)
+        if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
         os.close(self.pidfd)

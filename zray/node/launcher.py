@@ -21,6 +21,7 @@ import tempfile
 from dataclasses import dataclass
 
 from zray.config import Config
+from zray.node.worker_pool import wait_for_exit
 from zray.objects.store import place_arena
 
 SESSION_PREFIX = "zray-session-"
@@ -67,9 +68,8 @@ class LocalCluster:
 
     def stop(self, timeout_s: float) -> None:
         """Wait for the agent to finish its clean stop; kill it if it does not; tidy up."""
-        try:
-            self.agent.wait(timeout_s)
-        except subprocess.TimeoutExpired:
+        wait_for_exit([self.agent], timeout_s)
+        if self.agent.poll() is None:
             self.agent.kill()
             self.agent.wait()
         shutil.rmtree(self.session, ignore_errors=True)

@@ -9,11 +9,37 @@ not by heartbeats: the kernel says so the moment the process is gone.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+
+
+def wait_for_exit(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
+    """Return once every process has exited or ``timeout_s`` has passed, woken by their
+    pidfds the moment they go (``Popen.wait(timeout)`` polls, sleeping up to 50 ms)."""
+    poller = select.poll()
+    fds = []
+    for proc in procs:
+        try:
+            fd = os.pidfd_open(proc.pid)
+        except ProcessLookupError:
+            continue
+        fds.append(fd)
+        poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + timeout_s
+    try:
+        left = len(fds)
+        while left and time.monotonic() < deadline:
+            events = poller.poll(max(0, int((deadline - time.monotonic()) * 1000)) + 1)
+            for fd, _ in events:
+                poller.unregister(fd)
+                left -= 1
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 @dataclass
@@ -105,10 +131,8 @@ class WorkerPool:
                 worker.proc.terminate()
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + timeout_s
+        wait_for_exit([worker.proc for worker in workers], timeout_s)
         for worker in workers:
-            try:
-                worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            if worker.proc.poll() is None:
                 self.kill(worker)
             self.reap(worker)
