@@ -45,7 +45,7 @@ from zray.leasing import DirectSubmitter, DirectTask, Peers, direct_endpoint
 from zray.node.inbox import TaskInbox
 from zray.objects.arguments import encode_arguments
 from zray.objects.local import LocalObjects
-from zray.objects.refs import ObjectRef, RefCounter
+from zray.objects.refs import ObjectRef, RefCounter, object_id_of
 from zray.objects.serialization import Serialized, deserialize, serialize
 from zray.objects.store import Mapping
 from zray.protocol import has_input
@@ -485,7 +485,7 @@ class CoreClient:
         return reply.offset
 
     def get(self, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
-        ids = [ref.id for ref in refs]
+        ids = list(map(object_id_of, refs))
         self._await(ids, len(set(ids)), timeout, for_get=True)
         locations = [self.objects.location(object_id) for object_id in ids]
         errors = [loc[0] for loc in locations if loc[4]]
@@ -495,13 +495,13 @@ class CoreClient:
 
     def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None
              ) -> tuple[list[ObjectRef], list[ObjectRef]]:
-        ids = [ref.id for ref in refs]
+        ids = list(map(object_id_of, refs))
         self._await(ids, num_returns, timeout, raise_on_timeout=False)
-        ready: list[ObjectRef] = []
-        not_ready: list[ObjectRef] = []
-        for ref in refs:
-            is_ready = self.objects.is_ready(ref.id) and len(ready) < num_returns
-            (ready if is_ready else not_ready).append(ref)
+        ready_ids = self.objects.ready_among(ids)
+        if len(ready_ids) > num_returns:  # the first ones in input order count as ready
+            ready_ids = set([i for i in ids if i in ready_ids][:num_returns])
+        ready = [ref for ref, i in zip(refs, ids, strict=True) if i in ready_ids]
+        not_ready = [ref for ref, i in zip(refs, ids, strict=True) if i not in ready_ids]
         return ready, not_ready
 
     def _await(self, ids: list[bytes], count: int, timeout: float | None,
@@ -531,7 +531,7 @@ class CoreClient:
                         f"{len(set(ids))} objects not ready yet (e.g. {missing[0].hex()})")
             self._check_broken()
         finally:
-            self.objects.end_wait(waiter, missing)
+            self.objects.end_wait(waiter)
             if blocked:
                 self.send(p.Unblocked(self.context.task_id))
 

@@ -15,11 +15,12 @@
 
 A task's round trip crosses no third process: the agent decides where work runs (it grants
 leases from the same queues as its own tasks) and keeps the object directory, but relays no
-task. A lease carries one task at a time until the owner has seen that its function's
-tasks are short (under ``_PIPELINE_BELOW_S`` each): then up to ``_PIPELINE_DEPTH`` go in
-one message, and come back a batch of results at a time. A long task therefore never
-holds others back on its worker while another worker is free, and a task that blocks in
-``get`` sends back the ones behind it (NotStarted; zray/node/inbox.py). The owner retries
+task. Once every lease the owner may get is in use, it sends tasks ahead, by how long
+its function's tasks have run so far (``_depth``): very short ones many at a time, in one
+message, answered a batch at a time; short ones one ahead, so the worker starts the next
+at once instead of idling for a round trip; long ones never, so a long task does not hold
+another back while a worker is free. A task that blocks in ``get`` sends back the ones
+behind it (NotStarted; zray/node/inbox.py). The owner retries
 a task whose worker died (``max_retries``) or whose exception its ``retry_exceptions``
 accepts, and reports every failure it decides to the agent.
 
@@ -121,8 +122,11 @@ class Lease:
     idle_since: float = 0.0                                    # one is the one running
 
 
-_PIPELINE_DEPTH = 16
-_PIPELINE_BELOW_S = 0.0005
+def _depth(task_seconds: float) -> int:
+    """How many tasks a lease may hold (one running, the rest sent ahead)."""
+    if task_seconds < 0.0005:
+        return 16
+    return 2 if task_seconds < 0.01 else 1
 
 
 class DirectSubmitter:
@@ -278,11 +282,9 @@ class DirectSubmitter:
         cap = max(1, int(self._total_cpus / cpus) if cpus > 0 else int(self._total_cpus))
         leases = [lease for lease in self.leases.values() if lease.key == key]
         requested = self._requested.get(key, 0)
-        # Send ahead only short tasks, and only once no more leases are to come: until
-        # then a free worker may still take a task sooner than a busy one would.
-        ahead = (self._task_time.get(key, 1.0) < _PIPELINE_BELOW_S
-                 and len(leases) + requested >= cap)
-        depth = _PIPELINE_DEPTH if ahead else 1
+        # Send ahead only once no more leases are to come: until then a free worker may
+        # still take a task sooner than a busy one would.
+        depth = _depth(self._task_time.get(key, 1.0)) if len(leases) + requested >= cap else 1
         share = max(1, -(-len(queue) // max(1, len(leases) + requested)))  # spread evenly
         for lease in leases:
             room = min(depth - len(lease.running), share)

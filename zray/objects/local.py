@@ -26,11 +26,12 @@ Location = tuple[Any, ...]  # (object_id, data, offset, size, is_error), see zra
 
 
 class Waiter:
-    """One blocked get/wait: woken once ``remaining`` more of its objects are ready."""
+    """One blocked get/wait: woken once ``remaining`` more of its ``ids`` are ready."""
 
-    __slots__ = ("remaining", "event")
+    __slots__ = ("ids", "remaining", "event")
 
-    def __init__(self, remaining: int) -> None:
+    def __init__(self, ids: set[bytes], remaining: int) -> None:
+        self.ids = ids
         self.remaining = remaining
         self.event = threading.Event()
 
@@ -47,11 +48,18 @@ class LocalObjects:
         self._lock = threading.Lock()
         self._ready: dict[bytes, Location] = {}
         self._subscribed: set[bytes] = set()
-        self._waiters: dict[bytes, list[Waiter]] = {}
+        # The blocked calls, one per thread at most: a ready object is checked against
+        # each (few), where registering each call under every id it waits for would cost
+        # a wait() over many refs as much as the refs (and again to unregister).
+        self._waiters: list[Waiter] = []
         self._views: weakref.WeakValueDictionary[bytes, Any] = weakref.WeakValueDictionary()
 
     def is_ready(self, object_id: bytes) -> bool:
         return object_id in self._ready
+
+    def ready_among(self, ids: list[bytes]) -> set[bytes]:
+        ready = self._ready
+        return {object_id for object_id in ids if object_id in ready}
 
     def location(self, object_id: bytes) -> Location:
         return self._ready[object_id]
@@ -60,10 +68,14 @@ class LocalObjects:
         """Locations the agent sent for objects we asked about; wake who waits for them."""
         with self._lock:
             for location in locations:
-                if location[0] in self._subscribed:
-                    self._ready[location[0]] = location
-                    for waiter in self._waiters.pop(location[0], ()):
-                        waiter.one_ready()
+                object_id = location[0]
+                if object_id in self._subscribed:
+                    new = object_id not in self._ready
+                    self._ready[object_id] = location
+                    if new:
+                        for waiter in self._waiters:
+                            if object_id in waiter.ids:
+                                waiter.one_ready()
 
     def expect(self, object_ids: list[bytes]) -> None:
         """Results of our direct tasks and actor calls: their workers send them here."""
@@ -89,31 +101,25 @@ class LocalObjects:
         the ids not ready, the ids to ask the agent about)."""
         unique = set(ids)
         with self._lock:
-            missing = [i for i in unique if i not in self._ready]
-            waiter = Waiter(count - (len(unique) - len(missing)))
+            missing = unique.difference(self._ready)
+            waiter = Waiter(missing, count - (len(unique) - len(missing)))
             if waiter.remaining <= 0:
                 return None, [], []
-            for object_id in missing:
-                self._waiters.setdefault(object_id, []).append(waiter)
-            to_subscribe = [i for i in missing if i not in self._subscribed]
+            self._waiters.append(waiter)
+            to_subscribe = list(missing.difference(self._subscribed))
             self._subscribed.update(to_subscribe)
-        return waiter, missing, to_subscribe
+        return waiter, list(missing), to_subscribe
 
-    def end_wait(self, waiter: Waiter, missing: list[bytes]) -> None:
+    def end_wait(self, waiter: Waiter) -> None:
         with self._lock:
-            for object_id in missing:
-                waiting = self._waiters.get(object_id)
-                if waiting is not None and waiter in waiting:
-                    waiting.remove(waiter)
-                    if not waiting:
-                        del self._waiters[object_id]
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
 
     def wake_all(self) -> None:
         """The agent is gone: every waiter must wake up and find out."""
         with self._lock:
-            for waiters in self._waiters.values():
-                for waiter in waiters:
-                    waiter.event.set()
+            for waiter in self._waiters:
+                waiter.event.set()
 
     def value_of(self, location: Location) -> Any:
         """The value at a location; raises it if it is an error."""
