@@ -102,9 +102,10 @@ class LocalObjects:
         unique = set(ids)
         with self._lock:
             missing = unique.difference(self._ready)
-            waiter = Waiter(missing, count - (len(unique) - len(missing)))
-            if waiter.remaining <= 0:
+            remaining = count - (len(unique) - len(missing))
+            if remaining <= 0:
                 return None, [], []
+            waiter = Waiter(missing, remaining)
             self._waiters.append(waiter)
             to_subscribe = list(missing.difference(self._subscribed))
             self._subscribed.update(to_subscribe)
