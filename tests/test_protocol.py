@@ -83,9 +83,9 @@ def test_unknown_op_is_refused() -> None:
     [],
     [b"\x02\x07"],
     [b"\x02"],
-    [b"\x02\x07", pickle.dumps((b"t",))],
+    [b"\x02\x07\x00", pickle.dumps((b"t",))],
     [b"\x02\x07" + pickle.dumps((b"t",)), b"extra"],
-], ids=["none", "header-only", "short-header", "header-and-body-apart", "extra-frame"])
+], ids=["none", "header-only", "short-header", "long-header-apart", "extra-frame"])
 def test_wrong_frame_shape_is_refused(frames: list[bytes]) -> None:
     with pytest.raises(p.ProtocolError):
         p.decode(frames)
@@ -148,3 +148,16 @@ def test_out_of_band_buffer_in_body_is_refused() -> None:
                         buffer_callback=buffers.append)
     with pytest.raises(p.ProtocolError):
         p.decode([bytes((p.PROTOCOL_VERSION, p.Blocked.op)) + body])
+
+
+def test_large_fields_travel_out_of_band_in_frames_of_their_own() -> None:
+    msg = p.PutObject(b"o" * 20, b"x" * 200_000, [])
+    frames = [bytes(f) for f in p.encode(msg)]  # as a receiver gets them
+    assert len(frames) == 3 and frames[0] == bytes((p.PROTOCOL_VERSION, p.PutObject.op))
+    assert frames[2] == b"x" * 200_000 and len(frames[1]) < 100
+    assert p.decode(frames) == msg
+    batch = p.batch([msg, p.Blocked(b"t")])
+    frames = [bytes(f) for f in p.encode(batch)]
+    assert len(frames) == 3 and p.unbatch(p.decode(frames)) == [msg, p.Blocked(b"t")]
+    small = p.encode(p.PutObject(b"o" * 20, b"x", []))
+    assert len(small) == 1 and p.decode(small) == p.PutObject(b"o" * 20, b"x", [])

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 class Config:
     # Values up to this size travel inline in messages; bigger ones go to the mmap store.
     inline_object_max_bytes: int = 100 * 1024
+    # ...except a leased task's arguments, which travel in its message up to this size.
+    direct_arg_max_bytes: int = 8 * 1024 * 1024
     # Default store size when init() does not say: this fraction of total memory.
     object_store_fraction: float = 0.3
     # How long init() waits for the agent to answer before giving up.

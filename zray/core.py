@@ -379,18 +379,26 @@ class CoreClient:
         task_id = child_task_id(self.context.task_id, next(self.context.submitted))
         if actor_options:
             actor_id = task_id  # an actor is named after the task that creates it
-        blob, deps, contained, keep_alive = encode_arguments(
-            name, args, kwargs, self.config.inline_object_max_bytes, self._put_serialized)
         # A plain task whose arguments are all here runs on a lease (zray/leasing.py); the
         # agent still hears of it first, so it can pin the arguments and expect the results.
         # A retried task's children go through the agent, which merges them by id with the
         # ones the first attempt submitted (they must not run twice).
-        direct_deps = self._ready_locations(deps) if (
-            fn is not None and not actor_id and not contained and self.leasing
-            and self.context.attempt == 0) else None
+        may_lease = (fn is not None and not actor_id and self.leasing is not None
+                     and self.context.attempt == 0)
+        inline_max = self.config.inline_object_max_bytes
+        # On a lease, arguments up to direct_arg_max_bytes travel in the task message itself:
+        # one copy through a socket beats a store round trip and fresh pages to write.
+        blob, deps, contained, keep_alive = encode_arguments(
+            name, args, kwargs, self.config.direct_arg_max_bytes if may_lease else inline_max,
+            self._put_serialized)
+        direct_deps = self._ready_locations(deps) if may_lease and not contained else None
+        if direct_deps is None and len(blob) > inline_max:  # through the agent after all
+            blob, deps, contained, keep_alive = encode_arguments(
+                name, args, kwargs, inline_max, self._put_serialized)
         job_id = self.context.job_id
-        notice = p.SubmitTask(
-            task_id, job_id, fn.function_id if fn else b"", name, blob, deps,
+        notice = p.SubmitTask(  # a direct task's arguments go to its worker, not the agent
+            task_id, job_id, fn.function_id if fn else b"", name,
+            blob if direct_deps is None else b"", deps,
             contained, options.num_returns, options.resources, options.max_retries,
             options.retry_filter, actor_id, actor_options or {}, direct_deps is not None,
         )

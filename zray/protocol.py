@@ -1,10 +1,15 @@
 """Every wire message of zray, defined once, encoded one way, validated on receipt.
 
-Layout of one message: one ZeroMQ frame (after any routing frames; one frame, because each
-frame of a multipart message is a separate send, and sends dominate a small message's cost)::
+Layout of one message (after any routing frames)::
 
     2 bytes   version (PROTOCOL_VERSION), op code (the message class's ``op``)
     n bytes   pickle (protocol 5) of the tuple of the message's field values
+
+in one ZeroMQ frame: each frame of a multipart message is a separate send, and sends
+dominate a small message's cost. A message with a large ``bytes`` field (``_SPLIT_BYTES``
+and up, e.g. a task carrying a big argument; also inside a Batch's items) goes as header,
+pickle, then each such field in a frame of its own, out of band (pickle protocol 5): it is
+handed to the socket as it is, not copied into the pickle.
 
 Field values are plain data only (bytes, str, int, float, bool, None, and lists, tuples and
 dicts of those). Decoding unpickles with a loader that refuses every global, so a frame can
@@ -449,15 +454,51 @@ def _values_of(msg: Message) -> tuple[Any, ...]:
     return values
 
 
-def encode(msg: Message) -> list[bytes]:
-    return [_HEADERS[msg.op] + pickle.dumps(_values_of(msg), protocol=5)]
+_SPLIT_BYTES = 64 * 1024
+
+
+def encode(msg: Message) -> list[Any]:
+    values = _values_of(msg)
+    if not _has_large(values, type(msg) is Batch):
+        return [_HEADERS[msg.op] + pickle.dumps(values, protocol=5)]
+    buffers: list[pickle.PickleBuffer] = []
+    body = pickle.dumps(_out_of_band(values, type(msg) is Batch), protocol=5,
+                        buffer_callback=buffers.append)
+    return [_HEADERS[msg.op], body, *(buffer.raw() for buffer in buffers)]
+
+
+def _is_large(value: Any) -> bool:
+    return type(value) is bytes and len(value) >= _SPLIT_BYTES
+
+
+def _batch_fields(item: Any) -> tuple[Any, ...]:
+    """A Batch item's field values (none if the item is malformed: decode refuses it)."""
+    if type(item) is tuple and len(item) == 2 and type(item[1]) is tuple:
+        return item[1]
+    return ()
+
+
+def _has_large(values: tuple[Any, ...], is_batch: bool) -> bool:
+    if is_batch:
+        return any(_is_large(v) for item in values[0] for v in _batch_fields(item))
+    return any(_is_large(v) for v in values)
+
+
+def _out_of_band(values: tuple[Any, ...], is_batch: bool) -> tuple[Any, ...]:
+    if is_batch:
+        return ([(item[0], _out_of_band(item[1], False)) if _batch_fields(item) else item
+                 for item in values[0]],)
+    return tuple(pickle.PickleBuffer(v) if _is_large(v) else v for v in values)
 
 
 def decode(frames: list[bytes]) -> Message:
     """The message in ``frames``; raises ProtocolError for anything malformed."""
-    if len(frames) != 1 or len(frames[0]) < 2:
-        raise ProtocolError(f"expected 1 frame starting with a 2-byte header, got "
-                            f"{len(frames)} frames")
+    if len(frames) == 1 and len(frames[0]) >= 2:
+        body: Any = memoryview(frames[0])[2:]
+    elif len(frames) >= 2 and len(frames[0]) == 2:
+        body = frames[1]  # and out-of-band fields after it
+    else:
+        raise ProtocolError(f"expected a 2-byte header and a body, got {len(frames)} frames")
     version, op = frames[0][0], frames[0][1]
     if version != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {version}, this process speaks {PROTOCOL_VERSION}")
@@ -465,7 +506,7 @@ def decode(frames: list[bytes]) -> Message:
     if cls is None:
         raise ProtocolError(f"unknown op {op}")
     try:
-        values = _NoGlobals(io.BytesIO(memoryview(frames[0])[2:])).load()
+        values = _NoGlobals(io.BytesIO(body), buffers=frames[2:]).load()
     except ProtocolError:
         raise
     except Exception as exc:

@@ -105,7 +105,7 @@ class BrokerShard:
             self._handle(frames)
 
     def _handle(self, frames: list[bytes]) -> None:
-        if len(frames) != 2:
+        if len(frames) < 2:
             log.warning("dropped a message of %d frames (expected identity, message)",
                         len(frames))
             return

@@ -54,11 +54,20 @@ class Serialized:
             dest[offset : offset + buf.nbytes] = buf
 
     def to_bytes(self) -> bytes:
-        if not self.buffers:  # the common small value: one concatenation, not two copies
-            return _HEAD.pack(_MAGIC, 0, len(self.pickled)) + self.pickled
-        out = bytearray(self.size)
-        self.write_into(memoryview(out))
-        return bytes(out)
+        """The layout as one bytes object, each part copied once."""
+        header = _HEAD.pack(_MAGIC, len(self.buffers), len(self.pickled))
+        if not self.buffers:  # the common small value
+            return header + self.pickled
+        parts: list[Any] = [header]
+        parts += [_SPAN.pack(offset, buf.nbytes) for offset, buf in
+                  zip(self.offsets, self.buffers, strict=True)]
+        parts.append(self.pickled)
+        at = sum(len(part) for part in parts)
+        for offset, buf in zip(self.offsets, self.buffers, strict=True):
+            parts += [bytes(offset - at), buf]  # zero padding up to the aligned offset
+            at = offset + buf.nbytes
+        parts.append(bytes(self.size - at))
+        return b"".join(parts)
 
 
 def record_contained_ref(object_id: bytes) -> None:
