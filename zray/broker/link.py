@@ -40,6 +40,12 @@ log = logging.getLogger("zray.broker.link")
 MAX_INFLIGHT_BATCHES = 64
 
 
+# Rows are plain dicts of str/int/float: no cycle check, no escaping needed (one encoder,
+# built once; this runs for every row the agent records).
+_to_json = json.JSONEncoder(check_circular=False, ensure_ascii=False,
+                            separators=(",", ":")).encode
+
+
 @dataclass
 class _InFlight:
     frames: list[bytes]  # the encoded TableBatch, kept for resends
@@ -90,7 +96,7 @@ class BrokerLink:
         rows: list[Row] = []
         for (table, key) in list(itertools.islice(self._queued, count)):
             fields, blob = self._queued.pop((table, key))
-            rows.append((table, key, None if fields is None else json.dumps(fields), blob))
+            rows.append((table, key, None if fields is None else _to_json(fields), blob))
         return rows
 
     def queued_rows(self) -> int:

@@ -92,9 +92,8 @@ class LeaseManager:
 
     def notice(self, task: Task) -> None:
         """An owner will run this task on a lease; the agent already pinned its arguments."""
-        task.move(TaskState.QUEUED)
+        task.move(TaskState.QUEUED)  # (on_submit recorded it)
         self.direct[task.spec.task_id] = task
-        self.agent.gcs.record_task(task)
         early = self.early.pop(task.spec.task_id, None)
         if early is not None:
             self.done(*early)
