@@ -112,6 +112,7 @@ class CoreClient:
         self._wake_r, self._wake_w = os.pipe()  # close() wakes the I/O thread at once
         self._deferred: list[p.Message] = []  # see defer(); guarded by _tx_lock
         self._deferred_since = 0.0
+        self._deferred_soon = False  # a deferred message must go within the batch window
         self._held_released: list[bytes] = []
         self._window_s = config.batch_window_ms / 1000
         self._actor_calls: set[bytes] = set()  # calls whose results the actor sends us
@@ -216,13 +217,17 @@ class CoreClient:
             if released and not releases_first:
                 self._send_released(released)
 
-    def defer(self, msg: p.Message) -> None:
-        """Send ``msg`` within ``batch_window_ms``, in one frame with others (a direct task's
-        notice or report: nobody waits on it), and always before any later message."""
+    def defer(self, msg: p.Message, soon: bool = True) -> None:
+        """Send ``msg`` in one frame with others (a direct task's notice or report, an
+        actor call: nobody waits on it yet), always before any later message: within
+        ``batch_window_ms`` if ``soon``, else by the next poll period, 256 messages, or the
+        next wait (a submitter's notices: whatever needs them is sent after them)."""
         with self._tx_lock:
             if not self._deferred:
                 self._deferred_since = time.monotonic()
-                os.write(self._wake_w, b"d")  # the I/O thread sleeps with a longer timeout
+            if soon and not self._deferred_soon:
+                self._deferred_soon = True  # the I/O thread sleeps with a longer timeout
+                os.write(self._wake_w, b"d")
             self._deferred.append(msg)
             if len(self._deferred) >= 256:
                 self._send_deferred_locked()
@@ -240,6 +245,7 @@ class CoreClient:
         if self._deferred:
             self._tx.send_multipart(p.encode(p.batch(self._deferred)))
             self._deferred = []
+            self._deferred_soon = False
 
     def _flush_refs_locked(self, now: float | None = None) -> None:
         """Edges out; deferred messages too once due (``now`` None: at once). Releases
@@ -410,7 +416,7 @@ class CoreClient:
         if direct_deps is None and not actor_id:
             self.send(notice)
         else:  # soon, in a batch, before anything else this process sends (get flushes)
-            self.defer(notice)
+            self.defer(notice, soon=False)
         del keep_alive  # refs of large arguments put on the caller's behalf: the task pins them now
         if direct_deps is not None and fn is not None and self.leasing is not None:
             self.objects.expect([ref.id for ref in refs])

@@ -61,7 +61,9 @@ def _enter(client: CoreClient, task: p.ExecuteTask) -> float:
     started = time.perf_counter()
     client.context = TaskContext(TaskID(task.task_id), task.name, task.job_id,
                                  list(task.gpu_ids), task.attempt)
-    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, task.gpu_ids))
+    visible = ",".join(map(str, task.gpu_ids))
+    if os.environ.get("CUDA_VISIBLE_DEVICES") != visible:  # (a putenv per task otherwise)
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible
     return started
 
 

@@ -88,8 +88,10 @@ class Worker:
         sys.stdout.flush()
         sys.stderr.flush()
         if done.owner and not done.contained and self.client.inbox is not None:
-            self.client.defer(done)  # a task sent on a lease: its owner waits for this copy;
-            self.client.inbox.reply(done.owner, done)  # the agent files the other soon
+            # A task sent on a lease: its owner waits for its copy; the agent's goes in a
+            # batch once due, sent by inbox.next() (no need to wake the I/O thread).
+            self.client.defer(done, soon=False)
+            self.client.inbox.reply(done.owner, done)
         else:  # results holding refs go through the agent (see Agent.on_task_done)
             self.client.send(done)
         del results  # refs inside the results stay held until TaskDone has pinned them
