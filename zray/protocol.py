@@ -436,10 +436,14 @@ class QueryReply(Message):
     rows: list  # (key, fields_json, blob)
 
 
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: pyzmq's enum flags
+# cost an enum construction per ``&``, on a path taken for every message
+
+
 def has_input(socket: Any) -> bool:
     """Whether a message waits on the socket: a flag read, where ``socket.poll(0)`` would
     build a poller per call (it showed at the top of the agent's profile)."""
-    return bool(socket.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+    return bool(socket.getsockopt(_EVENTS) & _POLLIN)
 
 
 class _NoGlobals(pickle.Unpickler):
