@@ -210,6 +210,16 @@ def test_retried_task_goes_to_the_head_of_its_queue() -> None:
     assert dispatched(sched) == [first]
 
 
+def test_work_a_running_task_waits_for_goes_ahead_of_its_queue() -> None:
+    sched = Scheduler({"CPU": 1})
+    with_workers(sched, b"w1")
+    queued = [make_task() for _ in range(2)]
+    submit_all(sched, *queued)
+    child = make_task()
+    sched.submit(child, set(), first=True)
+    assert dispatched(sched) == [child]
+
+
 def test_retry_without_retries_left_fails() -> None:
     sched = Scheduler({"CPU": 1})
     with_workers(sched, b"w1")

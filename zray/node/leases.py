@@ -46,7 +46,10 @@ class LeaseManager:
         spec = p.SubmitTask(msg.lease_id, msg.job_id, b"", msg.name, b"", [], [], 0,
                             msg.resources, 0, b"", b"", {}, False)
         lease = Task(spec, client_id, lease=True)
-        self.scheduler.submit(lease, set())
+        # A worker asks for its running task's children: they go first, so work under way
+        # finishes before new work starts (and blocks, and needs yet more workers).
+        client = self.agent.clients.get(client_id)
+        self.scheduler.submit(lease, set(), first=client is not None and client.kind == "worker")
         if lease.infeasible:
             self.agent.warn_infeasible(lease)
 

@@ -82,7 +82,8 @@ class Scheduler:
 
     # --- events ----------------------------------------------------------------------
 
-    def submit(self, task: Task, missing: set[bytes]) -> None:
+    def submit(self, task: Task, missing: set[bytes], first: bool = False) -> None:
+        """``first``: ahead of its class's queue (work a running task waits for)."""
         self.tasks[task.spec.task_id] = task
         task.retries_left = task.spec.max_retries
         task.infeasible = not self._fits(task.spec.resources, self.total)
@@ -90,7 +91,7 @@ class Scheduler:
         for object_id in missing:
             self.waiting_on.setdefault(object_id, set()).add(task.spec.task_id)
         if not missing:
-            self._enqueue(task)
+            self._enqueue(task, first)
 
     def object_ready(self, object_id: bytes) -> list[Task]:
         """Tasks now ready to queue are queued; returns them."""
@@ -218,9 +219,12 @@ class Scheduler:
 
     # --- resources -------------------------------------------------------------------
 
-    def _enqueue(self, task: Task) -> None:
+    def _enqueue(self, task: Task, first: bool = False) -> None:
         task.move(TaskState.QUEUED)
-        self._queue_of(task).append(task)
+        if first:
+            self._queue_of(task).appendleft(task)
+        else:
+            self._queue_of(task).append(task)
 
     def _queue_of(self, task: Task) -> deque[Task]:
         shape = tuple(sorted(task.spec.resources.items()))
