@@ -105,3 +105,38 @@ def test_idle_leases_go_back_to_the_pool():
     while zray.available_resources().get("CPU") != 2.0 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert zray.available_resources()["CPU"] == 2.0
+
+
+@zray.remote
+def plus_one(x, marker=None):
+    if marker:
+        with open(marker, "a") as f:
+            f.write("ran")
+    return x + 1
+
+
+@zray.remote
+def fails():
+    raise ValueError("nope")
+
+
+def test_a_chain_waits_at_its_owner_and_an_error_skips_what_depends_on_it(tmp_path):
+    ref = plus_one.remote(0)
+    for _ in range(20):  # each waits for the one before, here, not at the agent
+        ref = plus_one.remote(ref)
+    assert zray.get(ref, timeout=30) == 21
+    marker = tmp_path / "ran"
+    dependent = plus_one.remote(fails.remote(), str(marker))
+    with pytest.raises(ValueError, match="nope"):
+        zray.get(dependent, timeout=30)
+    assert not marker.exists()
+
+
+def test_cancel_a_task_still_waiting_for_its_arguments(tmp_path):
+    marker = tmp_path / "ran"
+    waiting = plus_one.remote(sleeper.remote(1.0), str(marker))
+    zray.cancel(waiting)
+    with pytest.raises(zray.exceptions.TaskCancelledError):
+        zray.get(waiting, timeout=30)
+    time.sleep(1.5)
+    assert not marker.exists()

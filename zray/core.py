@@ -159,6 +159,7 @@ class CoreClient:
         self.objects.mapping = Mapping(reply.store_path, reply.store_size)
         self._agent_pidfd = os.pidfd_open(reply.agent_pid)
         self.leasing = DirectSubmitter(self.worker_id, self.peers, self.send, self.objects.file,
+                                       self.objects.get_location,
                                        self.resources.get("CPU", 1.0),
                                        self.config.lease_idle_ms / 1000)
         self._io = threading.Thread(target=self._io_loop, name="zray-io", daemon=True)
@@ -397,7 +398,7 @@ class CoreClient:
         blob, deps, contained, keep_alive = encode_arguments(
             name, args, kwargs, self.config.direct_arg_max_bytes if may_lease else inline_max,
             self._put_serialized)
-        direct_deps = self._ready_locations(deps) if may_lease and not contained else None
+        direct_deps = self._dep_locations(deps) if may_lease and not contained else None
         if direct_deps is None and len(blob) > inline_max:  # through the agent after all
             blob, deps, contained, keep_alive = encode_arguments(
                 name, args, kwargs, inline_max, self._put_serialized)
@@ -425,17 +426,20 @@ class CoreClient:
             self.leasing.submit(DirectTask(
                 task_id, job_id, fn.function_id, name, blob, direct_deps, options.num_returns,
                 options.retry_filter, options.max_retries, options.max_retries,
-                (fn.function_id, shape), options.resources))
+                (fn.function_id, shape), options.resources, dep_ids=deps))
         return task_id, refs
 
-    def _ready_locations(self, deps: list[bytes]) -> list[p.Location] | None:
-        """The locations of ``deps`` if every one is here and none is an error, else None."""
-        locations = []
+    def _dep_locations(self, deps: list[bytes]) -> list[p.Location | None] | None:
+        """Where each of ``deps`` is, None for a result of our own direct task still on its
+        way (the task will wait for it here); None overall if one is neither, or an error
+        (the agent waits for it, or fails the task with it)."""
+        assert self.leasing is not None
+        locations: list[p.Location | None] = []
         for object_id in deps:
-            if not self.objects.is_ready(object_id):
+            location = self.objects.get_location(object_id)
+            if location is None and task_of(object_id) not in self.leasing.tasks:
                 return None
-            location = self.objects.location(object_id)
-            if location[4]:
+            if location is not None and location[4]:
                 return None
             locations.append(location)
         return locations

@@ -101,13 +101,15 @@ class DirectTask:
     function_id: bytes
     name: str
     args: bytes
-    deps: list[Any]  # Locations of the top-level ref arguments (all ready at submit)
+    deps: list[Any]  # Locations of the top-level ref arguments; None: not here yet
     num_returns: int
     retry_filter: bytes
     retries_left: int
     max_retries: int
     key: ClassKey
     resources: dict[str, float]
+    dep_ids: list[bytes] = field(default_factory=list)
+    missing: set[bytes] = field(default_factory=set)  # results of ours it waits for
     attempt: int = 0
     cancelled: bool = False
 
@@ -133,13 +135,15 @@ class DirectSubmitter:
     """One per process that submits tasks (driver or worker)."""
 
     def __init__(self, worker_id: bytes, peers: Peers, send_to_agent: Callable[[p.Message], None],
-                 file_results: Callable[[list[Any]], None], total_cpus: float,
-                 lease_idle_s: float) -> None:
+                 file_results: Callable[[list[Any]], None],
+                 locate: Callable[[bytes], Any], total_cpus: float, lease_idle_s: float) -> None:
         self.lock = threading.Lock()
         self._worker_id = worker_id
         self._peers = peers
         self._send_to_agent = send_to_agent
         self._file_results = file_results
+        self._locate = locate  # an object's location here, or None
+        self._waiting: dict[bytes, list[DirectTask]] = {}  # our result -> tasks taking it
         self._total_cpus = total_cpus
         self._lease_idle_s = lease_idle_s
         self._lease_ids = itertools.count(1)
@@ -157,11 +161,22 @@ class DirectSubmitter:
     # --- from user threads -----------------------------------------------------------
 
     def submit(self, task: DirectTask) -> None:
+        """Queue the task; one taking results of ours not back yet waits for them here
+        (so a chain of tasks never goes through the agent to wait)."""
         with self.lock:
             self.tasks[task.task_id] = task
             self._names.setdefault(task.key, task.name)
-            self._queues.setdefault(task.key, deque()).append(task)
-            self._pump(task.key)
+            for i, object_id in enumerate(task.dep_ids):
+                if task.deps[i] is None:
+                    location = self._locate(object_id)
+                    if location is None:
+                        task.missing.add(object_id)
+                        self._waiting.setdefault(object_id, []).append(task)
+                    else:
+                        self._resolve(task, location)
+            if not task.missing and task.task_id in self.tasks:
+                self._queues.setdefault(task.key, deque()).append(task)
+                self._pump(task.key)
 
     def cancel(self, task_id: bytes, force: bool) -> bool:
         """Cancel a task of this owner's; False if it is not one (or is finished)."""
@@ -171,8 +186,9 @@ class DirectSubmitter:
                 return False
             task.cancelled = True
             lease = self._on_lease.get(task_id)
-            if lease is None:  # still queued here: it never runs
-                self._queues[task.key].remove(task)
+            if lease is None:  # still queued here, or waiting for arguments: it never runs
+                if not task.missing:
+                    self._queues[task.key].remove(task)
                 self._fail(task, failures.cancelled(task.name))
             elif force:
                 self._end_lease(lease)
@@ -218,6 +234,7 @@ class DirectSubmitter:
             else:
                 del self.tasks[task.task_id]
                 self._file_results(msg.results)
+                self._results_here(msg.results)
                 if msg.retryable:  # the worker's report left the decision to us: final
                     self._send_to_agent(p.TaskDone(msg.task_id, msg.attempt, msg.results,
                                                    msg.contained, False, self._worker_id, 0.0))
@@ -296,6 +313,29 @@ class DirectSubmitter:
             self._request(key, queue[0])
             requested += 1
 
+    def _results_here(self, locations: list[Any]) -> None:
+        """Our results were filed: tasks waiting for them may go."""
+        for location in locations:
+            for task in self._waiting.pop(location[0], ()):
+                if task.task_id in self.tasks:  # (not failed meanwhile)
+                    self._resolve(task, location)
+                    if not task.missing and task.task_id in self.tasks:
+                        self._queues.setdefault(task.key, deque()).append(task)
+                        self._pump(task.key)
+
+    def _resolve(self, task: DirectTask, location: Any) -> None:
+        """One of the task's arguments is here; an error fails the task, unrun."""
+        object_id, data, _, _, is_error = location
+        task.missing.discard(object_id)
+        if is_error:
+            task.missing.clear()
+            self._send_to_agent(p.Subscribe([object_id], True))  # read: handled, not lost
+            self._fail(task, data)
+            return
+        for i, dep in enumerate(task.dep_ids):
+            if dep == object_id:
+                task.deps[i] = location
+
     def _took(self, key: ClassKey, seconds: float) -> None:
         previous = self._task_time.get(key)
         self._task_time[key] = seconds if previous is None else 0.8 * previous + 0.2 * seconds
@@ -347,5 +387,6 @@ class DirectSubmitter:
         results = [(return_object_id(task.task_id, i), error, 0, len(error), True)
                    for i in range(max(1, task.num_returns))]
         self._file_results(results)
+        self._results_here(results)
         self._send_to_agent(p.TaskDone(task.task_id, task.attempt, results, [], False,
                                        self._worker_id, 0.0))

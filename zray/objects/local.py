@@ -64,6 +64,9 @@ class LocalObjects:
     def location(self, object_id: bytes) -> Location:
         return self._ready[object_id]
 
+    def get_location(self, object_id: bytes) -> Location | None:
+        return self._ready.get(object_id)
+
     def file(self, locations: list[Location]) -> None:
         """Locations the agent sent for objects we asked about; wake who waits for them."""
         with self._lock:
