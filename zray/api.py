@@ -163,7 +163,7 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
 
     if not isinstance(actor, ActorHandle):
         raise ValueError(f"zray.kill() takes an actor handle, got {type(actor).__name__}")
-    client_for_call().send(p.KillActor(actor.actor_id, no_restart))
+    client_for_call().tx.send(p.KillActor(actor.actor_id, no_restart))
 
 
 def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:

@@ -2,15 +2,19 @@
 
 ::
 
-    user threads --- tx DEALER (under a lock) ---> node agent ROUTER  ipc://SESSION/agent.sock
-    "zray-io" thread <--- rx DEALER --------------    (ready objects, replies, logs, tasks)
+    user threads --- tx DEALER (AgentSender) ----> node agent ROUTER  ipc://SESSION/agent.sock
+    "zray-io" thread <--- rx DEALER --------------    (ready objects, replies, logs, leases)
+    "zray-io" thread <--- direct ROUTER ----------    ipc://SESSION/d-<id>.sock: results of
+                                                      our leased tasks and actor calls
+    Peers DEALERs ------> other processes' sockets    (tasks to leased workers, results)
 
-Two sockets to one agent: user threads send straight on ``tx`` (no hop through another
-thread on the submit path), while one thread, "zray-io", owns ``rx``: it files incoming
-object locations (``LocalObjects``, which wakes the waiters) and replies, prints forwarded
-task output, hands ``ExecuteTask`` to a worker's main loop, and flushes reference-count
-edges every poll period. It also watches the agent's pidfd, so a dead agent fails every waiter at
-once instead of leaving it hanging.
+User threads send straight on ``tx`` (no hop through another thread on the submit path;
+zray/sender.py keeps the order of messages and ref-count edges), while one thread,
+"zray-io", owns the receiving sockets: it files incoming object locations
+(``LocalObjects``, which wakes the waiters) and replies, runs the owner's side of leases
+(zray/leasing.py), prints forwarded task output, hands the agent's tasks to a worker's
+main loop, and flushes edges and batched messages when due. It also watches the agent's
+pidfd, so a dead agent fails every waiter at once instead of leaving it hanging.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ import contextvars
 import itertools
 import json
 import logging
-import math
 import os
 import sys
 import threading
@@ -49,6 +52,7 @@ from zray.objects.refs import ObjectRef, RefCounter, object_id_of
 from zray.objects.serialization import Serialized, deserialize, serialize
 from zray.objects.store import Mapping
 from zray.protocol import has_input
+from zray.sender import AgentSender
 from zray.specs import FunctionDescriptor, TaskContext, TaskOptions
 
 log = logging.getLogger("zray")
@@ -99,7 +103,6 @@ class CoreClient:
         self.peers = Peers(self._zmq, self.worker_id, endpoint)
         self.inbox = TaskInbox(self, self._zmq, endpoint) if kind == "worker" else None
         self.leasing: DirectSubmitter | None = None  # once registered (it needs the CPUs)
-        self._tx_lock = threading.Lock()
         self._cond = threading.Condition()  # guards _replies
         self.objects = LocalObjects(self.refs)
         self._replies: dict[int, p.Message] = {}
@@ -110,11 +113,9 @@ class CoreClient:
         self._io: threading.Thread | None = None
         self._agent_pidfd = -1
         self._wake_r, self._wake_w = os.pipe()  # close() wakes the I/O thread at once
-        self._deferred: list[p.Message] = []  # see defer(); guarded by _tx_lock
-        self._deferred_since = 0.0
-        self._deferred_soon = False  # a deferred message must go within the batch window
-        self._held_released: list[bytes] = []
-        self._window_s = config.batch_window_ms / 1000
+        self.tx = AgentSender(self._tx, self.refs, config.batch_window_ms / 1000,
+                              config.poll_interval_ms, lambda: os.write(self._wake_w, b"d"),
+                              self.objects.forget)
         self._actor_calls: set[bytes] = set()  # calls whose results the actor sends us
 
     @property
@@ -158,7 +159,7 @@ class CoreClient:
         self.node_id, self.resources = reply.node_id, reply.resources
         self.objects.mapping = Mapping(reply.store_path, reply.store_size)
         self._agent_pidfd = os.pidfd_open(reply.agent_pid)
-        self.leasing = DirectSubmitter(self.worker_id, self.peers, self.send, self.objects.file,
+        self.leasing = DirectSubmitter(self.worker_id, self.peers, self.tx.send, self.objects.file,
                                        self.objects.get_location,
                                        self.resources.get("CPU", 1.0),
                                        self.config.lease_idle_ms / 1000)
@@ -169,8 +170,7 @@ class CoreClient:
         """Round trip to the agent after flushing refs: notices it owes us arrive first."""
         if self._io is None:
             return
-        with self._tx_lock:
-            self._flush_refs_locked()  # releases go before the query, not after it
+        self.tx.flush()  # releases go before the query, not after it
         try:
             self.query("resources")
         except NodeDiedError:
@@ -186,7 +186,7 @@ class CoreClient:
         os.close(self._wake_r)
         os.close(self._wake_w)
         if not self._broken:
-            self.send(p.Disconnect(stop_cluster))
+            self.tx.send(p.Disconnect(stop_cluster))
         self.peers.close()
         self._direct.close()
         if self.inbox is not None:
@@ -199,86 +199,6 @@ class CoreClient:
         if self.objects.mapping is not None:
             self.objects.mapping.close()
 
-    # --- sending ---------------------------------------------------------------------
-
-    def send(self, msg: p.Message, releases_first: bool = False) -> None:
-        """Send on tx, with the pending ref-count edges around it.
-
-        Refs this process started holding are announced before the message (which may hand
-        them on, e.g. a task's result containing a ref it borrowed); refs it let go are
-        announced after it (the message may pin them first, e.g. a ref inside a put),
-        unless ``releases_first``: a request that pins nothing and wants the memory back
-        (CreateObject, so a freed block is reused rather than fresh pages touched)."""
-        with self._tx_lock:
-            released = self._drain_refs_locked()
-            self._send_deferred_locked()
-            if released and releases_first:
-                self._send_released(released)
-            self._tx.send_multipart(p.encode(msg), copy=False)
-            if released and not releases_first:
-                self._send_released(released)
-
-    def defer(self, msg: p.Message, soon: bool = True) -> None:
-        """Send ``msg`` in one frame with others (a direct task's notice or report, an
-        actor call: nobody waits on it yet), always before any later message: within
-        ``batch_window_ms`` if ``soon``, else by the next poll period, 256 messages, or the
-        next wait (a submitter's notices: whatever needs them is sent after them)."""
-        with self._tx_lock:
-            if not self._deferred:
-                self._deferred_since = time.monotonic()
-            if soon and not self._deferred_soon:
-                self._deferred_soon = True  # the I/O thread sleeps with a longer timeout
-                os.write(self._wake_w, b"d")
-            self._deferred.append(msg)
-            if len(self._deferred) >= 256:
-                self._send_deferred_locked()
-
-    def _drain_refs_locked(self) -> list[bytes]:
-        """Send the added edges now; return the released ones (held back so far included)."""
-        added, released = self.refs.drain()
-        if added:
-            self._tx.send_multipart(p.encode(p.RefsChanged(added, [])))
-        if self._held_released:
-            released, self._held_released = self._held_released + released, []
-        return released
-
-    def _send_deferred_locked(self) -> None:
-        if self._deferred:
-            self._tx.send_multipart(p.encode(p.batch(self._deferred)))
-            self._deferred = []
-            self._deferred_soon = False
-
-    def _flush_refs_locked(self, now: float | None = None) -> None:
-        """Edges out; deferred messages too once due (``now`` None: at once). Releases
-        never overtake a deferred message (it may pin what they let go), so while one waits
-        they wait with it."""
-        released = self._drain_refs_locked()
-        if self._deferred and now is not None and now - self._deferred_since < self._window_s:
-            self._held_released = released
-            return
-        self._send_deferred_locked()
-        if released:
-            self._send_released(released)
-
-    def deferred_timeout_ms(self) -> int | None:
-        """How long until deferred messages are due; None if there are none."""
-        with self._tx_lock:
-            return self._io_timeout_ms(time.monotonic()) if self._deferred else None
-
-    def flush_deferred(self, at_once: bool = False) -> None:
-        with self._tx_lock:
-            self._flush_refs_locked(None if at_once else time.monotonic())
-
-    def _io_timeout_ms(self, now: float) -> int:
-        if not self._deferred:
-            return self.config.poll_interval_ms
-        # At least 1: poll() truncates to whole milliseconds, and 0 would spin.
-        return max(1, math.ceil((self._deferred_since + self._window_s - now) * 1000))
-
-    def _send_released(self, released: list[bytes]) -> None:
-        self.objects.forget(released)
-        self._tx.send_multipart(p.encode(p.RefsChanged([], released)))
-
     # --- the I/O thread --------------------------------------------------------------
 
     def _io_loop(self) -> None:
@@ -289,7 +209,7 @@ class CoreClient:
         poller.register(self._wake_r, zmq.POLLIN)
         while not self._stopping:
             try:
-                events = dict(poller.poll(self._io_timeout_ms(time.monotonic())))
+                events = dict(poller.poll(self.tx.timeout_ms(time.monotonic())))
                 if self._agent_pidfd in events:
                     self._fail("the node agent exited; the cluster is gone")
                     return
@@ -302,8 +222,7 @@ class CoreClient:
                 now = time.monotonic()
                 if self.leasing is not None:
                     self.leasing.expire_idle(now)
-                with self._tx_lock:
-                    self._flush_refs_locked(now)
+                self.tx.flush(now)
             except Exception as exc:  # without this thread nothing wakes a waiter again
                 log.exception("zray's I/O thread failed")
                 self._fail(f"zray's I/O thread failed: {exc!r}")
@@ -381,7 +300,7 @@ class CoreClient:
         (``actor_id`` without ``fn``); returns its task id and refs to its results."""
         self._check_broken()
         if fn is not None and fn.function_id not in self._exported:
-            self.send(p.ExportFunction(fn.function_id, fn.name, fn.blob))
+            self.tx.send(p.ExportFunction(fn.function_id, fn.name, fn.blob))
             self._exported.add(fn.function_id)
         task_id = child_task_id(self.context.task_id, next(self.context.submitted))
         if actor_options:
@@ -415,9 +334,9 @@ class CoreClient:
             self._actor_calls.add(task_id)
             self.objects.expect([ref.id for ref in refs])
         if direct_deps is None and not actor_id:
-            self.send(notice)
+            self.tx.send(notice)
         else:  # soon, in a batch, before anything else this process sends (get flushes)
-            self.defer(notice, soon=False)
+            self.tx.defer(notice, soon=False)
         del keep_alive  # refs of large arguments put on the caller's behalf: the task pins them now
         if direct_deps is not None and fn is not None and self.leasing is not None:
             self.objects.expect([ref.id for ref in refs])
@@ -446,7 +365,7 @@ class CoreClient:
 
     def cancel(self, object_id: bytes, force: bool) -> None:
         if self.leasing is None or not self.leasing.cancel(task_of(object_id), force):
-            self.send(p.CancelTask(object_id, force))
+            self.tx.send(p.CancelTask(object_id, force))
 
     # --- objects ---------------------------------------------------------------------
 
@@ -458,7 +377,7 @@ class CoreClient:
         object_id = put_object_id(self.context.task_id, next(self.context.puts))
         location = self.store_value(object_id, ser, is_error=False)
         if location[1] is not None:
-            self.send(p.PutObject(object_id, location[1], ser.contained))
+            self.tx.send(p.PutObject(object_id, location[1], ser.contained))
         self.objects.remember(location)
         return ObjectRef(object_id, self.refs, created=True)
 
@@ -476,13 +395,13 @@ class CoreClient:
             return (object_id, None, -1, ser.size, is_error)
         assert self.objects.mapping is not None
         ser.write_into(self.objects.mapping.view[offset : offset + ser.size])
-        self.send(p.SealObject(object_id, ser.contained, is_error))
+        self.tx.send(p.SealObject(object_id, ser.contained, is_error))
         return (object_id, None, offset, ser.size, is_error)
 
     def request(self, make: Callable[[int], p.Message], releases_first: bool = False) -> Any:
         """Send the request ``make(request_id)`` and wait for the agent's reply to it."""
         request_id = next(self._request_ids)
-        self.send(make(request_id), releases_first)
+        self.tx.send(make(request_id), releases_first)
         with self._cond:
             while request_id not in self._replies:
                 self._check_broken()
@@ -508,7 +427,7 @@ class CoreClient:
         locations = [self.objects.location(object_id) for object_id in ids]
         errors = [loc[0] for loc in locations if loc[4]]
         if errors:  # tell the agent they were read, so it does not report them unhandled
-            self.send(p.Subscribe(errors, True))
+            self.tx.send(p.Subscribe(errors, True))
         return [self.objects.value_of(location) for location in locations]
 
     def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None
@@ -529,12 +448,12 @@ class CoreClient:
         if waiter is None:
             return
         if to_subscribe:
-            self.send(p.Subscribe(to_subscribe, for_get))
+            self.tx.send(p.Subscribe(to_subscribe, for_get))
         else:
-            self.flush_deferred(at_once=True)  # what we wait for may be in there
+            self.tx.flush()  # what we wait for may be in there
         blocked = self.kind == "worker" and self.context.name != "idle"
         if blocked:
-            self.send(p.Blocked(self.context.task_id))
+            self.tx.send(p.Blocked(self.context.task_id))
         try:
             self._check_broken()  # the agent may have died before the waiter was filed
             if self.inbox is not None and blocked and \
@@ -551,7 +470,7 @@ class CoreClient:
         finally:
             self.objects.end_wait(waiter)
             if blocked:
-                self.send(p.Unblocked(self.context.task_id))
+                self.tx.send(p.Unblocked(self.context.task_id))
 
 
 def _unhandled_error_text(error: bytes | None) -> str:

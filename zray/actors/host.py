@@ -121,7 +121,7 @@ class ActorHost:
         if done.owner and not done.contained:  # a method call: the answer goes to the
             self.client.peers.send(done.owner, done)  # caller first; the mailbox hears of it
             on_main = threading.current_thread() is threading.main_thread()  # (where
-            self.client.defer(done, soon=not on_main)  # inbox.next() sends it when due)
+            self.client.tx.defer(done, soon=not on_main)  # inbox.next() sends it when due)
         else:  # results holding refs go through the agent (see Agent.on_task_done)
-            self.client.send(done)
+            self.client.tx.send(done)
         del results  # refs inside the results stay held until TaskDone has pinned them

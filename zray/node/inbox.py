@@ -77,12 +77,12 @@ class TaskInbox:
                 self._last_started = time.monotonic()
                 return self._pending.popleft()
             self.flush_replies()
-            timeout = self._client.deferred_timeout_ms()
+            timeout = self._client.tx.deferred_timeout_ms()
             events = dict(self._poller.poll(timeout))
             if self._wake_r in events:
                 os.read(self._wake_r, 4096)
             if not events:
-                self._client.flush_deferred()
+                self._client.tx.flush(time.monotonic())
 
     def reply(self, owner: bytes, done: p.TaskDone) -> None:
         replies = self._replies.setdefault(owner, [])
@@ -98,7 +98,7 @@ class TaskInbox:
         """Wait for ``event`` while the running task is blocked: tasks queued behind it go
         back to their owners, now and as they arrive."""
         self.flush_replies()
-        self._client.flush_deferred()
+        self._client.tx.flush()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self._bounce()

@@ -90,10 +90,10 @@ class Worker:
         if done.owner and not done.contained and self.client.inbox is not None:
             # A task sent on a lease: its owner waits for its copy; the agent's goes in a
             # batch once due, sent by inbox.next() (no need to wake the I/O thread).
-            self.client.defer(done, soon=False)
+            self.client.tx.defer(done, soon=False)
             self.client.inbox.reply(done.owner, done)
         else:  # results holding refs go through the agent (see Agent.on_task_done)
-            self.client.send(done)
+            self.client.tx.send(done)
         del results  # refs inside the results stay held until TaskDone has pinned them
 
     def _function(self, task: p.ExecuteTask) -> Any:

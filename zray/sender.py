@@ -1,0 +1,119 @@
+"""Everything a process sends its node agent, in one order: ``AgentSender`` on the tx DEALER.
+
+Two kinds of traffic share the socket and must not overtake each other:
+
+- reference-count edges (``RefsChanged``): refs this process started holding go out before
+  the next message (which may hand them on, e.g. a result containing a borrowed ref); refs
+  it let go go out after it (the message may pin them first, e.g. a ref inside a put);
+- messages nobody waits on yet (a direct task's notice, a worker's report of one, an actor
+  call), deferred and sent together in one ``Batch``: always before any later message, and
+  before any release (they may pin what is let go).
+
+Any thread may send; one lock orders it all. The I/O thread calls ``flush`` every pass and
+sleeps no longer than ``timeout_ms`` says.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+
+import zmq
+
+from zray import protocol as p
+from zray.objects.refs import RefCounter
+
+_BATCH_MAX = 256
+
+
+class AgentSender:
+    def __init__(self, socket: zmq.Socket, refs: RefCounter, window_s: float,
+                 idle_timeout_ms: int, wake_io: Callable[[], object],
+                 on_released: Callable[[list[bytes]], None]) -> None:
+        self._socket = socket
+        self._refs = refs
+        self._window_s = window_s
+        self._idle_timeout_ms = idle_timeout_ms
+        self._wake_io = wake_io
+        self._on_released = on_released  # this process forgets them (LocalObjects.forget)
+        self.lock = threading.Lock()
+        self._deferred: list[p.Message] = []
+        self._deferred_since = 0.0
+        self._deferred_soon = False  # one of them must go within the batch window
+        self._held_released: list[bytes] = []
+
+    def send(self, msg: p.Message, releases_first: bool = False) -> None:
+        """Send ``msg`` with the pending edges around it; ``releases_first``: a request that
+        pins nothing and wants the memory back (CreateObject, so a freed block is reused
+        rather than fresh pages touched) goes after the releases."""
+        with self.lock:
+            released = self._drain_refs_locked()
+            self._send_deferred_locked()
+            if released and releases_first:
+                self._send_released(released)
+            self._socket.send_multipart(p.encode(msg), copy=False)
+            if released and not releases_first:
+                self._send_released(released)
+
+    def defer(self, msg: p.Message, soon: bool = True) -> None:
+        """Send ``msg`` later, in a Batch: within the batch window if ``soon`` (the I/O
+        thread is woken to see to it), else with this process's next message, its next
+        wait, 256 messages, or the I/O thread's next pass (a submitter's notices, a worker's
+        reports: whatever depends on them is sent after them anyway)."""
+        with self.lock:
+            if not self._deferred:
+                self._deferred_since = time.monotonic()
+            if soon and not self._deferred_soon:
+                self._deferred_soon = True
+                self._wake_io()
+            self._deferred.append(msg)
+            if len(self._deferred) >= _BATCH_MAX:
+                self._send_deferred_locked()
+
+    def flush(self, now: float | None = None) -> None:
+        """Edges out, and deferred messages once due (``now`` None: at once). While a
+        deferred message waits, releases wait with it."""
+        with self.lock:
+            released = self._drain_refs_locked()
+            if self._deferred and now is not None and now - self._deferred_since < self._window_s:
+                self._held_released = released
+                return
+            self._send_deferred_locked()
+            if released:
+                self._send_released(released)
+
+    def timeout_ms(self, now: float) -> int:
+        """How long the I/O thread may sleep before something here is due."""
+        with self.lock:
+            if not self._deferred:
+                return self._idle_timeout_ms
+            # At least 1: poll() truncates to whole milliseconds, and 0 would spin.
+            return max(1, math.ceil((self._deferred_since + self._window_s - now) * 1000))
+
+    def deferred_timeout_ms(self) -> int | None:
+        """Like ``timeout_ms``, but None when nothing is deferred (a worker's main thread
+        waiting for its next task sends its reports when due, and otherwise sleeps)."""
+        with self.lock:
+            has_deferred = bool(self._deferred)
+        return self.timeout_ms(time.monotonic()) if has_deferred else None
+
+    def _drain_refs_locked(self) -> list[bytes]:
+        """Send the added edges now; return the released ones (held back so far included)."""
+        added, released = self._refs.drain()
+        if added:
+            self._socket.send_multipart(p.encode(p.RefsChanged(added, [])))
+        if self._held_released:
+            released, self._held_released = self._held_released + released, []
+        return released
+
+    def _send_deferred_locked(self) -> None:
+        if self._deferred:
+            self._socket.send_multipart(p.encode(p.batch(self._deferred)))
+            self._deferred = []
+            self._deferred_soon = False
+
+    def _send_released(self, released: list[bytes]) -> None:
+        self._on_released(released)
+        self._socket.send_multipart(p.encode(p.RefsChanged([], released)))
