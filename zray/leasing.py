@@ -33,7 +33,7 @@ import itertools
 import os
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +45,7 @@ from zray.ids import return_object_id
 from zray.node import failures
 
 ClassKey = tuple[bytes, tuple[tuple[str, float], ...]]  # (function id, resource shape)
+_MAX_PEER_SOCKETS = 64
 
 
 def direct_endpoint(agent_endpoint: str, worker_id: bytes, kind: str = "d") -> str:
@@ -57,13 +58,15 @@ def direct_endpoint(agent_endpoint: str, worker_id: bytes, kind: str = "d") -> s
 
 class Peers:
     """Send-only DEALERs to other processes' direct sockets, one per peer, made on first
-    use. Any thread may send: sends are serialised by one lock."""
+    use; the least recently used beyond ``_MAX_PEER_SOCKETS`` are closed (a peer may have
+    exited unannounced, and zmq would keep reconnecting to it). Any thread may send: sends
+    are serialised by one lock."""
 
     def __init__(self, context: zmq.Context, worker_id: bytes, agent_endpoint: str) -> None:
         self._context = context
         self._identity = worker_id + b"d"
         self._agent_endpoint = agent_endpoint
-        self._sockets: dict[tuple[bytes, str], zmq.Socket] = {}
+        self._sockets: OrderedDict[tuple[bytes, str], zmq.Socket] = OrderedDict()
         self._lock = threading.Lock()
 
     def send(self, peer: bytes, msg: p.Message, kind: str = "d") -> None:
@@ -72,9 +75,13 @@ class Peers:
             if sock is None:
                 sock = self._sockets[peer, kind] = self._context.socket(zmq.DEALER)
                 sock.setsockopt(zmq.IDENTITY, self._identity)
-                sock.setsockopt(zmq.LINGER, 1000)
+                sock.setsockopt(zmq.LINGER, 1000)  # an evicted socket still delivers
                 sock.setsockopt(zmq.SNDHWM, 0)
                 sock.connect(direct_endpoint(self._agent_endpoint, peer, kind))
+                if len(self._sockets) > _MAX_PEER_SOCKETS:
+                    self._sockets.popitem(last=False)[1].close()
+            else:
+                self._sockets.move_to_end((peer, kind))
             sock.send_multipart(p.encode(msg), copy=False)
 
     def forget(self, peer: bytes) -> None:
