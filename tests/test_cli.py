@@ -28,10 +28,14 @@ def test_inspect_tasks_and_objects_live():
 
         @zray.remote
         def named_task(i):
+            if i == 2:
+                raise ValueError("listed, being an error")
             return "x" * 200_000 if i == 0 else i
 
         refs = [named_task.remote(i) for i in range(3)]
-        zray.get(refs)
+        zray.get(refs[:2])
+        with pytest.raises(ValueError):
+            zray.get(refs[2])
         deadline = time.monotonic() + 20
         while True:
             out = zray_cli("inspect", "tasks", "--session", session, "--json",

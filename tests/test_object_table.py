@@ -184,7 +184,7 @@ def test_release_of_the_last_holder_frees_the_store_block() -> None:
     objects.release(OTHER, put(0))
     assert objects.get(put(0)) is None
     assert objects.allocator.in_use == 0
-    assert objects.freed == [Freed(put(0), JOB, None)]
+    assert objects.freed == [Freed(put(0), JOB, None, True)]
     objects.release(OTHER, put(0))  # a late release is harmless
     assert len(objects.freed) == 1
 
@@ -304,7 +304,7 @@ def test_error_nobody_read_is_reported_when_freed() -> None:
     objects.put_inline(put(0), JOB, b"boom", [], DRIVER, is_error=True)
     objects.subscribe(DRIVER, put(0), for_get=False)  # wait() does not read the value
     objects.release(DRIVER, put(0))
-    assert objects.freed == [Freed(put(0), JOB, b"boom")]
+    assert objects.freed == [Freed(put(0), JOB, b"boom", True)]
 
 
 def test_error_read_by_get_is_not_reported() -> None:
@@ -312,7 +312,7 @@ def test_error_read_by_get_is_not_reported() -> None:
     objects.put_inline(put(0), JOB, b"boom", [], DRIVER, is_error=True)
     objects.subscribe(DRIVER, put(0), for_get=True)
     objects.release(DRIVER, put(0))
-    assert objects.freed == [Freed(put(0), JOB, None)]
+    assert objects.freed == [Freed(put(0), JOB, None, True)]
 
 
 def test_error_subscribed_for_get_before_it_exists_is_not_reported() -> None:
@@ -321,7 +321,7 @@ def test_error_subscribed_for_get_before_it_exists_is_not_reported() -> None:
     objects.subscribe(DRIVER, ret(0), for_get=True)
     objects.put_inline(ret(0), JOB, b"boom", [], WORKER, is_error=True)
     objects.release(DRIVER, ret(0))
-    assert objects.freed == [Freed(ret(0), JOB, None)]
+    assert objects.freed == [Freed(ret(0), JOB, None, True)]
 
 
 def test_error_marked_delivered_is_not_reported() -> None:
@@ -329,4 +329,15 @@ def test_error_marked_delivered_is_not_reported() -> None:
     objects.put_inline(ret(0), JOB, b"boom", [], DRIVER, is_error=True)
     objects.mark_delivered(ret(0))  # e.g. it failed a task that took it as an argument
     objects.release(DRIVER, ret(0))
-    assert objects.freed == [Freed(ret(0), JOB, None)]
+    assert objects.freed == [Freed(ret(0), JOB, None, True)]
+
+
+def test_the_gcs_lists_store_objects_and_errors_not_small_values() -> None:
+    objects = table()
+    objects.put_inline(put(0), JOB, b"small", [], DRIVER)
+    objects.put_inline(put(1), JOB, b"boom", [], DRIVER, is_error=True)
+    objects.create(put(2), JOB, 3 * PAGE, DRIVER)
+    objects.seal(put(2), [], False)
+    assert [objects.get(put(i)).listed for i in range(3)] == [False, True, True]  # type: ignore[union-attr]
+    objects.release(DRIVER, put(0))
+    assert objects.freed[-1].listed is False

@@ -388,7 +388,9 @@ class Agent:
         """Send what the last messages caused: ready objects, unhandled-error notices."""
         while self.objects.became_ready:
             object_id = self.objects.became_ready.pop()
-            self.gcs.record_object(self.objects.get(object_id), self.node_id)
+            entry = self.objects.get(object_id)
+            if entry is not None and entry.listed:
+                self.gcs.record_object(entry, self.node_id)
             self.tasks.object_ready(object_id)
             self.actors.object_ready(object_id)
         by_client: dict[bytes, list[p.Location]] = {}
@@ -398,7 +400,8 @@ class Agent:
         for client_id, locations in by_client.items():
             self.send(client_id, p.ObjectsReady(locations))
         for freed in self.objects.freed:
-            self.gcs.record("objects", freed.object_id, None)
+            if freed.listed:
+                self.gcs.record("objects", freed.object_id, None)
             if freed.unhandled_error is not None:
                 self.notice(freed.job_id, "", freed.unhandled_error)
         self.objects.freed.clear()

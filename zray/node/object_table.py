@@ -58,6 +58,13 @@ class ObjectEntry:
     def location(self) -> Location:
         return (self.object_id, self.data, self.offset, self.size, self.is_error)
 
+    @property
+    def listed(self) -> bool:
+        """Whether the GCS lists it (``zray inspect objects``): what holds store memory,
+        and errors. Small values are not: a row (and its delete) per task result would
+        cost the agent and the broker more than the task itself."""
+        return self.offset >= 0 or self.is_error
+
     def move(self, state: ObjState) -> None:
         if state not in _ALLOWED[self.state]:
             raise ValueError(f"object {self.object_id.hex()}: {self.state.name} -> {state.name}")
@@ -71,6 +78,7 @@ class Freed:
     object_id: bytes
     job_id: bytes
     unhandled_error: bytes | None
+    listed: bool  # it was in the GCS's objects table (see ObjectEntry.listed)
 
 
 class ObjectTable:
@@ -216,7 +224,7 @@ class ObjectTable:
         if entry.offset >= 0:
             self.allocator.free(entry.offset)
         unhandled = entry.data if entry.is_error and not entry.delivered else None
-        self.freed.append(Freed(entry.object_id, entry.job_id, unhandled))
+        self.freed.append(Freed(entry.object_id, entry.job_id, unhandled, entry.listed))
         for contained in entry.contained:
             self.unpin(contained)
 
