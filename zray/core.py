@@ -45,6 +45,7 @@ from zray.ids import (
     task_of,
 )
 from zray.leasing import DirectSubmitter, DirectTask, Peers, direct_endpoint
+from zray.malloc import keep_large_blocks_warm
 from zray.node.inbox import TaskInbox
 from zray.objects.arguments import encode_arguments
 from zray.objects.local import LocalObjects
@@ -78,6 +79,7 @@ class CoreClient:
                  log_to_driver: bool = True,
                  on_agent_death: Callable[[], None] | None = None) -> None:
         self.kind = kind
+        keep_large_blocks_warm()
         self._on_agent_death = on_agent_death
         self.on_cancel: Callable[[bytes], None] | None = None  # set by a worker
         self.job_id = job_id

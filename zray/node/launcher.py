@@ -21,6 +21,7 @@ import tempfile
 from dataclasses import dataclass
 
 from zray.config import Config
+from zray.malloc import MALLOC_ENV
 from zray.node.worker_pool import wait_for_exit
 from zray.objects.store import place_arena
 
@@ -82,4 +83,5 @@ def _child_env(config: Config) -> dict[str, str]:
     env = dict(os.environ)
     for name, value in json.loads(config.to_json()).items():
         env["ZRAY_" + name.upper()] = str(value)
+    env.update({k: v for k, v in MALLOC_ENV.items() if k not in os.environ})
     return env
