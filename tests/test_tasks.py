@@ -212,3 +212,15 @@ def test_pool_grows_while_tasks_block_and_shrinks_back():
     assert out.returncode == 0, out.stderr
     grown, after = map(int, out.stdout.split())
     assert grown >= 2 and after == 1
+
+
+def test_workers_keep_large_blocks_on_the_heap():
+    """zray/malloc.py: set for the processes the driver starts, unless the user set it."""
+    from zray.malloc import MALLOC_ENV
+
+    @zray.remote
+    def setting():
+        return os.environ.get("MALLOC_MMAP_THRESHOLD_")
+
+    expected = os.environ.get("MALLOC_MMAP_THRESHOLD_", MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"])
+    assert zray.get(setting.remote()) == expected
