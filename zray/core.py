@@ -58,6 +58,8 @@ from zray.specs import FunctionDescriptor, TaskContext, TaskOptions
 
 log = logging.getLogger("zray")
 
+_CHORES_EVERY_S = 0.001
+
 _runtime: CoreClient | None = None
 
 
@@ -209,6 +211,7 @@ class CoreClient:
         poller.register(self._direct, zmq.POLLIN)
         poller.register(self._agent_pidfd, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        last_chores = 0.0
         while not self._stopping:
             try:
                 events = dict(poller.poll(self.tx.timeout_ms(time.monotonic())))
@@ -222,9 +225,13 @@ class CoreClient:
                 while self._rx in events and has_input(self._rx):
                     self._dispatch(self._rx.recv_multipart())
                 now = time.monotonic()
-                if self.leasing is not None:
-                    self.leasing.expire_idle(now)
-                self.tx.flush(now)
+                # Chores at most every _CHORES_EVERY_S while messages flow, not after each:
+                # a thread just woken by a result gets the GIL sooner.
+                if not events or now - last_chores >= _CHORES_EVERY_S:
+                    if self.leasing is not None:
+                        self.leasing.expire_idle(now)
+                    self.tx.flush(now)
+                    last_chores = now
             except Exception as exc:  # without this thread nothing wakes a waiter again
                 log.exception("zray's I/O thread failed")
                 self._fail(f"zray's I/O thread failed: {exc!r}")
