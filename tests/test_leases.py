@@ -140,3 +140,21 @@ def test_cancel_a_task_still_waiting_for_its_arguments(tmp_path):
         zray.get(waiting, timeout=30)
     time.sleep(1.5)
     assert not marker.exists()
+
+
+@zray.remote
+def maybe_slow(i, seconds=0.0):
+    if seconds:
+        time.sleep(seconds)
+    return i
+
+
+def test_force_cancel_kills_only_the_running_task_and_reruns_those_sent_behind_it():
+    warm_up(maybe_slow)
+    slow = maybe_slow.remote(-1, 30.0)  # first on its lease; quick ones go ahead behind it
+    quick = [maybe_slow.remote(i) for i in range(20)]
+    time.sleep(0.3)
+    zray.cancel(slow, force=True)
+    with pytest.raises(zray.exceptions.TaskCancelledError):
+        zray.get(slow, timeout=30)
+    assert zray.get(quick, timeout=30) == list(range(20))

@@ -197,12 +197,14 @@ class DirectSubmitter:
                 if not task.missing:
                     self._queues[task.key].remove(task)
                 self._fail(task, failures.cancelled(task.name))
-            elif force:
+            elif force and lease.running[0] is task:  # running: its worker is killed;
+                behind = list(lease.running)[1:]  # those sent ahead of it run elsewhere
                 self._end_lease(lease)
                 self._send_to_agent(p.ReturnLease(lease.lease_id, True))
+                self._queues[task.key].extendleft(reversed(behind))
                 self._fail(task, failures.cancelled(task.name))
                 self._pump(task.key)
-            else:  # the worker interrupts it, or drops it if it has not started
+            else:  # the worker interrupts it, or drops it if it has not started yet
                 self._peers.send(lease.worker, p.CancelRunning(task_id))
             return True
 
