@@ -54,9 +54,6 @@ class LocalObjects:
         self._waiters: list[Waiter] = []
         self._views: weakref.WeakValueDictionary[bytes, Any] = weakref.WeakValueDictionary()
 
-    def is_ready(self, object_id: bytes) -> bool:
-        return object_id in self._ready
-
     def ready_among(self, ids: list[bytes]) -> set[bytes]:
         ready = self._ready
         return {object_id for object_id in ids if object_id in ready}
