@@ -36,6 +36,7 @@ from zray.node import failures
 from zray.node.clients import Client, Clients
 from zray.node.gcs_client import GcsClient
 from zray.node.leases import LeaseManager
+from zray.node.object_manager import ObjectManager
 from zray.node.object_table import ObjectTable
 from zray.node.scheduler import Scheduler, Task
 from zray.node.tasks import TaskManager
@@ -79,6 +80,7 @@ class Agent:
             "state": "ALIVE", "started": time.time()})
         self.tasks = TaskManager(self)
         self.leases = LeaseManager(self)
+        self.object_manager = ObjectManager(self)
         self.actors = ActorManager(self)
         self.objects.other_pins = self.actors.pin  # handles inside objects keep actors alive
         self.owner_pidfd = os.pidfd_open(self.owner_pid) if self.owner_pid else -1
@@ -87,9 +89,11 @@ class Agent:
             p.Register: self.on_register, p.ExportFunction: self.on_export,
             p.SubmitTask: self.on_submit, p.TaskDone: self.on_task_done,
             p.Blocked: self.on_blocked, p.Unblocked: self.on_unblocked,
-            p.Subscribe: self.on_subscribe, p.PutObject: self.on_put,
-            p.CreateObject: self.on_create, p.SealObject: self.on_seal,
-            p.RefsChanged: self.on_refs, p.Disconnect: self.on_disconnect,
+            p.Subscribe: self.object_manager.on_subscribe,
+            p.PutObject: self.object_manager.on_put,
+            p.CreateObject: self.object_manager.on_create,
+            p.SealObject: self.object_manager.on_seal,
+            p.RefsChanged: self.object_manager.on_refs, p.Disconnect: self.on_disconnect,
             p.QueryAgent: self.on_query, p.KillActor: self.on_kill,
             p.CancelTask: self.on_cancel, p.RequestLease: self.leases.request,
             p.ReturnLease: self.leases.give_back,
@@ -373,7 +377,7 @@ class Agent:
 
     def _after_events(self) -> None:
         """Deliver ready objects, queue what they unblock, dispatch, report frees."""
-        self._deliver()
+        self.object_manager.deliver()
         self.actors.place_waiting()
         self.tasks.dispatch()
         for worker_id, messages in self.outbox.items():
@@ -384,60 +388,9 @@ class Agent:
         self.leases.ask_for_idle(now)
         self.tasks.reap_idle(now)
 
-    def _deliver(self) -> None:
-        """Send what the last messages caused: ready objects, unhandled-error notices."""
-        while self.objects.became_ready:
-            object_id = self.objects.became_ready.pop()
-            entry = self.objects.get(object_id)
-            if entry is not None and entry.listed:
-                self.gcs.record_object(entry, self.node_id)
-            self.tasks.object_ready(object_id)
-            self.actors.object_ready(object_id)
-        by_client: dict[bytes, list[p.Location]] = {}
-        for client_id, location in self.objects.notify:
-            by_client.setdefault(client_id, []).append(location)
-        self.objects.notify.clear()
-        for client_id, locations in by_client.items():
-            self.send(client_id, p.ObjectsReady(locations))
-        for freed in self.objects.freed:
-            if freed.listed:
-                self.gcs.record("objects", freed.object_id, None)
-            if freed.unhandled_error is not None:
-                self.notice(freed.job_id, "", freed.unhandled_error)
-        self.objects.freed.clear()
-
-    # --- objects ---------------------------------------------------------------------
-
-    def on_subscribe(self, client_id: bytes, msg: p.Subscribe) -> None:
-        for object_id in msg.object_ids:
-            if not self.objects.subscribe(client_id, object_id, msg.for_get):
-                error = failures.object_lost(object_id, "get")
-                self.objects.notify.append((client_id, (object_id, error, 0, len(error), True)))
-
-    def on_put(self, client_id: bytes, msg: p.PutObject) -> None:
-        job_id = self.clients[client_id].job_id
-        self.objects.put_inline(msg.object_id, job_id, msg.data, msg.contained, client_id)
-
-    def on_create(self, client_id: bytes, msg: p.CreateObject) -> None:
-        job_id = self.clients[client_id].job_id
-        offset = self.objects.create(msg.object_id, job_id, msg.size, msg.owner or client_id)
-        error = "" if offset != -1 else failures.store_full_text(
-            msg.size, self.objects.allocator)
-        self.send(client_id, p.ObjectCreated(msg.request_id, offset, error))
-
-    def on_seal(self, client_id: bytes, msg: p.SealObject) -> None:
-        self.objects.seal(msg.object_id, msg.contained, msg.is_error)
-
-    def on_refs(self, client_id: bytes, msg: p.RefsChanged) -> None:
-        for object_id in msg.added:
-            if not self.actors.holds(client_id, object_id, True):
-                self.objects.add_holder(client_id, object_id)
-        for object_id in msg.released:
-            if not self.actors.holds(client_id, object_id, False):
-                self.objects.release(client_id, object_id)
-
     def on_query(self, client_id: bytes, msg: p.QueryAgent) -> None:
-        self._deliver()  # what earlier messages caused reaches the client before the reply
+        # What earlier messages caused reaches the client before the reply.
+        self.object_manager.deliver()
         body: dict[str, object]
         if msg.what == "resources":
             body = {"total": self.scheduler.total, "available": self.scheduler.available}

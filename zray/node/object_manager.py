@@ -1,0 +1,74 @@
+"""The agent's objects: requests about them, and what those cause.
+
+Requests: Subscribe (send me this object once ready), PutObject, CreateObject and
+SealObject (a value made inline or written into the store), RefsChanged (a process took or
+dropped refs; actor handles are counted by the actors). The decisions are the
+``ObjectTable``'s (no I/O); ``deliver`` sends what they caused: ready objects to their
+subscribers, GCS rows, notices of errors nobody read.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from zray import protocol as p
+from zray.node import failures
+
+if TYPE_CHECKING:
+    from zray.node.agent import Agent
+
+
+class ObjectManager:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.table = agent.objects
+
+    def deliver(self) -> None:
+        """Send what the last messages caused: ready objects, unhandled-error notices."""
+        while self.table.became_ready:
+            object_id = self.table.became_ready.pop()
+            entry = self.table.get(object_id)
+            if entry is not None and entry.listed:
+                self.agent.gcs.record_object(entry, self.agent.node_id)
+            self.agent.tasks.object_ready(object_id)
+            self.agent.actors.object_ready(object_id)
+        by_client: dict[bytes, list[p.Location]] = {}
+        for client_id, location in self.table.notify:
+            by_client.setdefault(client_id, []).append(location)
+        self.table.notify.clear()
+        for client_id, locations in by_client.items():
+            self.agent.send(client_id, p.ObjectsReady(locations))
+        for freed in self.table.freed:
+            if freed.listed:
+                self.agent.gcs.record("objects", freed.object_id, None)
+            if freed.unhandled_error is not None:
+                self.agent.notice(freed.job_id, "", freed.unhandled_error)
+        self.table.freed.clear()
+
+    def on_subscribe(self, client_id: bytes, msg: p.Subscribe) -> None:
+        for object_id in msg.object_ids:
+            if not self.table.subscribe(client_id, object_id, msg.for_get):
+                error = failures.object_lost(object_id, "get")
+                self.table.notify.append((client_id, (object_id, error, 0, len(error), True)))
+
+    def on_put(self, client_id: bytes, msg: p.PutObject) -> None:
+        job_id = self.agent.clients[client_id].job_id
+        self.table.put_inline(msg.object_id, job_id, msg.data, msg.contained, client_id)
+
+    def on_create(self, client_id: bytes, msg: p.CreateObject) -> None:
+        job_id = self.agent.clients[client_id].job_id
+        offset = self.table.create(msg.object_id, job_id, msg.size, msg.owner or client_id)
+        error = "" if offset != -1 else failures.store_full_text(
+            msg.size, self.table.allocator)
+        self.agent.send(client_id, p.ObjectCreated(msg.request_id, offset, error))
+
+    def on_seal(self, client_id: bytes, msg: p.SealObject) -> None:
+        self.table.seal(msg.object_id, msg.contained, msg.is_error)
+
+    def on_refs(self, client_id: bytes, msg: p.RefsChanged) -> None:
+        for object_id in msg.added:
+            if not self.agent.actors.holds(client_id, object_id, True):
+                self.table.add_holder(client_id, object_id)
+        for object_id in msg.released:
+            if not self.agent.actors.holds(client_id, object_id, False):
+                self.table.release(client_id, object_id)
