@@ -59,9 +59,9 @@ class AgentSender:
 
     def defer(self, msg: p.Message, soon: bool = True) -> None:
         """Send ``msg`` later, in a Batch: within the batch window if ``soon`` (the I/O
-        thread is woken to see to it), else with this process's next message, its next
-        wait, 256 messages, or the I/O thread's next pass (a submitter's notices, a worker's
-        reports: whatever depends on them is sent after them anyway)."""
+        thread is woken to see to it), else within a poll period (a submitter's notices, a
+        worker's reports: whatever depends on them is sent after them anyway); sooner with
+        this process's next message, its next wait, or 256 messages."""
         with self.lock:
             if not self._deferred:
                 self._deferred_since = time.monotonic()
@@ -77,7 +77,7 @@ class AgentSender:
         deferred message waits, releases wait with it."""
         with self.lock:
             released = self._drain_refs_locked()
-            if self._deferred and now is not None and now - self._deferred_since < self._window_s:
+            if self._deferred and now is not None and now < self._due_locked():
                 self._held_released = released
                 return
             self._send_deferred_locked()
@@ -90,7 +90,14 @@ class AgentSender:
             if not self._deferred:
                 return self._idle_timeout_ms
             # At least 1: poll() truncates to whole milliseconds, and 0 would spin.
-            return max(1, math.ceil((self._deferred_since + self._window_s - now) * 1000))
+            return max(1, math.ceil((self._due_locked() - now) * 1000))
+
+    def _due_locked(self) -> float:
+        """When the deferred messages must go: within the batch window if one of them is
+        ``soon``, else within a poll period (fewer, bigger batches; fewer wake-ups of the
+        agent while this process runs a tight loop)."""
+        window = self._window_s if self._deferred_soon else self._idle_timeout_ms / 1000
+        return self._deferred_since + window
 
     def deferred_timeout_ms(self) -> int | None:
         """Like ``timeout_ms``, but None when nothing is deferred (a worker's main thread

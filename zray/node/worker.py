@@ -89,8 +89,13 @@ class Worker:
         sys.stderr.flush()
         if done.owner and not done.contained and self.client.inbox is not None:
             # A task sent on a lease: its owner waits for its copy; the agent's goes in a
-            # batch once due, sent by inbox.next() (no need to wake the I/O thread).
-            self.client.tx.defer(done, soon=False)
+            # batch once due, sent by inbox.next() (no need to wake the I/O thread). An
+            # error goes at once: if nobody reads it, its notice must reach the driver
+            # before the driver leaves.
+            if any(result[4] for result in done.results):
+                self.client.tx.send(done)
+            else:
+                self.client.tx.defer(done, soon=False)
             self.client.inbox.reply(done.owner, done)
         else:  # results holding refs go through the agent (see Agent.on_task_done)
             self.client.tx.send(done)
