@@ -57,17 +57,20 @@ class AgentSender:
             if released and not releases_first:
                 self._send_released(released)
 
-    def defer(self, msg: p.Message, soon: bool = True) -> None:
-        """Send ``msg`` later, in a Batch: within the batch window if ``soon`` (the I/O
-        thread is woken to see to it), else within a poll period (a submitter's notices, a
-        worker's reports: whatever depends on them is sent after them anyway); sooner with
-        this process's next message, its next wait, or 256 messages."""
+    def defer(self, msg: p.Message, soon: bool = True, wake: bool = True) -> None:
+        """Send ``msg`` later, in a Batch: within the batch window if ``soon`` (an actor's
+        answers, which its mailbox waits for), else within a poll period (a submitter's
+        notices, a worker's reports: whatever depends on them is sent after them anyway);
+        sooner with this process's next message, its next wait, or 256 messages. ``wake``:
+        wake the I/O thread to see to it (not needed where the caller's own loop sends
+        what is due, as a worker's main thread does between tasks)."""
         with self.lock:
             if not self._deferred:
                 self._deferred_since = time.monotonic()
             if soon and not self._deferred_soon:
                 self._deferred_soon = True
-                self._wake_io()
+                if wake:
+                    self._wake_io()
             self._deferred.append(msg)
             if len(self._deferred) >= _BATCH_MAX:
                 self._send_deferred_locked()

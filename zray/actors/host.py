@@ -118,10 +118,13 @@ class ActorHost:
         self._cancelled.discard(done.task_id)  # a cancel that came too late
         sys.stdout.flush()
         sys.stderr.flush()
-        if done.owner and not done.contained:  # a method call: the answer goes to the
-            self.client.peers.send(done.owner, done)  # caller first; the mailbox hears of it
-            on_main = threading.current_thread() is threading.main_thread()  # (where
-            self.client.tx.defer(done, soon=not on_main)  # inbox.next() sends it when due)
-        else:  # results holding refs go through the agent (see Agent.on_task_done)
+        is_error = any(result[4] for result in done.results)
+        if done.owner and not done.contained and not is_error:  # a method call: the answer
+            self.client.peers.send(done.owner, done)  # goes to the caller first; the mailbox
+            on_main = threading.current_thread() is threading.main_thread()  # hears soon
+            self.client.tx.defer(done, wake=not on_main)  # (on main, inbox.next() sends it)
+        else:  # results holding refs go through the agent (see Agent.on_task_done); an
+            if done.owner and not done.contained:  # error goes at once (as a task's does,
+                self.client.peers.send(done.owner, done)  # see worker.py), after the copy
             self.client.tx.send(done)
         del results  # refs inside the results stay held until TaskDone has pinned them
