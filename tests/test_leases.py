@@ -84,7 +84,7 @@ def sleeper(seconds):
 
 @zray.remote(max_retries=0)
 def owner_that_dies(holder):
-    child = sleeper.remote(0.5)  # runs on a lease this worker owns
+    child = sleeper.remote(5.0)  # runs on a lease this worker owns, long after it dies
     zray.get(holder.hold.remote([child]))
     os._exit(1)
 
@@ -105,6 +105,15 @@ def test_idle_leases_go_back_to_the_pool():
     while zray.available_resources().get("CPU") != 2.0 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert zray.available_resources()["CPU"] == 2.0
+
+
+@zray.remote
+def maybe_slow(i, seconds=0.0, started=None):
+    if started:
+        open(started, "w").close()
+    if seconds:
+        time.sleep(seconds)
+    return i
 
 
 @zray.remote
@@ -133,27 +142,28 @@ def test_a_chain_waits_at_its_owner_and_an_error_skips_what_depends_on_it(tmp_pa
 
 
 def test_cancel_a_task_still_waiting_for_its_arguments(tmp_path):
-    marker = tmp_path / "ran"
-    waiting = plus_one.remote(sleeper.remote(1.0), str(marker))
+    marker, control_marker = tmp_path / "ran", tmp_path / "control-ran"
+    argument = maybe_slow.remote(5, 1.0)
+    waiting = plus_one.remote(argument, str(marker))
+    control = plus_one.remote(argument, str(control_marker))  # queued behind it
     zray.cancel(waiting)
     with pytest.raises(zray.exceptions.TaskCancelledError):
         zray.get(waiting, timeout=30)
-    time.sleep(1.5)
-    assert not marker.exists()
+    assert zray.get(control, timeout=30) == 6  # so the cancelled one would have run by now
+    assert control_marker.exists() and not marker.exists()
 
 
-@zray.remote
-def maybe_slow(i, seconds=0.0):
-    if seconds:
-        time.sleep(seconds)
-    return i
 
 
-def test_force_cancel_kills_only_the_running_task_and_reruns_those_sent_behind_it():
+def test_force_cancel_kills_only_the_running_task_and_reruns_those_sent_behind_it(tmp_path):
     warm_up(maybe_slow)
-    slow = maybe_slow.remote(-1, 30.0)  # first on its lease; quick ones go ahead behind it
-    quick = [maybe_slow.remote(i) for i in range(20)]
-    time.sleep(0.3)
+    started = tmp_path / "started"
+    slow = maybe_slow.remote(-1, 30.0, str(started))  # first on its lease; quick ones
+    quick = [maybe_slow.remote(i) for i in range(20)]  # are sent ahead behind it
+    deadline = time.monotonic() + 20
+    while not started.exists() and time.monotonic() < deadline:  # running, not queued
+        time.sleep(0.01)
+    assert started.exists()
     zray.cancel(slow, force=True)
     with pytest.raises(zray.exceptions.TaskCancelledError):
         zray.get(slow, timeout=30)

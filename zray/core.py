@@ -339,8 +339,10 @@ class CoreClient:
         )
         refs = [ObjectRef(return_object_id(task_id, i), self.refs, created=True)
                 for i in range(options.num_returns)]
-        if actor_id and not actor_options:  # the actor's worker answers us directly
+        is_call = bool(actor_id) and not actor_options
+        if is_call:
             self._actor_calls.add(task_id)
+        if is_call or direct_deps is not None:  # the worker answers us directly
             self.objects.expect([ref.id for ref in refs])
         if direct_deps is None and not actor_id:
             self.tx.send(notice)
@@ -348,13 +350,10 @@ class CoreClient:
             self.tx.defer(notice, soon=False)
         del keep_alive  # refs of large arguments put on the caller's behalf: the task pins them now
         if direct_deps is not None and fn is not None and self.leasing is not None:
-            self.objects.expect([ref.id for ref in refs])
             self.leasing.functions.setdefault(fn.function_id, fn.blob)
-            shape = tuple(sorted(options.resources.items()))
             self.leasing.submit(DirectTask(
                 task_id, job_id, fn.function_id, name, blob, direct_deps, options.num_returns,
-                options.retry_filter, options.max_retries, options.max_retries,
-                (fn.function_id, shape), options.resources, dep_ids=deps))
+                options.retry_filter, options.max_retries, options.resources, deps))
         return task_id, refs
 
     def _dep_locations(self, deps: list[bytes]) -> list[p.Location | None] | None:

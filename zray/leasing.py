@@ -41,7 +41,6 @@ from typing import Any
 import zmq
 
 from zray import protocol as p
-from zray.ids import return_object_id
 from zray.node import failures
 
 ClassKey = tuple[bytes, tuple[tuple[str, float], ...]]  # (function id, resource shape)
@@ -111,14 +110,18 @@ class DirectTask:
     deps: list[Any]  # Locations of the top-level ref arguments; None: not here yet
     num_returns: int
     retry_filter: bytes
-    retries_left: int
     max_retries: int
-    key: ClassKey
     resources: dict[str, float]
-    dep_ids: list[bytes] = field(default_factory=list)
+    dep_ids: list[bytes]
     missing: set[bytes] = field(default_factory=set)  # results of ours it waits for
     attempt: int = 0
     cancelled: bool = False
+    retries_left: int = field(init=False)
+    key: ClassKey = field(init=False)  # its leases: function and resource shape
+
+    def __post_init__(self) -> None:
+        self.retries_left = self.max_retries
+        self.key = (self.function_id, tuple(sorted(self.resources.items())))
 
 
 @dataclass(eq=False)
@@ -159,7 +162,6 @@ class DirectSubmitter:
         self._queues: dict[ClassKey, deque[DirectTask]] = {}
         self._requested: dict[ClassKey, int] = {}  # lease requests not yet granted, per key
         self._pending_keys: dict[bytes, ClassKey] = {}  # lease id requested -> its key
-        self._names: dict[ClassKey, str] = {}
         self._task_time: dict[ClassKey, float] = {}  # moving average of one task's time
         self.leases: dict[bytes, Lease] = {}  # granted, by lease id
         self.tasks: dict[bytes, DirectTask] = {}  # queued or running, by task id
@@ -172,7 +174,6 @@ class DirectSubmitter:
         (so a chain of tasks never goes through the agent to wait)."""
         with self.lock:
             self.tasks[task.task_id] = task
-            self._names.setdefault(task.key, task.name)
             for i, object_id in enumerate(task.dep_ids):
                 if task.deps[i] is None:
                     location = self._locate(object_id)
@@ -353,8 +354,7 @@ class DirectSubmitter:
         lease_id = self._worker_id + next(self._lease_ids).to_bytes(8, "big")
         self._pending_keys[lease_id] = key
         self._requested[key] = self._requested.get(key, 0) + 1
-        self._send_to_agent(p.RequestLease(lease_id, task.job_id, self._names[key],
-                                           task.resources))
+        self._send_to_agent(p.RequestLease(lease_id, task.job_id, task.name, task.resources))
 
     def _send(self, lease: Lease, tasks: list[DirectTask]) -> None:
         have = self._sent_functions.setdefault(lease.worker, set())
@@ -370,8 +370,7 @@ class DirectSubmitter:
                 task.task_id, task.job_id, task.function_id, task.name, task.args, task.deps,
                 task.num_returns, task.retry_filter, lease.gpu_ids, blob, task.attempt, b"",
                 {}, self._worker_id))
-        self._peers.send(lease.worker, messages[0] if len(messages) == 1 else p.batch(messages),
-                         kind="t")
+        self._peers.send(lease.worker, p.one_or_batch(messages), kind="t")
 
     def _off_lease(self, lease: Lease, task: DirectTask, now: float) -> None:
         if task in lease.running:
@@ -393,8 +392,7 @@ class DirectSubmitter:
     def _fail(self, task: DirectTask, error: bytes) -> None:
         """The task ends with ``error`` without (another) run: here and at the agent."""
         self.tasks.pop(task.task_id, None)
-        results = [(return_object_id(task.task_id, i), error, 0, len(error), True)
-                   for i in range(max(1, task.num_returns))]
+        results = failures.as_results(task.task_id, task.num_returns, error)
         self._file_results(results)
         self._results_here(results)
         self._send_to_agent(p.TaskDone(task.task_id, task.attempt, results, [], False,

@@ -332,7 +332,7 @@ class RequestLease(Message):
 @dataclass(frozen=True, slots=True)
 class LeaseGranted(Message):
     lease_id: bytes
-    worker_id: bytes  # send ExecuteTask to its direct socket
+    worker_id: bytes  # send ExecuteTask to its task socket (leasing.direct_endpoint "t")
     gpu_ids: list
 
 
@@ -366,14 +366,20 @@ class ReturnIdleLeases(Message):
 @message(29)
 @dataclass(frozen=True, slots=True)
 class Batch(Message):
-    """Messages to the agent that could wait a moment, in one frame (``batch``/``unbatch``):
-    a direct task's notice, a worker's report of one. Each item is ``(op, field values)``."""
+    """Several messages in one frame (``batch``/``unbatch``): deferred notices and reports
+    to the agent, tasks sent together to a worker, answers sent together to an owner. Each
+    item is ``(op, field values)``."""
 
     items: list
 
 
 def batch(messages: list[Message]) -> Batch:
     return Batch([(m.op, _values_of(m)) for m in messages])
+
+
+def one_or_batch(messages: list[Message]) -> Message:
+    """What to send for ``messages`` (at least one): the message itself, or a Batch."""
+    return messages[0] if len(messages) == 1 else batch(messages)
 
 
 def unbatch(msg: Batch) -> list[Message]:

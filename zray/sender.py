@@ -38,7 +38,7 @@ class AgentSender:
         self._idle_timeout_ms = idle_timeout_ms
         self._wake_io = wake_io
         self._on_released = on_released  # this process forgets them (LocalObjects.forget)
-        self.lock = threading.Lock()
+        self._lock = threading.Lock()
         self._deferred: list[p.Message] = []
         self._deferred_since = 0.0
         self._deferred_soon = False  # one of them must go within the batch window
@@ -48,7 +48,7 @@ class AgentSender:
         """Send ``msg`` with the pending edges around it; ``releases_first``: a request that
         pins nothing and wants the memory back (CreateObject, so a freed block is reused
         rather than fresh pages touched) goes after the releases."""
-        with self.lock:
+        with self._lock:
             released = self._drain_refs_locked()
             self._send_deferred_locked()
             if released and releases_first:
@@ -64,7 +64,7 @@ class AgentSender:
         sooner with this process's next message, its next wait, or 256 messages. ``wake``:
         wake the I/O thread to see to it (not needed where the caller's own loop sends
         what is due, as a worker's main thread does between tasks)."""
-        with self.lock:
+        with self._lock:
             if not self._deferred:
                 self._deferred_since = time.monotonic()
             if soon and not self._deferred_soon:
@@ -78,7 +78,7 @@ class AgentSender:
     def flush(self, now: float | None = None) -> None:
         """Edges out, and deferred messages once due (``now`` None: at once). While a
         deferred message waits, releases wait with it."""
-        with self.lock:
+        with self._lock:
             released = self._drain_refs_locked()
             if self._deferred and now is not None and now < self._due_locked():
                 self._held_released = released
@@ -89,11 +89,18 @@ class AgentSender:
 
     def timeout_ms(self, now: float) -> int:
         """How long the I/O thread may sleep before something here is due."""
-        with self.lock:
-            if not self._deferred:
-                return self._idle_timeout_ms
-            # At least 1: poll() truncates to whole milliseconds, and 0 would spin.
-            return max(1, math.ceil((self._due_locked() - now) * 1000))
+        with self._lock:
+            return self._timeout_locked(now) if self._deferred else self._idle_timeout_ms
+
+    def deferred_timeout_ms(self) -> int | None:
+        """Like ``timeout_ms``, but None when nothing is deferred (a worker's main thread
+        waiting for its next task sends its reports when due, and otherwise sleeps)."""
+        with self._lock:
+            return self._timeout_locked(time.monotonic()) if self._deferred else None
+
+    def _timeout_locked(self, now: float) -> int:
+        # At least 1: poll() truncates to whole milliseconds, and 0 would spin.
+        return max(1, math.ceil((self._due_locked() - now) * 1000))
 
     def _due_locked(self) -> float:
         """When the deferred messages must go: within the batch window if one of them is
@@ -101,13 +108,6 @@ class AgentSender:
         agent while this process runs a tight loop)."""
         window = self._window_s if self._deferred_soon else self._idle_timeout_ms / 1000
         return self._deferred_since + window
-
-    def deferred_timeout_ms(self) -> int | None:
-        """Like ``timeout_ms``, but None when nothing is deferred (a worker's main thread
-        waiting for its next task sends its reports when due, and otherwise sleeps)."""
-        with self.lock:
-            has_deferred = bool(self._deferred)
-        return self.timeout_ms(time.monotonic()) if has_deferred else None
 
     def _drain_refs_locked(self) -> list[bytes]:
         """Send the added edges now; return the released ones (held back so far included)."""

@@ -15,14 +15,13 @@ arrive, and a call cancelled before it starts is answered with TaskCancelledErro
 from __future__ import annotations
 
 import inspect
-import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
 from zray import protocol as p
 from zray.core import CoreClient
 from zray.exceptions import TaskCancelledError
-from zray.node.execution import Outcome, fail, load_function, run_async, run_sync
+from zray.node.execution import Outcome, fail, hand_in, load_function, run_async, run_sync
 
 if TYPE_CHECKING:  # imported when an actor needs them: most workers never host one
     import asyncio
@@ -114,17 +113,8 @@ class ActorHost:
         return method
 
     def _report(self, outcome: Outcome) -> None:
-        done, results = outcome
-        self._cancelled.discard(done.task_id)  # a cancel that came too late
-        sys.stdout.flush()
-        sys.stderr.flush()
-        is_error = any(result[4] for result in done.results)
-        if done.owner and not done.contained and not is_error:  # a method call: the answer
-            self.client.peers.send(done.owner, done)  # goes to the caller first; the mailbox
-            on_main = threading.current_thread() is threading.main_thread()  # hears soon
-            self.client.tx.defer(done, wake=not on_main)  # (on main, inbox.next() sends it)
-        else:  # results holding refs go through the agent (see Agent.on_task_done); an
-            if done.owner and not done.contained:  # error goes at once (as a task's does,
-                self.client.peers.send(done.owner, done)  # see worker.py), after the copy
-            self.client.tx.send(done)
-        del results  # refs inside the results stay held until TaskDone has pinned them
+        """The caller gets its answer at once; the mailbox within the batch window (it
+        releases the next calls on it), woken for unless inbox.next() will send it."""
+        self._cancelled.discard(outcome[0].task_id)  # a cancel that came too late
+        on_main = threading.current_thread() is threading.main_thread()
+        hand_in(self.client, outcome, self.client.peers.send, soon=True, wake=not on_main)

@@ -329,8 +329,7 @@ class Agent:
 
     def fail_with(self, task: Task, error: bytes) -> None:
         """Every result of the task is ``error``; the task never ran (or never will)."""
-        results = [(return_object_id(task.spec.task_id, i), error, 0, len(error), True)
-                   for i in range(task.spec.num_returns)]
+        results = failures.as_results(task.spec.task_id, task.spec.num_returns, error)
         if task.spec.actor_id and not task.spec.actor_options:  # its caller waits for the
             self.send(task.submitter, p.ObjectsReady(results))  # actor's answer, not ours
         self.finish_task(task, results, [])
@@ -381,8 +380,7 @@ class Agent:
         self.actors.place_waiting()
         self.tasks.dispatch()
         for worker_id, messages in self.outbox.items():
-            self.peers.send(worker_id, messages[0] if len(messages) == 1 else p.batch(messages),
-                            kind="t")
+            self.peers.send(worker_id, p.one_or_batch(messages), kind="t")
         self.outbox.clear()
         now = time.monotonic()
         self.leases.ask_for_idle(now)

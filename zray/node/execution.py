@@ -104,6 +104,29 @@ def fail(client: CoreClient, task: p.ExecuteTask, exc: Exception,
                       seconds)
 
 
+def hand_in(client: CoreClient, outcome: Outcome, reply: Callable[[bytes, p.TaskDone], None],
+            soon: bool, wake: bool) -> None:
+    """Report a finished task or call to its owner and to the agent.
+
+    Output is flushed first (the agent forwards it). The owner's copy goes first
+    (``reply``), the agent's in a batch (``soon``/``wake``: see AgentSender.defer), or at
+    once for an error (if nobody reads it, its notice must reach the driver before the
+    driver leaves). Results holding refs or actor handles go through the agent only
+    (see Agent.on_task_done). Refs inside the results stay held until the TaskDone that
+    pins them has gone: the caller keeps ``outcome`` until this returns."""
+    done = outcome[0]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if not done.owner or done.contained:
+        client.tx.send(done)
+        return
+    reply(done.owner, done)
+    if any(result[4] for result in done.results):
+        client.tx.send(done)
+    else:
+        client.tx.defer(done, soon=soon, wake=wake)
+
+
 def _store(client: CoreClient, task: p.ExecuteTask, index: int, ser: Serialized,
            is_error: bool, contained: list[bytes]) -> tuple[Any, ...]:
     location = client.store_value(return_object_id(task.task_id, index), ser, is_error,

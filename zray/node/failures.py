@@ -13,9 +13,15 @@ from zray.exceptions import (
     TaskCancelledError,
     WorkerCrashedError,
 )
-from zray.ids import short
+from zray.ids import return_object_id, short
 from zray.objects.serialization import deserialize, serialize
 from zray.objects.store import Allocator
+
+
+def as_results(task_id: bytes, num_returns: int, error: bytes) -> list[tuple[object, ...]]:
+    """Every result of the task is ``error`` (the Locations of a task that fails unrun)."""
+    return [(return_object_id(task_id, i), error, 0, len(error), True)
+            for i in range(num_returns)]
 
 
 def _payload(error: Exception) -> bytes:

@@ -143,5 +143,4 @@ class TaskInbox:
     def _send_replies(self, owner: bytes) -> None:
         replies = self._replies.pop(owner, [])
         if replies:
-            msg = replies[0] if len(replies) == 1 else p.batch(replies)
-            self._client.peers.send(owner, msg)
+            self._client.peers.send(owner, p.one_or_batch(replies))

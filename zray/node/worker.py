@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sys
 import threading
 from typing import Any
 
@@ -31,7 +30,7 @@ from zray.actors.host import ActorHost
 from zray.config import Config
 from zray.core import CoreClient
 from zray.exceptions import NodeDiedError, TaskCancelledError
-from zray.node.execution import Outcome, fail, load_function, run_sync
+from zray.node.execution import Outcome, fail, hand_in, load_function, run_sync
 
 
 class Worker:
@@ -84,22 +83,10 @@ class Worker:
         return call
 
     def report(self, outcome: Outcome) -> None:
-        done, results = outcome
-        sys.stdout.flush()
-        sys.stderr.flush()
-        if done.owner and not done.contained and self.client.inbox is not None:
-            # A task sent on a lease: its owner waits for its copy; the agent's goes in a
-            # batch once due, sent by inbox.next() (no need to wake the I/O thread). An
-            # error goes at once: if nobody reads it, its notice must reach the driver
-            # before the driver leaves.
-            if any(result[4] for result in done.results):
-                self.client.tx.send(done)
-            else:
-                self.client.tx.defer(done, soon=False)
-            self.client.inbox.reply(done.owner, done)
-        else:  # results holding refs go through the agent (see Agent.on_task_done)
-            self.client.tx.send(done)
-        del results  # refs inside the results stay held until TaskDone has pinned them
+        """A task sent on a lease: the owner's copy waits in the inbox for company; the
+        agent's goes within a poll period, sent by inbox.next() between tasks."""
+        assert self.client.inbox is not None
+        hand_in(self.client, outcome, self.client.inbox.reply, soon=False, wake=False)
 
     def _function(self, task: p.ExecuteTask) -> Any:
         if task.function_blob is not None:

@@ -44,30 +44,31 @@ class Serialized:
 
     def write_into(self, dest: memoryview) -> None:
         """Lay the value out in ``dest`` (at least ``size`` bytes): one copy per buffer."""
-        header = _HEAD.pack(_MAGIC, len(self.buffers), len(self.pickled))
-        pairs = zip(self.offsets, self.buffers, strict=True)
-        spans = b"".join(_SPAN.pack(offset, buf.nbytes) for offset, buf in pairs)
-        head_len = len(header) + len(spans)
-        dest[: head_len] = header + spans
-        dest[head_len : head_len + len(self.pickled)] = self.pickled
-        for offset, buf in zip(self.offsets, self.buffers, strict=True):
-            dest[offset : offset + buf.nbytes] = buf
+        at = 0
+        for part in self._parts():
+            n = len(part) if isinstance(part, bytes) else part.nbytes
+            dest[at : at + n] = part
+            at += n
 
     def to_bytes(self) -> bytes:
         """The layout as one bytes object, each part copied once."""
-        header = _HEAD.pack(_MAGIC, len(self.buffers), len(self.pickled))
-        if not self.buffers:  # the common small value
-            return header + self.pickled
-        parts: list[Any] = [header]
-        parts += [_SPAN.pack(offset, buf.nbytes) for offset, buf in
-                  zip(self.offsets, self.buffers, strict=True)]
+        return b"".join(self._parts())
+
+    def _parts(self) -> list[Any]:
+        """The layout, in order (the one definition of it): header, spans, pickle, then
+        each buffer at its 64-byte aligned offset, zero padding between and after."""
+        parts: list[Any] = [_HEAD.pack(_MAGIC, len(self.buffers), len(self.pickled))]
+        parts += [_SPAN.pack(offset, buf.nbytes)
+                  for offset, buf in zip(self.offsets, self.buffers, strict=True)]
         parts.append(self.pickled)
+        if not self.buffers:  # the common small value: no padding
+            return parts
         at = sum(len(part) for part in parts)
         for offset, buf in zip(self.offsets, self.buffers, strict=True):
-            parts += [bytes(offset - at), buf]  # zero padding up to the aligned offset
+            parts += [bytes(offset - at), buf]
             at = offset + buf.nbytes
         parts.append(bytes(self.size - at))
-        return b"".join(parts)
+        return parts
 
 
 def record_contained_ref(object_id: bytes) -> None:
