@@ -63,7 +63,7 @@ def test_roundtrip(op: int, cls: type[p.Message]) -> None:
 
 def test_submit_task_roundtrip_with_real_values() -> None:
     msg = p.SubmitTask(b"t" * 16, b"job1", b"f" * 16, "mod.fn", b"\x80args", [b"d" * 20],
-                       [], 2, {"CPU": 1.0, "GPU": 0.5}, 3, b"*", b"", {}, False)
+                       [], 2, {"CPU": 1.0, "GPU": 0.5}, 3, b"*", b"", {}, False, b"")
     assert p.decode(p.encode(msg)) == msg
 
 

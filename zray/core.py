@@ -33,6 +33,7 @@ from typing import Any
 import zmq
 
 from zray import protocol as p
+from zray.actors.caller import ActorCaller
 from zray.config import Config
 from zray.exceptions import GetTimeoutError, NodeDiedError, ObjectStoreFullError
 from zray.ids import (
@@ -120,7 +121,7 @@ class CoreClient:
         self.tx = AgentSender(self._tx, self.refs, config.batch_window_ms / 1000,
                               config.poll_interval_ms, lambda: os.write(self._wake_w, b"d"),
                               self.objects.forget)
-        self._actor_calls: set[bytes] = set()  # calls whose results the actor sends us
+        self.actor_calls = ActorCaller(self.worker_id, self.peers, self.tx)
 
     @property
     def context(self) -> TaskContext:
@@ -247,15 +248,14 @@ class CoreClient:
 
     def _dispatch_message(self, msg: p.Message) -> None:
         if isinstance(msg, p.TaskDone):
-            if msg.task_id in self._actor_calls:
-                self._actor_calls.discard(msg.task_id)
+            if self.actor_calls.answered(msg.task_id):
                 self.objects.file(msg.results)
             elif self.leasing is not None:
                 self.leasing.on_done(msg)
         elif isinstance(msg, p.ObjectsReady):
             self.objects.file(msg.locations)
             for location in msg.locations:  # e.g. a call the agent failed: no answer to come
-                self._actor_calls.discard(task_of(location[0]))
+                self.actor_calls.answered(task_of(location[0]))
         elif isinstance(msg, (p.ObjectCreated, p.AgentReply)):
             with self._cond:
                 self._replies[msg.request_id] = msg
@@ -276,6 +276,8 @@ class CoreClient:
             self.leasing.on_lease_lost(msg)
         elif isinstance(msg, p.ReturnIdleLeases) and self.leasing is not None:
             self.leasing.return_idle()
+        elif isinstance(msg, p.ActorAddress):
+            self.actor_calls.moved(msg)
         elif isinstance(msg, p.NotStarted) and self.leasing is not None:
             self.leasing.on_not_started(msg)
         elif isinstance(msg, p.LogLines):
@@ -335,19 +337,22 @@ class CoreClient:
             task_id, job_id, fn.function_id if fn else b"", name,
             blob if direct_deps is None else b"", deps,
             contained, options.num_returns, options.resources, options.max_retries,
-            options.retry_filter, actor_id, actor_options or {}, direct_deps is not None,
+            options.retry_filter, actor_id, actor_options or {}, direct_deps is not None, b"",
         )
         refs = [ObjectRef(return_object_id(task_id, i), self.refs, created=True)
                 for i in range(options.num_returns)]
-        is_call = bool(actor_id) and not actor_options
-        if is_call:
-            self._actor_calls.add(task_id)
-        if is_call or direct_deps is not None:  # the worker answers us directly
+        if actor_id and not actor_options:  # a call: the actor's worker answers us directly
             self.objects.expect([ref.id for ref in refs])
-        if direct_deps is None and not actor_id:
+            # Sent straight to the actor's worker if its arguments are all here (else the
+            # agent's mailbox waits for them); the refs among them stay held until it goes.
+            here = None if contained else self._ready_here(deps)
+            self.actor_calls.call(notice, here, (args, kwargs, keep_alive))
+            return task_id, refs
+        if direct_deps is not None:  # the worker answers us directly
+            self.objects.expect([ref.id for ref in refs])
+            self.tx.defer(notice, soon=False)  # in a batch, before anything else we send
+        else:
             self.tx.send(notice)
-        else:  # soon, in a batch, before anything else this process sends (get flushes)
-            self.tx.defer(notice, soon=False)
         del keep_alive  # refs of large arguments put on the caller's behalf: the task pins them now
         if direct_deps is not None and fn is not None and self.leasing is not None:
             self.leasing.functions.setdefault(fn.function_id, fn.blob)
@@ -371,8 +376,18 @@ class CoreClient:
             locations.append(location)
         return locations
 
+    def _ready_here(self, deps: list[bytes]) -> list[p.Location] | None:
+        """The Locations of ``deps`` if all are here and none is an error, else None."""
+        locations = [self.objects.get_location(object_id) for object_id in deps]
+        if any(location is None or location[4] for location in locations):
+            return None
+        return locations
+
     def cancel(self, object_id: bytes, force: bool) -> None:
-        if self.leasing is None or not self.leasing.cancel(task_of(object_id), force):
+        task_id = task_of(object_id)
+        if self.actor_calls.cancel(task_id):
+            return
+        if self.leasing is None or not self.leasing.cancel(task_id, force):
             self.tx.send(p.CancelTask(object_id, force))
 
     # --- objects ---------------------------------------------------------------------

@@ -136,7 +136,9 @@ class SubmitTask(Message):
     retry_filter: bytes  # b"" none, b"*" any exception, else pickled tuple of classes
     actor_id: bytes  # b"" for a plain task; else the actor this creates or calls
     actor_options: dict  # only when creating an actor: name, namespace, max_restarts, ...
-    direct: bool  # the owner runs it on a leased worker: the agent only records and pins
+    direct: bool  # the owner sent it itself (a lease, an actor's worker): the agent records
+    # and pins, and expects the results
+    sent_to: bytes  # a direct actor call: the actor's worker it went to (b"" otherwise)
 
 
 @message(5)
@@ -393,6 +395,17 @@ def unbatch(msg: Batch) -> list[Message]:
             raise ProtocolError(f"Batch: op {item[0]} cannot be batched")
         out.append(_build(cls, item[1]))
     return out
+
+
+@message(35)
+@dataclass(frozen=True, slots=True)
+class ActorAddress(Message):
+    """Agent to caller: send this actor's calls straight to its worker's task socket
+    (``worker_id`` b"": the actor is restarting or dead, send them through the agent)."""
+
+    actor_id: bytes
+    worker_id: bytes
+    gpu_ids: list
 
 
 @message(34)

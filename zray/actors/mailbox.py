@@ -1,7 +1,9 @@
 """Actors in the node agent: their lifecycle and their mailboxes. No I/O.
 
 A mailbox holds an actor's calls in the order they reached the agent, which keeps each
-caller's order (a caller's messages travel one socket, in order). Calls leave the mailbox
+caller's order (a caller's messages travel one socket, in order). Callers may also send
+calls straight to the actor's worker (zray/actors/caller.py): the agent hears of those
+afterwards and counts them as running there. Calls leave the mailbox
 from the head only: a call whose arguments are still being computed holds back every call
 behind it, so no caller's later call overtakes an earlier one. With ``max_concurrency`` 1
 (the default) one call runs at a time, so methods run serially and each sees the state the
@@ -58,6 +60,7 @@ class Actor:
     gpu_ids: list[int] = field(default_factory=list)
     reserved: bool = False  # holds its resources (num_cpus, num_gpus, resources)
     pins: int = 0  # handles inside live objects or queued tasks' arguments
+    callers: set[bytes] = field(default_factory=set)  # told where its worker is
 
     @property
     def actor_id(self) -> bytes:

@@ -4,11 +4,20 @@ The decisions about one actor live in ``Actor`` (zray/actors/mailbox.py, no I/O)
 class applies them with the agent's means: it starts a dedicated worker process per actor,
 sends it the creation and then the calls the mailbox releases, and turns process deaths
 into restarts or into ``ActorDiedError`` for every call that cannot run.
+
+Callers may send calls straight to the actor's worker (zray/actors/caller.py): the agent
+tells a caller the worker's address when it passes it a call, and that it is gone when
+the worker dies. The caller's notice of a direct call (SubmitTask ``direct``, naming the
+worker) puts it among the actor's running calls, so a death retries or fails it like the
+others. The notice and the worker's report travel different connections: a report that
+overtakes its notice waits in ``early``; a notice naming a worker that has died since is
+treated as a call interrupted there.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from zray import protocol as p
@@ -21,6 +30,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("zray.agent")
 
+_REMEMBERED = 10_000  # early reports kept for their notice; dead workers kept for late calls
+
 
 class ActorManager:
     def __init__(self, agent: Agent) -> None:
@@ -31,6 +42,8 @@ class ActorManager:
         self.waits: dict[bytes, list[Task]] = {}  # object id -> creations/calls waiting on it
         self.starting: dict[int, Actor] = {}  # pid of a worker being started -> its actor
         self.waiting_for_resources: list[Actor] = []
+        self.early: OrderedDict[bytes, tuple[bytes, p.TaskDone]] = OrderedDict()
+        self.gone: OrderedDict[bytes, tuple[int, str]] = OrderedDict()  # dead worker: pid, how
 
     # --- creation --------------------------------------------------------------------
 
@@ -102,6 +115,12 @@ class ActorManager:
     # --- calls -----------------------------------------------------------------------
 
     def call(self, task: Task, missing: set[bytes]) -> None:
+        early = self.early.pop(task.spec.task_id, None)
+        if early is not None:  # a direct call's report overtook its notice
+            task.move(TaskState.QUEUED)
+            task.move(TaskState.RUNNING)
+            self._finished(task, *early)
+            return
         actor = self.directory.actors.get(task.spec.actor_id)
         if actor is None:
             cause = self.directory.death_cause(task.spec.actor_id)
@@ -109,6 +128,19 @@ class ActorManager:
             return
         task.move(TaskState.QUEUED)
         task.retries_left = actor.max_task_retries
+        if task.spec.direct:
+            if actor.state is ActorState.ALIVE and actor.worker == task.spec.sent_to:
+                task.move(TaskState.RUNNING)  # (its arguments were all at the caller)
+                actor.running[task.spec.task_id] = task
+                self.calls[task.spec.task_id] = actor
+                self.agent.gcs.record_task(task, actor.worker_pid)
+                return
+            pid, how = self.gone.get(task.spec.sent_to, (0, "exited"))
+            if task.retries_left <= 0:  # sent to a worker that died: it may have run there
+                self._fail_call(task, failures.actor_unavailable(task.spec.name, pid, how))
+                return
+            task.retries_left -= 1
+            task.attempt += 1
         self._wait_for(task, missing)
         actor.mailbox.append(task)
         self.calls[task.spec.task_id] = actor
@@ -124,6 +156,10 @@ class ActorManager:
                     self._fail_call(call, error)
                     continue
                 call.move(TaskState.RUNNING)
+                if call.submitter not in actor.callers:  # it may send the next ones itself
+                    actor.callers.add(call.submitter)
+                    self.agent.send(call.submitter, p.ActorAddress(actor.actor_id, actor.worker,
+                                                                   actor.gpu_ids))
                 self.agent.send_execute(call, actor.worker, actor.gpu_ids)
                 self.agent.gcs.record_task(call, actor.worker_pid)
             if actor.state is not ActorState.ALIVE:
@@ -150,14 +186,21 @@ class ActorManager:
         else:
             running = actor.running.get(msg.task_id)
             if running is not None and running.attempt == msg.attempt:
-                call = actor.finished(msg.task_id)
-                assert call is running
+                actor.finished(msg.task_id)
                 self.calls.pop(msg.task_id, None)
-                call.move(TaskState.FINISHED)
-                self.agent.finish_task(call, msg.results, msg.contained)
+                self._finished(running, client_id, msg)
+            elif running is None and msg.task_id not in self.calls:
+                self.early[msg.task_id] = (client_id, msg)  # its notice is on its way
+                if len(self.early) > _REMEMBERED:
+                    self.early.popitem(last=False)
         self.dispatch(actor)
         self._stop_if_unreferenced(actor)
         return True
+
+    def _finished(self, call: Task, client_id: bytes, msg: p.TaskDone) -> None:
+        call.move(TaskState.FINISHED)
+        self.agent.finish_task(call, msg.results, msg.contained)
+        self.agent.relay(client_id, msg)
 
     def _created(self, actor: Actor, msg: p.TaskDone) -> None:
         if msg.results and msg.results[0][4]:  # __init__ raised: the actor is dead for good
@@ -186,7 +229,10 @@ class ActorManager:
             return False
         if actor.state is ActorState.DEAD:
             return True
-        self.directory.detach_worker(actor)
+        self.gone[actor.worker] = (pid, how)
+        if len(self.gone) > _REMEMBERED:
+            self.gone.popitem(last=False)
+        self._forget_worker(actor)
         if actor.restarts_left <= 0:
             self._bury(actor, f"its worker process (pid={pid}) {how}")
             return True
@@ -218,12 +264,21 @@ class ActorManager:
         if actor.reserved:
             self.agent.scheduler.unreserve(actor.creation.spec.resources, actor.gpu_ids)
             actor.reserved = False
+        self._forget_worker(actor)
         for call in self.directory.bury(actor, cause):
             self._fail_call(call, failures.actor_died(call.spec.name, cause))
         self.agent.release_task_args(actor.creation)
         if kill and pid in self.agent.pool.by_pid:
             self.agent.pool.kill(self.agent.pool.by_pid[pid])
         self.agent.gcs.record_actor(actor)
+
+    def _forget_worker(self, actor: Actor) -> None:
+        """Its worker is gone: callers send their calls through the agent again."""
+        for caller in actor.callers:
+            if caller in self.agent.clients:
+                self.agent.send(caller, p.ActorAddress(actor.actor_id, b"", []))
+        actor.callers.clear()
+        self.directory.detach_worker(actor)
 
     def cancel(self, task_id: bytes) -> bool:
         """Remove a queued call (it fails with TaskCancelledError); one already sent ahead

@@ -249,12 +249,12 @@ class Agent:
         self.gcs.record_task(task)
         if lost:
             self.fail_with(task, failures.object_lost(lost[0], msg.name))
-        elif msg.direct:
-            self.leases.notice(task)
         elif msg.actor_options:
             self.actors.create(task, missing)
         elif msg.actor_id:
             self.actors.call(task, missing)
+        elif msg.direct:
+            self.leases.notice(task)
         else:
             self.tasks.submit(task, missing)
 
@@ -272,11 +272,14 @@ class Agent:
             if worker is not None:
                 self.clients.running_on.pop(worker.pid, None)
             self.tasks.done(client_id, msg)
+
+    def relay(self, client_id: bytes, msg: p.TaskDone) -> None:
+        """Pass on a report whose results hold refs or actor handles, once filed here.
+
+        Such results come through here, not straight to their owner: the refs may name
+        objects or actors that the worker made just before, which the agent must know
+        first (one connection keeps order, two do not)."""
         if msg.owner and msg.contained and msg.owner != client_id:
-            # Results holding refs or actor handles come through here, not straight to
-            # their owner: the refs may name objects or actors that the worker made just
-            # before, which the agent must know first (one connection keeps order, two do
-            # not). So the agent files them, then passes the answer on.
             self.send(msg.owner, msg)
 
     def on_blocked(self, client_id: bytes, msg: p.Blocked) -> None:

@@ -44,7 +44,7 @@ class LeaseManager:
 
     def request(self, client_id: bytes, msg: p.RequestLease) -> None:
         spec = p.SubmitTask(msg.lease_id, msg.job_id, b"", msg.name, b"", [], [], 0,
-                            msg.resources, 0, b"", b"", {}, False)
+                            msg.resources, 0, b"", b"", {}, False, b"")
         lease = Task(spec, client_id, lease=True)
         # A worker asks for its running task's children: they go first, so work under way
         # finishes before new work starts (and blocks, and needs yet more workers).
@@ -110,13 +110,17 @@ class LeaseManager:
                 if len(self.early) > _EARLY_LIMIT:
                     self.early.popitem(last=False)
             return
-        if msg.retryable or msg.attempt < task.attempt:
-            return  # the owner decides on a retry; or a stale attempt
+        if msg.attempt < task.attempt:
+            return  # a stale attempt
+        if msg.retryable:
+            self.agent.relay(client_id, msg)
+            return  # the owner decides on a retry
         del self.direct[msg.task_id]
         task.attempt = msg.attempt
         task.move(TaskState.RUNNING)
         task.move(TaskState.FAILED if client_id == task.submitter else TaskState.FINISHED)
         self.agent.finish_task(task, msg.results, msg.contained)
+        self.agent.relay(client_id, msg)
 
     # --- an owner leaves -------------------------------------------------------------
 

@@ -1,0 +1,164 @@
+"""The caller's side of actor calls: straight to the actor's worker when it can, in order.
+
+::
+
+    caller                                           node agent (the actor's mailbox)
+      h.m.remote() --SubmitTask(direct, sent_to=W) --> records the call as running on W,
+                     deferred into a Batch on tx       pins its arguments, expects results
+                   --ExecuteTask--> W's task socket (the actor's worker)
+      direct ROUTER <--TaskDone---- W, which reports the same TaskDone to the agent
+
+The agent tells a caller where an actor's worker is (ActorAddress) when it first passes
+it one of its calls, and tells it again, with no worker, when that worker dies. Until
+then, and for calls the caller cannot send itself (an argument not here yet, or refs
+nested in the arguments), calls go through the agent's mailbox.
+
+A caller's calls run in the order it made them, as in Ray. One caller's direct calls
+travel one socket, which keeps their order, and the worker starts them in arrival order;
+but the two paths do not keep order between them. So a caller changes path only once
+nothing is in flight on the other one: a call that could overtake waits here (``held``),
+with its arguments held, until the other path has drained.
+
+What becomes of calls in flight when the worker dies is the agent's decision, as for calls
+it sent itself: it knows them from the notices, and retries them in the restarted actor
+while ``max_task_retries`` allows, or fails them.
+
+Locks: ``ActorCaller.lock`` is taken before the core's tx lock, never after it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from zray import protocol as p
+from zray.ids import return_object_id
+from zray.leasing import Peers
+from zray.sender import AgentSender
+
+
+@dataclass(eq=False)
+class _Call:
+    notice: p.SubmitTask  # as sent through the agent
+    deps: list[Any] | None  # its arguments' Locations here; None: only the agent can send it
+    keep: Any  # the refs among its arguments: held until the agent has the notice
+    cancelled: bool = False
+
+
+@dataclass(eq=False)
+class _Line:
+    """One caller's calls to one actor."""
+
+    worker: bytes = b""  # the actor's worker, while it is known to be alive
+    gpu_ids: list[int] = field(default_factory=list)
+    via_agent: set[bytes] = field(default_factory=set)  # in flight, by task id
+    direct: set[bytes] = field(default_factory=set)
+    held: deque[_Call] = field(default_factory=deque)
+
+    def idle(self) -> bool:
+        return not (self.worker or self.via_agent or self.direct or self.held)
+
+
+class ActorCaller:
+    """One per process that calls actors (driver or worker)."""
+
+    def __init__(self, worker_id: bytes, peers: Peers, tx: AgentSender) -> None:
+        self.lock = threading.Lock()
+        self._worker_id = worker_id
+        self._peers = peers
+        self._tx = tx
+        self._lines: dict[bytes, _Line] = {}  # by actor id
+        self._in_flight: dict[bytes, bytes] = {}  # task id -> actor id, until answered
+
+    # --- from user threads -----------------------------------------------------------
+
+    def call(self, notice: p.SubmitTask, deps: list[Any] | None, keep: Any) -> None:
+        with self.lock:
+            line = self._lines.setdefault(notice.actor_id, _Line())
+            self._in_flight[notice.task_id] = notice.actor_id
+            line.held.append(_Call(notice, deps, keep))
+            self._pump(line)
+
+    def cancel(self, task_id: bytes) -> bool:
+        """Cancel a call still held here: it goes to the agent at once, with the cancel
+        right behind it, so it never runs (order does not matter for it). False if the
+        call is not held here (the agent cancels it, wherever it is)."""
+        with self.lock:
+            line = self._lines.get(self._in_flight.get(task_id, b""))
+            call = next((c for c in line.held if c.notice.task_id == task_id), None) \
+                if line is not None else None
+            if line is None or call is None:
+                return False
+            line.held.remove(call)
+            call.cancelled = True
+            self._send_via_agent(line, call)
+            self._pump(line)
+            return True
+
+    # --- from the I/O thread ---------------------------------------------------------
+
+    def answered(self, task_id: bytes) -> bool:
+        """The call's results are here (from the actor, or failed by the agent); False if
+        ``task_id`` is not a call of ours in flight."""
+        if task_id not in self._in_flight:  # most results are not actor calls': no lock
+            return False
+        with self.lock:
+            actor_id = self._in_flight.pop(task_id, None)
+            if actor_id is None:
+                return False
+            line = self._lines[actor_id]
+            line.via_agent.discard(task_id)
+            line.direct.discard(task_id)
+            self._pump(line)
+            if line.idle():
+                del self._lines[actor_id]
+            return True
+
+    def moved(self, msg: p.ActorAddress) -> None:
+        with self.lock:
+            line = self._lines.get(msg.actor_id)
+            if line is None:
+                if not msg.worker_id:
+                    return
+                line = self._lines[msg.actor_id] = _Line()
+            line.worker, line.gpu_ids = msg.worker_id, list(msg.gpu_ids)
+            self._pump(line)
+            if line.idle():
+                del self._lines[msg.actor_id]
+
+    # --- under the lock --------------------------------------------------------------
+
+    def _pump(self, line: _Line) -> None:
+        """Send held calls from the head, each on its path once the other one is empty."""
+        while line.held:
+            call = line.held[0]
+            if call.deps is not None and line.worker:
+                if line.via_agent:
+                    return
+                self._send_direct(line, call)
+            else:
+                if line.direct:
+                    return
+                self._send_via_agent(line, call)
+            line.held.popleft()
+
+    def _send_direct(self, line: _Line, call: _Call) -> None:
+        n = call.notice
+        line.direct.add(n.task_id)
+        # The notice keeps the arguments: if the worker dies, the agent runs the call again
+        # in the restarted actor.
+        self._tx.defer(p.SubmitTask(
+            n.task_id, n.job_id, b"", n.name, n.args, n.deps, n.contained, n.num_returns,
+            n.resources, n.max_retries, n.retry_filter, n.actor_id, {}, True, line.worker),
+            soon=False)
+        self._peers.send(line.worker, p.ExecuteTask(
+            n.task_id, n.job_id, b"", n.name, n.args, call.deps, n.num_returns,
+            n.retry_filter, line.gpu_ids, None, 0, n.actor_id, {}, self._worker_id), kind="t")
+
+    def _send_via_agent(self, line: _Line, call: _Call) -> None:
+        line.via_agent.add(call.notice.task_id)
+        self._tx.defer(call.notice, soon=False)  # (flushed when the caller waits)
+        if call.cancelled:
+            self._tx.send(p.CancelTask(return_object_id(call.notice.task_id, 0), False))
