@@ -378,9 +378,12 @@ class CoreClient:
 
     def _ready_here(self, deps: list[bytes]) -> list[p.Location] | None:
         """The Locations of ``deps`` if all are here and none is an error, else None."""
-        locations = [self.objects.get_location(object_id) for object_id in deps]
-        if any(location is None or location[4] for location in locations):
-            return None
+        locations = []
+        for object_id in deps:
+            location = self.objects.get_location(object_id)
+            if location is None or location[4]:
+                return None
+            locations.append(location)
         return locations
 
     def cancel(self, object_id: bytes, force: bool) -> None:

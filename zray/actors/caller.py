@@ -146,6 +146,7 @@ class ActorCaller:
 
     def _send_direct(self, line: _Line, call: _Call) -> None:
         n = call.notice
+        assert call.deps is not None
         line.direct.add(n.task_id)
         # The notice keeps the arguments: if the worker dies, the agent runs the call again
         # in the restarted actor.
