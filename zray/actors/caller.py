@@ -123,10 +123,17 @@ class ActorCaller:
                 if not msg.worker_id:
                     return
                 line = self._lines[msg.actor_id] = _Line()
+            if line.worker and not msg.worker_id:  # it died: drop what is queued for it
+                self._peers.forget(line.worker)
             line.worker, line.gpu_ids = msg.worker_id, list(msg.gpu_ids)
             self._pump(line)
             if line.idle():
                 del self._lines[msg.actor_id]
+
+    def worker_of(self, actor_id: bytes) -> bytes:
+        """The worker our calls to this actor go to straight, b"" while through the agent."""
+        line = self._lines.get(actor_id)
+        return line.worker if line is not None else b""
 
     # --- under the lock --------------------------------------------------------------
 

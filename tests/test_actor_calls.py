@@ -1,0 +1,117 @@
+"""Actor calls sent straight to the actor's worker (zray/actors/caller.py).
+
+Once the agent has told the caller where the actor's worker is, calls bypass the agent;
+a caller's calls keep their order across the two paths; calls in flight when the worker
+dies are retried or failed as the actor's options say, even those sent after it died.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+import zray
+from zray.core import current
+from zray.exceptions import ActorUnavailableError, TaskCancelledError
+
+pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("cluster")]
+
+
+@zray.remote
+class Log:
+    def __init__(self):
+        self.items = []
+
+    def add(self, item):
+        self.items.append(item)
+        return len(self.items)
+
+    def read(self):
+        return list(self.items)
+
+    def pid(self):
+        return os.getpid()
+
+
+@zray.remote
+def late(value, seconds=0.05):
+    time.sleep(seconds)
+    return value
+
+
+def known_worker(handle) -> int:
+    """Make a call through the agent, then wait until it has told us the actor's worker;
+    returns that worker's pid."""
+    pid = zray.get(handle.pid.remote())
+    client = current()
+    assert client is not None
+    deadline = time.monotonic() + 10
+    while not client.actor_calls.worker_of(handle.actor_id):
+        assert time.monotonic() < deadline, "the agent never sent the actor's address"
+        time.sleep(0.005)
+    return pid
+
+
+@contextlib.contextmanager
+def agent_stopped() -> Iterator[None]:
+    agent = next(p for p in psutil.Process().children()
+                 if "zray.node.boot" in " ".join(p.cmdline()))
+    agent.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        agent.send_signal(signal.SIGCONT)
+
+
+def test_calls_reach_the_actor_while_the_agent_is_stopped():
+    log = Log.remote()
+    known_worker(log)
+    with agent_stopped():  # a call through the agent would hang here
+        assert zray.get([log.add.remote(i) for i in range(3)], timeout=20) == [1, 2, 3]
+    assert zray.get(log.read.remote()) == [0, 1, 2]
+
+
+def test_one_callers_order_holds_across_both_paths():
+    log = Log.remote()
+    known_worker(log)
+    # Every fourth call waits in the agent's mailbox for its argument; the ones after it
+    # could go straight to the worker, and must not overtake it.
+    refs = [log.add.remote(late.remote(i) if i % 4 == 1 else i) for i in range(16)]
+    assert zray.get(refs, timeout=30) == list(range(1, 17))
+    assert zray.get(log.read.remote()) == list(range(16))
+
+
+def test_cancel_a_call_held_behind_one_through_the_agent():
+    log = Log.remote()
+    known_worker(log)
+    first = log.add.remote(late.remote("first", 0.5))  # through the agent, waiting
+    held = log.add.remote("held")  # could go straight, but must wait behind it
+    zray.cancel(held)
+    with pytest.raises(TaskCancelledError):
+        zray.get(held, timeout=30)
+    assert zray.get(first, timeout=30) == 1
+    assert zray.get(log.read.remote()) == ["first"]
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_call_sent_to_a_worker_that_died_unnoticed(retries):
+    log = Log.options(max_restarts=1, max_task_retries=retries).remote()
+    pid = known_worker(log)
+    with agent_stopped():  # the agent cannot notice the death, nor tell us
+        os.kill(pid, signal.SIGKILL)
+        while psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            time.sleep(0.01)
+        sent_to_the_dead = log.add.remote("lost?")
+    if retries:  # it runs again in the restarted actor (whose __init__ ran again)
+        assert zray.get(sent_to_the_dead, timeout=30) == 1
+    else:  # it may or may not have run there: it fails, and the actor comes back
+        with pytest.raises(ActorUnavailableError):
+            zray.get(sent_to_the_dead, timeout=30)
+    assert zray.get(log.add.remote("after"), timeout=30) == (2 if retries else 1)
+    assert known_worker(log) != pid
