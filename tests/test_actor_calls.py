@@ -115,3 +115,18 @@ def test_a_call_sent_to_a_worker_that_died_unnoticed(retries):
             zray.get(sent_to_the_dead, timeout=30)
     assert zray.get(log.add.remote("after"), timeout=30) == (2 if retries else 1)
     assert known_worker(log) != pid
+
+
+def test_a_call_failed_unrun_by_the_agent_does_not_hold_back_the_next():
+    @zray.remote
+    def broken():
+        time.sleep(0.05)
+        raise ValueError("no argument for you")
+
+    log = Log.remote()
+    known_worker(log)
+    failed = log.add.remote(broken.remote())  # through the agent, which fails it unrun
+    after = log.add.remote("next")  # held here until the agent has answered that one
+    assert zray.get(after, timeout=20) == 1
+    with pytest.raises(ValueError, match="no argument for you"):
+        zray.get(failed)

@@ -254,8 +254,6 @@ class CoreClient:
                 self.leasing.on_done(msg)
         elif isinstance(msg, p.ObjectsReady):
             self.objects.file(msg.locations)
-            for location in msg.locations:  # e.g. a call the agent failed: no answer to come
-                self.actor_calls.answered(task_of(location[0]))
         elif isinstance(msg, (p.ObjectCreated, p.AgentReply)):
             with self._cond:
                 self._replies[msg.request_id] = msg

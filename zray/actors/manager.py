@@ -161,7 +161,6 @@ class ActorManager:
                     self.agent.send(call.submitter, p.ActorAddress(actor.actor_id, actor.worker,
                                                                    actor.gpu_ids))
                 self.agent.send_execute(call, actor.worker, actor.gpu_ids)
-                self.agent.gcs.record_task(call, actor.worker_pid)
             if actor.state is not ActorState.ALIVE:
                 break
 
