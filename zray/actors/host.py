@@ -1,15 +1,16 @@
 """An actor's instance inside its dedicated worker, and how its calls run there.
 
-The agent's mailbox decides the order and how many calls run at once; the host only runs
-what it is sent:
+Calls arrive on the worker's task socket, from the agent's mailbox or straight from their
+callers (zray/actors/caller.py), and start in the order they arrive; the host keeps to
+``max_concurrency`` itself:
 
 - ``max_concurrency`` 1: on the worker's main thread, one after another.
 - threaded (``max_concurrency`` > 1): on a pool of that many threads ("zray-actor-N").
 - async (the class has ``async def`` methods): on one event loop in its own thread
   ("zray-actor-loop"), at most ``max_concurrency`` coroutines at once.
 
-The agent may send calls ahead (a pipeline); each kind above starts them in the order they
-arrive, and a call cancelled before it starts is answered with TaskCancelledError.
+Calls may arrive ahead of their turn (a pipeline); each kind above starts them in the order
+they arrive, and a call cancelled before it starts is answered with TaskCancelledError.
 """
 
 from __future__ import annotations
