@@ -100,6 +100,23 @@ def test_contained_refs_are_reported() -> None:
     assert serialize([1, 2]).contained == []  # reported per value, not accumulated
 
 
+def test_refs_next_to_plain_values_are_reported() -> None:
+    """Small lists, tuples and dicts of builtin scalars take a faster pickler; a ref among
+    them, or a subclass of a scalar, must still take the full one."""
+    import enum
+
+    class Colour(enum.IntEnum):
+        RED = 1
+
+    ref = ObjectRef(b"r" * 20, None, created=True)
+    for value in [(ref,), ((1, 2.0), {"k": ref}), [None, [True, [ref]]]]:
+        assert serialize(value).contained == [b"r" * 20]
+    out = roundtrip(((Colour.RED,), {"x": [1, (2, "three")]}))
+    assert type(out[0][0]) is Colour and out[1] == {"x": [1, (2, "three")]}
+    ser = serialize(((7,), {}))
+    assert len(ser.to_bytes()) == ser.size and roundtrip(((7,), {})) == ((7,), {})
+
+
 def test_single_ref_is_reported() -> None:
     ref = ObjectRef(b"x" * 20, None, created=True)
     assert serialize(ref).contained == [b"x" * 20]
