@@ -334,7 +334,7 @@ class Agent:
         """Every result of the task is ``error``; the task never ran (or never will)."""
         results = failures.as_results(task.spec.task_id, task.spec.num_returns, error)
         if task.spec.actor_id and not task.spec.actor_options:  # its caller waits for the
-            # actor's answer, not ours: it gets one in its place (even with no results)
+            # actor's answer, not ours: it gets one in its place, by task id
             self.send(task.submitter, p.TaskDone(task.spec.task_id, task.attempt, results, [],
                                                  False, b"", 0.0))
         self.finish_task(task, results, [])

@@ -7,9 +7,11 @@
                                                main thread: run the task, send TaskDone
 
 A worker dedicated to an actor hosts its instance (zray/actors/host.py) and runs its calls
-in the order they arrive: from the agent's mailbox, or straight from their callers. Stdout and stderr are pipes that the agent
-reads and forwards to the driver, so both are flushed before a task is reported done. If
-the agent dies the worker exits at once: nobody is left to take its results.
+in the order they arrive: from the agent's mailbox, or straight from their callers.
+
+Stdout and stderr are pipes that the agent reads and forwards to the driver, so both are
+flushed before a task is reported done. If the agent dies the worker exits at once:
+nobody is left to take its results.
 
 Cancelling a running task: the agent sends CancelRunning; the I/O thread sends SIGUSR1 to
 the main thread, whose handler raises TaskCancelledError inside the task (interrupting a
