@@ -7,6 +7,7 @@ dies are retried or failed as the actor's options say, even those sent after it 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -130,3 +131,34 @@ def test_a_call_failed_unrun_by_the_agent_does_not_hold_back_the_next():
     assert zray.get(after, timeout=20) == 1
     with pytest.raises(ValueError, match="no argument for you"):
         zray.get(failed)
+
+
+def test_a_call_corked_behind_one_that_waits_for_it_still_goes(tmp_path):
+    """Calls made while another is in flight wait to go together; one the call in flight
+    waits for goes within the batch window even if the caller never waits itself."""
+
+    @zray.remote
+    class Gate:
+        def __init__(self):
+            self.opened = asyncio.Event()
+
+        async def pass_through(self):
+            await self.opened.wait()
+            return "passed"
+
+        async def open(self, marker):
+            self.opened.set()
+            open(marker, "w").close()
+
+        def pid(self):
+            return os.getpid()
+
+    gate = Gate.remote()
+    known_worker(gate)
+    waiting = gate.pass_through.remote()  # in flight, until open() runs
+    gate.open.remote(str(tmp_path / "opened"))  # corked behind it
+    deadline = time.monotonic() + 10
+    while not os.path.exists(tmp_path / "opened"):  # no zray call here: nothing flushes
+        assert time.monotonic() < deadline, "the corked call never went"
+        time.sleep(0.01)
+    assert zray.get(waiting, timeout=10) == "passed"

@@ -121,7 +121,8 @@ class CoreClient:
         self.tx = AgentSender(self._tx, self.refs, config.batch_window_ms / 1000,
                               config.poll_interval_ms, lambda: os.write(self._wake_w, b"d"),
                               self.objects.forget)
-        self.actor_calls = ActorCaller(self.worker_id, self.peers, self.tx)
+        self.actor_calls = ActorCaller(self.worker_id, self.peers, self.tx,
+                                        config.batch_window_ms / 1000)
 
     @property
     def context(self) -> TaskContext:
@@ -231,6 +232,7 @@ class CoreClient:
                 if not events or now - last_chores >= _CHORES_EVERY_S:
                     if self.leasing is not None:
                         self.leasing.expire_idle(now)
+                    self.actor_calls.flush(now)
                     self.tx.flush(now)
                     last_chores = now
             except Exception as exc:  # without this thread nothing wakes a waiter again
@@ -343,7 +345,7 @@ class CoreClient:
             self.objects.expect([ref.id for ref in refs])
             # Sent straight to the actor's worker if its arguments are all here (else the
             # agent's mailbox waits for them); the refs among them stay held until it goes.
-            here = None if contained else self._ready_here(deps)
+            here = None if contained else self._dep_locations(deps, own_on_the_way=False)
             self.actor_calls.call(notice, here, (args, kwargs, keep_alive))
             return task_id, refs
         if direct_deps is not None:  # the worker answers us directly
@@ -359,27 +361,18 @@ class CoreClient:
                 options.retry_filter, options.max_retries, options.resources, deps))
         return task_id, refs
 
-    def _dep_locations(self, deps: list[bytes]) -> list[p.Location | None] | None:
+    def _dep_locations(self, deps: list[bytes], own_on_the_way: bool = True
+                       ) -> list[p.Location | None] | None:
         """Where each of ``deps`` is, None for a result of our own direct task still on its
-        way (the task will wait for it here); None overall if one is neither, or an error
-        (the agent waits for it, or fails the task with it)."""
-        assert self.leasing is not None
+        way if ``own_on_the_way`` (the task will wait for it here); None overall if one is
+        neither, or an error (the agent waits for it, or fails the task with it)."""
         locations: list[p.Location | None] = []
         for object_id in deps:
             location = self.objects.get_location(object_id)
-            if location is None and task_of(object_id) not in self.leasing.tasks:
+            if location is None and not (own_on_the_way and self.leasing is not None
+                                         and task_of(object_id) in self.leasing.tasks):
                 return None
             if location is not None and location[4]:
-                return None
-            locations.append(location)
-        return locations
-
-    def _ready_here(self, deps: list[bytes]) -> list[p.Location] | None:
-        """The Locations of ``deps`` if all are here and none is an error, else None."""
-        locations = []
-        for object_id in deps:
-            location = self.objects.get_location(object_id)
-            if location is None or location[4]:
                 return None
             locations.append(location)
         return locations
@@ -471,6 +464,7 @@ class CoreClient:
         waiter, missing, to_subscribe = self.objects.start_wait(ids, count)
         if waiter is None:
             return
+        self.actor_calls.flush()  # what we wait for may be among them
         if to_subscribe:
             self.tx.send(p.Subscribe(to_subscribe, for_get))
         else:

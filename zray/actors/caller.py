@@ -13,6 +13,11 @@ it one of its calls, and tells it again, with no worker, when that worker dies. 
 then, and for calls the caller cannot send itself (an argument not here yet, or refs
 nested in the arguments), calls go through the agent's mailbox.
 
+While calls of the line are in flight, further direct calls wait here (``corked``) and go
+together, in one message, when an answer comes back, when the caller waits, or after the
+batch window: a burst of calls costs the caller and the worker one send and one wake-up
+per batch, not per call, and a lone call still goes at once.
+
 A caller's calls run in the order it made them, as in Ray. One caller's direct calls
 travel one socket, which keeps their order, and the worker starts them in arrival order;
 but the two paths do not keep order between them. So a caller changes path only once
@@ -29,6 +34,7 @@ Locks: ``ActorCaller.lock`` is taken before the core's tx lock, never after it.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +62,8 @@ class _Line:
     via_agent: set[bytes] = field(default_factory=set)  # in flight, by task id
     direct: set[bytes] = field(default_factory=set)
     held: deque[_Call] = field(default_factory=deque)
+    corked: list[p.Message] = field(default_factory=list)  # direct, not sent yet
+    corked_at: float = 0.0
 
     def idle(self) -> bool:
         return not (self.worker or self.via_agent or self.direct or self.held)
@@ -64,13 +72,15 @@ class _Line:
 class ActorCaller:
     """One per process that calls actors (driver or worker)."""
 
-    def __init__(self, worker_id: bytes, peers: Peers, tx: AgentSender) -> None:
+    def __init__(self, worker_id: bytes, peers: Peers, tx: AgentSender, window_s: float) -> None:
         self.lock = threading.Lock()
         self._worker_id = worker_id
         self._peers = peers
         self._tx = tx
+        self._window_s = window_s
         self._lines: dict[bytes, _Line] = {}  # by actor id
         self._in_flight: dict[bytes, bytes] = {}  # task id -> actor id, until answered
+        self._corked: set[bytes] = set()  # actor ids of lines with corked calls
 
     # --- from user threads -----------------------------------------------------------
 
@@ -102,19 +112,33 @@ class ActorCaller:
     def answered(self, task_id: bytes) -> bool:
         """The call's results are here (from the actor, or failed by the agent); False if
         ``task_id`` is not a call of ours in flight."""
-        if task_id not in self._in_flight:  # most results are not actor calls': no lock
+        actor_id = self._in_flight.pop(task_id, None)
+        if actor_id is None:  # most results are not actor calls'
             return False
+        line = self._lines[actor_id]
+        line.via_agent.discard(task_id)
+        line.direct.discard(task_id)
+        # Without the lock when nothing waits (the common case: the submitting thread
+        # would contend for it). call() adds to held before it looks at the sets, and
+        # this looks at held after changing them, so a call held meanwhile is seen.
+        if line.held or line.corked or not line.worker:
+            with self.lock:
+                self._uncork(actor_id, line)
+                self._pump(line)
+                if line.idle() and self._lines.get(actor_id) is line:
+                    del self._lines[actor_id]
+        return True
+
+    def flush(self, now: float | None = None) -> None:
+        """Send corked calls: all (``now`` None: the caller waits), or those older than
+        the batch window."""
+        if not self._corked:
+            return
         with self.lock:
-            actor_id = self._in_flight.pop(task_id, None)
-            if actor_id is None:
-                return False
-            line = self._lines[actor_id]
-            line.via_agent.discard(task_id)
-            line.direct.discard(task_id)
-            self._pump(line)
-            if line.idle():
-                del self._lines[actor_id]
-            return True
+            for actor_id in list(self._corked):
+                line = self._lines[actor_id]
+                if now is None or now - line.corked_at >= self._window_s:
+                    self._uncork(actor_id, line)
 
     def moved(self, msg: p.ActorAddress) -> None:
         with self.lock:
@@ -125,6 +149,8 @@ class ActorCaller:
                 line = self._lines[msg.actor_id] = _Line()
             if line.worker and not msg.worker_id:  # it died: drop what is queued for it
                 self._peers.forget(line.worker)
+                line.corked.clear()  # (the agent retries or fails them: it has the notices)
+                self._corked.discard(msg.actor_id)
             line.worker, line.gpu_ids = msg.worker_id, list(msg.gpu_ids)
             self._pump(line)
             if line.idle():
@@ -161,9 +187,22 @@ class ActorCaller:
             n.task_id, n.job_id, b"", n.name, n.args, n.deps, n.contained, n.num_returns,
             n.resources, n.max_retries, n.retry_filter, n.actor_id, {}, True, line.worker),
             soon=False)
-        self._peers.send(line.worker, p.ExecuteTask(
-            n.task_id, n.job_id, b"", n.name, n.args, call.deps, n.num_returns,
-            n.retry_filter, line.gpu_ids, None, 0, n.actor_id, {}, self._worker_id), kind="t")
+        execute = p.ExecuteTask(n.task_id, n.job_id, b"", n.name, n.args, call.deps,
+                                n.num_returns, n.retry_filter, line.gpu_ids, None, 0,
+                                n.actor_id, {}, self._worker_id)
+        if len(line.direct) == 1:  # nothing else in flight: at once
+            self._peers.send(line.worker, execute, kind="t")
+            return
+        if not line.corked:
+            line.corked_at = time.monotonic()
+            self._corked.add(n.actor_id)
+        line.corked.append(execute)
+
+    def _uncork(self, actor_id: bytes, line: _Line) -> None:
+        if line.corked:
+            self._peers.send(line.worker, p.one_or_batch(line.corked), kind="t")
+            line.corked = []
+        self._corked.discard(actor_id)
 
     def _send_via_agent(self, line: _Line, call: _Call) -> None:
         line.via_agent.add(call.notice.task_id)

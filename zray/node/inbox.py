@@ -66,11 +66,10 @@ class TaskInbox:
     def next(self) -> p.ExecuteTask | None:
         """The next task to run; while none is here, replies and deferred reports go out."""
         while True:
-            try:
+            if not self._from_agent.empty():
                 return self._from_agent.get_nowait()
-            except queue.Empty:
-                pass
-            self._receive()
+            if not self._pending:  # (a batch received gives many tasks: no poll per task)
+                self._receive()
             if self._pending:
                 if time.monotonic() - self._last_started > _SHORT_TASK_S:
                     self.flush_replies()  # the last one took a while: answer it now
