@@ -164,6 +164,8 @@ def test_wait_partitions_in_input_order(small_store):
     assert not_ready == [refs[0], refs[2]]
     ready, not_ready = zray.wait(refs, num_returns=4, timeout=0.01)
     assert len(ready) + len(not_ready) == 4 and set(ready) <= set(refs)
+    zray.get(refs)  # all ready: the first num_returns in input order count as ready
+    assert zray.wait(refs, num_returns=3) == (refs[:3], refs[3:])
 
 
 def test_bad_input_to_get_put_wait(small_store):

@@ -204,14 +204,12 @@ def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1,
          timeout: float | None = None, fetch_local: bool = True
          ) -> tuple[list[ObjectRef], list[ObjectRef]]:
     """``(ready, not_ready)``: both in input order; at most ``num_returns`` ready."""
-    from zray.objects.refs import ObjectRef, object_id_of
+    from zray.objects.refs import ObjectRef
 
     # Checked with C-speed loops: wait() is called in loops over long lists of refs.
     if not isinstance(object_refs, (list, tuple)) or not all(
             map(isinstance, object_refs, itertools.repeat(ObjectRef))):
         raise TypeError("zray.wait() takes a list of ObjectRefs")
-    if len(set(map(object_id_of, object_refs))) != len(object_refs):
-        raise ValueError("zray.wait() got the same ObjectRef more than once; pass each ref once")
     if not isinstance(num_returns, int) or num_returns < 0 or num_returns > len(object_refs):
         raise ValueError(f"num_returns={num_returns!r} must be an int between 0 and the number "
                          f"of refs ({len(object_refs)})")

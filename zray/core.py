@@ -23,6 +23,7 @@ import contextvars
 import itertools
 import json
 import logging
+import operator
 import os
 import sys
 import threading
@@ -450,13 +451,17 @@ class CoreClient:
     def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None
              ) -> tuple[list[ObjectRef], list[ObjectRef]]:
         ids = list(map(object_id_of, refs))
+        if len(set(ids)) != len(ids):
+            raise ValueError("zray.wait() got the same ObjectRef more than once; pass each "
+                             "ref once")
         self._await(ids, num_returns, timeout, raise_on_timeout=False)
-        ready_ids = self.objects.ready_among(ids)
-        if len(ready_ids) > num_returns:  # the first ones in input order count as ready
-            ready_ids = set([i for i in ids if i in ready_ids][:num_returns])
-        ready = [ref for ref, i in zip(refs, ids, strict=True) if i in ready_ids]
-        not_ready = [ref for ref, i in zip(refs, ids, strict=True) if i not in ready_ids]
-        return ready, not_ready
+        # C-speed loops only: wait() is called in loops over long lists of refs.
+        is_ready = list(map(self.objects.ready_among(ids).__contains__, ids))
+        if sum(is_ready) > num_returns:  # the first ones in input order count as ready
+            last = list(itertools.accumulate(is_ready)).index(num_returns)
+            is_ready[last + 1:] = itertools.repeat(False, len(is_ready) - last - 1)
+        return (list(itertools.compress(refs, is_ready)),
+                list(itertools.compress(refs, map(operator.not_, is_ready))))
 
     def _await(self, ids: list[bytes], count: int, timeout: float | None,
                raise_on_timeout: bool = True, for_get: bool = False) -> None:

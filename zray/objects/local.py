@@ -55,8 +55,7 @@ class LocalObjects:
         self._views: weakref.WeakValueDictionary[bytes, Any] = weakref.WeakValueDictionary()
 
     def ready_among(self, ids: list[bytes]) -> set[bytes]:
-        ready = self._ready
-        return {object_id for object_id in ids if object_id in ready}
+        return self._ready.keys() & ids
 
     def location(self, object_id: bytes) -> Location:
         return self._ready[object_id]
