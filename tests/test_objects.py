@@ -166,6 +166,7 @@ def test_wait_partitions_in_input_order(small_store):
     assert len(ready) + len(not_ready) == 4 and set(ready) <= set(refs)
     zray.get(refs)  # all ready: the first num_returns in input order count as ready
     assert zray.wait(refs, num_returns=3) == (refs[:3], refs[3:])
+    assert zray.wait(refs, num_returns=0) == ([], refs)
 
 
 def test_bad_input_to_get_put_wait(small_store):

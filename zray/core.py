@@ -19,6 +19,7 @@ pidfd, so a dead agent fails every waiter at once instead of leaving it hanging.
 
 from __future__ import annotations
 
+import bisect
 import contextvars
 import itertools
 import json
@@ -458,8 +459,9 @@ class CoreClient:
         # C-speed loops only: wait() is called in loops over long lists of refs.
         is_ready = list(map(self.objects.ready_among(ids).__contains__, ids))
         if sum(is_ready) > num_returns:  # the first ones in input order count as ready
-            last = list(itertools.accumulate(is_ready)).index(num_returns)
-            is_ready[last + 1:] = itertools.repeat(False, len(is_ready) - last - 1)
+            ready_so_far = list(itertools.accumulate(map(int, is_ready)))
+            extra = bisect.bisect_left(ready_so_far, num_returns + 1)  # first one too many
+            is_ready[extra:] = itertools.repeat(False, len(is_ready) - extra)
         return (list(itertools.compress(refs, is_ready)),
                 list(itertools.compress(refs, map(operator.not_, is_ready))))
 
