@@ -161,3 +161,15 @@ def test_large_fields_travel_out_of_band_in_frames_of_their_own() -> None:
     assert len(frames) == 3 and p.unbatch(p.decode(frames)) == [msg, p.Blocked(b"t")]
     small = p.encode(p.PutObject(b"o" * 20, b"x", []))
     assert len(small) == 1 and p.decode(small) == p.PutObject(b"o" * 20, b"x", [])
+
+
+def test_large_fields_received_uncopied_decode_as_views() -> None:
+    import zmq
+
+    msg = p.PutObject(b"o" * 20, b"x" * 200_000, [b"c" * 20])
+    frames = p.received([zmq.Frame(bytes(f)) for f in p.encode(msg)])
+    decoded = p.decode(frames)
+    assert type(decoded.data) is memoryview and decoded.data == b"x" * 200_000
+    assert type(decoded.object_id) is bytes and decoded.contained == [b"c" * 20]
+    with pytest.raises(p.ProtocolError):  # a view stands for bytes only, not for an int
+        p._build(p.LeaseLost, (b"lease", memoryview(b"7"), "exited"))

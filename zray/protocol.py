@@ -514,7 +514,13 @@ def _out_of_band(values: tuple[Any, ...], is_batch: bool) -> tuple[Any, ...]:
     return tuple(pickle.PickleBuffer(v) if _is_large(v) else v for v in values)
 
 
-def decode(frames: list[bytes]) -> Message:
+def received(frames: list[Any]) -> list[Any]:
+    """Frames received with ``copy=False`` as ``decode`` takes them: small ones as bytes,
+    large ones (big arguments) as read-only views of the frame, not copied again."""
+    return [frame.buffer if len(frame) >= _SPLIT_BYTES else frame.bytes for frame in frames]
+
+
+def decode(frames: list[Any]) -> Message:
     """The message in ``frames``; raises ProtocolError for anything malformed."""
     if len(frames) == 1 and len(frames[0]) >= 2:
         body: Any = memoryview(frames[0])[2:]
@@ -541,6 +547,8 @@ def _build(cls: type[Message], values: Any) -> Message:
     if type(values) is not tuple or len(values) != len(cls._types):
         raise ProtocolError(f"{cls.__name__}: expected {len(cls._types)} fields")
     for value, allowed in zip(values, cls._types, strict=True):
-        if not isinstance(value, allowed):
+        # (a memoryview stands for bytes: a large field received uncopied, ``received``)
+        if not isinstance(value, allowed) and not (type(value) is memoryview
+                                                   and bytes in allowed):
             raise ProtocolError(f"{cls.__name__}: field of type {type(value).__name__}")
     return cls(*values)

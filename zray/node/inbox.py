@@ -115,9 +115,9 @@ class TaskInbox:
 
     def _receive(self) -> None:
         while has_input(self.socket):
-            frames = self.socket.recv_multipart()
+            frames = self.socket.recv_multipart(copy=False)
             try:
-                msg = p.decode(frames[1:])
+                msg = p.decode(p.received(frames[1:]))
                 tasks = p.unbatch(msg) if isinstance(msg, p.Batch) else [msg]
             except p.ProtocolError as exc:
                 log.warning("dropped a malformed task message: %s", exc)
