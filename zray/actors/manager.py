@@ -316,9 +316,13 @@ class ActorManager:
         return True
 
     def client_gone(self, client_id: bytes, job_id: bytes, was_driver: bool) -> None:
-        """Its handles are gone; a driver's exit also ends its job's non-detached actors."""
+        """Its handles are gone; a driver's exit also ends its job's non-detached actors.
+        Reports of its direct calls whose notices never came are dropped."""
+        for task_id in [k for k, (_, msg) in self.early.items() if msg.owner == client_id]:
+            del self.early[task_id]
         for actor in list(self.directory.actors.values()):
             actor.holders.discard(client_id)
+            actor.callers.discard(client_id)
             ends_with_job = (was_driver and actor.creation.spec.job_id == job_id
                              and actor.options.get("lifetime") != "detached")
             if ends_with_job and actor.state is not ActorState.DEAD:
