@@ -352,7 +352,8 @@ class CoreClient:
             return task_id, refs
         if direct_deps is not None:  # the worker answers us directly
             self.objects.expect([ref.id for ref in refs])
-            self.tx.defer(notice, soon=False)  # in a batch, before anything else we send
+            self.tx.defer(notice, soon=False, awaited=False)  # in a batch, before anything
+            # else we send; a wait for its results needs it not (the worker answers us)
         else:
             self.tx.send(notice)
         del keep_alive  # refs of large arguments put on the caller's behalf: the task pins them now
@@ -475,7 +476,7 @@ class CoreClient:
         if to_subscribe:
             self.tx.send(p.Subscribe(to_subscribe, for_get))
         else:
-            self.tx.flush()  # what we wait for may be in there
+            self.tx.flush_for_wait()  # what we wait for may need one of those
         blocked = self.kind == "worker" and self.context.name != "idle"
         if blocked:
             self.tx.send(p.Blocked(self.context.task_id))

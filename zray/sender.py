@@ -7,7 +7,9 @@ Two kinds of traffic share the socket and must not overtake each other:
   it let go go out after it (the message may pin them first, e.g. a ref inside a put);
 - messages nobody waits on yet (a direct task's notice, a worker's report of one, an actor
   call), deferred and sent together in one ``Batch``: always before any later message, and
-  before any release (they may pin what is let go).
+  before any release (they may pin what is let go). A wait flushes them only if it may
+  depend on one (``flush_for_wait``): an owner waiting for its direct task's answer does
+  not make the agent wake for its notice and its released refs on every round trip.
 
 Any thread may send; one lock orders it all. The I/O thread calls ``flush`` every pass and
 sleeps no longer than ``timeout_ms`` says.
@@ -42,6 +44,7 @@ class AgentSender:
         self._deferred: list[p.Message] = []
         self._deferred_since = 0.0
         self._deferred_soon = False  # one of them must go within the batch window
+        self._deferred_awaited = False  # a wait may depend on one of them (flush_for_wait)
         self._held_released: list[bytes] = []
 
     def send(self, msg: p.Message, releases_first: bool = False) -> None:
@@ -57,16 +60,20 @@ class AgentSender:
             if released and not releases_first:
                 self._send_released(released)
 
-    def defer(self, msg: p.Message, soon: bool = True, wake: bool = True) -> None:
+    def defer(self, msg: p.Message, soon: bool = True, wake: bool = True,
+              awaited: bool = True) -> None:
         """Send ``msg`` later, in a Batch: within the batch window if ``soon`` (an actor's
         answers, which its mailbox waits for), else within a poll period (a submitter's
         notices, a worker's reports: whatever depends on them is sent after them anyway);
-        sooner with this process's next message, its next wait, or 256 messages. ``wake``:
-        wake the I/O thread to see to it (not needed where the caller's own loop sends
-        what is due, as a worker's main thread does between tasks)."""
+        sooner with this process's next message, 256 messages, or its next wait if
+        ``awaited`` (a wait may depend on it: not so a notice of a task the owner sent
+        itself, whose answer comes straight back). ``wake``: wake the I/O thread to see
+        to it (not needed where the caller's own loop sends what is due, as a worker's
+        main thread does between tasks)."""
         with self._lock:
             if not self._deferred:
                 self._deferred_since = time.monotonic()
+            self._deferred_awaited = self._deferred_awaited or awaited
             if soon and not self._deferred_soon:
                 self._deferred_soon = True
                 if wake:
@@ -86,6 +93,16 @@ class AgentSender:
             self._send_deferred_locked()
             if released:
                 self._send_released(released)
+
+    def flush_for_wait(self) -> None:
+        """Before a wait: send the deferred messages if the wait may depend on one (and
+        whatever came before it); else leave them, and released refs, for their batch."""
+        with self._lock:
+            if self._deferred_awaited:
+                released = self._drain_refs_locked()
+                self._send_deferred_locked()
+                if released:
+                    self._send_released(released)
 
     def timeout_ms(self, now: float) -> int:
         """How long the I/O thread may sleep before something here is due."""
@@ -122,7 +139,7 @@ class AgentSender:
         if self._deferred:
             self._socket.send_multipart(p.encode(p.batch(self._deferred)))
             self._deferred = []
-            self._deferred_soon = False
+            self._deferred_soon = self._deferred_awaited = False
 
     def _send_released(self, released: list[bytes]) -> None:
         self._on_released(released)
