@@ -91,11 +91,19 @@ def _plain(value: Any, depth: int = 3) -> bool:
     if depth == 0:
         return False
     if kind is tuple or kind is list:
-        return len(value) <= 8 and all(type(v) in _PLAIN or _plain(v, depth - 1)
-                                       for v in value)
+        if len(value) > 8:
+            return False
+        for item in value:  # (a loop: cheaper than all() over a generator here)
+            if type(item) not in _PLAIN and not _plain(item, depth - 1):
+                return False
+        return True
     if kind is dict:
-        return len(value) <= 8 and all(type(k) is str and _plain(v, depth - 1)
-                                       for k, v in value.items())
+        if len(value) > 8:
+            return False
+        for key, item in value.items():
+            if type(key) is not str or (type(item) not in _PLAIN and not _plain(item, depth - 1)):
+                return False
+        return True
     return False
 
 
