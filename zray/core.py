@@ -252,10 +252,7 @@ class CoreClient:
 
     def _dispatch_message(self, msg: p.Message) -> None:
         if isinstance(msg, p.TaskDone):
-            if self.actor_calls.answered(msg.task_id):
-                self.objects.file(msg.results)
-            elif self.leasing is not None:
-                self.leasing.on_done(msg)
+            self._answered([msg])
         elif isinstance(msg, p.ObjectsReady):
             self.objects.file(msg.locations)
         elif isinstance(msg, (p.ObjectCreated, p.AgentReply)):
@@ -266,10 +263,14 @@ class CoreClient:
             self.inbox.from_agent(msg)
         elif isinstance(msg, p.Batch):  # results from a worker that ran several of our tasks
             try:
-                for one in p.unbatch(msg):
-                    self._dispatch_message(one)
+                messages = p.unbatch(msg)
             except p.ProtocolError as exc:
                 log.warning("dropped a malformed batch: %s", exc)
+                return
+            self._answered([one for one in messages if isinstance(one, p.TaskDone)])
+            for one in messages:
+                if not isinstance(one, p.TaskDone):
+                    self._dispatch_message(one)
         elif isinstance(msg, p.CancelRunning) and self.on_cancel is not None:
             self.on_cancel(msg.task_id)
         elif isinstance(msg, p.LeaseGranted) and self.leasing is not None:
@@ -289,6 +290,18 @@ class CoreClient:
         elif isinstance(msg, p.Notice):
             print(f"zray: {msg.text or _unhandled_error_text(msg.error)}", file=sys.stderr,
                   flush=True)
+
+    def _answered(self, answers: list[p.TaskDone]) -> None:
+        """Answers to our actor calls and leased tasks (the owner's side sees to a lease's
+        next tasks once for them all)."""
+        for_leases = []
+        for done in answers:
+            if self.actor_calls.answered(done.task_id):
+                self.objects.file(done.results)
+            else:
+                for_leases.append(done)
+        if for_leases and self.leasing is not None:
+            self.leasing.on_done(for_leases)
 
     def _fail(self, reason: str) -> None:
         if self._on_agent_death is not None:

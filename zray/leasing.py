@@ -229,26 +229,33 @@ class DirectSubmitter:
             lease.idle_since = time.monotonic()
             self._pump(key)
 
-    def on_done(self, msg: p.TaskDone) -> None:
+    def on_done(self, answers: list[p.TaskDone]) -> None:
+        """Answers from workers (a Batch's worth at once): each lease then gets its next
+        tasks in one message, not one message per answer."""
         with self.lock:
-            task = self.tasks.get(msg.task_id)
-            lease = self._on_lease.get(msg.task_id)
-            if task is None or lease is None or msg.attempt != task.attempt:
-                return  # stale: an attempt given up on (its worker died, or a forced cancel)
-            self._took(task.key, msg.seconds)
-            self._off_lease(lease, task, time.monotonic())
-            if msg.retryable and task.retries_left > 0 and not task.cancelled:
-                task.retries_left -= 1
-                task.attempt += 1
-                self._queues[task.key].appendleft(task)
-            else:
-                del self.tasks[task.task_id]
-                self._file_results(msg.results)
-                self._results_here(msg.results)
-                if msg.retryable:  # the worker's report left the decision to us: final
-                    self._send_to_agent(p.TaskDone(msg.task_id, msg.attempt, msg.results,
-                                                   msg.contained, False, self._worker_id, 0.0))
-            self._pump(lease.key)
+            keys = {key for key in map(self._done_locked, answers) if key is not None}
+            for key in keys:
+                self._pump(key)
+
+    def _done_locked(self, msg: p.TaskDone) -> ClassKey | None:
+        task = self.tasks.get(msg.task_id)
+        lease = self._on_lease.get(msg.task_id)
+        if task is None or lease is None or msg.attempt != task.attempt:
+            return None  # stale: an attempt given up on (its worker died, or a forced cancel)
+        self._took(task.key, msg.seconds)
+        self._off_lease(lease, task, time.monotonic())
+        if msg.retryable and task.retries_left > 0 and not task.cancelled:
+            task.retries_left -= 1
+            task.attempt += 1
+            self._queues[task.key].appendleft(task)
+        else:
+            del self.tasks[task.task_id]
+            self._file_results(msg.results)
+            self._results_here(msg.results)
+            if msg.retryable:  # the worker's report left the decision to us: final
+                self._send_to_agent(p.TaskDone(msg.task_id, msg.attempt, msg.results,
+                                               msg.contained, False, self._worker_id, 0.0))
+        return lease.key
 
     def on_not_started(self, msg: p.NotStarted) -> None:
         """The worker's running task blocked: these go back to the queue, in order, and
