@@ -101,10 +101,12 @@ def test_a_dead_owners_results_fail_for_their_borrowers():
 def test_idle_leases_go_back_to_the_pool():
     warm_up(step)
     deadline = time.monotonic() + 10
-    # available_resources() first gives back this driver's own idle leases
-    while zray.available_resources().get("CPU") != 2.0 and time.monotonic() < deadline:
+    # available_resources() first gives back this driver's own idle leases. (The value
+    # checked is the one the loop saw: a second query could catch a lease taken since.)
+    while (free := zray.available_resources().get("CPU")) != 2.0 and \
+            time.monotonic() < deadline:
         time.sleep(0.01)
-    assert zray.available_resources()["CPU"] == 2.0
+    assert free == 2.0
 
 
 @zray.remote
