@@ -250,3 +250,26 @@ def test_sigterm_is_a_clean_exit(shard_factory: Callable[..., Shard]) -> None:
     shard.proc.send_signal(signal.SIGTERM)
     assert shard.proc.wait(timeout=20) == 0
     assert not Path(shard.endpoint.removeprefix("ipc://")).exists()
+
+
+@pytest.mark.timeout(60)
+def test_task_rows_past_the_history_are_dropped_unsent_and_nothing_kept_is_lost(
+        shard_factory: Callable[..., Shard], context: zmq.Context) -> None:
+    """Rows recorded faster than the broker stores them: the link keeps at most
+    max_task_history task rows queued (the broker would drop the older ones anyway)."""
+    shard = shard_factory(ZRAY_MAX_TASK_HISTORY="100")
+    shard.start()
+    link = BrokerLink(context, shard.endpoint, b"node0001",
+                      Config(broker_ack_timeout_s=0.5, poll_interval_ms=10, max_task_history=100))
+    try:
+        link.record("actors", b"a1", {"state": "ALIVE"})
+        for i in range(250):
+            link.record("tasks", i.to_bytes(4, "big"), {"n": i})
+        link.record("tasks", (3).to_bytes(4, "big"), {"n": 3})  # dropped, then queued anew
+        assert link.queued_rows() == 101 and link.dropped_rows == 151
+        pump_until_acked(link)
+        kept = [fields["n"] for _, fields, _ in query(shard.endpoint, "tasks", timeout_s=20)]
+        assert kept == list(range(151, 250)) + [3]
+        assert query(shard.endpoint, "actors", timeout_s=20) == [(b"a1", {"state": "ALIVE"}, None)]
+    finally:
+        link.close()

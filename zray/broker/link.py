@@ -26,7 +26,7 @@ from typing import Any
 
 import zmq
 
-from zray.broker.tables import Row
+from zray.broker.tables import BOUNDED_TABLE, Row
 from zray.config import Config
 from zray.exceptions import ZrayError
 from zray.protocol import BatchAck, ProtocolError, Query, QueryReply, TableBatch, decode, encode
@@ -70,15 +70,27 @@ class BrokerLink:
         # Rows not sent yet, by (table, key): a key updated again before the next flush is
         # sent once, with its latest fields (a short task's submit, start and finish).
         self._queued: dict[tuple[str, bytes], tuple[dict[str, Any] | None, bytes | None]] = {}
+        self._queued_bounded = 0  # rows of BOUNDED_TABLE among them
+        self.dropped_rows = 0  # task rows dropped unsent (see record)
         self._window: collections.OrderedDict[int, _InFlight] = collections.OrderedDict()
         self._seq = itertools.count(1)
 
     def record(
         self, table: str, key: bytes, fields: dict[str, Any] | None, blob: bytes | None = None
     ) -> None:
-        """Queue an upsert (or, with ``fields`` None, a delete); no I/O."""
-        self._queued.pop((table, key), None)  # re-queued at the end: the newest row is last
-        self._queued[(table, key)] = (fields, blob)
+        """Queue an upsert (or, with ``fields`` None, a delete); no I/O.
+
+        Task rows beyond ``max_task_history`` queued are dropped, oldest first: the broker
+        keeps only that many tasks, so it would drop them on arrival anyway. This bounds
+        the queue when rows come faster than the broker stores them."""
+        if self._queued.pop((table, key), None) is None and table == BOUNDED_TABLE:
+            self._queued_bounded += 1
+        self._queued[(table, key)] = (fields, blob)  # re-queued at the end: newest last
+        if self._queued_bounded > self.config.max_task_history:
+            oldest = next(k for k in self._queued if k[0] == BOUNDED_TABLE)
+            del self._queued[oldest]
+            self._queued_bounded -= 1
+            self.dropped_rows += 1
 
     def flush(self, now: float) -> None:
         """Resend a stale window, then send queued rows; ``now`` is time.monotonic()."""
@@ -96,6 +108,7 @@ class BrokerLink:
         rows: list[Row] = []
         for (table, key) in list(itertools.islice(self._queued, count)):
             fields, blob = self._queued.pop((table, key))
+            self._queued_bounded -= table == BOUNDED_TABLE
             rows.append((table, key, None if fields is None else _to_json(fields), blob))
         return rows
 
