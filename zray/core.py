@@ -281,6 +281,8 @@ class CoreClient:
             self.leasing.return_idle()
         elif isinstance(msg, p.ActorAddress):
             self.actor_calls.moved(msg)
+        elif isinstance(msg, p.Processed):
+            self.tx.processed(msg.count)
         elif isinstance(msg, p.NotStarted) and self.leasing is not None:
             self.leasing.on_not_started(msg)
         elif isinstance(msg, p.LogLines):
@@ -325,6 +327,7 @@ class CoreClient:
         """Submit a task, an actor's creation (``actor_options``) or an actor method call
         (``actor_id`` without ``fn``); returns its task id and refs to its results."""
         self._check_broken()
+        self.tx.wait_for_room(self._check_broken)
         if fn is not None and fn.function_id not in self._exported:
             self.tx.send(p.ExportFunction(fn.function_id, fn.name, fn.blob))
             self._exported.add(fn.function_id)

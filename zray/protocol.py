@@ -408,6 +408,15 @@ class ActorAddress(Message):
     gpu_ids: list
 
 
+@message(36)
+@dataclass(frozen=True, slots=True)
+class Processed(Message):
+    """Agent to client: it has handled this many deferred messages of yours (one Batch);
+    a client keeps at most so many unhandled (AgentSender.wait_for_room)."""
+
+    count: int
+
+
 @message(34)
 @dataclass(frozen=True, slots=True)
 class NotStarted(Message):

@@ -28,6 +28,7 @@ from zray import protocol as p
 from zray.objects.refs import RefCounter
 
 _BATCH_MAX = 256
+_MAX_UNPROCESSED = 4096  # deferred messages sent that the agent has not handled yet
 
 
 class AgentSender:
@@ -46,6 +47,8 @@ class AgentSender:
         self._deferred_soon = False  # one of them must go within the batch window
         self._deferred_awaited = False  # a wait may depend on one of them (flush_for_wait)
         self._held_released: list[bytes] = []
+        self._room = threading.Condition(self._lock)
+        self._unprocessed = 0  # deferred messages sent, not yet reported handled (Processed)
 
     def send(self, msg: p.Message, releases_first: bool = False) -> None:
         """Send ``msg`` with the pending edges around it; ``releases_first``: a request that
@@ -94,6 +97,25 @@ class AgentSender:
             if released:
                 self._send_released(released)
 
+    def wait_for_room(self, still_alive: Callable[[], None]) -> None:
+        """Block a submitting thread while the agent is far behind on the deferred messages
+        (notices of direct tasks and calls do not wait for it otherwise, and its backlog
+        would grow without bound). Never called holding another lock, nor from the I/O
+        thread, which takes the agent's Processed replies; ``still_alive`` raises if the
+        agent is gone."""
+        with self._lock:
+            while self._unprocessed + len(self._deferred) >= _MAX_UNPROCESSED:
+                self._send_deferred_locked()
+                still_alive()
+                self._room.wait(0.1)
+
+    def processed(self, count: int) -> None:
+        """The agent handled ``count`` of our deferred messages (from the I/O thread)."""
+        with self._lock:
+            self._unprocessed = max(0, self._unprocessed - count)
+            if self._unprocessed < _MAX_UNPROCESSED // 2:
+                self._room.notify_all()
+
     def flush_for_wait(self) -> None:
         """Before a wait: send the deferred messages if the wait may depend on one (and
         whatever came before it); else leave them, and released refs, for their batch."""
@@ -138,6 +160,7 @@ class AgentSender:
     def _send_deferred_locked(self) -> None:
         if self._deferred:
             self._socket.send_multipart(p.encode(p.batch(self._deferred)))
+            self._unprocessed += len(self._deferred)
             self._deferred = []
             self._deferred_soon = self._deferred_awaited = False
 

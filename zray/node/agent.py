@@ -46,6 +46,8 @@ from zray.protocol import has_input
 
 log = logging.getLogger("zray.agent")
 
+_BURST = 512  # messages handled per pass of the agent's loop (a Batch counts its items)
+
 
 class Agent:
     def __init__(self, args: argparse.Namespace, config: Config, pool: WorkerPool) -> None:
@@ -114,8 +116,13 @@ class Agent:
             events = dict(poller.poll(self.config.poll_interval_ms))
             for fd in [e for e in events if isinstance(e, int)]:
                 self._on_fd(fd)
-            while self.router in events and self.running and has_input(self.router):
-                self._on_frames(self.router.recv_multipart())
+            # At most _BURST messages per pass: under a steady flood the router always has
+            # input, and the passes' other duties (sends to workers, GCS rows and acks) must
+            # still run, or their queues grow without bound.
+            handled = 0
+            while (self.router in events and self.running and handled < _BURST
+                   and has_input(self.router)):
+                handled += self._on_frames(self.router.recv_multipart())
             self._after_events()
             self.gcs.pump()
 
@@ -145,27 +152,32 @@ class Agent:
             if client is not None:
                 self._drop_client(client)
 
-    def _on_frames(self, frames: list[bytes]) -> None:
+    def _on_frames(self, frames: list[bytes]) -> int:
+        """Handle one message (or Batch) from a client; returns how many it held."""
         identity = frames[0]
         try:
             msg = p.decode(frames[1:])
         except p.ProtocolError as exc:
             log.warning("dropped a malformed message from %s: %s", identity.hex(), exc)
-            return
+            return 1
         client_id = identity[:-1]
         if not isinstance(msg, p.Register) and client_id not in self.clients:
             log.warning("dropped %s from unregistered %s", type(msg).__name__, short(client_id))
-            return
+            return 1
         if isinstance(msg, p.Batch):
             try:
                 messages = p.unbatch(msg)
             except p.ProtocolError as exc:
                 log.warning("dropped a malformed batch from %s: %s", short(client_id), exc)
-                return
-        else:
-            messages = [msg]
-        for one in messages:
-            self._handle(client_id, one)
+                messages = []
+            for one in messages:
+                self._handle(client_id, one)
+            # Its sender waits for this before it defers too many more: the direct paths
+            # must not outrun the agent's bookkeeping of them.
+            self.send(client_id, p.Processed(len(msg.items)))
+            return len(msg.items)
+        self._handle(client_id, msg)
+        return 1
 
     def _handle(self, client_id: bytes, msg: p.Message) -> None:
         handler = self.handlers.get(type(msg))
