@@ -164,8 +164,7 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     if not isinstance(actor, ActorHandle):
         raise ValueError(f"zray.kill() takes an actor handle, got {type(actor).__name__}")
     client = client_for_call()
-    # Our later calls go through the agent, behind the kill, not straight to the worker.
-    client.actor_calls.moved(p.ActorAddress(actor.actor_id, b"", []))
+    client.actor_calls.forget(actor.actor_id)
     client.tx.send(p.KillActor(actor.actor_id, no_restart))
 
 

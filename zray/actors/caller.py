@@ -141,20 +141,29 @@ class ActorCaller:
                     self._uncork(actor_id, line)
 
     def moved(self, msg: p.ActorAddress) -> None:
+        """The agent says where the actor's worker is now (b"": dead or restarting)."""
+        self._move(msg.actor_id, msg.worker_id, list(msg.gpu_ids))
+
+    def forget(self, actor_id: bytes) -> None:
+        """zray.kill() from this process: later calls go through the agent, behind the
+        kill, instead of racing it straight to the worker."""
+        self._move(actor_id, b"", [])
+
+    def _move(self, actor_id: bytes, worker: bytes, gpu_ids: list[int]) -> None:
         with self.lock:
-            line = self._lines.get(msg.actor_id)
+            line = self._lines.get(actor_id)
             if line is None:
-                if not msg.worker_id:
+                if not worker:
                     return
-                line = self._lines[msg.actor_id] = _Line()
-            if line.worker and not msg.worker_id:  # it died: drop what is queued for it
+                line = self._lines[actor_id] = _Line()
+            if line.worker and not worker:  # gone: drop what is queued for it
                 self._peers.forget(line.worker)
                 line.corked.clear()  # (the agent retries or fails them: it has the notices)
-                self._corked.discard(msg.actor_id)
-            line.worker, line.gpu_ids = msg.worker_id, list(msg.gpu_ids)
+                self._corked.discard(actor_id)
+            line.worker, line.gpu_ids = worker, gpu_ids
             self._pump(line)
             if line.idle():
-                del self._lines[msg.actor_id]
+                del self._lines[actor_id]
 
     def worker_of(self, actor_id: bytes) -> bytes:
         """The worker our calls to this actor go to straight, b"" while through the agent."""
