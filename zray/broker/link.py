@@ -21,6 +21,7 @@ import collections
 import itertools
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,8 @@ log = logging.getLogger("zray.broker.link")
 # resend puts on the wire after the broker was away.
 MAX_INFLIGHT_BATCHES = 64
 
+
+Fields = dict[str, Any] | Callable[[], dict[str, Any]]  # a row's fields, or how to get them
 
 # Rows are plain dicts of str/int/float: no cycle check, no escaping needed (one encoder,
 # built once; this runs for every row the agent records).
@@ -69,16 +72,17 @@ class BrokerLink:
         self.resent_batches = 0  # for inspect and tests: how often Lazy Pirate fired
         # Rows not sent yet, by (table, key): a key updated again before the next flush is
         # sent once, with its latest fields (a short task's submit, start and finish).
-        self._queued: dict[tuple[str, bytes], tuple[dict[str, Any] | None, bytes | None]] = {}
+        self._queued: dict[tuple[str, bytes], tuple[Fields | None, bytes | None]] = {}
         self._queued_bounded = 0  # rows of BOUNDED_TABLE among them
         self.dropped_rows = 0  # task rows dropped unsent (see record)
         self._window: collections.OrderedDict[int, _InFlight] = collections.OrderedDict()
         self._seq = itertools.count(1)
 
     def record(
-        self, table: str, key: bytes, fields: dict[str, Any] | None, blob: bytes | None = None
+        self, table: str, key: bytes, fields: Fields | None, blob: bytes | None = None
     ) -> None:
-        """Queue an upsert (or, with ``fields`` None, a delete); no I/O.
+        """Queue an upsert (or, with ``fields`` None, a delete); no I/O. ``fields`` may be
+        a function returning them, called only if the row is sent.
 
         Task rows beyond ``max_task_history`` queued are dropped, oldest first: the broker
         keeps only that many tasks, so it would drop them on arrival anyway. This bounds
@@ -109,6 +113,8 @@ class BrokerLink:
         for (table, key) in list(itertools.islice(self._queued, count)):
             fields, blob = self._queued.pop((table, key))
             self._queued_bounded -= table == BOUNDED_TABLE
+            if callable(fields):
+                fields = fields()
             rows.append((table, key, None if fields is None else _to_json(fields), blob))
         return rows
 

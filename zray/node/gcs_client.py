@@ -49,12 +49,10 @@ class GcsClient:
         self.link.record(table, key, fields, blob)
 
     def record_task(self, task: Task, pid: int = 0) -> None:
-        row = {"task_id": task.spec.task_id.hex(), "name": task.spec.name,
-               "job_id": task.spec.job_id.hex(), "state": task.state.name,
-               "attempt": task.attempt, "time": time.time()}
-        if pid:
-            row["pid"] = pid
-        self.link.record("tasks", task.spec.task_id, row)
+        # Its fields are laid out when the row is sent, from the task as it is then: a
+        # task recorded several times before a flush costs one row, and a row dropped
+        # unsent (BrokerLink.record) costs none.
+        self.link.record("tasks", task.spec.task_id, _TaskRow(task, pid, time.time()))
 
     def record_object(self, entry: ObjectEntry | None, node_id: bytes) -> None:
         if entry is not None:
@@ -106,3 +104,20 @@ class GcsClient:
             self.proc.wait()
         os.close(self.pidfd)
         self.link.close()
+
+
+class _TaskRow:
+    """A task's row in the GCS, laid out on demand (see record_task)."""
+
+    __slots__ = ("task", "pid", "at")
+
+    def __init__(self, task: Task, pid: int, at: float) -> None:
+        self.task, self.pid, self.at = task, pid, at
+
+    def __call__(self) -> dict[str, Any]:
+        spec = self.task.spec
+        row = {"task_id": spec.task_id.hex(), "name": spec.name, "job_id": spec.job_id.hex(),
+               "state": self.task.state.name, "attempt": self.task.attempt, "time": self.at}
+        if self.pid:
+            row["pid"] = self.pid
+        return row
