@@ -72,6 +72,20 @@ def test_gpus_are_assigned_and_visible(two_cpus):
     assert sorted(zray.get(both.remote())) == [0, 1]
 
 
+def test_an_actors_calls_see_its_gpus_whichever_path_they_take(two_cpus):
+    @zray.remote(num_gpus=1)
+    class OnGpu:
+        def ids(self):
+            import os
+
+            return zray.get_gpu_ids(), os.environ["CUDA_VISIBLE_DEVICES"]
+
+    actor = OnGpu.remote()
+    first = zray.get(actor.ids.remote())  # through the agent; later ones go straight
+    assert len(first[0]) == 1 and first[1] == str(first[0][0])
+    assert zray.get([actor.ids.remote() for _ in range(20)]) == [first] * 20
+
+
 def test_cluster_and_available_resources(two_cpus):
     assert zray.cluster_resources() == {"CPU": 2.0, "GPU": 2.0, "slot": 1.0}
     deadline = time.monotonic() + 10
