@@ -178,6 +178,7 @@ class CoreClient:
         """Round trip to the agent after flushing refs: notices it owes us arrive first."""
         if self._io is None:
             return
+        self.actor_calls.flush()  # calls made go, not to be left running at the agent
         self.tx.flush()  # releases go before the query, not after it
         try:
             self.query("resources")
