@@ -135,10 +135,15 @@ class Lease:
 
 
 def _depth(task_seconds: float) -> int:
-    """How many tasks a lease may hold (one running, the rest sent ahead)."""
+    """How many tasks a lease may hold (one running, the rest sent ahead).
+
+    Under 10 ms, two go ahead, not one: a task's next one is sent when its result is back
+    here, a round trip of about 0.4 ms, so with one ahead a worker whose queued task is
+    shorter than that waits idle (measured: 1,000 tasks of 0-5 ms left each worker idle
+    after about 6% of its tasks, 0.5 ms each time)."""
     if task_seconds < 0.0005:
         return 16
-    return 2 if task_seconds < 0.01 else 1
+    return 3 if task_seconds < 0.01 else 1
 
 
 class DirectSubmitter:
