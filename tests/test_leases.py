@@ -131,6 +131,17 @@ def fails():
     raise ValueError("nope")
 
 
+def test_a_quick_tasks_answer_does_not_wait_for_a_long_task_sent_behind_it():
+    warm_up(maybe_slow)  # quick: its answers may wait for company while the next one runs
+    for i in range(3):
+        quick = maybe_slow.remote(i)
+        slow = maybe_slow.remote(-1, 2.0)  # on the same lease, right behind it
+        assert zray.get(quick, timeout=1.0) == i  # not held until the slow one ends
+        zray.cancel(slow)
+        with pytest.raises(zray.exceptions.TaskCancelledError):
+            zray.get(slow, timeout=10)
+
+
 def test_a_chain_waits_at_its_owner_and_an_error_skips_what_depends_on_it(tmp_path):
     ref = plus_one.remote(0)
     for _ in range(20):  # each waits for the one before, here, not at the agent

@@ -237,6 +237,8 @@ class CoreClient:
                         self.leasing.expire_idle(now)
                     self.actor_calls.flush(now)
                     self.tx.flush(now)
+                    if self.inbox is not None:
+                        self.inbox.send_overdue(now)
                     last_chores = now
             except Exception as exc:  # without this thread nothing wakes a waiter again
                 log.exception("zray's I/O thread failed")

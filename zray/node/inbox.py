@@ -10,6 +10,10 @@
 An owner may send a lease several short tasks at once (zray/leasing.py). They run in
 order; if one blocks in ``get``, every task not started yet goes back to its owner
 (NotStarted) so it can run elsewhere: a task never waits behind one that waits for it.
+
+After a short task, its answer waits for company while the next task runs. That task may
+turn out long, so the I/O thread sends answers held longer than the batch window on its
+next pass: an answer never waits for the task behind it, at most about a poll period.
 """
 
 from __future__ import annotations
@@ -51,7 +55,10 @@ class TaskInbox:
         self._poller.register(self.socket, zmq.POLLIN)
         self._poller.register(self._wake_r, zmq.POLLIN)
         self._pending: deque[p.ExecuteTask] = deque()  # sent on a lease, not started
+        self._replies_lock = threading.Lock()  # the I/O thread sends overdue ones
         self._replies: dict[bytes, list[p.Message]] = {}
+        self._held_since = 0.0  # when the oldest answer in _replies was held
+        self._hold_s = client.config.batch_window_ms / 1000
         self._last_started = 0.0
 
     # --- from the I/O thread ---------------------------------------------------------
@@ -60,6 +67,14 @@ class TaskInbox:
         """A task the agent sent (None: the agent is gone, stop)."""
         self._from_agent.put(task)
         os.write(self._wake_w, b"x")
+
+    def send_overdue(self, now: float) -> None:
+        """Send the answers held past the batch window (the task after them runs long).
+        From the I/O thread's regular passes: it is not woken for this, which would cost a
+        wake-up per batch of answers."""
+        with self._replies_lock:
+            if self._replies and now - self._held_since >= self._hold_s:
+                self._send_replies_locked()
 
     # --- the main thread -------------------------------------------------------------
 
@@ -84,14 +99,17 @@ class TaskInbox:
                 self._client.tx.flush(time.monotonic())
 
     def reply(self, owner: bytes, done: p.TaskDone) -> None:
-        replies = self._replies.setdefault(owner, [])
-        replies.append(done)
-        if len(replies) >= _REPLY_BATCH:
-            self._send_replies(owner)
+        with self._replies_lock:
+            if not self._replies:
+                self._held_since = time.monotonic()
+            replies = self._replies.setdefault(owner, [])
+            replies.append(done)
+            if len(replies) >= _REPLY_BATCH:
+                self._client.peers.send(owner, p.one_or_batch(self._replies.pop(owner)))
 
     def flush_replies(self) -> None:
-        for owner in list(self._replies):
-            self._send_replies(owner)
+        with self._replies_lock:
+            self._send_replies_locked()
 
     def wait_blocked(self, event: threading.Event, timeout: float | None) -> bool:
         """Wait for ``event`` while the running task is blocked: tasks queued behind it go
@@ -139,7 +157,7 @@ class TaskInbox:
         for owner, task_ids in by_owner.items():
             self._client.peers.send(owner, p.NotStarted(task_ids))
 
-    def _send_replies(self, owner: bytes) -> None:
-        replies = self._replies.pop(owner, [])
-        if replies:
+    def _send_replies_locked(self) -> None:
+        for owner, replies in self._replies.items():
             self._client.peers.send(owner, p.one_or_batch(replies))
+        self._replies.clear()
