@@ -11,9 +11,10 @@ An owner may send a lease several short tasks at once (zray/leasing.py). They ru
 order; if one blocks in ``get``, every task not started yet goes back to its owner
 (NotStarted) so it can run elsewhere: a task never waits behind one that waits for it.
 
-After a short task, its answer waits for company while the next task runs. That task may
-turn out long, so the I/O thread sends answers held longer than the batch window on its
-next pass: an answer never waits for the task behind it, at most about a poll period.
+After a short task, its answer waits for company while the next task runs, if that one's
+function is known to be short too. It may still run long, so the I/O thread sends answers
+held longer than the batch window on its next pass: an answer never waits for the task
+behind it, at most about a poll period.
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ class TaskInbox:
         self._held_since = 0.0  # when the oldest answer in _replies was held
         self._hold_s = client.config.batch_window_ms / 1000
         self._last_started = 0.0
+        # How long each function's (or method's) tasks ran lately: answers wait for company
+        # only in front of a task known to be short.
+        self._seconds: dict[bytes, float] = {}
+        self._running_kind = b""
 
     # --- from the I/O thread ---------------------------------------------------------
 
@@ -82,14 +87,19 @@ class TaskInbox:
         """The next task to run; while none is here, replies and deferred reports go out."""
         while True:
             if not self._from_agent.empty():
+                self._running_kind = b""
                 return self._from_agent.get_nowait()
             if not self._pending:  # (a batch received gives many tasks: no poll per task)
                 self._receive()
             if self._pending:
-                if time.monotonic() - self._last_started > _SHORT_TASK_S:
-                    self.flush_replies()  # the last one took a while: answer it now
+                task = self._pending.popleft()
+                kind = task.function_id or task.name.encode()
+                if (time.monotonic() - self._last_started > _SHORT_TASK_S
+                        or self._seconds.get(kind, 1.0) > _SHORT_TASK_S):
+                    self.flush_replies()  # the last one took a while, or the next may
                 self._last_started = time.monotonic()
-                return self._pending.popleft()
+                self._running_kind = kind
+                return task
             self.flush_replies()
             timeout = self._client.tx.deferred_timeout_ms()
             events = dict(self._poller.poll(timeout))
@@ -99,6 +109,10 @@ class TaskInbox:
                 self._client.tx.flush(time.monotonic())
 
     def reply(self, owner: bytes, done: p.TaskDone) -> None:
+        if self._running_kind:
+            before = self._seconds.get(self._running_kind)
+            self._seconds[self._running_kind] = (
+                done.seconds if before is None else 0.8 * before + 0.2 * done.seconds)
         with self._replies_lock:
             if not self._replies:
                 self._held_since = time.monotonic()
