@@ -6,6 +6,7 @@ relies on the autouse leak check: no process, socket, session directory or arena
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -36,6 +37,17 @@ def test_driver_exit_without_shutdown_cleans_up():
         print(zray.get(zray.remote(lambda: 7).remote()))
     """)
     assert out.returncode == 0 and out.stdout.strip() == "7", out.stderr
+
+
+def test_a_tmpdir_too_long_for_unix_sockets_is_named_and_leaves_nothing(tmp_path):
+    long_tmp = tmp_path / ("x" * (100 - len(str(tmp_path))))
+    long_tmp.mkdir()
+    script = "import zray\nzray.init(num_cpus=1)"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "TMPDIR": str(long_tmp)})
+    assert out.returncode != 0
+    assert "too long for the Unix sockets" in out.stderr and "TMPDIR" in out.stderr, out.stderr
+    assert list(long_tmp.iterdir()) == []
 
 
 def test_driver_exception_cleans_up():

@@ -6,7 +6,8 @@ import pytest
 import zmq
 
 from zray import protocol as p
-from zray.leasing import Peers, direct_endpoint
+from zray.leasing import Peers
+from zray.node.launcher import direct_endpoint
 
 pytestmark = pytest.mark.timeout(30)
 

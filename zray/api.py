@@ -63,19 +63,21 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         total = _resources(num_cpus, num_gpus, resources)
         store_size = object_store_memory or int(_total_memory() * _config.object_store_fraction)
         cluster = LocalCluster.start(total, store_size, _config)
-        from zray import core  # while the agent starts
-        from zray.specs import TaskContext
+        client = None
+        try:  # whatever fails from here on, the cluster started goes, and its files
+            from zray import core  # while the agent starts
+            from zray.specs import TaskContext
 
-        if cluster.warning:
-            print(f"zray: {cluster.warning}", file=sys.stderr, flush=True)
-        job_id = new_job_id()
-        client = core.CoreClient(cluster.endpoint, "driver", job_id, _config, log_to_driver)
-        client.namespace = namespace or f"anonymous-{job_id.hex()}"
-        client.context = TaskContext(driver_task_id(job_id), "driver", job_id)
-        try:
+            if cluster.warning:
+                print(f"zray: {cluster.warning}", file=sys.stderr, flush=True)
+            job_id = new_job_id()
+            client = core.CoreClient(cluster.endpoint, "driver", job_id, _config, log_to_driver)
+            client.namespace = namespace or f"anonymous-{job_id.hex()}"
+            client.context = TaskContext(driver_task_id(job_id), "driver", job_id)
             client.connect(_config.startup_timeout_s, cluster.why_not_running)
         except BaseException:
-            client.close()
+            if client is not None:
+                client.close()
             cluster.agent.kill()
             cluster.stop(_config.shutdown_timeout_s)
             raise

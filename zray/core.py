@@ -47,9 +47,10 @@ from zray.ids import (
     return_object_id,
     task_of,
 )
-from zray.leasing import DirectSubmitter, DirectTask, Peers, direct_endpoint
+from zray.leasing import DirectSubmitter, DirectTask, Peers
 from zray.malloc import keep_large_blocks_warm
 from zray.node.inbox import TaskInbox
+from zray.node.launcher import direct_endpoint
 from zray.objects.arguments import encode_arguments
 from zray.objects.local import LocalObjects
 from zray.objects.refs import ObjectRef, RefCounter, object_id_of

@@ -30,7 +30,6 @@ Locks: ``DirectSubmitter.lock`` is taken before the core's tx lock, never after 
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 import time
 from collections import OrderedDict, deque
@@ -42,17 +41,10 @@ import zmq
 
 from zray import protocol as p
 from zray.node import failures
+from zray.node.launcher import direct_endpoint
 
 ClassKey = tuple[bytes, tuple[tuple[str, float], ...]]  # (function id, resource shape)
 _MAX_PEER_SOCKETS = 64
-
-
-def direct_endpoint(agent_endpoint: str, worker_id: bytes, kind: str = "d") -> str:
-    """The ipc endpoint a process binds, next to its agent's socket, for direct messages
-    (``kind`` "d": results and cancels, read by its I/O thread) or for tasks sent on a
-    lease ("t": read by a worker's main thread, so a task reaches it without a hop)."""
-    session_dir = os.path.dirname(agent_endpoint.removeprefix("ipc://"))
-    return f"ipc://{session_dir}/{kind}-{worker_id.hex()}.sock"
 
 
 class Peers:

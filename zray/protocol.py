@@ -334,7 +334,7 @@ class RequestLease(Message):
 @dataclass(frozen=True, slots=True)
 class LeaseGranted(Message):
     lease_id: bytes
-    worker_id: bytes  # send ExecuteTask to its task socket (leasing.direct_endpoint "t")
+    worker_id: bytes  # send ExecuteTask to its task socket (launcher.direct_endpoint "t")
     gpu_ids: list
 
 

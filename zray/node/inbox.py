@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import zmq
 
 from zray import protocol as p
-from zray.leasing import direct_endpoint
+from zray.node.launcher import direct_endpoint
 from zray.protocol import has_input
 
 if TYPE_CHECKING:

@@ -21,11 +21,22 @@ import tempfile
 from dataclasses import dataclass
 
 from zray.config import Config
+from zray.exceptions import ZrayError
+from zray.ids import new_worker_id
 from zray.malloc import MALLOC_ENV
 from zray.node.worker_pool import wait_for_exit
 from zray.objects.store import place_arena
 
 SESSION_PREFIX = "zray-session-"
+_MAX_SOCKET_PATH = 107  # Linux: a Unix socket's path is at most 108 bytes with its NUL
+
+
+def direct_endpoint(agent_endpoint: str, worker_id: bytes, kind: str = "d") -> str:
+    """The ipc endpoint a process binds, next to its agent's socket, for direct messages
+    (``kind`` "d": results and cancels, read by its I/O thread) or for tasks sent on a
+    lease ("t": read by a worker's main thread, so a task reaches it without a hop)."""
+    session_dir = os.path.dirname(agent_endpoint.removeprefix("ipc://"))
+    return f"ipc://{session_dir}/{kind}-{worker_id.hex()}.sock"
 
 
 @dataclass
@@ -39,8 +50,15 @@ class LocalCluster:
     @classmethod
     def start(cls, resources: dict[str, float], store_size: int, config: Config) -> LocalCluster:
         session = tempfile.mkdtemp(prefix=SESSION_PREFIX)
-        placement = place_arena(f"{os.path.basename(session)}-store", store_size, session)
         endpoint = f"ipc://{session}/agent.sock"
+        longest = direct_endpoint(endpoint, new_worker_id()).removeprefix("ipc://")
+        if len(longest) > _MAX_SOCKET_PATH:
+            os.rmdir(session)
+            raise ZrayError(
+                f"the session directory {session} is too long for the Unix sockets zray "
+                f"binds in it ({len(longest)} characters, at most {_MAX_SOCKET_PATH}); set "
+                "TMPDIR to a shorter directory, e.g. TMPDIR=/tmp")
+        placement = place_arena(f"{os.path.basename(session)}-store", store_size, session)
         with open(os.path.join(session, "agent.log"), "wb") as log_file:
             agent = subprocess.Popen(
                 [sys.executable, "-m", "zray.node.boot", "--session", session,
