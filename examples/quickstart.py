@@ -2,8 +2,8 @@
 
 Ports the basics of the Ray tutorial (seed 001) and the README: remote tasks, ``put``/``get``
 of a numpy array held in shared memory, a task chained on another task's result, a task that
-launches tasks of its own, and a ``print`` inside a task forwarded to the driver as
-``(greet pid=...) ...``.
+launches tasks of its own, an actor whose calls run one at a time in the order made, and a
+``print`` inside a task forwarded to the driver as ``(greet pid=...) ...``.
 """
 
 import numpy as np
@@ -33,6 +33,18 @@ def sum_of_squares(n):
 
 
 @zray.remote
+class Counter:
+    """An actor: a process of its own, with state; its calls run one at a time."""
+
+    def __init__(self):
+        self.n = 0
+
+    def increment(self):
+        self.n += 1
+        return self.n
+
+
+@zray.remote
 def greet(name):
     print(f"hello from a task, {name}")
     return name
@@ -56,6 +68,11 @@ def main():
 
         assert zray.get(sum_of_squares.remote(10)) == 285
         print("nested sum of squares below 10:", zray.get(sum_of_squares.remote(10)))
+
+        counter = Counter.remote()
+        counts = zray.get([counter.increment.remote() for _ in range(5)])
+        assert counts == [1, 2, 3, 4, 5], counts
+        print("an actor's calls, in order:", counts)
 
         assert zray.get(greet.remote("driver")) == "driver"
 
