@@ -162,3 +162,32 @@ def test_a_call_corked_behind_one_that_waits_for_it_still_goes(tmp_path):
         assert time.monotonic() < deadline, "the corked call never went"
         time.sleep(0.01)
     assert zray.get(waiting, timeout=10) == "passed"
+
+
+@zray.remote
+class Napper:
+    def quick(self):
+        return "quick"
+
+    def nap(self, seconds):
+        time.sleep(seconds)
+        return "napped"
+
+
+@zray.remote
+def quick_then_nap(napper):
+    """A new caller's first calls go through the mailbox, which sends both to the worker
+    at once: the quick one's answer must not wait while the nap behind it runs."""
+    quick = napper.quick.remote()
+    nap = napper.nap.remote(2.0)
+    started = time.monotonic()
+    assert zray.get(quick, timeout=10) == "quick"
+    waited = time.monotonic() - started
+    assert zray.get(nap, timeout=10) == "napped"
+    return waited
+
+
+def test_a_quick_calls_answer_does_not_wait_for_a_slow_call_behind_it():
+    napper = Napper.remote()
+    assert zray.get([napper.quick.remote() for _ in range(20)]) == ["quick"] * 20  # warm
+    assert zray.get(quick_then_nap.remote(napper), timeout=30) < 1.0

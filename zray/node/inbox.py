@@ -87,19 +87,15 @@ class TaskInbox:
         """The next task to run; while none is here, replies and deferred reports go out."""
         while True:
             if not self._from_agent.empty():
-                self._running_kind = b""
-                return self._from_agent.get_nowait()
+                from_agent = self._from_agent.get_nowait()
+                if from_agent is None:  # stop
+                    self.flush_replies()
+                    return None
+                return self._start(from_agent)
             if not self._pending:  # (a batch received gives many tasks: no poll per task)
                 self._receive()
             if self._pending:
-                task = self._pending.popleft()
-                kind = task.function_id or task.name.encode()
-                if (time.monotonic() - self._last_started > _SHORT_TASK_S
-                        or self._seconds.get(kind, 1.0) > _SHORT_TASK_S):
-                    self.flush_replies()  # the last one took a while, or the next may
-                self._last_started = time.monotonic()
-                self._running_kind = kind
-                return task
+                return self._start(self._pending.popleft())
             self.flush_replies()
             timeout = self._client.tx.deferred_timeout_ms()
             events = dict(self._poller.poll(timeout))
@@ -107,6 +103,17 @@ class TaskInbox:
                 os.read(self._wake_r, 4096)
             if not events:
                 self._client.tx.flush(time.monotonic())
+
+    def _start(self, task: p.ExecuteTask) -> p.ExecuteTask:
+        """Answers held go out before ``task`` starts, unless the last task and this one's
+        function are both known to be short."""
+        kind = task.function_id or task.name.encode()
+        if (time.monotonic() - self._last_started > _SHORT_TASK_S
+                or self._seconds.get(kind, 1.0) > _SHORT_TASK_S):
+            self.flush_replies()
+        self._last_started = time.monotonic()
+        self._running_kind = kind
+        return task
 
     def reply(self, owner: bytes, done: p.TaskDone) -> None:
         if self._running_kind:
