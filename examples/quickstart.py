@@ -7,6 +7,7 @@ launches tasks of its own, an actor whose calls run one at a time in the order m
 """
 
 import numpy as np
+from counter import Counter  # an actor (examples/counter.py)
 
 import zray
 
@@ -30,18 +31,6 @@ def add(x, y):
 def sum_of_squares(n):
     # A nested task: a task may launch tasks and wait for them.
     return sum(zray.get([square.remote(i) for i in range(n)]))
-
-
-@zray.remote
-class Counter:
-    """An actor: a process of its own, with state; its calls run one at a time."""
-
-    def __init__(self):
-        self.n = 0
-
-    def increment(self):
-        self.n += 1
-        return self.n
 
 
 @zray.remote

@@ -126,6 +126,12 @@ class Lease:
     idle_since: float = 0.0                                    # one is the one running
 
 
+def recent_seconds(previous: float | None, seconds: float) -> float:
+    """A moving average of how long a function's tasks ran: the owner's guess (how many to
+    send ahead) and the worker's (whether to hold an answer for company) of the next one."""
+    return seconds if previous is None else 0.8 * previous + 0.2 * seconds
+
+
 def _depth(task_seconds: float) -> int:
     """How many tasks a lease may hold (one running, the rest sent ahead).
 
@@ -351,8 +357,7 @@ class DirectSubmitter:
                 task.deps[i] = location
 
     def _took(self, key: ClassKey, seconds: float) -> None:
-        previous = self._task_time.get(key)
-        self._task_time[key] = seconds if previous is None else 0.8 * previous + 0.2 * seconds
+        self._task_time[key] = recent_seconds(self._task_time.get(key), seconds)
 
     def _request(self, key: ClassKey, task: DirectTask) -> None:
         lease_id = self._worker_id + next(self._lease_ids).to_bytes(8, "big")

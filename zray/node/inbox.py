@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import zmq
 
 from zray import protocol as p
+from zray.leasing import recent_seconds
 from zray.node.launcher import direct_endpoint
 from zray.protocol import has_input
 
@@ -117,9 +118,8 @@ class TaskInbox:
 
     def reply(self, owner: bytes, done: p.TaskDone) -> None:
         if self._running_kind:
-            before = self._seconds.get(self._running_kind)
-            self._seconds[self._running_kind] = (
-                done.seconds if before is None else 0.8 * before + 0.2 * done.seconds)
+            self._seconds[self._running_kind] = recent_seconds(
+                self._seconds.get(self._running_kind), done.seconds)
         with self._replies_lock:
             if not self._replies:
                 self._held_since = time.monotonic()
