@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import functools
-import pickle
-import sys
 from collections.abc import Callable
 from typing import Any
 
-import cloudpickle
-
+from zray.exported import export_blob
 from zray.objects.refs import ObjectRef
+from zray.objects.serialization import dumps
 from zray.options import resolved, validate
 from zray.specs import FunctionDescriptor, TaskOptions
 
@@ -61,16 +59,6 @@ class _OptionsBound:
         return self._function._submit(args, kwargs, self._opts)
 
 
-def export_blob(fn: Callable[..., Any]) -> bytes:
-    """The function and this process's import path (see zray.node.execution.load_function)."""
-    try:
-        return pickle.dumps((list(sys.path), cloudpickle.dumps(fn)))
-    except Exception as exc:
-        raise TypeError(f"remote function {getattr(fn, '__qualname__', fn)!r} cannot be "
-                        f"pickled: {exc}. Functions must not capture locks, sockets or open "
-                        "files; create those inside the function instead.") from exc
-
-
 def task_options(options: dict[str, Any]) -> TaskOptions:
     from zray.api import default_max_retries
 
@@ -78,7 +66,7 @@ def task_options(options: dict[str, Any]) -> TaskOptions:
                  "GPU": float(resolved(options, "num_gpus"))}
     resources.update({k: float(v) for k, v in (resolved(options, "resources") or {}).items()})
     retry = resolved(options, "retry_exceptions")
-    retry_filter = b"*" if retry is True else b"" if not retry else cloudpickle.dumps(tuple(retry))
+    retry_filter = b"*" if retry is True else b"" if not retry else dumps(tuple(retry))
     max_retries = resolved(options, "max_retries")
     return TaskOptions(
         num_returns=resolved(options, "num_returns"),

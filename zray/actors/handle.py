@@ -11,10 +11,11 @@ import inspect
 from typing import Any
 
 from zray.core import current_counter
+from zray.exported import export_blob
 from zray.objects.refs import ObjectRef
 from zray.objects.serialization import record_contained_ref
 from zray.options import resolved, validate
-from zray.remote_function import export_blob, task_options
+from zray.remote_function import task_options
 from zray.specs import FunctionDescriptor, TaskOptions
 
 _NUM_RETURNS_ATTR = "__zray_num_returns__"

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 from zray import protocol as p
 from zray.core import CoreClient
 from zray.exceptions import TaskCancelledError
-from zray.node.execution import Outcome, fail, hand_in, load_function, run_async, run_sync
+from zray.exported import load_function
+from zray.node.execution import Outcome, fail, hand_in, run_async, run_sync
 
 if TYPE_CHECKING:  # imported when an actor needs them: most workers never host one
     import asyncio

@@ -15,8 +15,6 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import cloudpickle
-
 import zray
 from zray import protocol as p
 from zray.core import CoreClient
@@ -157,14 +155,4 @@ def should_retry(retry_filter: bytes, exc: Exception) -> bool:
         return False
     if retry_filter == b"*":
         return True
-    return isinstance(exc, tuple(cloudpickle.loads(retry_filter)))
-
-
-def load_function(blob: bytes) -> Any:
-    """Unpickle an exported function or class, first adding its driver's import path.
-
-    Functions in importable modules are pickled by reference, so the worker must be able
-    to import the driver's modules (a script's directory, a test's rootdir), as in Ray."""
-    driver_path, function_blob = pickle.loads(blob)
-    sys.path.extend(entry for entry in driver_path if entry not in sys.path)
-    return cloudpickle.loads(function_blob)
+    return isinstance(exc, tuple(pickle.loads(retry_filter)))

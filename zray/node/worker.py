@@ -32,7 +32,8 @@ from zray.actors.host import ActorHost
 from zray.config import Config
 from zray.core import CoreClient
 from zray.exceptions import NodeDiedError, TaskCancelledError
-from zray.node.execution import Outcome, fail, hand_in, load_function, run_sync
+from zray.exported import load_function
+from zray.node.execution import Outcome, fail, hand_in, run_sync
 
 
 class Worker:

@@ -1,8 +1,9 @@
 """Turning values into bytes and back, with large buffers kept out of band.
 
-Values are pickled with cloudpickle at protocol 5: numpy arrays, Arrow tables and anything
-else exporting ``PickleBuffer`` hand their buffers over out of band, so they are copied once
-into their destination and read back in place (zero-copy) from the store's mapping.
+Values are pickled with cloudpickle at protocol 5 (``Pickler``, which keeps the file names of
+code pickled by value): numpy arrays, Arrow tables and anything else exporting ``PickleBuffer``
+hand their buffers over out of band, so they are copied once into their destination and read
+back in place (zero-copy) from the store's mapping.
 
 One layout serves inline messages and store objects alike (all integers little-endian)::
 
@@ -16,9 +17,14 @@ them alive as long as the object lives.
 
 from __future__ import annotations
 
+import copyreg
+import io
+import marshal
 import pickle
 import struct
 import threading
+import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +36,52 @@ _SPAN = struct.Struct("<QQ")
 _ALIGN = 64
 
 _context = threading.local()
+
+
+class _DispatchTable(dict[type, Any]):
+    """cloudpickle's reducers, and copyreg's registered since: a dict costs the C pickler
+    less per object than cloudpickle's ChainMap."""
+
+    def __missing__(self, kind: type) -> Any:
+        return copyreg.dispatch_table[kind]
+
+
+def _reduce_code(code: types.CodeType) -> Any:
+    try:
+        data = marshal.dumps(code)
+    except ValueError:  # a constant marshal cannot write: cloudpickle's way then
+        return cloudpickle.Pickler.dispatch_table[types.CodeType](code)
+    files = getattr(_context, "code_files", None)
+    if files is not None:
+        files.add(code.co_filename)
+    return marshal.loads, (data,)
+
+
+class Pickler(cloudpickle.Pickler):
+    """cloudpickle, except that code pickled by value keeps its file name.
+
+    cloudpickle pickles by value what its module cannot give back by name: functions and
+    classes of a script, and any decorated with ``@zray.remote``. Since 3.1 it names each such
+    code object ``<dynamic-code>``, so a remote traceback or a warning would point nowhere.
+    Here a code object travels as ``marshal`` writes it, whole, as in a ``.pyc``: the same
+    Python reads it back (as cloudpickle's own way also needs)."""
+
+    dispatch_table = _DispatchTable({**cloudpickle.Pickler.dispatch_table,
+                                     types.CodeType: _reduce_code})
+
+
+def dumps(value: Any, buffer_callback: Callable[[pickle.PickleBuffer], Any] | None = None,
+          code_files: set[str] | None = None) -> bytes:
+    """``value`` pickled by ``Pickler``; the files its code came from are added to
+    ``code_files`` if given (zray/exported.py ships their source)."""
+    outer = getattr(_context, "code_files", None)
+    _context.code_files = code_files
+    try:
+        with io.BytesIO() as file:
+            Pickler(file, protocol=5, buffer_callback=buffer_callback).dump(value)
+            return file.getvalue()
+    finally:
+        _context.code_files = outer
 
 
 @dataclass
@@ -116,7 +168,7 @@ def serialize(value: Any) -> Serialized:
     outer = getattr(_context, "contained", None)
     _context.contained = []
     try:
-        pickled = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        pickled = dumps(value, buffers.append)
         contained = _context.contained
     except Exception as exc:
         culprit = find_unpicklable(value)
@@ -161,7 +213,7 @@ def find_unpicklable(value: Any, path: str = "", depth: int = 3) -> str:
         parts = [(f"{path}.{k}", v) for k, v in vars(value).items()]
     for sub_path, sub_value in parts:
         try:
-            cloudpickle.dumps(sub_value, protocol=5, buffer_callback=lambda b: None)
+            dumps(sub_value, lambda b: None)
         except Exception:
             return find_unpicklable(sub_value, sub_path, depth - 1) or sub_path
     return path
