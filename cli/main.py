@@ -9,18 +9,16 @@ runs the same ones on an installed Ray).
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
-import tempfile
 from typing import Any
 
 from zray.broker.link import query
 from zray.broker.wal import read_tables
 from zray.config import Config
 from zray.exceptions import ZrayError
-from zray.node.launcher import SESSION_PREFIX
+from zray.node.sessions import ended_sessions, given_run_id, live_sessions, newest
 
 TABLES = ("tasks", "objects", "actors", "nodes", "functions")
 COLUMNS = {
@@ -38,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     inspect = sub.add_parser("inspect", help="list a GCS table (live, or from the log)")
     inspect.add_argument("table", choices=TABLES)
     where = inspect.add_mutually_exclusive_group()
-    where.add_argument("--session", help="session directory (default: the newest one)")
+    where.add_argument("--session", help="session directory (default: the newest running "
+                       "cluster's, else the newest ended one's in ZRAY_HOME)")
     where.add_argument("--wal", help="read this write-ahead log file (post-mortem)")
     inspect.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
                          help="keep rows whose FIELD equals VALUE (repeatable)")
@@ -90,10 +89,14 @@ def _row(key: bytes, fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def _newest_session() -> str:
-    sessions = glob.glob(os.path.join(tempfile.gettempdir(), SESSION_PREFIX + "*"))
-    if not sessions:
-        raise ZrayError("no zray session found; is a cluster running? (pass --session or --wal)")
-    return max(sessions, key=os.path.getmtime)
+    """The newest running session, else the newest ended one (of this run, if
+    ``ZRAY_RUN_ID`` names one)."""
+    run = given_run_id() or "*"
+    session = newest(live_sessions(run)) or newest(ended_sessions(run))
+    if session is None:
+        raise ZrayError("no zray session found, running or ended; start a cluster, or pass "
+                        "--session or --wal")
+    return session
 
 
 def _matches(row: dict[str, Any], filters: list[str]) -> bool:

@@ -1,55 +1,65 @@
 """Shared fixtures: a module-wide cluster, and leak checks wherever a cluster stops.
 
 After every test that leaves zray stopped, and after every module's shared cluster, nothing
-zray started may remain: no agent, broker or worker process, no session directory (sockets,
-logs, write-ahead log, disk-backed arena), no /dev/shm arena, no zray thread.
+this test run started may remain: no process, no session directory (sockets, logs,
+write-ahead log, disk-backed arena), no /dev/shm arena, no zray thread. What this run started
+is known by its marker, ``ZRAY_RUN_ID``, which every process zray starts inherits and every
+session directory and arena carries in its name (zray/node/sessions.py): other zray programs
+on the machine (a developer's demo, another test run) have another and are left alone.
+``ZRAY_HOME`` points at a directory of this run's, so no test reads or touches a user's own.
 """
 
 from __future__ import annotations
 
-import glob
 import os
+import shutil
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 
 import psutil
 import pytest
 
-import zray
-from zray.node.launcher import SESSION_PREFIX
+RUN_ID = f"test_{uuid.uuid4().hex[:12]}"
+HOME = tempfile.mkdtemp(prefix="zray-test-home-")
+os.environ["ZRAY_RUN_ID"] = RUN_ID
+os.environ["ZRAY_HOME"] = HOME
 
-_STARTED = time.time() - 1
-_ZRAY_MODULES = ("zray.node.boot", "zray.node.worker", "zray.broker.shard")
+import zray  # noqa: E402  (after the environment above: nothing may start without it)
+from zray.node.sessions import arenas, live_sessions  # noqa: E402
 
 
-def zray_processes() -> list[psutil.Process]:
-    """zray processes started since this test session began (not a developer's own)."""
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(HOME, ignore_errors=True)
+
+
+def run_processes(run: str = RUN_ID) -> list[psutil.Process]:
+    """Live processes (other than this one) whose environment carries run ``run``'s marker."""
     found = []
-    for proc in psutil.process_iter(["cmdline", "create_time"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if proc.info["create_time"] >= _STARTED and any(m in cmdline for m in _ZRAY_MODULES):
-            found.append(proc)
+    for proc in psutil.process_iter():
+        if proc.pid == os.getpid():
+            continue
+        try:
+            if (proc.environ().get("ZRAY_RUN_ID") == run
+                    and proc.status() != psutil.STATUS_ZOMBIE):
+                found.append(proc)
+        except psutil.Error:  # gone meanwhile, or another user's
+            continue
     return found
 
 
-def leftovers() -> list[str]:
-    found = [f"process {p.pid}: {' '.join(p.cmdline())}" for p in zray_processes()
-             if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    paths = glob.glob(os.path.join(tempfile.gettempdir(), SESSION_PREFIX + "*"))
-    paths += glob.glob("/dev/shm/" + SESSION_PREFIX + "*")
-    found += [path for path in paths if _created_since_start(path)]
+def leftovers(run: str = RUN_ID) -> list[str]:
+    found = []
+    for proc in run_processes(run):
+        try:
+            found.append(f"process {proc.pid}: {' '.join(proc.cmdline())}")
+        except psutil.Error:
+            continue
+    found += live_sessions(run) + arenas(run)
     found += [f"thread {t.name}" for t in threading.enumerate() if t.name.startswith("zray")]
     return found
-
-
-def _created_since_start(path: str) -> bool:
-    """Only what this test session made counts (a developer may run a demo meanwhile)."""
-    try:
-        return os.stat(path).st_ctime >= _STARTED
-    except FileNotFoundError:
-        return False
 
 
 def assert_no_leaks(timeout_s: float = 10.0) -> None:

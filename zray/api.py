@@ -79,7 +79,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
             if client is not None:
                 client.close()
             cluster.agent.kill()
-            cluster.stop(_config.shutdown_timeout_s)
+            cluster.stop()
             raise
         _cluster = cluster
         core.set_current(client)
@@ -98,7 +98,7 @@ def shutdown() -> None:
         core.set_current(None)
         client.close(stop_cluster=True)
         if _cluster is not None:
-            _cluster.stop(_config.shutdown_timeout_s)
+            _cluster.stop()
             _cluster = None
 
 

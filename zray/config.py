@@ -50,6 +50,8 @@ class Config:
     lease_idle_ms: int = 20
     # Retries for a task whose worker died, unless the task says otherwise.
     default_max_retries: int = 3
+    # Ended sessions whose logs stay in ZRAY_HOME (zray/node/sessions.py), newest first.
+    kept_sessions: int = 20
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

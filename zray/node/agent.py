@@ -10,7 +10,8 @@ Hosts the local scheduler (``Scheduler``), the object directory over the mmap st
 (``ObjectTable``), and the worker pool. It decides where work runs and which memory is
 free; the broker only hears about it, asynchronously, so a broker that dies and comes back
 disturbs no running task. A private cluster's agent also supervises the broker shard and
-exits with its driver, removing the session directory and the arena.
+exits with its driver, removing the arena and the session directory (its logs go to
+ZRAY_HOME: zray/node/sessions.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -39,6 +39,7 @@ from zray.node.leases import LeaseManager
 from zray.node.object_manager import ObjectManager
 from zray.node.object_table import ObjectTable
 from zray.node.scheduler import Scheduler, Task
+from zray.node.sessions import end_session
 from zray.node.tasks import TaskManager
 from zray.node.worker_pool import WorkerPool, WorkerProcess
 from zray.objects.store import Allocator, Mapping, create_arena
@@ -438,6 +439,7 @@ class Agent:
 
     def stop(self) -> None:
         try:
+            self.gcs.drain(self.config.shutdown_timeout_s / 2)
             self.gcs.begin_stop()  # the broker and the workers wind down side by side
             self.pool.stop_all(self.config.shutdown_timeout_s)
             self.gcs.stop()
@@ -449,7 +451,7 @@ class Agent:
             if os.path.exists(self.store_path):
                 os.unlink(self.store_path)
             if self.owner_pid:
-                shutil.rmtree(self.session, ignore_errors=True)
+                end_session(self.session, self.config.kept_sessions)
 
 
 def run_agent(args: argparse.Namespace, pool: WorkerPool) -> None:

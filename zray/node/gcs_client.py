@@ -91,6 +91,20 @@ class GcsClient:
         self.proc = subprocess.Popen(self._argv, stdin=subprocess.DEVNULL)
         self.pidfd = os.pidfd_open(self.proc.pid)
 
+    def drain(self, timeout_s: float) -> None:
+        """Send every row not yet acknowledged and wait, at most ``timeout_s``, until the
+        broker has stored them: a clean stop leaves its whole history in the log."""
+        deadline = time.monotonic() + timeout_s
+        while self.link.unacked_rows() and self.proc.poll() is None:
+            self.link.flush(time.monotonic())
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("stopping with %d table rows the broker did not store in %.1fs",
+                            self.link.unacked_rows(), timeout_s)
+                return
+            if self.link.socket.poll(int(min(left, 0.1) * 1000), zmq.POLLIN):
+                self.link.handle(self.link.socket.recv_multipart())
+
     def begin_stop(self) -> None:
         """SIGTERM the broker (it closes its log); ``stop`` then waits for it."""
         self.stopping = True

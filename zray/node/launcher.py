@@ -7,27 +7,26 @@
 
 Everything a private cluster leaves on disk lives in one session directory (sockets, the
 broker's write-ahead log, the agent's log, a disk-backed arena if /dev/shm is too small)
-plus the arena file in /dev/shm; a clean stop removes both.
+plus the arena file in /dev/shm; a clean stop keeps the logs in ZRAY_HOME and removes the
+rest (zray/node/sessions.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 
 from zray.config import Config
 from zray.exceptions import ZrayError
 from zray.ids import new_worker_id
 from zray.malloc import MALLOC_ENV
+from zray.node.sessions import end_session, new_session_dir, run_id
 from zray.node.worker_pool import wait_for_exit
 from zray.objects.store import place_arena
 
-SESSION_PREFIX = "zray-session-"
 _MAX_SOCKET_PATH = 107  # Linux: a Unix socket's path is at most 108 bytes with its NUL
 
 
@@ -46,10 +45,12 @@ class LocalCluster:
     store_path: str
     agent: subprocess.Popen[bytes]
     warning: str
+    config: Config
 
     @classmethod
     def start(cls, resources: dict[str, float], store_size: int, config: Config) -> LocalCluster:
-        session = tempfile.mkdtemp(prefix=SESSION_PREFIX)
+        run = run_id()
+        session = new_session_dir(run)
         endpoint = f"ipc://{session}/agent.sock"
         longest = direct_endpoint(endpoint, new_worker_id()).removeprefix("ipc://")
         if len(longest) > _MAX_SOCKET_PATH:
@@ -67,9 +68,9 @@ class LocalCluster:
                  "--store-path", placement.path, "--store-size", str(store_size),
                  "--resources", json.dumps(resources), "--owner-pid", str(os.getpid())],
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                env=_child_env(config),
+                env=_child_env(config, run),
             )
-        return cls(session, endpoint, placement.path, agent, placement.warning)
+        return cls(session, endpoint, placement.path, agent, placement.warning, config)
 
     def why_not_running(self) -> str:
         """Empty while the agent runs; else what happened, with the end of its log."""
@@ -85,20 +86,21 @@ class LocalCluster:
         except OSError:
             return "(no agent log)"
 
-    def stop(self, timeout_s: float) -> None:
+    def stop(self) -> None:
         """Wait for the agent to finish its clean stop; kill it if it does not; tidy up."""
-        wait_for_exit([self.agent], timeout_s)
+        wait_for_exit([self.agent], self.config.shutdown_timeout_s)
         if self.agent.poll() is None:
             self.agent.kill()
             self.agent.wait()
-        shutil.rmtree(self.session, ignore_errors=True)
+        end_session(self.session, self.config.kept_sessions)
         if os.path.exists(self.store_path):
             os.unlink(self.store_path)
 
 
-def _child_env(config: Config) -> dict[str, str]:
-    """The driver's environment, with its effective config spelled out for the children."""
-    env = dict(os.environ)
+def _child_env(config: Config, run: str) -> dict[str, str]:
+    """The driver's environment, with its effective config spelled out for the children,
+    and the run's marker, which every process of the cluster inherits."""
+    env = dict(os.environ, ZRAY_RUN_ID=run)
     for name, value in json.loads(config.to_json()).items():
         env["ZRAY_" + name.upper()] = str(value)
     env.update({k: v for k, v in MALLOC_ENV.items() if k not in os.environ})

@@ -1,0 +1,124 @@
+"""Where zray keeps its files, and the marker on everything a run of zray starts.
+
+A *session* is one cluster's life on this node. While it runs, its sockets, its agent's log
+and its broker's write-ahead log live in a session directory under ``$TMPDIR`` (short paths:
+a Unix socket's path is at most 107 bytes), and its arena in /dev/shm. When it ends, its log
+and write-ahead log move to ``ZRAY_HOME/sessions/`` (the newest ``kept_sessions`` are kept),
+so ``zray inspect`` and a post-mortem still have them; the rest is removed.
+
+``ZRAY_HOME`` holds all per-user state: the ended sessions now, and later the address file of
+``zray node start`` and the cluster token. It defaults to ``$XDG_STATE_HOME/zray`` (i.e.
+``~/.local/state/zray``); a test suite points it at a directory of its own.
+
+``ZRAY_RUN_ID`` marks a run: every process zray starts carries it in its environment, and
+every session directory and arena carries it in its name, so a test suite finds exactly what
+it started (another zray program on the machine has another). ``init`` makes one up when the
+environment has none.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+import shutil
+import tempfile
+import uuid
+
+from zray.exceptions import ZrayError
+
+SESSION_PREFIX = "zray-session-"
+# What an ended session keeps: the agent's log and every shard's SQLite files.
+_KEPT = ("agent.log", "broker-*.wal", "broker-*.wal-wal", "broker-*.wal-shm")
+_RUN_ID = re.compile(r"[A-Za-z0-9_]{1,24}")
+
+
+def given_run_id() -> str | None:
+    """The run marker in this process's environment (``ZRAY_RUN_ID``), if any."""
+    given = os.environ.get("ZRAY_RUN_ID")
+    if given is not None and not _RUN_ID.fullmatch(given):
+        raise ZrayError(f"ZRAY_RUN_ID={given!r} is not a valid run marker: use 1-24 letters, "
+                        "digits or underscores, or unset it")
+    return given
+
+
+def run_id() -> str:
+    """The run marker for a new cluster: the environment's, or a new one."""
+    return given_run_id() or uuid.uuid4().hex[:12]
+
+
+def zray_home() -> str:
+    """The per-user state directory (created, private to the user, on first use)."""
+    home = os.environ.get("ZRAY_HOME") or os.path.join(
+        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "zray")
+    os.makedirs(home, mode=0o700, exist_ok=True)
+    return home
+
+
+def ended_sessions_dir() -> str:
+    path = os.path.join(zray_home(), "sessions")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def new_session_dir(run: str) -> str:
+    """A new, empty session directory of run ``run`` under ``$TMPDIR``."""
+    return tempfile.mkdtemp(prefix=f"{SESSION_PREFIX}{run}-")
+
+
+def live_sessions(run: str = "*") -> list[str]:
+    """The session directories under ``$TMPDIR`` of run ``run`` (of every run by default)."""
+    return glob.glob(os.path.join(tempfile.gettempdir(), f"{SESSION_PREFIX}{run}-*"))
+
+
+def arenas(run: str) -> list[str]:
+    """The /dev/shm arenas of run ``run`` (see zray.objects.store.place_arena)."""
+    return glob.glob(f"/dev/shm/{SESSION_PREFIX}{run}-*")
+
+
+def end_session(session: str, kept_sessions: int) -> None:
+    """Move an ended session's logs to ``ZRAY_HOME/sessions/``, remove the rest of its
+    directory, and forget all but the newest ``kept_sessions`` ended sessions. Both the
+    agent and its driver call this; whichever comes second finds nothing left to do."""
+    if not os.path.isdir(session):
+        return
+    try:
+        ended = ended_sessions_dir()
+        keep = [path for pattern in _KEPT for path in glob.glob(os.path.join(session, pattern))]
+        if keep:
+            destination = os.path.join(ended, os.path.basename(session))
+            os.makedirs(destination, exist_ok=True)
+            for path in keep:
+                shutil.move(path, os.path.join(destination, os.path.basename(path)))
+        _forget_old(ended, kept_sessions)
+    except OSError as exc:  # the logs are lost; the session's sockets and files go all the same
+        logging.getLogger(__name__).warning(
+            "could not keep the logs of session %s in %s: %s; check ZRAY_HOME", session,
+            os.environ.get("ZRAY_HOME", "ZRAY_HOME"), exc)
+    finally:
+        shutil.rmtree(session, ignore_errors=True)
+
+
+def ended_sessions(run: str = "*") -> list[str]:
+    """The ended sessions kept in ``ZRAY_HOME`` of run ``run`` (of every run by default)."""
+    return glob.glob(os.path.join(ended_sessions_dir(), f"{SESSION_PREFIX}{run}-*"))
+
+
+def newest(paths: list[str]) -> str | None:
+    """The most recently changed of ``paths``."""
+    return max(paths, key=_mtime, default=None)
+
+
+def _forget_old(ended: str, kept_sessions: int) -> None:
+    sessions = sorted(glob.glob(os.path.join(ended, SESSION_PREFIX + "*")), key=_mtime,
+                      reverse=True)
+    for old in sessions[max(kept_sessions, 0):]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.path.getmtime(path)
+    except OSError:  # removed meanwhile (another cluster ending)
+        return 0.0
