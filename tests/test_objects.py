@@ -169,6 +169,12 @@ def test_wait_partitions_in_input_order(small_store):
     assert zray.wait(refs, num_returns=0) == ([], refs)
 
 
+def test_wait_on_no_refs_returns_two_empty_lists(small_store):
+    """As Ray: whatever num_returns says (its default, 1, is more than no refs)."""
+    assert zray.wait([]) == ([], [])
+    assert zray.wait([], num_returns=1, timeout=0) == ([], [])
+
+
 def test_bad_input_to_get_put_wait(small_store):
     ref = zray.put(1)
     with pytest.raises(ValueError, match="ObjectRef"):

@@ -214,12 +214,13 @@ def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1,
     if not isinstance(object_refs, (list, tuple)) or not all(
             map(isinstance, object_refs, itertools.repeat(ObjectRef))):
         raise TypeError("zray.wait() takes a list of ObjectRefs")
+    if not object_refs:  # as Ray: before num_returns is checked against the (empty) list
+        _check_timeout(timeout)
+        return [], []
     if not isinstance(num_returns, int) or num_returns < 0 or num_returns > len(object_refs):
         raise ValueError(f"num_returns={num_returns!r} must be an int between 0 and the number "
                          f"of refs ({len(object_refs)})")
     _check_timeout(timeout)
-    if not object_refs:
-        return [], []
     return client_for_call().wait(list(object_refs), num_returns, timeout)
 
 
