@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -41,6 +42,19 @@ def two_cpus():
 def test_two_cpus_run_two_tasks_at_once_never_three(two_cpus):
     spans = zray.get([span.remote(0.3) for _ in range(6)])
     assert max_overlap(spans) == 2
+
+
+def test_four_half_cpu_tasks_run_at_once_on_two_cpus(two_cpus, tmp_path):
+    @zray.remote(num_cpus=0.5)
+    def meet(i, room, deadline):
+        """Wait (until ``deadline``) for all four to be here at once: a barrier."""
+        open(os.path.join(room, str(i)), "w").close()
+        while len(os.listdir(room)) < 4 and time.time() < deadline:
+            time.sleep(0.01)
+        return len(os.listdir(room))
+
+    deadline = time.time() + 10
+    assert zray.get([meet.remote(i, str(tmp_path), deadline) for i in range(4)]) == [4] * 4
 
 
 def test_two_cpu_task_runs_alone(two_cpus):

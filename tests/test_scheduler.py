@@ -403,6 +403,16 @@ def test_schedule_asks_for_workers_bounded_by_cpus() -> None:
     assert sched.schedule() == ([], 1)  # asked again since that one never came
 
 
+def test_tasks_taking_half_a_cpu_get_two_workers_per_cpu() -> None:
+    sched = Scheduler({"CPU": 2})
+    halves = [make_task({"CPU": 0.5}) for _ in range(5)]
+    submit_all(sched, *halves)
+    assert sched.schedule() == ([], 4)
+    with_workers(sched, b"w1", b"w2", b"w3", b"w4")
+    assert dispatched(sched) == halves[:4]
+    assert sched.schedule() == ([], 0)  # the fifth waits for half a CPU, not for a worker
+
+
 def test_schedule_starts_only_the_missing_workers() -> None:
     sched = Scheduler({"CPU": 4})
     with_workers(sched, b"w1")

@@ -172,11 +172,22 @@ class Scheduler:
                     break
                 queue.popleft()
                 dispatches.append(self._start(task, self.idle.pop(), gpu_ids))
-        limit = max(1, int(self.total.get("CPU", 1))) + self.blocked
+        limit = self._worker_limit() + self.blocked
         pool = len(self.idle) + len(self.busy) + self.starting
         to_start = max(0, min(runnable_without_worker - self.starting, limit - pool))
         self.starting += to_start
         return dispatches, to_start
+
+    def _worker_limit(self) -> int:
+        """How many workers may run tasks at once: one per CPU, or more if tasks that take a
+        fraction of a CPU are queued or running (four of 0.5 CPU on two CPUs run at once)."""
+        smallest = 1.0
+        for shape, queue in self.queues.items():
+            if queue:
+                smallest = min(smallest, _worker_share(dict(shape).get("CPU", 0.0)))
+        for task in self.busy.values():
+            smallest = min(smallest, _worker_share(task.spec.resources.get("CPU", 0.0)))
+        return max(1, int(self.total.get("CPU", 1) / smallest + EPSILON))
 
     def _start(self, task: Task, worker: bytes, gpu_ids: list[int]) -> Dispatch:
         self._acquire(task.spec.resources)
@@ -276,3 +287,8 @@ class Scheduler:
     def _return_gpus(self, gpu_ids: list[int], amount: float) -> None:
         for i in gpu_ids:
             self.gpu_free[i] = min(1.0, self.gpu_free[i] + (amount if amount < 1 else 1.0))
+
+
+def _worker_share(cpus: float) -> float:
+    """The share of a worker slot a task taking ``cpus`` CPUs uses: 1 unless a fraction."""
+    return cpus if EPSILON < cpus < 1 else 1.0
