@@ -230,12 +230,16 @@ def test_agent_death_fails_waiting_calls_instead_of_hanging():
         def forever():
             time.sleep(300)
 
+        assert zray.get(zray.remote(lambda: 1).remote()) == 1  # the agent has logged
         ref = forever.remote()
         agent = next(p for p in psutil.Process().children() if "zray.node.boot" in
                      " ".join(p.cmdline()))
         agent.send_signal(signal.SIGKILL)
-        with pytest.raises(zray.exceptions.NodeDiedError):
+        with pytest.raises(zray.exceptions.NodeDiedError) as info:
             zray.get(ref, timeout=30)
+        why = str(info.value)  # how it ended, and the end of its log
+        assert f"node agent (pid {agent.pid}) was killed by SIGKILL" in why, why
+        assert "agent.log" in why and "[agent] INFO node" in why, why
         with pytest.raises(zray.exceptions.NodeDiedError):
             zray.get(ref, timeout=30)  # and again, once the I/O thread is gone
     finally:

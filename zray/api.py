@@ -74,6 +74,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
             client = core.CoreClient(cluster.endpoint, "driver", job_id, _config, log_to_driver)
             client.namespace = namespace or f"anonymous-{job_id.hex()}"
             client.context = TaskContext(driver_task_id(job_id), "driver", job_id)
+            client.explain_agent_death = cluster.why_not_running
             client.connect(_config.startup_timeout_s, cluster.why_not_running)
         except BaseException:
             if client is not None:

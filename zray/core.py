@@ -88,6 +88,8 @@ class CoreClient:
         keep_large_blocks_warm()
         self._on_agent_death = on_agent_death
         self.on_cancel: Callable[[bytes], None] | None = None  # set by a worker
+        # Why the agent is gone, for NodeDiedError (a driver, the agent's parent, can say).
+        self.explain_agent_death: Callable[[], str] = lambda: "the node agent exited"
         self.job_id = job_id
         self.config = config
         self.log_to_driver = log_to_driver
@@ -222,7 +224,7 @@ class CoreClient:
             try:
                 events = dict(poller.poll(self.tx.timeout_ms(time.monotonic())))
                 if self._agent_pidfd in events:
-                    self._fail("the node agent exited; the cluster is gone")
+                    self._fail(f"{self.explain_agent_death()}; the cluster is gone")
                     return
                 if self._wake_r in events:
                     os.read(self._wake_r, 4096)

@@ -106,6 +106,8 @@ class Agent:
     # --- the loop --------------------------------------------------------------------
 
     def run(self) -> None:
+        log.info("node %s serving %s with %s", short(self.node_id), self.router.getsockopt_string(
+            zmq.LAST_ENDPOINT), self.resources)
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.gcs.link.socket, zmq.POLLIN)

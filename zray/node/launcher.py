@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -73,18 +74,14 @@ class LocalCluster:
         return cls(session, endpoint, placement.path, agent, placement.warning, config)
 
     def why_not_running(self) -> str:
-        """Empty while the agent runs; else what happened, with the end of its log."""
+        """Empty while the agent runs; else how it ended, with the end of its log."""
         code = self.agent.poll()
         if code is None:
             return ""
-        return f"the node agent exited with code {code} while starting:\n{self.log_tail()}"
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            with open(os.path.join(self.session, "agent.log"), errors="replace") as f:
-                return "".join(f.readlines()[-lines:])
-        except OSError:
-            return "(no agent log)"
+        how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
+        log_path = os.path.join(self.session, "agent.log")
+        return (f"the node agent (pid {self.agent.pid}) {how}; the end of its log {log_path} "
+                f"(kept in ZRAY_HOME/sessions/ once the session ends):\n{_tail(log_path)}")
 
     def stop(self) -> None:
         """Wait for the agent to finish its clean stop; kill it if it does not; tidy up."""
@@ -95,6 +92,21 @@ class LocalCluster:
         end_session(self.session, self.config.kept_sessions)
         if os.path.exists(self.store_path):
             os.unlink(self.store_path)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _tail(path: str, lines: int = 20) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:]) or "(empty)"
+    except OSError as exc:
+        return f"(unreadable: {exc})"
 
 
 def _child_env(config: Config, run: str) -> dict[str, str]:
