@@ -95,6 +95,28 @@ def test_output_is_prefixed_and_can_be_turned_off():
     assert off.returncode == 0 and "hello from a task" not in off.stdout
 
 
+def test_a_print_without_a_newline_is_a_line_of_its_own_task():
+    out = run_driver("""
+        zray.init(num_cpus=1)
+
+        @zray.remote
+        def partial():
+            print("no newline here", end="")
+
+        @zray.remote
+        def whole():
+            print("a line of its own")
+
+        zray.get(partial.remote())
+        zray.get(whole.remote())
+        zray.shutdown()
+    """)
+    assert out.returncode == 0, out.stderr
+    lines = [line.split(") ", 1) for line in out.stdout.splitlines()]
+    assert [(prefix.split()[0], text) for prefix, text in lines] == [
+        ("(partial", "no newline here"), ("(whole", "a line of its own")], out.stdout
+
+
 def test_small_dev_shm_falls_back_to_disk_with_the_fix_named():
     too_big = shutil.disk_usage("/dev/shm").free + 2**30
     out = run_driver(f"""

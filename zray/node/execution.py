@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -20,6 +19,7 @@ from zray import protocol as p
 from zray.core import CoreClient
 from zray.exceptions import TaskCancelledError, TaskError
 from zray.ids import TaskID, return_object_id
+from zray.node.output import finish_lines
 from zray.objects.arguments import resolve_arguments
 from zray.objects.serialization import Serialized, deserialize, serialize
 from zray.specs import TaskContext
@@ -106,15 +106,14 @@ def hand_in(client: CoreClient, outcome: Outcome, reply: Callable[[bytes, p.Task
             soon: bool, wake: bool) -> None:
     """Report a finished task or call to its owner and to the agent.
 
-    Output is flushed first (the agent forwards it). The owner's copy goes first
+    Output is flushed first, its lines ended (the agent forwards it). The owner's copy goes first
     (``reply``), the agent's in a batch (``soon``/``wake``: see AgentSender.defer), or at
     once for an error (if nobody reads it, its notice must reach the driver before the
     driver leaves). Results holding refs or actor handles go through the agent only
     (see Agent.on_task_done). Refs inside the results stay held until the TaskDone that
     pins them has gone: the caller keeps ``outcome`` until this returns."""
     done = outcome[0]
-    sys.stdout.flush()
-    sys.stderr.flush()
+    finish_lines()
     if not done.owner or done.contained:
         client.tx.send(done)
         return

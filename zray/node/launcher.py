@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from zray.exceptions import ZrayError
 from zray.ids import new_worker_id
 from zray.malloc import MALLOC_ENV
 from zray.node.sessions import end_session, new_session_dir, run_id
-from zray.node.worker_pool import wait_for_exit
+from zray.node.worker_pool import describe_exit, wait_for_exit
 from zray.objects.store import place_arena
 
 _MAX_SOCKET_PATH = 107  # Linux: a Unix socket's path is at most 108 bytes with its NUL
@@ -78,10 +77,10 @@ class LocalCluster:
         code = self.agent.poll()
         if code is None:
             return ""
-        how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
         log_path = os.path.join(self.session, "agent.log")
-        return (f"the node agent (pid {self.agent.pid}) {how}; the end of its log {log_path} "
-                f"(kept in ZRAY_HOME/sessions/ once the session ends):\n{_tail(log_path)}")
+        return (f"the node agent (pid {self.agent.pid}) {describe_exit(code)}; the end of its "
+                f"log {log_path} (kept in ZRAY_HOME/sessions/ once the session ends):\n"
+                f"{_tail(log_path)}")
 
     def stop(self) -> None:
         """Wait for the agent to finish its clean stop; kill it if it does not; tidy up."""
@@ -92,13 +91,6 @@ class LocalCluster:
         end_session(self.session, self.config.kept_sessions)
         if os.path.exists(self.store_path):
             os.unlink(self.store_path)
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def _tail(path: str, lines: int = 20) -> str:

@@ -34,6 +34,7 @@ from zray.core import CoreClient
 from zray.exceptions import NodeDiedError, TaskCancelledError
 from zray.exported import load_function
 from zray.node.execution import Outcome, fail, hand_in, run_sync
+from zray.node.output import track_lines
 
 
 class Worker:
@@ -120,6 +121,7 @@ def main() -> None:
     parser.add_argument("--agent-pid", type=int, required=True)
     args = parser.parse_args()
     config = Config.from_env()
+    track_lines()
     client = CoreClient(args.endpoint, "worker", b"", config, on_agent_death=lambda: os._exit(1))
     try:  # if the agent that started us dies before we connect, give up at once
         client.connect(config.startup_timeout_s,
