@@ -42,7 +42,8 @@ class ActorManager:
         self.waits: dict[bytes, list[Task]] = {}  # object id -> creations/calls waiting on it
         self.starting: dict[int, Actor] = {}  # pid of a worker being started -> its actor
         self.waiting_for_resources: list[Actor] = []
-        self.early: OrderedDict[bytes, tuple[bytes, p.TaskDone]] = OrderedDict()
+        # reports waiting for their notice: (worker, report, refs pinned meanwhile)
+        self.early: OrderedDict[bytes, tuple[bytes, p.TaskDone, list[bytes]]] = OrderedDict()
         self.gone: OrderedDict[bytes, tuple[int, str]] = OrderedDict()  # dead worker: pid, how
 
     # --- creation --------------------------------------------------------------------
@@ -119,7 +120,8 @@ class ActorManager:
         if early is not None:  # a direct call's report overtook its notice
             task.move(TaskState.QUEUED)
             task.move(TaskState.RUNNING)
-            self._finished(task, *early)
+            self._finished(task, early[0], early[1])  # files the results, pinning their refs
+            self.agent.let_go(early[2])
             return
         actor = self.directory.actors.get(task.spec.actor_id)
         if actor is None:
@@ -189,9 +191,10 @@ class ActorManager:
                 self.calls.pop(msg.task_id, None)
                 self._finished(running, client_id, msg)
             elif running is None and msg.task_id not in self.calls:
-                self.early[msg.task_id] = (client_id, msg)  # its notice is on its way
+                # its notice is on its way; what its results hold is kept until then
+                self.early[msg.task_id] = (client_id, msg, self.agent.hold_early(msg))
                 if len(self.early) > _REMEMBERED:
-                    self.early.popitem(last=False)
+                    self.agent.let_go(self.early.popitem(last=False)[1][2])
         self.dispatch(actor)
         self._stop_if_unreferenced(actor)
         return True
@@ -318,8 +321,8 @@ class ActorManager:
     def client_gone(self, client_id: bytes, job_id: bytes, was_driver: bool) -> None:
         """Its handles are gone; a driver's exit also ends its job's non-detached actors.
         Reports of its direct calls whose notices never came are dropped."""
-        for task_id in [k for k, (_, msg) in self.early.items() if msg.owner == client_id]:
-            del self.early[task_id]
+        for task_id in [k for k, (_, msg, _) in self.early.items() if msg.owner == client_id]:
+            self.agent.let_go(self.early.pop(task_id)[2])
         for actor in list(self.directory.actors.values()):
             actor.holders.discard(client_id)
             actor.callers.discard(client_id)

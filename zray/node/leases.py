@@ -13,7 +13,8 @@ critical path:
   retries, a cancel, an exception its retry filter accepted but it stopped retrying).
 
 The two come over different connections, so a report can overtake its notice: it waits in
-``early`` until the notice arrives.
+``early`` until the notice arrives, the refs its results hold pinned meanwhile (its worker
+lets go of them right behind the report).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class LeaseManager:
         self.agent = agent
         self.scheduler = agent.scheduler
         self.direct: dict[bytes, Task] = {}  # direct tasks not finished, by task id
-        self.early: OrderedDict[bytes, tuple[bytes, p.TaskDone]] = OrderedDict()
+        # reports waiting for their notice: (worker, report, refs pinned meanwhile)
+        self.early: OrderedDict[bytes, tuple[bytes, p.TaskDone, list[bytes]]] = OrderedDict()
         self._asked_at = 0.0
 
     # --- leases ----------------------------------------------------------------------
@@ -99,16 +101,17 @@ class LeaseManager:
         self.direct[task.spec.task_id] = task
         early = self.early.pop(task.spec.task_id, None)
         if early is not None:
-            self.done(*early)
+            self.done(early[0], early[1])  # files the results, pinning what they hold
+            self.agent.let_go(early[2])
 
     def done(self, client_id: bytes, msg: p.TaskDone) -> None:
         """A report: from the worker that ran it, or from the owner when it gave up."""
         task = self.direct.get(msg.task_id)
         if task is None:
             if msg.owner in self.agent.clients:  # else its owner is gone: nobody waits
-                self.early[msg.task_id] = (client_id, msg)
+                self.early[msg.task_id] = (client_id, msg, self.agent.hold_early(msg))
                 if len(self.early) > _EARLY_LIMIT:
-                    self.early.popitem(last=False)
+                    self.agent.let_go(self.early.popitem(last=False)[1][2])
             return
         if msg.attempt < task.attempt:
             return  # a stale attempt
@@ -140,5 +143,5 @@ class LeaseManager:
             del self.direct[task.spec.task_id]
             task.move(TaskState.FAILED)
             self.agent.fail_with(task, failures.owner_died(task.spec.name, pid))
-        for task_id in [k for k, (_, msg) in self.early.items() if msg.owner == client_id]:
-            del self.early[task_id]
+        for task_id in [k for k, (_, msg, _) in self.early.items() if msg.owner == client_id]:
+            self.agent.let_go(self.early.pop(task_id)[2])
