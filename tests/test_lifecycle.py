@@ -214,6 +214,28 @@ def test_init_twice_and_shutdown_twice():
 
 
 
+def test_a_task_naming_an_unknown_function_fails_and_the_agent_lives():
+    """A well-formed SubmitTask whose function was never exported (a client does export
+    first): its result is an error naming the function; the agent goes on."""
+    from zray import core
+    from zray.specs import FunctionDescriptor, TaskOptions
+
+    zray.init(num_cpus=1)
+    try:
+        agent_pid = api._cluster.agent.pid  # type: ignore[union-attr]
+        client = core.current()
+        never_exported = FunctionDescriptor(b"\x07" * 16, "ghost", b"")
+        client._exported.add(never_exported.function_id)  # so submit sends no export
+        _, [ref] = client.submit(never_exported, "ghost", ([zray.put(1)],), {},
+                                 TaskOptions(1, {"CPU": 1.0}, 0, b""))
+        with pytest.raises(zray.exceptions.ZrayError, match="never exported"):
+            zray.get(ref, timeout=30)
+        assert zray.get(zray.remote(lambda: "alive").remote(), timeout=30) == "alive"
+        assert api._cluster.agent.pid == agent_pid and api._cluster.agent.poll() is None  # type: ignore[union-attr]
+    finally:
+        zray.shutdown()
+
+
 def test_frozen_broker_does_not_block_tasks():
     zray.init(num_cpus=2)
     broker = broker_process()

@@ -264,6 +264,8 @@ class Agent:
         self.gcs.record_task(task)
         if lost:
             self.fail_with(task, failures.object_lost(lost[0], msg.name))
+        elif msg.function_id and not msg.direct and msg.function_id not in self.functions:
+            self.fail_with(task, failures.unknown_function(msg.name, msg.function_id))
         elif msg.actor_options:
             self.actors.create(task, missing)
         elif msg.actor_id:

@@ -12,6 +12,7 @@ from zray.exceptions import (
     OwnerDiedError,
     TaskCancelledError,
     WorkerCrashedError,
+    ZrayError,
 )
 from zray.ids import return_object_id, short
 from zray.objects.serialization import deserialize, serialize
@@ -94,4 +95,12 @@ def actor_unavailable(call: str, pid: int, how: str) -> bytes:
         "restarting, and the call has no retries left (max_task_retries), so it may or may "
         "not have run. Calls made from now on wait for the restart; give the actor "
         "max_task_retries to have such calls run again."
+    ))
+
+
+def unknown_function(name: str, function_id: bytes) -> bytes:
+    return _payload(ZrayError(
+        f"{name}() names function {short(function_id)}, which was never exported to this "
+        "node, so it cannot run. A zray client exports a function before its first task; "
+        "this request did not come from one, or came out of order."
     ))

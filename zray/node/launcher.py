@@ -23,7 +23,7 @@ from zray.config import Config
 from zray.exceptions import ZrayError
 from zray.ids import new_worker_id
 from zray.malloc import MALLOC_ENV
-from zray.node.sessions import end_session, new_session_dir, run_id
+from zray.node.sessions import end_session, ended_path, new_session_dir, run_id
 from zray.node.worker_pool import describe_exit, wait_for_exit
 from zray.objects.store import place_arena
 
@@ -78,6 +78,8 @@ class LocalCluster:
         if code is None:
             return ""
         log_path = os.path.join(self.session, "agent.log")
+        if not os.path.exists(log_path):  # the agent ended the session as it exited
+            log_path = os.path.join(ended_path(self.session), "agent.log")
         return (f"the node agent (pid {self.agent.pid}) {describe_exit(code)}; the end of its "
                 f"log {log_path} (kept in ZRAY_HOME/sessions/ once the session ends):\n"
                 f"{_tail(log_path)}")

@@ -62,6 +62,11 @@ def ended_sessions_dir() -> str:
     return path
 
 
+def ended_path(session: str) -> str:
+    """Where session directory ``session`` keeps its logs once it ends."""
+    return os.path.join(ended_sessions_dir(), os.path.basename(session))
+
+
 def new_session_dir(run: str) -> str:
     """A new, empty session directory of run ``run`` under ``$TMPDIR``."""
     return tempfile.mkdtemp(prefix=f"{SESSION_PREFIX}{run}-")
@@ -87,7 +92,7 @@ def end_session(session: str, kept_sessions: int) -> None:
         ended = ended_sessions_dir()
         keep = [path for pattern in _KEPT for path in glob.glob(os.path.join(session, pattern))]
         if keep:
-            destination = os.path.join(ended, os.path.basename(session))
+            destination = ended_path(session)
             os.makedirs(destination, exist_ok=True)
             for path in keep:
                 shutil.move(path, os.path.join(destination, os.path.basename(path)))
