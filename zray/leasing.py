@@ -181,8 +181,9 @@ class DirectSubmitter:
                 if task.deps[i] is None:
                     location = self._locate(object_id)
                     if location is None:
-                        task.missing.add(object_id)
-                        self._waiting.setdefault(object_id, []).append(task)
+                        if object_id not in task.missing:  # (f.remote(x, x): wait once)
+                            task.missing.add(object_id)
+                            self._waiting.setdefault(object_id, []).append(task)
                     else:
                         self._resolve(task, location)
             if not task.missing and task.task_id in self.tasks:
