@@ -110,7 +110,10 @@ class CoreClient:
         self._direct.setsockopt(zmq.LINGER, 0)
         self._direct.setsockopt(zmq.RCVHWM, 0)
         self._direct.bind(direct_endpoint(endpoint, self.worker_id))
-        self.peers = Peers(self._zmq, self.worker_id, endpoint)
+        # A context of its own, so a worker about to exit can wait for its answers to go
+        # (deliver_before_exit) without closing the sockets its other threads use.
+        self._peers_zmq = zmq.Context()
+        self.peers = Peers(self._peers_zmq, self.worker_id, endpoint)
         self.inbox = TaskInbox(self, self._zmq, endpoint) if kind == "worker" else None
         self.leasing: DirectSubmitter | None = None  # once registered (it needs the CPUs)
         self._cond = threading.Condition()  # guards _replies
@@ -170,7 +173,10 @@ class CoreClient:
         self.node_id, self.resources = reply.node_id, reply.resources
         self.objects.mapping = Mapping(reply.store_path, reply.store_size)
         self._agent_pidfd = os.pidfd_open(reply.agent_pid)
-        self.leasing = DirectSubmitter(self.worker_id, self.peers, self.tx.send, self.objects.file,
+        self.leasing = DirectSubmitter(self.worker_id, self.peers, self.tx.send,
+                                       lambda msg: self.tx.defer(msg, soon=False, wake=False,
+                                                                 awaited=False),
+                                       self.objects.file,
                                        self.objects.get_location,
                                        self.resources.get("CPU", 1.0),
                                        self.config.lease_idle_ms / 1000)
@@ -200,6 +206,7 @@ class CoreClient:
         if not self._broken:
             self.tx.send(p.Disconnect(stop_cluster))
         self.peers.close()
+        self._peers_zmq.term()
         self._direct.close()
         if self.inbox is not None:
             self.inbox.close()
@@ -210,6 +217,13 @@ class CoreClient:
             os.close(self._agent_pidfd)
         if self.objects.mapping is not None:
             self.objects.mapping.close()
+
+    def deliver_before_exit(self, timeout_s: float) -> None:
+        """The process exits right after this (a task called os._exit): the answers it sent
+        reach their owners first. zmq sends from a thread of its own, which dies with the
+        process: an answer sent just before would be lost, and its finished task run again
+        and blamed for the crash."""
+        self.peers.deliver(timeout_s)
 
     # --- the I/O thread --------------------------------------------------------------
 
@@ -228,10 +242,12 @@ class CoreClient:
                     return
                 if self._wake_r in events:
                     os.read(self._wake_r, 4096)
+                # Answers first: a notice from the agent that their worker died comes after
+                # whatever that worker sent us (ActorCaller.moved, DirectSubmitter).
                 while self._direct in events and has_input(self._direct):
-                    self._dispatch(self._direct.recv_multipart()[1:])
+                    self._dispatch(self._direct.recv_multipart()[1:], from_agent=False)
                 while self._rx in events and has_input(self._rx):
-                    self._dispatch(self._rx.recv_multipart())
+                    self._dispatch(self._rx.recv_multipart(), from_agent=True)
                 now = time.monotonic()
                 # Chores at most every _CHORES_EVERY_S while messages flow, not after each:
                 # a thread just woken by a result gets the GIL sooner.
@@ -240,25 +256,23 @@ class CoreClient:
                         self.leasing.expire_idle(now)
                     self.actor_calls.flush(now)
                     self.tx.flush(now)
-                    if self.inbox is not None:
-                        self.inbox.send_overdue(now)
                     last_chores = now
             except Exception as exc:  # without this thread nothing wakes a waiter again
                 log.exception("zray's I/O thread failed")
                 self._fail(f"zray's I/O thread failed: {exc!r}")
                 return
 
-    def _dispatch(self, frames: list[bytes]) -> None:
+    def _dispatch(self, frames: list[bytes], from_agent: bool) -> None:
         try:
             msg = p.decode(frames)
         except p.ProtocolError as exc:
             log.warning("dropped a malformed message: %s", exc)
             return
-        self._dispatch_message(msg)
+        self._dispatch_message(msg, from_agent)
 
-    def _dispatch_message(self, msg: p.Message) -> None:
+    def _dispatch_message(self, msg: p.Message, from_agent: bool) -> None:
         if isinstance(msg, p.TaskDone):
-            self._answered([msg])
+            self._answered([msg], from_agent)
         elif isinstance(msg, p.ObjectsReady):
             self.objects.file(msg.locations)
         elif isinstance(msg, (p.ObjectCreated, p.AgentReply)):
@@ -273,10 +287,10 @@ class CoreClient:
             except p.ProtocolError as exc:
                 log.warning("dropped a malformed batch: %s", exc)
                 return
-            self._answered([one for one in messages if isinstance(one, p.TaskDone)])
+            self._answered([one for one in messages if isinstance(one, p.TaskDone)], from_agent)
             for one in messages:
                 if not isinstance(one, p.TaskDone):
-                    self._dispatch_message(one)
+                    self._dispatch_message(one, from_agent)
         elif isinstance(msg, p.CancelRunning) and self.on_cancel is not None:
             self.on_cancel(msg.task_id)
         elif isinstance(msg, p.LeaseGranted) and self.leasing is not None:
@@ -299,17 +313,21 @@ class CoreClient:
             print(f"zray: {msg.text or _unhandled_error_text(msg.error)}", file=sys.stderr,
                   flush=True)
 
-    def _answered(self, answers: list[p.TaskDone]) -> None:
+    def _answered(self, answers: list[p.TaskDone], from_agent: bool) -> None:
         """Answers to our actor calls and leased tasks (the owner's side sees to a lease's
-        next tasks once for them all)."""
+        next tasks once for them all). A worker's answer is reported to the agent from
+        here: we hold it, so the agent hears of it even if that worker dies right after
+        (the agent's own answers, and those it passed on, it has)."""
         for_leases = []
         for done in answers:
             if self.actor_calls.answered(done.task_id):
                 self.objects.file(done.results)
+                if not from_agent:  # (soon: the actor's mailbox releases calls on it)
+                    self.tx.defer(done, soon=True, wake=False, awaited=False)
             else:
                 for_leases.append(done)
         if for_leases and self.leasing is not None:
-            self.leasing.on_done(for_leases)
+            self.leasing.on_done(for_leases, from_agent)
 
     def _fail(self, reason: str) -> None:
         if self._on_agent_death is not None:

@@ -8,8 +8,10 @@
                  --RequestLease(function, shape) ------->  queued like a task of that shape
                  <-LeaseGranted(worker) -----------------  once resources and a worker fit
       Peers DEALER --ExecuteTask--> worker's direct ROUTER  ipc://SESSION/d-<worker id>.sock
-      direct ROUTER <--TaskDone---- worker  (which reported the same TaskDone to the agent
-                                             first, so the agent's table stays whole)
+      direct ROUTER <--TaskDone---- worker
+                 --TaskDone, in a Batch ---------------->  files the results: the owner holds
+                                                           them, so a worker that dies after
+                                                           answering loses none
                  --ReturnLease ------------------------->  after lease_idle_ms without work,
                                                            or when the agent asks for it
 
@@ -22,7 +24,7 @@ at once instead of idling for a round trip; long ones never, so a long task does
 another back while a worker is free. A task that blocks in ``get`` sends back the ones
 behind it (NotStarted; zray/node/inbox.py). The owner retries
 a task whose worker died (``max_retries``) or whose exception its ``retry_exceptions``
-accepts, and reports every failure it decides to the agent.
+accepts, and reports every outcome to the agent.
 
 Locks: ``DirectSubmitter.lock`` is taken before the core's tx lock, never after it.
 """
@@ -89,6 +91,20 @@ class Peers:
                 sock.close()
             self._sockets.clear()
 
+    def deliver(self, timeout_s: float) -> None:
+        """Block until what was sent has reached its peers (at most ``timeout_s``), then
+        close: for a process about to exit at once. Needs a context of its own: terminating
+        it waits for these sockets only."""
+        if not self._lock.acquire(timeout=timeout_s):
+            return
+        try:
+            for sock in self._sockets.values():
+                sock.close(linger=int(timeout_s * 1000))
+            self._sockets.clear()
+            self._context.term()
+        finally:
+            self._lock.release()
+
 
 @dataclass(eq=False)
 class DirectTask:
@@ -127,8 +143,8 @@ class Lease:
 
 
 def recent_seconds(previous: float | None, seconds: float) -> float:
-    """A moving average of how long a function's tasks ran: the owner's guess (how many to
-    send ahead) and the worker's (whether to hold an answer for company) of the next one."""
+    """A moving average of how long a function's tasks ran: the owner's guess of the next
+    one's, for how many to send ahead."""
     return seconds if previous is None else 0.8 * previous + 0.2 * seconds
 
 
@@ -148,12 +164,14 @@ class DirectSubmitter:
     """One per process that submits tasks (driver or worker)."""
 
     def __init__(self, worker_id: bytes, peers: Peers, send_to_agent: Callable[[p.Message], None],
+                 report_to_agent: Callable[[p.Message], None],
                  file_results: Callable[[list[Any]], None],
                  locate: Callable[[bytes], Any], total_cpus: float, lease_idle_s: float) -> None:
         self.lock = threading.Lock()
         self._worker_id = worker_id
         self._peers = peers
         self._send_to_agent = send_to_agent
+        self._report = report_to_agent  # a task's outcome, deferred into a Batch
         self._file_results = file_results
         self._locate = locate  # an object's location here, or None
         self._waiting: dict[bytes, list[DirectTask]] = {}  # our result -> tasks taking it
@@ -233,15 +251,16 @@ class DirectSubmitter:
             lease.idle_since = time.monotonic()
             self._pump(key)
 
-    def on_done(self, answers: list[p.TaskDone]) -> None:
-        """Answers from workers (a Batch's worth at once): each lease then gets its next
-        tasks in one message, not one message per answer."""
+    def on_done(self, answers: list[p.TaskDone], from_agent: bool) -> None:
+        """Answers from workers (several at once: each lease then gets its next tasks in one
+        message), or passed on by the agent (``from_agent``: results holding refs)."""
         with self.lock:
-            keys = {key for key in map(self._done_locked, answers) if key is not None}
+            keys = {key for key in (self._done_locked(msg, from_agent) for msg in answers)
+                    if key is not None}
             for key in keys:
                 self._pump(key)
 
-    def _done_locked(self, msg: p.TaskDone) -> ClassKey | None:
+    def _done_locked(self, msg: p.TaskDone, from_agent: bool) -> ClassKey | None:
         task = self.tasks.get(msg.task_id)
         lease = self._on_lease.get(msg.task_id)
         if task is None or lease is None or msg.attempt != task.attempt:
@@ -256,9 +275,9 @@ class DirectSubmitter:
             del self.tasks[task.task_id]
             self._file_results(msg.results)
             self._results_here(msg.results)
-            if msg.retryable:  # the worker's report left the decision to us: final
-                self._send_to_agent(p.TaskDone(msg.task_id, msg.attempt, msg.results,
-                                               msg.contained, False, self._worker_id, 0.0))
+            if msg.retryable or not from_agent:  # the agent learns the outcome from us
+                self._report(p.TaskDone(msg.task_id, msg.attempt, msg.results, msg.contained,
+                                        False, self._worker_id, msg.seconds))
         return lease.key
 
     def on_not_started(self, msg: p.NotStarted) -> None:
@@ -405,5 +424,5 @@ class DirectSubmitter:
         results = failures.as_results(task.task_id, task.num_returns, error)
         self._file_results(results)
         self._results_here(results)
-        self._send_to_agent(p.TaskDone(task.task_id, task.attempt, results, [], False,
-                                       self._worker_id, 0.0))
+        self._report(p.TaskDone(task.task_id, task.attempt, results, [], False,
+                                self._worker_id, 0.0))

@@ -408,6 +408,17 @@ class ActorAddress(Message):
     gpu_ids: list
 
 
+@message(37)
+@dataclass(frozen=True, slots=True)
+class CallsReported(Message):
+    """Caller to agent, answering ActorAddress with no worker: every answer it has from the
+    worker that is gone went before this (as TaskDone reports), and ``unsent`` are calls whose
+    notices went but that it never sent that worker. The agent settles the rest."""
+
+    actor_id: bytes
+    unsent: list
+
+
 @message(36)
 @dataclass(frozen=True, slots=True)
 class Processed(Message):

@@ -148,6 +148,16 @@ class AgentSender:
         window = self._window_s if self._deferred_soon else self._idle_timeout_ms / 1000
         return self._deferred_since + window
 
+    def send_added(self) -> bool:
+        """Send the edges of refs this process started holding, now; True if it still holds
+        one of them (a task's worker kept a ref it was given)."""
+        with self._lock:
+            added, released = self._refs.drain()
+            if added:
+                self._socket.send_multipart(p.encode(p.RefsChanged(added, [])))
+            self._held_released += released
+            return bool(set(added).difference(released))
+
     def _drain_refs_locked(self) -> list[bytes]:
         """Send the added edges now; return the released ones (held back so far included)."""
         added, released = self._refs.drain()

@@ -141,29 +141,40 @@ class ActorCaller:
                     self._uncork(actor_id, line)
 
     def moved(self, msg: p.ActorAddress) -> None:
-        """The agent says where the actor's worker is now (b"": dead or restarting)."""
-        self._move(msg.actor_id, msg.worker_id, list(msg.gpu_ids))
+        """The agent says where the actor's worker is now. b"": it is gone (dead or
+        restarting), and the agent waits to hear which calls it had we got answers for:
+        their reports went before this (answers are taken before the agent's messages,
+        CoreClient._io_loop), and the calls we never sent it are named."""
+        unsent = self._move(msg.actor_id, msg.worker_id, list(msg.gpu_ids))
+        if not msg.worker_id:
+            self._tx.send(p.CallsReported(msg.actor_id, unsent))
 
     def forget(self, actor_id: bytes) -> None:
         """zray.kill() from this process: later calls go through the agent, behind the
         kill, instead of racing it straight to the worker."""
         self._move(actor_id, b"", [])
 
-    def _move(self, actor_id: bytes, worker: bytes, gpu_ids: list[int]) -> None:
+    def _move(self, actor_id: bytes, worker: bytes, gpu_ids: list[int]) -> list[bytes]:
+        """Calls go to ``worker`` from now on; returns the corked calls dropped, never sent
+        to the worker that went (the agent has their notices, and runs them)."""
+        unsent: list[bytes] = []
         with self.lock:
             line = self._lines.get(actor_id)
             if line is None:
                 if not worker:
-                    return
+                    return unsent
                 line = self._lines[actor_id] = _Line()
             if line.worker and not worker:  # gone: drop what is queued for it
                 self._peers.forget(line.worker)
-                line.corked.clear()  # (the agent retries or fails them: it has the notices)
+                unsent = [call.task_id for call in line.corked
+                          if isinstance(call, p.ExecuteTask)]
+                line.corked.clear()
                 self._corked.discard(actor_id)
             line.worker, line.gpu_ids = worker, gpu_ids
             self._pump(line)
             if line.idle():
                 del self._lines[actor_id]
+        return unsent
 
     def worker_of(self, actor_id: bytes) -> bytes:
         """The worker our calls to this actor go to straight, b"" while through the agent."""

@@ -115,12 +115,6 @@ class ActorHost:
         return method
 
     def _report(self, outcome: Outcome) -> None:
-        """The caller gets its answer as a worker's task's owner does (on the main thread:
-        batched while more calls are already here); the mailbox within the batch window
-        (it releases the next calls on it), woken for unless inbox.next() will send it."""
+        """The caller gets its answer at once, from whichever thread ran the call."""
         self._cancelled.discard(outcome[0].task_id)  # a cancel that came too late
-        if threading.current_thread() is threading.main_thread():
-            assert self.client.inbox is not None
-            hand_in(self.client, outcome, self.client.inbox.reply, soon=True, wake=False)
-        else:
-            hand_in(self.client, outcome, self.client.peers.send, soon=True, wake=True)
+        hand_in(self.client, outcome)

@@ -61,6 +61,8 @@ class Actor:
     reserved: bool = False  # holds its resources (num_cpus, num_gpus, resources)
     pins: int = 0  # handles inside live objects or queued tasks' arguments
     callers: set[bytes] = field(default_factory=set)  # told where its worker is
+    doubtful: int = 0  # calls of a lost worker not settled yet (see lose_worker)
+    lost: tuple[int, str] = (0, "")  # the last lost worker: pid, how it ended
 
     @property
     def actor_id(self) -> bytes:
@@ -94,7 +96,8 @@ class Actor:
         plus ``pipeline_depth`` waiting there) and their arguments exist."""
         started = []
         window = self.max_concurrency + pipeline_depth
-        while self.state is ActorState.ALIVE and self.mailbox and len(self.running) < window:
+        while (self.state is ActorState.ALIVE and not self.doubtful and self.mailbox
+               and len(self.running) < window):
             head = self.mailbox[0]
             if head.missing:
                 break
@@ -106,33 +109,51 @@ class Actor:
     def finished(self, task_id: bytes) -> Task | None:
         return self.running.pop(task_id, None)
 
-    def interrupted_calls(self) -> tuple[list[Task], list[Task]]:
-        """The process died: (calls to run again, calls that fail), in mailbox order.
+    def lose_worker(self, pid: int, how: str) -> list[Task]:
+        """The worker is gone: the calls it had are in doubt (each may have answered its
+        caller before it went) until settled, and no call is released meanwhile."""
+        calls = list(self.running.values())
+        self.running.clear()
+        self.doubtful += len(calls)
+        self.lost = (pid, how)
+        return calls
 
-        Calls that were running are retried while their ``max_task_retries`` allow; they
-        go back to the front of the mailbox, before the calls that never started."""
+    def answered(self) -> None:
+        """A call in doubt had its answer after all (its caller reported it)."""
+        self.doubtful -= 1
+
+    def settle(self, unanswered: list[Task], unsent: set[bytes]) -> tuple[list[Task], list[Task]]:
+        """Calls in doubt whose caller had no answer: (calls to run again, calls that fail).
+
+        A call its caller never sent goes again as it is; one that was sent runs again while
+        its ``max_task_retries`` allow, else fails (it may or may not have run). They go back
+        to the front of the mailbox, in order, before the calls that never started. A dead
+        actor's all fail."""
+        self.doubtful -= len(unanswered)
+        if self.state is ActorState.DEAD:
+            return [], unanswered
         retry, fail = [], []
-        for task in self.running.values():
-            if task.retries_left > 0:
+        for task in unanswered:
+            if task.spec.task_id in unsent:
+                retry.append(task)
+            elif task.retries_left > 0:
                 task.retries_left -= 1
                 task.attempt += 1
                 retry.append(task)
             else:
                 fail.append(task)
-        self.running.clear()
         self.mailbox.extendleft(reversed(retry))
         return retry, fail
 
     def drain(self) -> list[Task]:
-        """Every call still waiting or running: the actor is dead, they all fail."""
-        calls = list(self.running.values()) + list(self.mailbox)
-        self.running.clear()
+        """Every call still waiting: the actor is dead, they all fail."""
+        calls = list(self.mailbox)
         self.mailbox.clear()
         return calls
 
     def idle_and_unreferenced(self) -> bool:
         return (not self.holders and not self.pinned and not self.mailbox and not self.running
-                and self.state is not ActorState.DEAD)
+                and not self.doubtful and self.state is not ActorState.DEAD)
 
 
 class ActorDirectory:
@@ -172,7 +193,8 @@ class ActorDirectory:
         actor.worker, actor.worker_pid = b"", 0
 
     def bury(self, actor: Actor, cause: str) -> list[Task]:
-        """Mark the actor dead (freeing its name); returns the calls that must fail."""
+        """Mark the actor dead (freeing its name); returns the queued calls, which must fail
+        (see Actor.lose_worker for those its worker had)."""
         actor.move(ActorState.DEAD)
         actor.death_cause = cause
         options = actor.options

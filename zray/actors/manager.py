@@ -8,10 +8,16 @@ into restarts or into ``ActorDiedError`` for every call that cannot run.
 Callers may send calls straight to the actor's worker (zray/actors/caller.py): the agent
 tells a caller the worker's address when it passes it a call, and that it is gone when
 the worker dies. The caller's notice of a direct call (SubmitTask ``direct``, naming the
-worker) puts it among the actor's running calls, so a death retries or fails it like the
-others. The notice and the worker's report travel different connections: a report that
-overtakes its notice waits in ``early``; a notice naming a worker that has died since is
-treated as a call interrupted there.
+worker) puts it among the actor's running calls. Either way the worker answers the caller,
+and the caller reports the answer here (it holds it: a worker that dies right after
+answering loses nothing). Results holding refs are the exception: the worker sends those
+here, and such a report may overtake the caller's notice (it waits in ``early``).
+
+When the worker goes (death, restart, kill), the calls it had are in doubt: each may have
+answered its caller just before. The agent tells each caller the worker is gone
+(ActorAddress with no worker); the caller's reports of the answers it has come first, then
+CallsReported. Only then are the calls still unanswered run again (``max_task_retries``) or
+failed: an answered call never runs twice, and never turns into an error.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ class ActorManager:
         # reports waiting for their notice: (worker, report, refs pinned meanwhile)
         self.early: OrderedDict[bytes, tuple[bytes, p.TaskDone, list[bytes]]] = OrderedDict()
         self.gone: OrderedDict[bytes, tuple[int, str]] = OrderedDict()  # dead worker: pid, how
+        self.in_doubt: dict[bytes, Task] = {}  # task id -> call a lost worker had (see above)
 
     # --- creation --------------------------------------------------------------------
 
@@ -131,18 +138,15 @@ class ActorManager:
         task.move(TaskState.QUEUED)
         task.retries_left = actor.max_task_retries
         if task.spec.direct:
+            task.move(TaskState.RUNNING)  # (its arguments were all at the caller)
+            self.calls[task.spec.task_id] = actor
             if actor.state is ActorState.ALIVE and actor.worker == task.spec.sent_to:
-                task.move(TaskState.RUNNING)  # (its arguments were all at the caller)
                 actor.running[task.spec.task_id] = task
-                self.calls[task.spec.task_id] = actor
                 self.agent.gcs.record_task(task, actor.worker_pid)
-                return
-            pid, how = self.gone.get(task.spec.sent_to, (0, "exited"))
-            if task.retries_left <= 0:  # sent to a worker that died: it may have run there
-                self._fail_call(task, failures.actor_unavailable(task.spec.name, pid, how))
-                return
-            task.retries_left -= 1
-            task.attempt += 1
+            else:  # sent to a worker gone since: in doubt until its caller says (after this)
+                actor.doubtful += 1
+                self.in_doubt[task.spec.task_id] = task
+            return
         self._wait_for(task, missing)
         actor.mailbox.append(task)
         self.calls[task.spec.task_id] = actor
@@ -178,26 +182,40 @@ class ActorManager:
                 self.dispatch(actor)
 
     def task_done(self, client_id: bytes, msg: p.TaskDone) -> bool:
-        """A report from an actor's worker; False if it is not about an actor."""
-        actor = self.directory.by_worker.get(client_id)
+        """An actor's creation, from its worker; a call's answer, from its caller (or from the
+        worker when its results hold refs). False if it is not about an actor."""
+        worker_actor = self.directory.by_worker.get(client_id)
+        if worker_actor is not None and msg.task_id == worker_actor.actor_id:
+            self._created(worker_actor, msg)
+            self._after_change(worker_actor)
+            return True
+        actor = self.calls.get(msg.task_id)
         if actor is None:
-            return False
-        if msg.task_id == actor.actor_id:
-            self._created(actor, msg)
+            if worker_actor is None or msg.owner == client_id:
+                return False  # not a call's (a lease's), or a stale or duplicate report
+            # from the actor's worker, results holding refs: the caller's notice is on its
+            # way; what its results hold is kept until then
+            self.early[msg.task_id] = (client_id, msg, self.agent.hold_early(msg))
+            if len(self.early) > _REMEMBERED:
+                self.agent.let_go(self.early.popitem(last=False)[1][2])
+            return True
+        call = actor.running.get(msg.task_id)
+        doubtful = self.in_doubt.get(msg.task_id)
+        if call is not None and call.attempt == msg.attempt:
+            actor.finished(msg.task_id)
+        elif doubtful is not None and doubtful.attempt == msg.attempt:
+            call = self.in_doubt.pop(msg.task_id)
+            actor.answered()
         else:
-            running = actor.running.get(msg.task_id)
-            if running is not None and running.attempt == msg.attempt:
-                actor.finished(msg.task_id)
-                self.calls.pop(msg.task_id, None)
-                self._finished(running, client_id, msg)
-            elif running is None and msg.task_id not in self.calls:
-                # its notice is on its way; what its results hold is kept until then
-                self.early[msg.task_id] = (client_id, msg, self.agent.hold_early(msg))
-                if len(self.early) > _REMEMBERED:
-                    self.agent.let_go(self.early.popitem(last=False)[1][2])
+            return True  # a stale attempt's
+        self.calls.pop(msg.task_id, None)
+        self._finished(call, client_id, msg)
+        self._after_change(actor)
+        return True
+
+    def _after_change(self, actor: Actor) -> None:
         self.dispatch(actor)
         self._stop_if_unreferenced(actor)
-        return True
 
     def _finished(self, call: Task, client_id: bytes, msg: p.TaskDone) -> None:
         call.move(TaskState.FINISHED)
@@ -234,17 +252,13 @@ class ActorManager:
         self.gone[actor.worker] = (pid, how)
         if len(self.gone) > _REMEMBERED:
             self.gone.popitem(last=False)
-        self._forget_worker(actor)
         if actor.restarts_left <= 0:
             self._bury(actor, f"its worker process (pid={pid}) {how}")
             return True
         actor.restarts_left -= 1
         actor.move(ActorState.RESTARTING)
-        retry, lost = actor.interrupted_calls()
-        for call in retry:
-            call.move(TaskState.QUEUED)
-        for call in lost:  # it may have run, or not: at most once without max_task_retries
-            self._fail_call(call, failures.actor_unavailable(call.spec.name, pid, how))
+        for caller in self._lose_worker(actor, pid, how):
+            self._settle(caller, actor, set())
         actor.creation.attempt += 1
         self._start_worker(actor)
         self.agent.gcs.record_actor(actor)
@@ -266,13 +280,50 @@ class ActorManager:
         if actor.reserved:
             self.agent.scheduler.unreserve(actor.creation.spec.resources, actor.gpu_ids)
             actor.reserved = False
-        self._forget_worker(actor)
+        untold = self._lose_worker(actor, pid, "was stopped")
         for call in self.directory.bury(actor, cause):
             self._fail_call(call, failures.actor_died(call.spec.name, cause))
+        for caller in untold:
+            self._settle(caller, actor, set())
         self.agent.release_task_args(actor.creation)
         if kill and pid in self.agent.pool.by_pid:
             self.agent.pool.kill(self.agent.pool.by_pid[pid])
         self.agent.gcs.record_actor(actor)
+
+    def _lose_worker(self, actor: Actor, pid: int, how: str) -> set[bytes]:
+        """Its worker is gone: the calls it had wait in doubt for their callers, who are
+        told (and answer CallsReported); returns the callers that cannot be asked."""
+        doubtful = actor.lose_worker(pid, how)
+        for call in doubtful:
+            self.in_doubt[call.spec.task_id] = call
+        told = {caller for caller in actor.callers if caller in self.agent.clients}
+        self._forget_worker(actor)
+        return {call.submitter for call in doubtful} - told
+
+    def calls_reported(self, client_id: bytes, msg: p.CallsReported) -> None:
+        """A caller has reported every answer it has from the actor's lost worker."""
+        actor = self.directory.actors.get(msg.actor_id) or next(
+            (self.calls[k] for k, c in self.in_doubt.items()
+             if c.submitter == client_id and c.spec.actor_id == msg.actor_id), None)
+        if actor is not None:
+            self._settle(client_id, actor, {bytes(t) for t in msg.unsent if type(t) is bytes})
+
+    def _settle(self, caller: bytes, actor: Actor, unsent: set[bytes]) -> None:
+        """The caller's calls still in doubt had no answer: they run again or fail."""
+        calls = [c for c in self.in_doubt.values()
+                 if c.submitter == caller and c.spec.actor_id == actor.actor_id]
+        for call in calls:
+            del self.in_doubt[call.spec.task_id]
+        retry, fail = actor.settle(calls, unsent)
+        for call in retry:
+            call.move(TaskState.QUEUED)
+        pid, how = actor.lost
+        for call in fail:  # it may have run, or not: at most once without max_task_retries
+            error = (failures.actor_died(call.spec.name, actor.death_cause)
+                     if actor.state is ActorState.DEAD
+                     else failures.actor_unavailable(call.spec.name, pid, how))
+            self._fail_call(call, error)
+        self._after_change(actor)
 
     def _forget_worker(self, actor: Actor) -> None:
         """Its worker is gone: callers send their calls through the agent again."""
@@ -323,6 +374,9 @@ class ActorManager:
         Reports of its direct calls whose notices never came are dropped."""
         for task_id in [k for k, (_, msg, _) in self.early.items() if msg.owner == client_id]:
             self.agent.let_go(self.early.pop(task_id)[2])
+        for actor in {self.calls[k] for k, call in self.in_doubt.items()
+                      if call.submitter == client_id}:
+            self._settle(client_id, actor, set())
         for actor in list(self.directory.actors.values()):
             actor.holders.discard(client_id)
             actor.callers.discard(client_id)

@@ -99,7 +99,7 @@ class Agent:
             p.RefsChanged: self.object_manager.on_refs, p.Disconnect: self.on_disconnect,
             p.QueryAgent: self.on_query, p.KillActor: self.on_kill,
             p.CancelTask: self.on_cancel, p.RequestLease: self.leases.request,
-            p.ReturnLease: self.leases.give_back,
+            p.ReturnLease: self.leases.give_back, p.CallsReported: self.actors.calls_reported,
         }
         self.scheduler.starting = len(pool.by_pid)
 
@@ -291,12 +291,13 @@ class Agent:
             self.tasks.done(client_id, msg)
 
     def relay(self, client_id: bytes, msg: p.TaskDone) -> None:
-        """Pass on a report whose results hold refs or actor handles, once filed here.
+        """Pass on a worker's answer to its owner, once filed here.
 
-        Such results come through here, not straight to their owner: the refs may name
-        objects or actors that the worker made just before, which the agent must know
-        first (one connection keeps order, two do not)."""
-        if msg.owner and msg.contained and msg.owner != client_id:
+        Such answers come through here, not straight to their owner, when the agent must
+        hear first of what the worker did just before (one connection keeps order, two do
+        not): its results hold refs to objects or actors it made, or it holds refs it was
+        given (see zray.node.execution.hand_in)."""
+        if msg.owner and msg.owner != client_id:
             self.send(msg.owner, msg)
 
     def on_blocked(self, client_id: bytes, msg: p.Blocked) -> None:
@@ -390,6 +391,10 @@ class Agent:
                 task.spec.name, task.spec.resources, self.scheduler.total))
 
     def _on_worker_exit(self, worker: WorkerProcess) -> None:
+        # What it sent before it died (a finished task's report) is taken first: its
+        # death must not be taken for a crash of a task that finished.
+        while has_input(self.router):
+            self._on_frames(self.router.recv_multipart())
         for fd, (owner, what) in list(self.pool.by_fd.items()):
             if owner is worker and what != "exit":
                 self._forward_output(worker, what, self.pool.read_lines(fd))

@@ -102,26 +102,23 @@ def fail(client: CoreClient, task: p.ExecuteTask, exc: Exception,
                       seconds)
 
 
-def hand_in(client: CoreClient, outcome: Outcome, reply: Callable[[bytes, p.TaskDone], None],
-            soon: bool, wake: bool) -> None:
-    """Report a finished task or call to its owner and to the agent.
+def hand_in(client: CoreClient, outcome: Outcome) -> None:
+    """Answer a finished task or call: to its owner, who reports it to the agent (the owner
+    holds the answer, so the agent's table stays whole whatever happens to this worker).
 
-    Output is flushed first, its lines ended (the agent forwards it). The owner's copy goes first
-    (``reply``), the agent's in a batch (``soon``/``wake``: see AgentSender.defer), or at
-    once for an error (if nobody reads it, its notice must reach the driver before the
-    driver leaves). Results holding refs or actor handles go through the agent only
-    (see Agent.on_task_done). Refs inside the results stay held until the TaskDone that
-    pins them has gone: the caller keeps ``outcome`` until this returns."""
+    Output is flushed first, its lines ended (the agent forwards it). Some answers go to
+    the agent, which files them before passing them on (see Agent.on_task_done): a task
+    the agent sent itself (no owner); results holding refs or actor handles; and any task
+    after which this worker holds a ref it was given (kept in an actor's state): the agent
+    must hear that before it lets go of the task's arguments, and one connection keeps
+    that order. Refs inside the results stay held until the TaskDone that pins them has
+    gone: the caller keeps ``outcome`` until this returns."""
     done = outcome[0]
     finish_lines()
-    if not done.owner or done.contained:
-        client.tx.send(done)
-        return
-    reply(done.owner, done)
-    if any(result[4] for result in done.results):
+    if not done.owner or done.contained or client.tx.send_added():
         client.tx.send(done)
     else:
-        client.tx.defer(done, soon=soon, wake=wake)
+        client.peers.send(done.owner, done)
 
 
 def _store(client: CoreClient, task: p.ExecuteTask, index: int, ser: Serialized,

@@ -4,17 +4,15 @@
 
     owners --ExecuteTask, or a Batch of them--> ROUTER ipc://SESSION/t-<worker id>.sock
     agent  --ExecuteTask--> rx (the I/O thread) --> queue + a byte on a pipe
-    main thread: next() --> run --> reply(): TaskDone to the owner, several in one Batch
-                                    while more tasks are already here
+    main thread: next() --> run --> reply(): TaskDone straight to the owner
 
 An owner may send a lease several short tasks at once (zray/leasing.py). They run in
 order; if one blocks in ``get``, every task not started yet goes back to its owner
 (NotStarted) so it can run elsewhere: a task never waits behind one that waits for it.
 
-After a short task, its answer waits for company while the next task runs, if that one's
-function is known to be short too. It may still run long, so the I/O thread sends answers
-held longer than the batch window on its next pass: an answer never waits for the task
-behind it, at most about a poll period.
+A task's answer is sent before the next task starts, never held for company: the next
+task may crash the process, and an answer held in it would be lost with it, so the owner
+would run a finished task again and blame it for the crash.
 """
 
 from __future__ import annotations
@@ -30,7 +28,6 @@ from typing import TYPE_CHECKING
 import zmq
 
 from zray import protocol as p
-from zray.leasing import recent_seconds
 from zray.node.launcher import direct_endpoint
 from zray.protocol import has_input
 
@@ -39,8 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("zray")
 
-_REPLY_BATCH = 32
-_SHORT_TASK_S = 0.0005  # after a task this short, the next reply may wait for company
 _BLOCKED_CHECK_S = 0.01  # how often a blocked task's worker sends back tasks that came in
 
 
@@ -57,15 +52,6 @@ class TaskInbox:
         self._poller.register(self.socket, zmq.POLLIN)
         self._poller.register(self._wake_r, zmq.POLLIN)
         self._pending: deque[p.ExecuteTask] = deque()  # sent on a lease, not started
-        self._replies_lock = threading.Lock()  # the I/O thread sends overdue ones
-        self._replies: dict[bytes, list[p.Message]] = {}
-        self._held_since = 0.0  # when the oldest answer in _replies was held
-        self._hold_s = client.config.batch_window_ms / 1000
-        self._last_started = 0.0
-        # How long each function's (or method's) tasks ran lately: answers wait for company
-        # only in front of a task known to be short.
-        self._seconds: dict[bytes, float] = {}
-        self._running_kind = b""
 
     # --- from the I/O thread ---------------------------------------------------------
 
@@ -74,30 +60,20 @@ class TaskInbox:
         self._from_agent.put(task)
         os.write(self._wake_w, b"x")
 
-    def send_overdue(self, now: float) -> None:
-        """Send the answers held past the batch window (the task after them runs long).
-        From the I/O thread's regular passes: it is not woken for this, which would cost a
-        wake-up per batch of answers."""
-        with self._replies_lock:
-            if self._replies and now - self._held_since >= self._hold_s:
-                self._send_replies_locked()
-
     # --- the main thread -------------------------------------------------------------
 
     def next(self) -> p.ExecuteTask | None:
-        """The next task to run; while none is here, replies and deferred reports go out."""
+        """The next task to run; while none is here, deferred reports go out."""
         while True:
             if not self._from_agent.empty():
                 from_agent = self._from_agent.get_nowait()
                 if from_agent is None:  # stop
-                    self.flush_replies()
                     return None
-                return self._start(from_agent)
+                return from_agent
             if not self._pending:  # (a batch received gives many tasks: no poll per task)
                 self._receive()
             if self._pending:
-                return self._start(self._pending.popleft())
-            self.flush_replies()
+                return self._pending.popleft()
             timeout = self._client.tx.deferred_timeout_ms()
             events = dict(self._poller.poll(timeout))
             if self._wake_r in events:
@@ -105,37 +81,9 @@ class TaskInbox:
             if not events:
                 self._client.tx.flush(time.monotonic())
 
-    def _start(self, task: p.ExecuteTask) -> p.ExecuteTask:
-        """Answers held go out before ``task`` starts, unless the last task and this one's
-        function are both known to be short."""
-        kind = task.function_id or task.name.encode()
-        if (time.monotonic() - self._last_started > _SHORT_TASK_S
-                or self._seconds.get(kind, 1.0) > _SHORT_TASK_S):
-            self.flush_replies()
-        self._last_started = time.monotonic()
-        self._running_kind = kind
-        return task
-
-    def reply(self, owner: bytes, done: p.TaskDone) -> None:
-        if self._running_kind:
-            self._seconds[self._running_kind] = recent_seconds(
-                self._seconds.get(self._running_kind), done.seconds)
-        with self._replies_lock:
-            if not self._replies:
-                self._held_since = time.monotonic()
-            replies = self._replies.setdefault(owner, [])
-            replies.append(done)
-            if len(replies) >= _REPLY_BATCH:
-                self._client.peers.send(owner, p.one_or_batch(self._replies.pop(owner)))
-
-    def flush_replies(self) -> None:
-        with self._replies_lock:
-            self._send_replies_locked()
-
     def wait_blocked(self, event: threading.Event, timeout: float | None) -> bool:
         """Wait for ``event`` while the running task is blocked: tasks queued behind it go
         back to their owners, now and as they arrive."""
-        self.flush_replies()
         self._client.tx.flush()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -177,8 +125,3 @@ class TaskInbox:
         self._pending = keep
         for owner, task_ids in by_owner.items():
             self._client.peers.send(owner, p.NotStarted(task_ids))
-
-    def _send_replies_locked(self) -> None:
-        for owner, replies in self._replies.items():
-            self._client.peers.send(owner, p.one_or_batch(replies))
-        self._replies.clear()

@@ -4,15 +4,17 @@ A lease is a pseudo-task in the scheduler's queues: it waits for resources and a
 worker like a task of its shape, and "runs" from LeaseGranted until the owner returns it or
 the worker dies (LeaseLost: the owner retries or fails what ran there). The agent never
 sees which task runs on a lease; it learns of each direct task twice, both times off the
-critical path:
+critical path and both from its owner, in order on one connection:
 
 - the owner's SubmitTask(direct=True), sent before ``.remote()`` returns: the agent pins the
   arguments and expects the results, so any process may borrow the refs at once;
-- the worker's TaskDone, sent before the owner's copy: the agent files the results and
-  unpins the arguments. The owner itself reports the failures it decides (a crash out of
-  retries, a cancel, an exception its retry filter accepted but it stopped retrying).
+- the owner's TaskDone once it has the answer (or decided a failure: a crash out of
+  retries, a cancel, an exception its retry filter accepted but it stopped retrying): the
+  agent files the results and unpins the arguments. The owner, not the worker, reports:
+  it holds the answer, so a worker that dies right after answering loses nothing.
 
-The two come over different connections, so a report can overtake its notice: it waits in
+Results that hold refs are the exception: the worker sends them to the agent, which files
+them and passes them on. Such a report can overtake the owner's notice: it waits in
 ``early`` until the notice arrives, the refs its results hold pinned meanwhile (its worker
 lets go of them right behind the report).
 """
@@ -105,10 +107,12 @@ class LeaseManager:
             self.agent.let_go(early[2])
 
     def done(self, client_id: bytes, msg: p.TaskDone) -> None:
-        """A report: from the worker that ran it, or from the owner when it gave up."""
+        """A task's outcome: from its owner, which had the answer (in a Batch, behind its
+        notice), or from the worker that ran it when its results hold refs."""
         task = self.direct.get(msg.task_id)
         if task is None:
-            if msg.owner in self.agent.clients:  # else its owner is gone: nobody waits
+            from_worker = client_id != msg.owner  # (the owner's own come after its notice)
+            if from_worker and msg.owner in self.agent.clients:  # else nobody waits for it
                 self.early[msg.task_id] = (client_id, msg, self.agent.hold_early(msg))
                 if len(self.early) > _EARLY_LIMIT:
                     self.agent.let_go(self.early.popitem(last=False)[1][2])
@@ -121,7 +125,8 @@ class LeaseManager:
         del self.direct[msg.task_id]
         task.attempt = msg.attempt
         task.move(TaskState.RUNNING)
-        task.move(TaskState.FAILED if client_id == task.submitter else TaskState.FINISHED)
+        failed = any(location[4] for location in msg.results)
+        task.move(TaskState.FAILED if failed else TaskState.FINISHED)
         self.agent.finish_task(task, msg.results, msg.contained)
         self.agent.relay(client_id, msg)
 

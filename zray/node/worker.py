@@ -24,7 +24,7 @@ import argparse
 import os
 import signal
 import threading
-from typing import Any
+from typing import Any, NoReturn
 
 from zray import core
 from zray import protocol as p
@@ -61,7 +61,7 @@ class Worker:
                 assert self.actor is not None, "an actor call reached a worker with no actor"
                 self.actor.run(task)
             else:
-                self.report(self.run_task(task))
+                hand_in(self.client, self.run_task(task))
 
     def run_task(self, task: p.ExecuteTask) -> Outcome:
         if task.task_id in self.cancel_before_start:
@@ -86,11 +86,6 @@ class Worker:
                 self.running = b""
         return call
 
-    def report(self, outcome: Outcome) -> None:
-        """A task sent on a lease: the owner's copy waits in the inbox for company; the
-        agent's goes within a poll period, sent by inbox.next() between tasks."""
-        assert self.client.inbox is not None
-        hand_in(self.client, outcome, self.client.inbox.reply, soon=False, wake=False)
 
     def _function(self, task: p.ExecuteTask) -> Any:
         if task.function_blob is not None:
@@ -122,15 +117,36 @@ def main() -> None:
     args = parser.parse_args()
     config = Config.from_env()
     track_lines()
-    client = CoreClient(args.endpoint, "worker", b"", config, on_agent_death=lambda: os._exit(1))
+    exit_now = os._exit  # (not the one that waits for answers to go: the agent is gone)
+    client = CoreClient(args.endpoint, "worker", b"", config, on_agent_death=lambda: exit_now(1))
     try:  # if the agent that started us dies before we connect, give up at once
         client.connect(config.startup_timeout_s,
                        lambda: "" if os.getppid() == args.agent_pid else "the agent exited")
     except NodeDiedError:
         os._exit(1)
     core.set_current(client)
+    _deliver_answers_on_exit(client)
     Worker(client).serve()
     client.close()
+
+
+def _deliver_answers_on_exit(client: CoreClient) -> None:
+    """A task that calls os._exit ends its worker at once, but the answers the worker sent
+    before that task still reach their owners (os._exit skips everything else, as it should:
+    the task is lost, and retried or failed as a crash). A process forked by a task inherits
+    this and exits plainly."""
+    real_exit = os._exit
+    pid = os.getpid()
+
+    def exit_after_delivering(status: int) -> NoReturn:
+        if os.getpid() == pid:
+            try:
+                client.deliver_before_exit(1.0)
+            except Exception:  # exiting all the same
+                pass
+        real_exit(status)
+
+    os._exit = exit_after_delivering
 
 
 if __name__ == "__main__":
