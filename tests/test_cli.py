@@ -38,12 +38,13 @@ def test_inspect_tasks_and_objects_live():
             zray.get(refs[2])
         deadline = time.monotonic() + 20
         while True:
-            out = zray_cli("inspect", "tasks", "--session", session, "--json",
-                           "--filter", "state=FINISHED")
+            out = zray_cli("inspect", "tasks", "--session", session, "--json")
             rows = [json.loads(line) for line in out.stdout.splitlines()]
-            if len(rows) == 3 or time.monotonic() > deadline:
+            states = sorted(r["state"] for r in rows)
+            if states == ["FAILED", "FINISHED", "FINISHED"] or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
+        assert states == ["FAILED", "FINISHED", "FINISHED"]  # the one that raised FAILED
         assert {r["name"].rsplit(".", 1)[-1] for r in rows} == {"named_task"}
         objects = zray_cli("inspect", "objects", "--session", session)
         assert objects.returncode == 0 and "store" in objects.stdout and "inline" in objects.stdout

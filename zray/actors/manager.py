@@ -218,7 +218,7 @@ class ActorManager:
         self._stop_if_unreferenced(actor)
 
     def _finished(self, call: Task, client_id: bytes, msg: p.TaskDone) -> None:
-        call.move(TaskState.FINISHED)
+        call.move(TaskState.FAILED if failures.any_error(msg.results) else TaskState.FINISHED)
         self.agent.finish_task(call, msg.results, msg.contained)
         self.agent.relay(client_id, msg)
 

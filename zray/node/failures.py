@@ -25,6 +25,11 @@ def as_results(task_id: bytes, num_returns: int, error: bytes) -> list[tuple[obj
             for i in range(num_returns)]
 
 
+def any_error(results: list[tuple[object, ...]]) -> bool:
+    """Whether a task's results (Locations) hold an error: the task ended FAILED."""
+    return any(location[4] for location in results)
+
+
 def _payload(error: Exception) -> bytes:
     return serialize(error).to_bytes()
 

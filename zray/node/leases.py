@@ -125,8 +125,7 @@ class LeaseManager:
         del self.direct[msg.task_id]
         task.attempt = msg.attempt
         task.move(TaskState.RUNNING)
-        failed = any(location[4] for location in msg.results)
-        task.move(TaskState.FAILED if failed else TaskState.FINISHED)
+        task.move(TaskState.FAILED if failures.any_error(msg.results) else TaskState.FINISHED)
         self.agent.finish_task(task, msg.results, msg.contained)
         self.agent.relay(client_id, msg)
 

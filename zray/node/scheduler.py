@@ -113,8 +113,9 @@ class Scheduler:
     def worker_failed_to_start(self) -> None:
         self.starting = max(0, self.starting - 1)
 
-    def task_done(self, task: Task, retry: bool) -> None:
-        """The task's worker is free again; with ``retry`` the task goes back in the queue."""
+    def task_done(self, task: Task, retry: bool, failed: bool = False) -> None:
+        """The task's worker is free again; with ``retry`` the task goes back in the queue
+        (FAILED if it has no retries left); ``failed``: it ended with an error."""
         if task.state is not TaskState.RUNNING:
             raise ValueError(f"task {task.spec.name}: task_done while {task.state.name}")
         self._release(task)
@@ -124,7 +125,7 @@ class Scheduler:
             task.move(TaskState.QUEUED)
             self._queue_of(task).appendleft(task)
         else:
-            task.move(TaskState.FAILED if retry else TaskState.FINISHED)
+            task.move(TaskState.FAILED if retry or failed else TaskState.FINISHED)
             self.tasks.pop(task.spec.task_id, None)
 
     def fail(self, task: Task) -> None:

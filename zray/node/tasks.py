@@ -74,7 +74,8 @@ class TaskManager:
         task = self.scheduler.tasks.get(msg.task_id)
         if task is None or task.attempt != msg.attempt or task.worker != client_id:
             return  # a stale report from an attempt that was already given up on
-        self.scheduler.task_done(task, retry=msg.retryable and not task.cancelled)
+        self.scheduler.task_done(task, retry=msg.retryable and not task.cancelled,
+                                 failed=failures.any_error(msg.results))
         if task.state is TaskState.QUEUED:  # to be retried
             self.agent.gcs.record_task(task)
         else:
