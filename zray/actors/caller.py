@@ -6,7 +6,8 @@
       h.m.remote() --SubmitTask(direct, sent_to=W) --> records the call as running on W,
                      deferred into a Batch on tx       pins its arguments, expects results
                    --ExecuteTask--> W's task socket (the actor's worker)
-      direct ROUTER <--TaskDone---- W, which reports the same TaskDone to the agent
+      direct ROUTER <--TaskDone---- W
+                   --TaskDone, in a Batch -----------> files the answer (we hold it)
 
 The agent tells a caller where an actor's worker is (ActorAddress) when it first passes
 it one of its calls, and tells it again, with no worker, when that worker dies. Until
@@ -25,8 +26,9 @@ nothing is in flight on the other one: a call that could overtake waits here (``
 with its arguments held, until the other path has drained.
 
 What becomes of calls in flight when the worker dies is the agent's decision, as for calls
-it sent itself: it knows them from the notices, and retries them in the restarted actor
-while ``max_task_retries`` allows, or fails them.
+it sent itself: it knows them from the notices, and once we have told it which we have
+answers for (our reports, then CallsReported), it retries the others in the restarted
+actor while ``max_task_retries`` allows, or fails them.
 
 Locks: ``ActorCaller.lock`` is taken before the core's tx lock, never after it.
 """

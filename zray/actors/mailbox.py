@@ -12,6 +12,10 @@ may be sent ahead to the worker (a pipeline): it starts them in the order receiv
 never runs more than ``max_concurrency`` at once, so sending ahead saves round trips
 without changing the order.
 
+When the worker goes, the calls it had are in doubt (``lose_worker``): each may have
+answered its caller just before. Nothing is released until each is settled: answered (its
+caller reported it), or run again or failed (``settle``).
+
 Lifecycle (an illegal move raises and changes nothing)::
 
     PENDING --worker up, __init__ ok--> ALIVE --process died, restarts left--> RESTARTING
