@@ -110,11 +110,17 @@ def test_the_leak_check_sees_this_runs_cluster_and_not_another_runs(tmp_path):
 def test_an_ended_sessions_logs_stay_in_zray_home_for_inspect(tmp_path):
     home = tmp_path / "home"
     out = driver("""
+        import time
+        from zray import api
+        from zray.broker.link import query
         zray.init(num_cpus=1)
         @zray.remote
         def remembered():
             return 1
         zray.get(remembered.remote())
+        broker = f"ipc://{api._cluster.session}/broker-0.sock"
+        while not query(broker, "tasks"):  # (a session stopped before its broker is up
+            time.sleep(0.01)               # keeps what reached it: nothing)
         zray.shutdown()
     """, {"ZRAY_HOME": str(home)})
     assert out.returncode == 0, out.stderr

@@ -244,8 +244,8 @@ class CoreClient:
                     os.read(self._wake_r, 4096)
                 # Answers first: a notice from the agent that their worker died comes after
                 # whatever that worker sent us (ActorCaller.moved, DirectSubmitter).
-                while self._direct in events and has_input(self._direct):
-                    self._dispatch(self._direct.recv_multipart()[1:], from_agent=False)
+                if self._direct in events:
+                    self._take_direct()
                 while self._rx in events and has_input(self._rx):
                     self._dispatch(self._rx.recv_multipart(), from_agent=True)
                 now = time.monotonic()
@@ -261,6 +261,23 @@ class CoreClient:
                 log.exception("zray's I/O thread failed")
                 self._fail(f"zray's I/O thread failed: {exc!r}")
                 return
+
+    def _take_direct(self) -> None:
+        """Every message waiting on the direct socket; the answers among them are taken
+        together (a lease then gets its next tasks in one message, not one per answer)."""
+        answers: list[p.TaskDone] = []
+        while has_input(self._direct):
+            try:
+                msg = p.decode(self._direct.recv_multipart()[1:])
+            except p.ProtocolError as exc:
+                log.warning("dropped a malformed message: %s", exc)
+                continue
+            if isinstance(msg, p.TaskDone):
+                answers.append(msg)
+            else:
+                self._dispatch_message(msg, from_agent=False)
+        if answers:
+            self._answered(answers, from_agent=False)
 
     def _dispatch(self, frames: list[bytes], from_agent: bool) -> None:
         try:

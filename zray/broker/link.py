@@ -70,6 +70,7 @@ class BrokerLink:
         self.socket.setsockopt(zmq.RCVHWM, 0)
         _connect(self.socket, endpoint)
         self.resent_batches = 0  # for inspect and tests: how often Lazy Pirate fired
+        self.acknowledged = False  # the shard has acknowledged a batch: it is up
         # Rows not sent yet, by (table, key): a key updated again before the next flush is
         # sent once, with its latest fields (a short task's submit, start and finish).
         self._queued: dict[tuple[str, bytes], tuple[Fields | None, bytes | None]] = {}
@@ -131,6 +132,7 @@ class BrokerLink:
         if not isinstance(msg, BatchAck):
             log.warning("dropped a %s from the broker at %s", type(msg).__name__, self.endpoint)
             return
+        self.acknowledged = True
         entry = self._window.get(msg.seq)
         if entry is not None:
             entry.acked = True

@@ -93,7 +93,11 @@ class GcsClient:
 
     def drain(self, timeout_s: float) -> None:
         """Send every row not yet acknowledged and wait, at most ``timeout_s``, until the
-        broker has stored them: a clean stop leaves its whole history in the log."""
+        broker has stored them: a clean stop leaves its whole history in the log. Not if
+        the broker has never answered: it is still starting, and waiting for it would add
+        its start-up to every short session's stop (a session that short keeps less)."""
+        if not self.link.acknowledged:
+            return
         deadline = time.monotonic() + timeout_s
         while self.link.unacked_rows() and self.proc.poll() is None:
             self.link.flush(time.monotonic())
