@@ -275,9 +275,11 @@ class DirectSubmitter:
             del self.tasks[task.task_id]
             self._file_results(msg.results)
             self._results_here(msg.results)
-            if msg.retryable or not from_agent:  # the agent learns the outcome from us
+            if msg.retryable:  # the worker left the decision to us: final
                 self._report(p.TaskDone(msg.task_id, msg.attempt, msg.results, msg.contained,
                                         False, self._worker_id, msg.seconds))
+            elif not from_agent:  # the agent learns the outcome from us, who hold it
+                self._report(msg)
         return lease.key
 
     def on_not_started(self, msg: p.NotStarted) -> None:
