@@ -236,6 +236,39 @@ def test_a_task_naming_an_unknown_function_fails_and_the_agent_lives():
         zray.shutdown()
 
 
+def test_a_message_the_agent_cannot_use_gets_an_error_reply_and_changes_nothing():
+    import zmq
+
+    from zray import protocol as p
+
+    zray.init(num_cpus=1)
+    stand_in = subprocess.Popen(["sleep", "60"])  # the fake client's pid: not the driver's
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    try:
+        agent_pid = api._cluster.agent.pid  # type: ignore[union-attr]
+        sock.setsockopt(zmq.IDENTITY, b"\x05" * 16 + b"r")
+        sock.connect(f"ipc://{api._cluster.session}/agent.sock")  # type: ignore[union-attr]
+        sock.send_multipart(p.encode(p.Register(b"\x05" * 16, stand_in.pid, "driver", b"j",
+                                                False, "")))
+        assert sock.poll(10_000) and isinstance(p.decode(sock.recv_multipart()), p.Registered)
+        for wrong in (p.Registered(b"n", 1, "", 0, {}),  # a message only the agent sends
+                      p.SubmitTask(b"\x06" * 16, b"j", b"", "f", b"", [], [], -3, {}, 0,
+                                   b"", b"", {}, False, b"")):  # -3 results
+            sock.send_multipart(p.encode(wrong))
+            assert sock.poll(10_000), f"no reply to {type(wrong).__name__}"
+            reply = p.decode(sock.recv_multipart())
+            assert isinstance(reply, p.Rejected) and reply.of == wrong.op, reply
+        assert zray.get(zray.remote(lambda: "alive").remote(), timeout=30) == "alive"
+        assert api._cluster.agent.pid == agent_pid and api._cluster.agent.poll() is None  # type: ignore[union-attr]
+    finally:
+        sock.close(linger=0)
+        context.term()
+        stand_in.kill()
+        stand_in.wait()
+        zray.shutdown()
+
+
 def test_frozen_broker_does_not_block_tasks():
     zray.init(num_cpus=2)
     broker = broker_process()

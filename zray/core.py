@@ -57,6 +57,7 @@ from zray.objects.refs import ObjectRef, RefCounter, object_id_of
 from zray.objects.serialization import Serialized, deserialize, serialize
 from zray.objects.store import Mapping
 from zray.protocol import has_input
+from zray.rate_limit import RateLimitedLog
 from zray.sender import AgentSender
 from zray.specs import FunctionDescriptor, TaskContext, TaskOptions
 
@@ -122,6 +123,7 @@ class CoreClient:
         self._request_ids = itertools.count(1)
         self._exported: set[bytes] = set()
         self._broken = ""
+        self._complaints = RateLimitedLog(log)
         self._stopping = False
         self._io: threading.Thread | None = None
         self._agent_pidfd = -1
@@ -330,6 +332,9 @@ class CoreClient:
             stream = sys.stderr if msg.stream == "stderr" else sys.stdout
             stream.write("".join(f"({msg.prefix}) {line}\n" for line in msg.lines))
             stream.flush()
+        elif isinstance(msg, p.Rejected):
+            self._complaints.warning("rejected", "the node agent rejected a message (op %d): %s",
+                                     msg.of, msg.reason)
         elif isinstance(msg, p.Notice):
             print(f"zray: {msg.text or _unhandled_error_text(msg.error)}", file=sys.stderr,
                   flush=True)

@@ -419,6 +419,16 @@ class CallsReported(Message):
     unsent: list
 
 
+@message(38)
+@dataclass(frozen=True, slots=True)
+class Rejected(Message):
+    """Agent to client: a message of yours (its op code, ``of``) could not be used, and why
+    (an unknown id, a value out of range): it was dropped and changed nothing."""
+
+    of: int
+    reason: str
+
+
 @message(36)
 @dataclass(frozen=True, slots=True)
 class Processed(Message):

@@ -32,7 +32,7 @@ from zray.actors.manager import ActorManager
 from zray.config import Config
 from zray.ids import new_node_id, return_object_id, short, task_of
 from zray.leasing import Peers
-from zray.node import failures
+from zray.node import checks, failures
 from zray.node.clients import Client, Clients
 from zray.node.gcs_client import GcsClient
 from zray.node.leases import LeaseManager
@@ -44,6 +44,7 @@ from zray.node.tasks import TaskManager
 from zray.node.worker_pool import WorkerPool, WorkerProcess
 from zray.objects.store import Allocator, Mapping, create_arena
 from zray.protocol import has_input
+from zray.rate_limit import RateLimitedLog
 
 log = logging.getLogger("zray.agent")
 
@@ -64,6 +65,7 @@ class Agent:
         self.clients = Clients()
         self.functions: dict[bytes, bytes] = {}
         self.warned: set[str] = set()
+        self.complaints = RateLimitedLog(log)
         self.mapping = Mapping(self.store_path, self.store_size)
         self.zmq = zmq.Context()
         self.router = self.zmq.socket(zmq.ROUTER)
@@ -161,17 +163,19 @@ class Agent:
         try:
             msg = p.decode(frames[1:])
         except p.ProtocolError as exc:
-            log.warning("dropped a malformed message from %s: %s", identity.hex(), exc)
+            self.complaints.warning("malformed", "dropped a malformed message from %s: %s",
+                                    identity.hex(), exc)
             return 1
         client_id = identity[:-1]
         if not isinstance(msg, p.Register) and client_id not in self.clients:
-            log.warning("dropped %s from unregistered %s", type(msg).__name__, short(client_id))
+            self.complaints.warning("unregistered", "dropped %s from unregistered %s",
+                                    type(msg).__name__, short(client_id))
             return 1
         if isinstance(msg, p.Batch):
             try:
                 messages = p.unbatch(msg)
             except p.ProtocolError as exc:
-                log.warning("dropped a malformed batch from %s: %s", short(client_id), exc)
+                self.reject(client_id, msg, f"malformed batch: {exc}")
                 messages = []
             for one in messages:
                 self._handle(client_id, one)
@@ -185,21 +189,26 @@ class Agent:
     def _handle(self, client_id: bytes, msg: p.Message) -> None:
         handler = self.handlers.get(type(msg))
         if handler is None:
-            log.warning("dropped unexpected %s from %s", type(msg).__name__, short(client_id))
+            self.reject(client_id, msg, "the agent takes no such message from a client")
             return
         try:
             handler(client_id, msg)
-        except Exception as exc:  # a bug handling one message must not take the node down
-            log.exception("failed to handle %s from %s", type(msg).__name__, short(client_id))
-            self._answer_failed_request(client_id, msg, exc)
+        except Exception as exc:  # one message (untrusted, or a bug) must not stop the node
+            log.debug("failed to handle %s", type(msg).__name__, exc_info=True)
+            self.reject(client_id, msg, f"failed to handle it: {exc!r}")
 
-    def _answer_failed_request(self, client_id: bytes, msg: p.Message, exc: Exception) -> None:
-        """A caller blocked on a reply gets an error instead of waiting forever."""
-        error = f"the node agent failed to handle {type(msg).__name__}: {exc!r}"
+    def reject(self, client_id: bytes, msg: p.Message, reason: str) -> None:
+        """Drop a message that cannot be used: a log line (rate-limited) and an error
+        reply; a caller blocked on the reply gets an error instead of waiting forever."""
+        name = type(msg).__name__
+        self.complaints.warning(name, "rejected %s from %s: %s", name, short(client_id), reason)
+        error = f"the node agent rejected {name}: {reason}"
         if isinstance(msg, p.CreateObject):
             self.send(client_id, p.ObjectCreated(msg.request_id, -1, error))
         elif isinstance(msg, p.QueryAgent):
             self.send(client_id, p.AgentReply(msg.request_id, json.dumps({"error": error})))
+        else:
+            self.send(client_id, p.Rejected(msg.op, reason[:1000]))
 
     def send(self, client_id: bytes, msg: p.Message) -> None:
         try:
@@ -250,6 +259,10 @@ class Agent:
 
     def on_submit(self, client_id: bytes, msg: p.SubmitTask) -> None:
         """Pin what the task reads, then hand it to the tasks or the actors."""
+        reason = checks.submit_task(msg)
+        if reason:
+            self.reject(client_id, msg, reason)
+            return
         task = Task(msg, client_id)
         for i in range(msg.num_returns):
             self.objects.expect(return_object_id(msg.task_id, i), msg.job_id, client_id)
