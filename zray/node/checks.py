@@ -23,9 +23,11 @@ def submit_task(msg: p.SubmitTask) -> str:
         return f"a task id is {TASK_ID_BYTES} bytes, not {len(msg.task_id)}"
     if not 0 <= msg.num_returns <= MAX_RETURNS:
         return f"num_returns={msg.num_returns} is not between 0 and {MAX_RETURNS}"
-    if not all(type(ref) is bytes and len(ref) == OBJECT_ID_BYTES
-               for ref in [*msg.deps, *msg.contained]):
+    if not all(type(ref) is bytes and len(ref) == OBJECT_ID_BYTES for ref in msg.deps):
         return f"an argument is not an object id ({OBJECT_ID_BYTES} bytes)"
+    if not all(type(ref) is bytes and len(ref) in (OBJECT_ID_BYTES, TASK_ID_BYTES)
+               for ref in msg.contained):  # (refs, and actor handles: an actor's id)
+        return "a ref inside the arguments is neither an object id nor an actor id"
     if not all(type(name) is str and type(amount) in (int, float) and math.isfinite(amount)
                and amount >= 0 for name, amount in msg.resources.items()):
         return "resources must map names to finite amounts >= 0"
