@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -128,7 +129,11 @@ class Agent:
             while (self.router in events and self.running and handled < _BURST
                    and has_input(self.router)):
                 handled += self._on_frames(self.router.recv_multipart())
-            self._after_events()
+            try:
+                self._after_events()
+            except Exception:  # a bad value that got past the checks must not stop the node
+                self.complaints.warning("pass", "a pass of the agent's loop failed:\n%s",
+                                        traceback.format_exc())
             self.gcs.pump()
 
     def _sync_fds(self, poller: zmq.Poller, registered: set[int]) -> set[int]:
