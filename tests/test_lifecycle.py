@@ -247,9 +247,9 @@ def test_a_message_the_agent_cannot_use_gets_an_error_reply_and_changes_nothing(
     sock = context.socket(zmq.DEALER)
     try:
         agent_pid = api._cluster.agent.pid  # type: ignore[union-attr]
-        sock.setsockopt(zmq.IDENTITY, b"\x05" * 16 + b"r")
+        sock.setsockopt(zmq.IDENTITY, b"\x05" * 8 + b"r")
         sock.connect(f"ipc://{api._cluster.session}/agent.sock")  # type: ignore[union-attr]
-        sock.send_multipart(p.encode(p.Register(b"\x05" * 16, stand_in.pid, "driver", b"j",
+        sock.send_multipart(p.encode(p.Register(b"\x05" * 8, stand_in.pid, "driver", b"j",
                                                 False, "")))
         assert sock.poll(10_000) and isinstance(p.decode(sock.recv_multipart()), p.Registered)
         for wrong in (p.Registered(b"n", 1, "", 0, {}),  # a message only the agent sends

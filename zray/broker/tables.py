@@ -42,6 +42,8 @@ def check_row(row: Any) -> Row:
         raise ValueError(f"{table}: key must be bytes, got {type(key).__name__}")
     if fields is not None and not isinstance(fields, str):
         raise ValueError(f"{table}: fields_json must be str or None, got {type(fields).__name__}")
+    if fields is not None:
+        fields.encode()  # UnicodeEncodeError (a ValueError) for text SQLite cannot store
     if blob is not None and not isinstance(blob, bytes):
         raise ValueError(f"{table}: blob must be bytes or None, got {type(blob).__name__}")
     return (table, key, fields, blob)

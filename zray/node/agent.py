@@ -196,6 +196,10 @@ class Agent:
         if handler is None:
             self.reject(client_id, msg, "the agent takes no such message from a client")
             return
+        reason = checks.content(msg)
+        if reason:
+            self.reject(client_id, msg, reason)
+            return
         try:
             handler(client_id, msg)
         except Exception as exc:  # one message (untrusted, or a bug) must not stop the node
@@ -224,17 +228,20 @@ class Agent:
     # --- clients ---------------------------------------------------------------------
 
     def on_register(self, client_id: bytes, msg: p.Register) -> None:
+        pooled = msg.kind == "worker" and msg.pid in self.pool.by_pid
+        # Any other client is watched through its pidfd, so it is dropped when it exits:
+        # one whose pid cannot be watched is not taken at all (it could never be dropped).
+        pidfd = -1 if pooled else os.pidfd_open(msg.pid)
         client = Client(client_id, msg.kind, msg.pid, msg.job_id, msg.log_to_driver)
+        client.pidfd = pidfd
         self.clients.add(client, msg.namespace)
         self.send(client_id, p.Registered(self.node_id, os.getpid(), self.store_path,
                                           self.store_size, self.resources))
-        if msg.kind == "worker" and msg.pid in self.pool.by_pid:
+        if pooled:
             client.worker = self.pool.by_pid[msg.pid]
             client.worker.worker_id = client_id
             if not self.actors.claim_worker(client_id, msg.pid):
                 self.scheduler.worker_started(client_id)
-        else:
-            client.pidfd = os.pidfd_open(msg.pid)
 
     def on_disconnect(self, client_id: bytes, msg: p.Disconnect) -> None:
         self._drop_client(self.clients[client_id])
@@ -264,10 +271,6 @@ class Agent:
 
     def on_submit(self, client_id: bytes, msg: p.SubmitTask) -> None:
         """Pin what the task reads, then hand it to the tasks or the actors."""
-        reason = checks.submit_task(msg)
-        if reason:
-            self.reject(client_id, msg, reason)
-            return
         task = Task(msg, client_id)
         for i in range(msg.num_returns):
             self.objects.expect(return_object_id(msg.task_id, i), msg.job_id, client_id)
