@@ -283,7 +283,11 @@ class CoreClient:
             else:
                 self._dispatch_message(msg, from_agent=False)
         if answers:
-            self._answered(answers, from_agent=False)
+            try:
+                self._answered(answers, from_agent=False)
+            except Exception as exc:  # (as in _dispatch_message)
+                self._complaints.warning("answers", "dropped answers that cannot be used: %r",
+                                         exc)
 
     def _dispatch(self, frames: list[bytes], from_agent: bool) -> None:
         try:
@@ -294,11 +298,18 @@ class CoreClient:
         self._dispatch_message(msg, from_agent)
 
     def _dispatch_message(self, msg: p.Message, from_agent: bool) -> None:
+        try:
+            self._dispatch_checked(msg, from_agent)
+        except Exception as exc:  # a message we cannot use must not stop this thread
+            self._complaints.warning(type(msg).__name__, "dropped a %s that cannot be used: %r",
+                                     type(msg).__name__, exc)
+
+    def _dispatch_checked(self, msg: p.Message, from_agent: bool) -> None:
         if isinstance(msg, p.TaskDone):
             self._answered([msg], from_agent)
         elif isinstance(msg, p.ObjectsReady):
             self.objects.file(msg.locations)
-        elif isinstance(msg, (p.ObjectCreated, p.AgentReply)):
+        elif isinstance(msg, (p.ObjectCreated, p.AgentReply)) and from_agent:
             with self._cond:
                 self._replies[msg.request_id] = msg
                 self._cond.notify_all()

@@ -112,7 +112,7 @@ class AgentSender:
     def processed(self, count: int) -> None:
         """The agent handled ``count`` of our deferred messages (from the I/O thread)."""
         with self._lock:
-            self._unprocessed = max(0, self._unprocessed - count)
+            self._unprocessed = max(0, self._unprocessed - max(0, count))
             if self._unprocessed < _MAX_UNPROCESSED // 2:
                 self._room.notify_all()
 

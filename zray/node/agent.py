@@ -58,6 +58,7 @@ class Agent:
         self.session = args.session
         self.node_id = new_node_id()
         self.owner_pid = args.owner_pid
+        self.owner_client = b""  # the driver that started the cluster, once it registers
         self.resources: dict[str, float] = json.loads(args.resources)
         self.store_path, self.store_size = args.store_path, args.store_size
         create_arena(self.store_path, self.store_size)
@@ -228,6 +229,13 @@ class Agent:
     # --- clients ---------------------------------------------------------------------
 
     def on_register(self, client_id: bytes, msg: p.Register) -> None:
+        if client_id in self.clients:
+            self.reject(client_id, msg, "this client is registered already")
+            return
+        claims_owner = msg.pid == self.owner_pid
+        if claims_owner and (self.owner_client or msg.kind != "driver"):
+            self.reject(client_id, msg, f"pid {msg.pid} is the driver's, registered already")
+            return
         pooled = msg.kind == "worker" and msg.pid in self.pool.by_pid
         # Any other client is watched through its pidfd, so it is dropped when it exits:
         # one whose pid cannot be watched is not taken at all (it could never be dropped).
@@ -235,6 +243,8 @@ class Agent:
         client = Client(client_id, msg.kind, msg.pid, msg.job_id, msg.log_to_driver)
         client.pidfd = pidfd
         self.clients.add(client, msg.namespace)
+        if claims_owner:
+            self.owner_client = client_id
         self.send(client_id, p.Registered(self.node_id, os.getpid(), self.store_path,
                                           self.store_size, self.resources))
         if pooled:
@@ -244,8 +254,11 @@ class Agent:
                 self.scheduler.worker_started(client_id)
 
     def on_disconnect(self, client_id: bytes, msg: p.Disconnect) -> None:
-        self._drop_client(self.clients[client_id])
-        if msg.stop_cluster:
+        client = self.clients[client_id]
+        self._drop_client(client)
+        if msg.stop_cluster and client_id != self.owner_client:
+            self.reject(client_id, msg, "only the driver that started the cluster stops it")
+        elif msg.stop_cluster:
             self.running = False
 
     def _drop_client(self, client: Client) -> None:
@@ -255,7 +268,7 @@ class Agent:
         self.objects.release_all(client.client_id)
         self.leases.client_gone(client.client_id, client.pid)
         self.actors.client_gone(client.client_id, client.job_id, client.kind == "driver")
-        if client.pid == self.owner_pid:
+        if client.client_id == self.owner_client:
             self.running = False
 
     def notice(self, job_id: bytes | None, text: str, error: bytes | None = None) -> None:

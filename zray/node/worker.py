@@ -21,6 +21,7 @@ sleep or a blocking get) if that task is still the one running.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import threading
@@ -35,6 +36,7 @@ from zray.exceptions import NodeDiedError, TaskCancelledError
 from zray.exported import load_function
 from zray.node.execution import Outcome, fail, hand_in, run_sync
 from zray.node.output import track_lines
+from zray.rate_limit import RateLimitedLog
 
 
 class Worker:
@@ -48,6 +50,7 @@ class Worker:
         self.cancel_before_start: set[bytes] = set()  # sent ahead on a lease, not started
         client.on_cancel = self.on_cancel
         signal.signal(signal.SIGUSR1, self._raise_cancelled)
+        self.complaints = RateLimitedLog(logging.getLogger("zray.worker"))
 
     def serve(self) -> None:
         while True:
@@ -55,13 +58,21 @@ class Worker:
             task = self.client.inbox.next()
             if task is None:
                 return
-            if task.actor_options:
-                self.actor = ActorHost(self.client, task)
-            elif task.actor_id:
-                assert self.actor is not None, "an actor call reached a worker with no actor"
-                self.actor.run(task)
-            else:
-                hand_in(self.client, self.run_task(task))
+            try:
+                self._serve_one(task)
+            except Exception as exc:  # a task message this worker cannot use (anyone may
+                # write to its task socket): dropped, and the worker serves on
+                self.complaints.warning("task", "dropped a task that cannot be run: %r", exc)
+
+    def _serve_one(self, task: p.ExecuteTask) -> None:
+        if task.actor_options:
+            self.actor = ActorHost(self.client, task)
+        elif task.actor_id:
+            if self.actor is None:
+                raise ValueError("an actor call reached a worker that hosts no actor")
+            self.actor.run(task)
+        else:
+            hand_in(self.client, self.run_task(task))
 
     def run_task(self, task: p.ExecuteTask) -> Outcome:
         if task.task_id in self.cancel_before_start:
