@@ -40,3 +40,17 @@ def test_dropped_then_borrowed_again_in_one_drain_sends_nothing():
     assert refs.drain() == ([], [])
     refs.dropped(b"r")
     assert refs.drain() == ([], [b"r"])
+
+
+def test_borrowed_then_dropped_in_one_drain_sends_nothing():
+    """Nothing was sent between (a drain comes before each message), so nothing was handed
+    on: the agent need not hear of a holder that came and went (a task's view of its
+    argument, taken and let go while it ran)."""
+    refs = RefCounter()
+    refs.borrowed(b"v")
+    refs.dropped(b"v")
+    assert refs.drain() == ([], [])
+    refs.borrowed(b"v")
+    refs.borrowed(b"v")
+    refs.dropped(b"v")
+    assert refs.drain() == ([b"v"], [])

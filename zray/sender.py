@@ -148,15 +148,18 @@ class AgentSender:
         window = self._window_s if self._deferred_soon else self._idle_timeout_ms / 1000
         return self._deferred_since + window
 
-    def send_added(self) -> bool:
-        """Send the edges of refs this process started holding, now; True if it still holds
-        one of them (a task's worker kept a ref it was given)."""
+    def agent_first(self) -> bool:
+        """Whether the agent must hear from this process before a task's owner hears the
+        task is done: this process holds refs it did not hold before (a worker kept a ref
+        it was given), or has deferred messages (a notice of a task it submitted, which may
+        pin the task's arguments). The edges of the new refs are sent now; the rest goes
+        with the next message, and only this socket keeps that order."""
         with self._lock:
             added, released = self._refs.drain()
             if added:
                 self._socket.send_multipart(p.encode(p.RefsChanged(added, [])))
             self._held_released += released
-            return bool(set(added).difference(released))
+            return bool(added) or bool(self._deferred)
 
     def _drain_refs_locked(self) -> list[bytes]:
         """Send the added edges now; return the released ones (held back so far included)."""

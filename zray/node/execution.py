@@ -109,13 +109,13 @@ def hand_in(client: CoreClient, outcome: Outcome) -> None:
     Output is flushed first, its lines ended (the agent forwards it). Some answers go to
     the agent, which files them before passing them on (see Agent.on_task_done): a task
     the agent sent itself (no owner); results holding refs or actor handles; and any task
-    after which this worker holds a ref it was given (kept in an actor's state): the agent
-    must hear that before it lets go of the task's arguments, and one connection keeps
-    that order. Refs inside the results stay held until the TaskDone that pins them has
-    gone: the caller keeps ``outcome`` until this returns."""
+    after which the agent must hear from this worker before it lets go of the task's
+    arguments (AgentSender.agent_first: a ref it was given and kept, a task it submitted):
+    one connection keeps that order. Refs inside the results stay held until the TaskDone
+    that pins them has gone: the caller keeps ``outcome`` until this returns."""
     done = outcome[0]
     finish_lines()
-    if not done.owner or done.contained or client.tx.send_added():
+    if not done.owner or done.contained or client.tx.agent_first():
         client.tx.send(done)
     else:
         client.peers.send(done.owner, done)

@@ -48,7 +48,10 @@ class RefCounter:
                 if kind == _DROPPED:
                     if count <= 1:
                         counts.pop(object_id, None)
-                        released.append(object_id)
+                        if object_id in added:  # taken and let go since the last drain,
+                            added.remove(object_id)  # with no message between: no edge
+                        else:
+                            released.append(object_id)
                     else:
                         counts[object_id] = count - 1
                 else:
