@@ -19,8 +19,8 @@ A task's round trip crosses no third process: the agent decides where work runs 
 leases from the same queues as its own tasks) and keeps the object directory, but relays no
 task. Once every lease the owner may get is in use, it sends tasks ahead, by how long
 its function's tasks have run so far (``_depth``): very short ones many at a time, in one
-message, answered a batch at a time; short ones one ahead, so the worker starts the next
-at once instead of idling for a round trip; long ones never, so a long task does not hold
+message (each answered before the next starts); short ones one ahead, so the worker starts
+the next at once instead of idling for a round trip; long ones never, so a long task does not hold
 another back while a worker is free. A task that blocks in ``get`` sends back the ones
 behind it (NotStarted; zray/node/inbox.py). The owner retries
 a task whose worker died (``max_retries``) or whose exception its ``retry_exceptions``

@@ -16,8 +16,8 @@ nested in the arguments), calls go through the agent's mailbox.
 
 While calls of the line are in flight, further direct calls wait here (``corked``) and go
 together, in one message, when an answer comes back, when the caller waits, or after the
-batch window: a burst of calls costs the caller and the worker one send and one wake-up
-per batch, not per call, and a lone call still goes at once.
+batch window: a burst of calls costs the caller one send and the worker one wake-up per
+batch, not per call (each is still answered on its own), and a lone call goes at once.
 
 A caller's calls run in the order it made them, as in Ray. One caller's direct calls
 travel one socket, which keeps their order, and the worker starts them in arrival order;
