@@ -39,10 +39,12 @@ from zray.protocol import (
     ProtocolError,
     Query,
     QueryReply,
+    Rejected,
     TableBatch,
     decode,
     encode,
 )
+from zray.rate_limit import RateLimitedLog
 
 log = logging.getLogger("zray.broker.shard")
 
@@ -58,6 +60,7 @@ class BrokerShard:
         self.endpoint = endpoint
         self.config = config
         self.stopping = False
+        self.complaints = RateLimitedLog(log)
         self.wal = WriteAheadLog(wal_path)
         self.tables = Tables(max_task_history=config.max_task_history)
         self.tables.apply(self.wal.replay())
@@ -113,15 +116,17 @@ class BrokerShard:
         try:
             msg = decode(frames[1:])
         except ProtocolError as exc:
-            log.warning("dropped a malformed message from %s: %s", identity.hex(), exc)
+            self.complaints.warning("malformed", "dropped a malformed message from %s: %s",
+                                    identity.hex(), exc)
             return
         if isinstance(msg, TableBatch):
             self._on_batch(identity, msg)
         elif isinstance(msg, Query):
             self._on_query(identity, msg)
         else:
-            log.warning("dropped a %s from %s: not a broker message",
-                        type(msg).__name__, identity.hex())
+            self.complaints.warning(type(msg).__name__, "rejected a %s from %s: not a broker "
+                                    "message", type(msg).__name__, identity.hex())
+            self._send(identity, Rejected(msg.op, "a broker shard takes TableBatch and Query"))
 
     def _on_batch(self, identity: bytes, batch: TableBatch) -> None:
         rows = _valid_rows(batch)
