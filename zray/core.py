@@ -81,6 +81,11 @@ def current_counter() -> RefCounter | None:
     return _runtime.refs if _runtime is not None else None
 
 
+# What other processes send a process's direct socket: answers (one, or a Batch), tasks
+# handed back (NotStarted), cancels of the task it runs.
+_DIRECT_MESSAGES = (p.Batch, p.NotStarted, p.CancelRunning)
+
+
 class CoreClient:
     def __init__(self, endpoint: str, kind: str, job_id: bytes, config: Config,
                  log_to_driver: bool = True,
@@ -276,12 +281,21 @@ class CoreClient:
             try:
                 msg = p.decode(frames[1:])
             except p.ProtocolError as exc:
-                log.warning("dropped a malformed message: %s", exc)
+                self._complaints.warning("malformed", "dropped a malformed message: %s", exc)
                 continue
             if isinstance(msg, p.TaskDone):
                 answers.append(msg)
-            else:
+            elif isinstance(msg, _DIRECT_MESSAGES):
                 self._dispatch_message(msg, from_agent=False)
+            else:  # (anyone may write to this socket: a peer of ours never sends these)
+                self._complaints.warning("direct", "rejected a %s on the direct socket",
+                                         type(msg).__name__)
+                try:
+                    self._direct.send_multipart([frames[0], *p.encode(p.Rejected(
+                        msg.op, "a direct socket takes answers, NotStarted and cancels"))],
+                        zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
         if answers:
             try:
                 self._answered(answers, from_agent=False)

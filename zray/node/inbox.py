@@ -30,6 +30,7 @@ import zmq
 from zray import protocol as p
 from zray.node.launcher import direct_endpoint
 from zray.protocol import has_input
+from zray.rate_limit import RateLimitedLog
 
 if TYPE_CHECKING:
     from zray.core import CoreClient
@@ -52,6 +53,7 @@ class TaskInbox:
         self._poller.register(self.socket, zmq.POLLIN)
         self._poller.register(self._wake_r, zmq.POLLIN)
         self._pending: deque[p.ExecuteTask] = deque()  # sent on a lease, not started
+        self._complaints = RateLimitedLog(log)
 
     # --- from the I/O thread ---------------------------------------------------------
 
@@ -107,7 +109,17 @@ class TaskInbox:
                 msg = p.decode(p.received(frames[1:]))
                 tasks = p.unbatch(msg) if isinstance(msg, p.Batch) else [msg]
             except p.ProtocolError as exc:
-                log.warning("dropped a malformed task message: %s", exc)
+                self._complaints.warning("malformed", "dropped a malformed task message: %s",
+                                         exc)
+                continue
+            if not isinstance(msg, (p.ExecuteTask, p.Batch)):  # (anyone may write here)
+                self._complaints.warning("other", "rejected a %s on the task socket",
+                                         type(msg).__name__)
+                try:
+                    self.socket.send_multipart([frames[0].bytes, *p.encode(p.Rejected(
+                        msg.op, "a task socket takes ExecuteTask"))], zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
                 continue
             self._pending.extend(t for t in tasks if isinstance(t, p.ExecuteTask))
 
