@@ -290,12 +290,8 @@ class CoreClient:
             else:  # (anyone may write to this socket: a peer of ours never sends these)
                 self._complaints.warning("direct", "rejected a %s on the direct socket",
                                          type(msg).__name__)
-                try:
-                    self._direct.send_multipart([frames[0], *p.encode(p.Rejected(
-                        msg.op, "a direct socket takes answers, NotStarted and cancels"))],
-                        zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    pass
+                p.send_rejected(self._direct, frames[0], msg,
+                                "a direct socket takes answers, NotStarted and cancels")
         if answers:
             try:
                 self._answered(answers, from_agent=False)

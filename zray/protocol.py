@@ -495,6 +495,15 @@ def has_input(socket: Any) -> bool:
     return bool(socket.getsockopt(_EVENTS) & _POLLIN)
 
 
+def send_rejected(router: Any, identity: bytes, msg: Message, reason: str) -> None:
+    """Answer ``msg``, from ``identity`` on a ROUTER socket, with Rejected; never blocks,
+    never raises (the peer may be gone, or never listening)."""
+    try:
+        router.send_multipart([identity, *encode(Rejected(msg.op, reason))], zmq.NOBLOCK)
+    except zmq.ZMQError:
+        pass
+
+
 class _NoGlobals(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         raise ProtocolError(f"message frame names a global ({module}.{name}); refused")

@@ -55,7 +55,7 @@ class AgentSender:
         pins nothing and wants the memory back (CreateObject, so a freed block is reused
         rather than fresh pages touched) goes after the releases."""
         with self._lock:
-            released = self._drain_refs_locked()
+            _, released = self._drain_refs_locked()
             self._send_deferred_locked()
             if released and releases_first:
                 self._send_released(released)
@@ -89,7 +89,7 @@ class AgentSender:
         """Edges out, and deferred messages once due (``now`` None: at once). While a
         deferred message waits, releases wait with it."""
         with self._lock:
-            released = self._drain_refs_locked()
+            _, released = self._drain_refs_locked()
             if self._deferred and now is not None and now < self._due_locked():
                 self._held_released = released
                 return
@@ -121,7 +121,7 @@ class AgentSender:
         whatever came before it); else leave them, and released refs, for their batch."""
         with self._lock:
             if self._deferred_awaited:
-                released = self._drain_refs_locked()
+                _, released = self._drain_refs_locked()
                 self._send_deferred_locked()
                 if released:
                     self._send_released(released)
@@ -155,20 +155,18 @@ class AgentSender:
         pin the task's arguments). The edges of the new refs are sent now; the rest goes
         with the next message, and only this socket keeps that order."""
         with self._lock:
-            added, released = self._refs.drain()
-            if added:
-                self._socket.send_multipart(p.encode(p.RefsChanged(added, [])))
-            self._held_released += released
+            added, self._held_released = self._drain_refs_locked()
             return bool(added) or bool(self._deferred)
 
-    def _drain_refs_locked(self) -> list[bytes]:
-        """Send the added edges now; return the released ones (held back so far included)."""
+    def _drain_refs_locked(self) -> tuple[list[bytes], list[bytes]]:
+        """Send the added edges now; return them, and the released ones (held back so far
+        included), which the caller sends or holds back."""
         added, released = self._refs.drain()
         if added:
             self._socket.send_multipart(p.encode(p.RefsChanged(added, [])))
         if self._held_released:
             released, self._held_released = self._held_released + released, []
-        return released
+        return added, released
 
     def _send_deferred_locked(self) -> None:
         if self._deferred:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from zray import protocol as p
 from zray.actors.mailbox import Actor, ActorDirectory, ActorState
 from zray.node import failures
+from zray.node.early import EarlyReports
 from zray.node.scheduler import Task, TaskState
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("zray.agent")
 
-_REMEMBERED = 10_000  # early reports kept for their notice; dead workers kept for late calls
+_REMEMBERED = 10_000  # dead workers kept for late calls
 
 
 class ActorManager:
@@ -48,8 +49,7 @@ class ActorManager:
         self.waits: dict[bytes, list[Task]] = {}  # object id -> creations/calls waiting on it
         self.starting: dict[int, Actor] = {}  # pid of a worker being started -> its actor
         self.waiting_for_resources: list[Actor] = []
-        # reports waiting for their notice: (worker, report, refs pinned meanwhile)
-        self.early: OrderedDict[bytes, tuple[bytes, p.TaskDone, list[bytes]]] = OrderedDict()
+        self.early = EarlyReports(agent.objects.pin, agent.objects.unpin)
         self.gone: OrderedDict[bytes, tuple[int, str]] = OrderedDict()  # dead worker: pid, how
         self.in_doubt: dict[bytes, Task] = {}  # task id -> call a lost worker had (see above)
 
@@ -123,13 +123,9 @@ class ActorManager:
     # --- calls -----------------------------------------------------------------------
 
     def call(self, task: Task, missing: set[bytes]) -> None:
-        early = self.early.pop(task.spec.task_id, None)
-        if early is not None:  # a direct call's report overtook its notice
-            task.move(TaskState.QUEUED)
-            task.move(TaskState.RUNNING)
-            self._finished(task, early[0], early[1])  # files the results, pinning their refs
-            self.agent.let_go(early[2])
-            return
+        if self.early.file(task.spec.task_id, lambda worker, report: self._finished_early(
+                task, worker, report)):
+            return  # a direct call's report overtook its notice
         actor = self.directory.actors.get(task.spec.actor_id)
         if actor is None:
             cause = self.directory.death_cause(task.spec.actor_id)
@@ -193,12 +189,8 @@ class ActorManager:
         if actor is None:
             if worker_actor is None or msg.owner == client_id:
                 return False  # not a call's (a lease's), or a stale or duplicate report
-            # from the actor's worker, results holding refs: the caller's notice is on its
-            # way; what its results hold is kept until then
-            self.early[msg.task_id] = (client_id, msg, self.agent.hold_early(msg))
-            if len(self.early) > _REMEMBERED:
-                self.agent.let_go(self.early.popitem(last=False)[1][2])
-            return True
+            self.early.keep(client_id, msg)  # from the actor's worker: the caller's notice
+            return True                      # is on its way
         call = actor.running.get(msg.task_id)
         doubtful = self.in_doubt.get(msg.task_id)
         if call is not None and call.attempt == msg.attempt:
@@ -221,6 +213,11 @@ class ActorManager:
         call.move(TaskState.FAILED if failures.any_error(msg.results) else TaskState.FINISHED)
         self.agent.finish_task(call, msg.results, msg.contained)
         self.agent.relay(client_id, msg)
+
+    def _finished_early(self, call: Task, client_id: bytes, msg: p.TaskDone) -> None:
+        call.move(TaskState.QUEUED)
+        call.move(TaskState.RUNNING)
+        self._finished(call, client_id, msg)
 
     def _created(self, actor: Actor, msg: p.TaskDone) -> None:
         if msg.results and msg.results[0][4]:  # __init__ raised: the actor is dead for good
@@ -372,8 +369,7 @@ class ActorManager:
     def client_gone(self, client_id: bytes, job_id: bytes, was_driver: bool) -> None:
         """Its handles are gone; a driver's exit also ends its job's non-detached actors.
         Reports of its direct calls whose notices never came are dropped."""
-        for task_id in [k for k, (_, msg, _) in self.early.items() if msg.owner == client_id]:
-            self.agent.let_go(self.early.pop(task_id)[2])
+        self.early.owner_gone(client_id)
         for actor in {self.calls[k] for k, call in self.in_doubt.items()
                       if call.submitter == client_id}:
             self._settle(client_id, actor, set())

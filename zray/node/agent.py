@@ -400,17 +400,6 @@ class Agent:
         # its arguments for restarts, and ActorManager releases them when it dies)
         self.gcs.record_task(task)
 
-    def hold_early(self, msg: p.TaskDone) -> list[bytes]:
-        """Pin the refs inside a report that overtook its notice (it waits in ``early``):
-        its worker lets go of them right behind it, and nothing else may hold them until
-        the report is filed. Returns the ids pinned, for ``let_go`` once it is filed or
-        dropped."""
-        return [ref for ref in msg.contained if self.objects.pin(ref)]
-
-    def let_go(self, pinned: list[bytes]) -> None:
-        for ref in pinned:
-            self.objects.unpin(ref)
-
     def release_task_args(self, task: Task) -> None:
         for dep in task.spec.deps:
             self.objects.unpin(dep)

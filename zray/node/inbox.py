@@ -4,7 +4,7 @@
 
     owners --ExecuteTask, or a Batch of them--> ROUTER ipc://SESSION/t-<worker id>.sock
     agent  --ExecuteTask--> rx (the I/O thread) --> queue + a byte on a pipe
-    main thread: next() --> run --> reply(): TaskDone straight to the owner
+    main thread: next() --> run --> hand_in(): TaskDone straight to the owner
 
 An owner may send a lease several short tasks at once (zray/leasing.py). They run in
 order; if one blocks in ``get``, every task not started yet goes back to its owner
@@ -115,11 +115,8 @@ class TaskInbox:
             if not isinstance(msg, (p.ExecuteTask, p.Batch)):  # (anyone may write here)
                 self._complaints.warning("other", "rejected a %s on the task socket",
                                          type(msg).__name__)
-                try:
-                    self.socket.send_multipart([frames[0].bytes, *p.encode(p.Rejected(
-                        msg.op, "a task socket takes ExecuteTask"))], zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    pass
+                p.send_rejected(self.socket, frames[0].bytes, msg,
+                                "a task socket takes ExecuteTask")
                 continue
             self._pending.extend(t for t in tasks if isinstance(t, p.ExecuteTask))
 

@@ -15,24 +15,20 @@ critical path and both from its owner, in order on one connection:
 
 Results that hold refs are the exception: the worker sends them to the agent, which files
 them and passes them on. Such a report can overtake the owner's notice: it waits in
-``early`` until the notice arrives, the refs its results hold pinned meanwhile (its worker
-lets go of them right behind the report).
+``early`` until the notice arrives (zray/node/early.py).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from zray import protocol as p
 from zray.node import failures
+from zray.node.early import EarlyReports
 from zray.node.scheduler import Task, TaskState
 
 if TYPE_CHECKING:
     from zray.node.agent import Agent
-
-_EARLY_LIMIT = 10_000  # reports kept waiting for their notice (a retry's late duplicate
-# report never gets one: the oldest are dropped past this)
 
 
 class LeaseManager:
@@ -40,8 +36,7 @@ class LeaseManager:
         self.agent = agent
         self.scheduler = agent.scheduler
         self.direct: dict[bytes, Task] = {}  # direct tasks not finished, by task id
-        # reports waiting for their notice: (worker, report, refs pinned meanwhile)
-        self.early: OrderedDict[bytes, tuple[bytes, p.TaskDone, list[bytes]]] = OrderedDict()
+        self.early = EarlyReports(agent.objects.pin, agent.objects.unpin)
         self._asked_at = 0.0
 
     # --- leases ----------------------------------------------------------------------
@@ -101,10 +96,7 @@ class LeaseManager:
         """An owner will run this task on a lease; the agent already pinned its arguments."""
         task.move(TaskState.QUEUED)  # (on_submit recorded it)
         self.direct[task.spec.task_id] = task
-        early = self.early.pop(task.spec.task_id, None)
-        if early is not None:
-            self.done(early[0], early[1])  # files the results, pinning what they hold
-            self.agent.let_go(early[2])
+        self.early.file(task.spec.task_id, self.done)
 
     def done(self, client_id: bytes, msg: p.TaskDone) -> None:
         """A task's outcome: from its owner, which had the answer (in a Batch, behind its
@@ -113,9 +105,7 @@ class LeaseManager:
         if task is None:
             from_worker = client_id != msg.owner  # (the owner's own come after its notice)
             if from_worker and msg.owner in self.agent.clients:  # else nobody waits for it
-                self.early[msg.task_id] = (client_id, msg, self.agent.hold_early(msg))
-                if len(self.early) > _EARLY_LIMIT:
-                    self.agent.let_go(self.early.popitem(last=False)[1][2])
+                self.early.keep(client_id, msg)
             return
         if msg.attempt < task.attempt:
             return  # a stale attempt
@@ -147,5 +137,4 @@ class LeaseManager:
             del self.direct[task.spec.task_id]
             task.move(TaskState.FAILED)
             self.agent.fail_with(task, failures.owner_died(task.spec.name, pid))
-        for task_id in [k for k, (_, msg, _) in self.early.items() if msg.owner == client_id]:
-            self.agent.let_go(self.early.pop(task_id)[2])
+        self.early.owner_gone(client_id)
