@@ -52,6 +52,25 @@ class Config:
     default_max_retries: int = 3
     # Ended sessions whose logs stay in ZRAY_HOME (zray/node/sessions.py), newest first.
     kept_sessions: int = 20
+    # The largest frame a zray socket takes: a peer sending a bigger one is cut off before
+    # it is read into memory. Senders split bigger messages or refuse them first. The
+    # largest legitimate frames are a function's pickled code (refused above this less
+    # 1 MiB, with a hint; Ray refuses functions over 100 MB) and a leased task's arguments.
+    max_frame_bytes: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        floor = 4 * max(self.inline_object_max_bytes, self.direct_arg_max_bytes, 256 * 1024)
+        if self.max_frame_bytes < floor:
+            raise ValueError(
+                f"max_frame_bytes={self.max_frame_bytes} must be at least {floor}: four times "
+                "inline_object_max_bytes and direct_arg_max_bytes (and at least 1 MiB)")
+
+    @property
+    def message_budget(self) -> int:
+        """The bytes of values one message may carry inline (a task's results, its
+        arguments' values, table rows): a quarter of a frame, the rest left for the
+        fields around them."""
+        return self.max_frame_bytes // 4
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

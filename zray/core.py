@@ -107,7 +107,7 @@ class CoreClient:
         self._context: contextvars.ContextVar[TaskContext] = contextvars.ContextVar("zray_task")
         self.node_id = b""
         self.resources: dict[str, float] = {}
-        self._zmq = zmq.Context()
+        self._zmq = p.bounded_context(config.max_frame_bytes)
         self._tx = self._socket(endpoint, b"t")
         self._rx = self._socket(endpoint, b"r")
         # Direct messages from other processes: tasks sent on a lease (a worker), their
@@ -118,7 +118,7 @@ class CoreClient:
         self._direct.bind(direct_endpoint(endpoint, self.worker_id))
         # A context of its own, so a worker about to exit can wait for its answers to go
         # (deliver_before_exit) without closing the sockets its other threads use.
-        self._peers_zmq = zmq.Context()
+        self._peers_zmq = p.bounded_context(config.max_frame_bytes)
         self.peers = Peers(self._peers_zmq, self.worker_id, endpoint)
         self.inbox = TaskInbox(self, self._zmq, endpoint) if kind == "worker" else None
         self.leasing: DirectSubmitter | None = None  # once registered (it needs the CPUs)
@@ -168,7 +168,7 @@ class CoreClient:
         """Register with the agent; ``still_starting`` returns why to give up early, or ""."""
         hello = p.Register(self.worker_id, os.getpid(), self.kind, self.job_id,
                            self.log_to_driver, self.namespace)
-        self._rx.send_multipart(p.encode(hello))
+        p.send(self._rx, hello)
         deadline = time.monotonic() + timeout_s
         while not self._rx.poll(50):
             reason = still_starting() if still_starting else ""
@@ -386,6 +386,26 @@ class CoreClient:
         if self.inbox is not None:
             self.inbox.from_agent(None)
 
+    def _check_export_size(self, fn: FunctionDescriptor) -> None:
+        """Refuse a function too large for a message (as Ray refuses one over 100 MB)."""
+        limit = self.config.max_frame_bytes - (1 << 20)
+        if len(fn.blob) > limit:
+            raise ValueError(
+                f"the remote function {fn.name} is too large: {len(fn.blob) / 2**20:.1f} MiB "
+                f"pickled, over the {limit / 2**20:.0f} MiB limit (max_frame_bytes less 1 MiB). "
+                "Check that its definition does not capture a large array or other object in "
+                "scope: pass it as an argument, or zray.put() it and pass the ref.")
+
+    def check_ref_count(self, count: int, what: str) -> None:
+        """Refuse a value (or a task's arguments) holding more refs than a message lists:
+        each is listed in the message that hands the value over, so its holder pins it."""
+        limit = self.config.max_frame_bytes // 48
+        if count > limit:
+            raise ValueError(
+                f"{what} hold {count:,} ObjectRefs; zray hands over at most {limit:,} refs "
+                "inside one value (max_frame_bytes / 48). Split them: e.g. a list of lists, "
+                "each passed through zray.put().")
+
     def _check_broken(self) -> None:
         if self._broken:
             raise NodeDiedError(self._broken)
@@ -400,6 +420,7 @@ class CoreClient:
         self._check_broken()
         self.tx.wait_for_room(self._check_broken)
         if fn is not None and fn.function_id not in self._exported:
+            self._check_export_size(fn)
             self.tx.send(p.ExportFunction(fn.function_id, fn.name, fn.blob))
             self._exported.add(fn.function_id)
         task_id = child_task_id(self.context.task_id, next(self.context.submitted))
@@ -417,6 +438,7 @@ class CoreClient:
         blob, deps, contained, keep_alive = encode_arguments(
             name, args, kwargs, self.config.direct_arg_max_bytes if may_lease else inline_max,
             self._put_serialized)
+        self.check_ref_count(len(deps) + len(contained), f"the arguments of {name}()")
         direct_deps = self._dep_locations(deps) if may_lease and not contained else None
         if direct_deps is None and len(blob) > inline_max:  # through the agent after all
             blob, deps, contained, keep_alive = encode_arguments(
@@ -457,12 +479,18 @@ class CoreClient:
         way if ``own_on_the_way`` (the task will wait for it here); None overall if one is
         neither, or an error (the agent waits for it, or fails the task with it)."""
         locations: list[p.Location | None] = []
+        inline = 0  # bytes of the values that would travel in the task's message
         for object_id in deps:
             location = self.objects.get_location(object_id)
             if location is None and not (own_on_the_way and self.leasing is not None
                                          and task_of(object_id) in self.leasing.tasks):
                 return None
             if location is not None and location[4]:
+                return None
+            # (one on its way may come inline, at most so big)
+            inline += (self.config.inline_object_max_bytes if location is None
+                       else 0 if location[1] is None else len(location[1]))
+            if inline > self.config.message_budget:  # the agent moves some to the store
                 return None
             locations.append(location)
         return locations
@@ -489,13 +517,15 @@ class CoreClient:
         return ObjectRef(object_id, self.refs, created=True)
 
     def store_value(self, object_id: bytes, ser: Serialized, is_error: bool,
-                    owner: bytes = b"") -> tuple[Any, ...]:
-        """Hand a serialised value to the node: inline, or written into the store in place.
+                    owner: bytes = b"", may_inline: bool = True) -> tuple[Any, ...]:
+        """Hand a serialised value to the node: inline (if small and ``may_inline``), or
+        written into the store in place.
 
         An inline value only comes back as a location (with its data): the caller sends it,
         put in a PutObject, a task's results in its TaskDone. Errors always travel inline,
         so the agent can hand them to dependents and report them if nobody reads them."""
-        if ser.size <= self.config.inline_object_max_bytes or is_error:
+        self.check_ref_count(len(ser.contained), "the value")
+        if (may_inline and ser.size <= self.config.inline_object_max_bytes) or is_error:
             return (object_id, ser.to_bytes(), 0, ser.size, is_error)
         offset = self._create(object_id, ser.size, owner)
         if offset == -2:  # a retried task made it again; the first value stands

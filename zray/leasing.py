@@ -75,7 +75,7 @@ class Peers:
                     self._sockets.popitem(last=False)[1].close()
             else:
                 self._sockets.move_to_end((peer, kind))
-            sock.send_multipart(p.encode(msg), copy=False)
+            p.send(sock, msg)
 
     def forget(self, peer: bytes) -> None:
         """The peer exited: drop its sockets (messages still queued for it are lost)."""

@@ -26,6 +26,7 @@ Object locations travel as the tuple ``Location = (object_id, data, offset, size
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import operator
 import pickle
@@ -42,6 +43,11 @@ Location = tuple  # (object_id: bytes, data: bytes | None, offset: int, size: in
 
 class ProtocolError(ValueError):
     """A frame that is not a valid zray message of this protocol version."""
+
+
+class MessageTooLarge(ValueError):
+    """A message with a frame over ``max_frame_bytes``: every zray socket disconnects a
+    peer that sends one (ZMQ_MAXMSGSIZE), so senders refuse it first (``encode``)."""
 
 
 class Message:
@@ -482,8 +488,15 @@ class Query(Message):
 @dataclass(frozen=True, slots=True)
 class QueryReply(Message):
     request_id: int
-    rows: list  # (key, fields_json, blob)
+    rows: list  # (key, fields_json, blob): the newest rows asked for that fit one reply
 
+
+# The messages that may go as several, each with part of these lists: they mean the same
+# split (a Batch's items are independent messages; the others list independent things).
+_SPLIT_FIELDS: dict[type[Message], tuple[str, ...]] = {
+    Batch: ("items",), ObjectsReady: ("locations",), Subscribe: ("object_ids",),
+    RefsChanged: ("added", "released"), LogLines: ("lines",), NotStarted: ("task_ids",),
+}
 
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: pyzmq's enum flags
 # cost an enum construction per ``&``, on a path taken for every message
@@ -499,7 +512,7 @@ def send_rejected(router: Any, identity: bytes, msg: Message, reason: str) -> No
     """Answer ``msg``, from ``identity`` on a ROUTER socket, with Rejected; never blocks,
     never raises (the peer may be gone, or never listening)."""
     try:
-        router.send_multipart([identity, *encode(Rejected(msg.op, reason))], zmq.NOBLOCK)
+        send(router, Rejected(msg.op, reason), identity, zmq.NOBLOCK)
     except zmq.ZMQError:
         pass
 
@@ -518,15 +531,73 @@ def _values_of(msg: Message) -> tuple[Any, ...]:
 
 _SPLIT_BYTES = 64 * 1024
 
+# The bound on every frame, sent or received, in this process: ``bounded_context`` sets it
+# from the config of the cluster this process belongs to (one per process).
+_max_frame_bytes = 64 * 1024 * 1024
+
+
+def bounded_context(max_frame_bytes: int) -> zmq.Context:
+    """A ZeroMQ context whose sockets disconnect a peer that sends a frame over
+    ``max_frame_bytes`` (before it is read into memory), and the same bound for ``encode``."""
+    global _max_frame_bytes
+    _max_frame_bytes = max_frame_bytes
+    context = zmq.Context()
+    context.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
+    return context
+
 
 def encode(msg: Message) -> list[Any]:
+    """The frames of ``msg``; raises MessageTooLarge if one is over the frame bound."""
     values = _values_of(msg)
     if not _has_large(values, type(msg) is Batch):
-        return [_HEADERS[msg.op] + pickle.dumps(values, protocol=5)]
+        frame = _HEADERS[msg.op] + pickle.dumps(values, protocol=5)
+        if len(frame) > _max_frame_bytes:
+            raise _too_large(msg, len(frame))
+        return [frame]
     buffers: list[pickle.PickleBuffer] = []
     body = pickle.dumps(_out_of_band(values, type(msg) is Batch), protocol=5,
                         buffer_callback=buffers.append)
-    return [_HEADERS[msg.op], body, *(buffer.raw() for buffer in buffers)]
+    frames = [_HEADERS[msg.op], body, *(buffer.raw() for buffer in buffers)]
+    largest = max(map(len, frames))
+    if largest > _max_frame_bytes:
+        raise _too_large(msg, largest)
+    return frames
+
+
+def _too_large(msg: Message, size: int) -> MessageTooLarge:
+    return MessageTooLarge(
+        f"a {type(msg).__name__} message has a frame of {size:,} bytes, over the bound of "
+        f"{_max_frame_bytes:,} (max_frame_bytes; ZRAY_MAX_FRAME_BYTES raises it for a cluster)")
+
+
+def send(socket: Any, msg: Message, route: bytes | None = None, flags: int = 0) -> None:
+    """Send ``msg`` (after a ROUTER's ``route`` frame), in several messages if it is too
+    large for one and its lists may be split (``_SPLIT_FIELDS``); else MessageTooLarge."""
+    try:
+        frames = encode(msg)
+    except MessageTooLarge:
+        parts = _split(msg)
+        if parts is None:
+            raise
+        for part in parts:
+            send(socket, part, route, flags)
+        return
+    socket.send_multipart(frames if route is None else [route, *frames], flags, copy=False)
+
+
+def _split(msg: Message) -> list[Message] | None:
+    """``msg`` as several messages that mean the same, each smaller; None if it is one."""
+    fields = _SPLIT_FIELDS.get(type(msg), ())
+    filled = [name for name in fields if getattr(msg, name)]
+    replace: Any = dataclasses.replace  # (typed for dataclass instances; a Message is one)
+    with_: Callable[..., Message] = functools.partial(replace, msg)
+    if len(filled) > 1:  # one message per list (RefsChanged: the added ones first)
+        return [with_(**{other: [] for other in fields if other != name}) for name in filled]
+    if not filled or len(getattr(msg, filled[0])) < 2:
+        return None
+    items = getattr(msg, filled[0])
+    half = len(items) // 2
+    return [with_(**{filled[0]: items[:half]}), with_(**{filled[0]: items[half:]})]
 
 
 def _is_large(value: Any) -> bool:

@@ -59,7 +59,7 @@ class AgentSender:
             self._send_deferred_locked()
             if released and releases_first:
                 self._send_released(released)
-            self._socket.send_multipart(p.encode(msg), copy=False)
+            p.send(self._socket, msg)
             if released and not releases_first:
                 self._send_released(released)
 
@@ -163,18 +163,18 @@ class AgentSender:
         included), which the caller sends or holds back."""
         added, released = self._refs.drain()
         if added:
-            self._socket.send_multipart(p.encode(p.RefsChanged(added, [])))
+            p.send(self._socket, p.RefsChanged(added, []))
         if self._held_released:
             released, self._held_released = self._held_released + released, []
         return added, released
 
     def _send_deferred_locked(self) -> None:
         if self._deferred:
-            self._socket.send_multipart(p.encode(p.batch(self._deferred)))
+            p.send(self._socket, p.batch(self._deferred))
             self._unprocessed += len(self._deferred)
             self._deferred = []
             self._deferred_soon = self._deferred_awaited = False
 
     def _send_released(self, released: list[bytes]) -> None:
         self._on_released(released)
-        self._socket.send_multipart(p.encode(p.RefsChanged([], released)))
+        p.send(self._socket, p.RefsChanged([], released))

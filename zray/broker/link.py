@@ -109,14 +109,22 @@ class BrokerLink:
             self._send(entry)
 
     def _take(self, count: int) -> list[Row]:
-        """The oldest ``count`` queued rows, encoded now (only the latest version of each)."""
+        """The oldest ``count`` queued rows, encoded now (only the latest version of each),
+        fewer if they add up to more than a message carries (functions' code is big)."""
         rows: list[Row] = []
+        size = 0
         for (table, key) in list(itertools.islice(self._queued, count)):
-            fields, blob = self._queued.pop((table, key))
-            self._queued_bounded -= table == BOUNDED_TABLE
+            fields, blob = self._queued[(table, key)]
             if callable(fields):
                 fields = fields()
-            rows.append((table, key, None if fields is None else _to_json(fields), blob))
+            row = (table, key, None if fields is None else _to_json(fields), blob)
+            size += len(row[2] or "") + len(blob or b"") + 64
+            if rows and size > self.config.message_budget:
+                self._queued[(table, key)] = (fields, blob)  # next batch (still oldest)
+                break
+            del self._queued[(table, key)]
+            self._queued_bounded -= table == BOUNDED_TABLE
+            rows.append(row)
         return rows
 
     def queued_rows(self) -> int:

@@ -29,7 +29,7 @@ from types import FrameType
 
 import zmq
 
-from zray.broker.tables import Row, Tables, check_row
+from zray.broker.tables import Row, StoredRow, Tables, check_row
 from zray.broker.wal import WriteAheadLog
 from zray.config import Config
 from zray.exceptions import ZrayError
@@ -41,8 +41,9 @@ from zray.protocol import (
     QueryReply,
     Rejected,
     TableBatch,
+    bounded_context,
     decode,
-    encode,
+    send,
 )
 from zray.rate_limit import RateLimitedLog
 
@@ -64,7 +65,7 @@ class BrokerShard:
         self.wal = WriteAheadLog(wal_path)
         self.tables = Tables(max_task_history=config.max_task_history)
         self.tables.apply(self.wal.replay())
-        self.context = zmq.Context()
+        self.context = bounded_context(config.max_frame_bytes)
         self.socket = self._bind(endpoint)
         self.poller = zmq.Poller()
         self.poller.register(self.socket, zmq.POLLIN)
@@ -146,11 +147,20 @@ class BrokerShard:
         except ValueError as exc:
             log.warning("query from %s: %s", identity.hex(), exc)
             rows = []
-        self._send(identity, QueryReply(query.request_id, rows))
+        self._send(identity, QueryReply(query.request_id, self._fitting(rows)))
+
+    def _fitting(self, rows: list[StoredRow]) -> list[StoredRow]:
+        """The newest of ``rows`` that one reply carries."""
+        budget = self.config.message_budget
+        start = len(rows)
+        while start and budget >= 0:
+            start -= 1
+            budget -= len(rows[start][1]) + len(rows[start][2] or b"") + 64
+        return rows[start + (budget < 0):]
 
     def _send(self, identity: bytes, msg: Message) -> None:
         try:
-            self.socket.send_multipart([identity, *encode(msg)], zmq.NOBLOCK)
+            send(self.socket, msg, identity, zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer left; it resends if it cares
             log.warning("could not send %s to %s: %s", type(msg).__name__, identity.hex(), exc)
 

@@ -69,7 +69,7 @@ class Agent:
         self.warned: set[str] = set()
         self.complaints = RateLimitedLog(log)
         self.mapping = Mapping(self.store_path, self.store_size)
-        self.zmq = zmq.Context()
+        self.zmq = p.bounded_context(config.max_frame_bytes)
         self.router = self.zmq.socket(zmq.ROUTER)
         for option, value in ((zmq.ROUTER_MANDATORY, 1), (zmq.LINGER, 0),
                               (zmq.SNDHWM, 0), (zmq.RCVHWM, 0)):
@@ -222,9 +222,12 @@ class Agent:
 
     def send(self, client_id: bytes, msg: p.Message) -> None:
         try:
-            self.router.send_multipart([client_id + b"r", *p.encode(msg)])
+            p.send(self.router, msg, client_id + b"r")
         except zmq.ZMQError as exc:  # EHOSTUNREACH: it is gone; its pidfd will tell us
             log.debug("could not send %s to %s: %s", type(msg).__name__, short(client_id), exc)
+        except p.MessageTooLarge as exc:  # what it answers was bounded: a bug, not a reason
+            self.complaints.warning(type(msg).__name__, "not sent to %s: %s", short(client_id),
+                                    exc)
 
     # --- clients ---------------------------------------------------------------------
 
@@ -278,6 +281,9 @@ class Agent:
     # --- tasks and actors -------------------------------------------------------------
 
     def on_export(self, client_id: bytes, msg: p.ExportFunction) -> None:
+        if len(msg.blob) > self.config.max_frame_bytes - (1 << 20):  # (clients refuse it)
+            self.reject(client_id, msg, f"a function of {len(msg.blob):,} bytes is too large")
+            return
         if msg.function_id not in self.functions:
             self.functions[msg.function_id] = msg.blob
             self.gcs.record("functions", msg.function_id, {"name": msg.name}, msg.blob)
@@ -360,10 +366,7 @@ class Agent:
         if spec.function_id and spec.function_id not in client.functions:
             blob = self.functions[spec.function_id]
             client.functions.add(spec.function_id)
-        deps = []
-        for dep in spec.deps:
-            self.objects.mark_delivered(dep)
-            deps.append(self.objects.entries[dep].location())
+        deps = self.object_manager.arguments(spec.deps)
         is_call = bool(spec.actor_id) and not spec.actor_options  # answered to its caller too
         self.outbox.setdefault(worker_id, []).append(p.ExecuteTask(
             spec.task_id, spec.job_id, spec.function_id, spec.name, spec.args, deps,

@@ -111,9 +111,14 @@ def _resources(resources: dict[Any, Any]) -> str:
     return ""
 
 
+_MAX_TEXT = 1 << 16  # characters of a name (it goes into GCS rows and log lines)
+
+
 def _text(*strings: str) -> str:
     """A lone surrogate cannot be written as UTF-8 (to the GCS, or a log)."""
     for text in strings:
+        if len(text) > _MAX_TEXT:
+            return f"a text of {len(text):,} characters (at most {_MAX_TEXT:,})"
         try:
             text.encode()
         except UnicodeEncodeError:

@@ -19,6 +19,7 @@ from zray import protocol as p
 from zray.core import CoreClient
 from zray.exceptions import TaskCancelledError, TaskError
 from zray.ids import TaskID, return_object_id
+from zray.node import failures
 from zray.node.output import finish_lines
 from zray.objects.arguments import resolve_arguments
 from zray.objects.serialization import Serialized, deserialize, serialize
@@ -83,19 +84,30 @@ def split_returns(task: p.ExecuteTask, result: Any) -> list[Any]:
 
 def finish(client: CoreClient, task: p.ExecuteTask, values: list[Any],
            started: float) -> p.TaskDone:
+    """The TaskDone of values returned: small ones inline, while they add up to at most
+    the message budget (a thousand returns of 100 KB each go to the store past it)."""
     contained: list[bytes] = []
-    results = [_store(client, task, i, serialize(v), False, contained)
-               for i, v in enumerate(values)]
+    results = []
+    budget = client.config.message_budget
+    for i, value in enumerate(values):
+        ser = serialize(value)
+        location = client.store_value(return_object_id(task.task_id, i), ser, False,
+                                      task.owner, may_inline=ser.size <= budget)
+        if location[1] is not None:  # inline: its refs are pinned through TaskDone
+            budget -= ser.size
+            contained.extend(ser.contained)
+        results.append(location)
+    client.check_ref_count(len(contained), f"the return values of {task.name}()")
     return p.TaskDone(task.task_id, task.attempt, results, contained, False, task.owner,
                       time.perf_counter() - started)
 
 
 def fail(client: CoreClient, task: p.ExecuteTask, exc: Exception,
          started: float | None = None) -> p.TaskDone:
-    error = error_payload(exc, task.name)
-    contained: list[bytes] = []
-    results = [_store(client, task, i, error, True, contained)
-               for i in range(max(1, task.num_returns))]
+    error = error_payload(exc, task.name, client.config.message_budget)
+    # Every return is the same error: one bytes object, which the message pickles once.
+    results = failures.as_results(task.task_id, max(1, task.num_returns), error.to_bytes())
+    contained = list(error.contained)
     retryable = not isinstance(exc, TaskCancelledError) and should_retry(task.retry_filter, exc)
     seconds = 0.0 if started is None else time.perf_counter() - started
     return p.TaskDone(task.task_id, task.attempt, results, contained, retryable, task.owner,
@@ -121,21 +133,22 @@ def hand_in(client: CoreClient, outcome: Outcome) -> None:
         client.peers.send(done.owner, done)
 
 
-def _store(client: CoreClient, task: p.ExecuteTask, index: int, ser: Serialized,
-           is_error: bool, contained: list[bytes]) -> tuple[Any, ...]:
-    location = client.store_value(return_object_id(task.task_id, index), ser, is_error,
-                                  task.owner)
-    if location[1] is not None:  # inline: its refs are pinned through TaskDone
-        contained.extend(ser.contained)
-    return location
-
-
-def error_payload(exc: BaseException, name: str) -> Serialized:
+def error_payload(exc: BaseException, name: str, max_bytes: int) -> Serialized:
+    """The task's error as it travels (always inline): the exception and its traceback;
+    only the text (cut to fit) when the exception cannot be pickled or is over
+    ``max_bytes`` (one holding a big array)."""
     text = remote_traceback(exc)
     try:
-        return serialize(TaskError(exc, name, text, os.getpid()))
+        ser = serialize(TaskError(exc, name, text, os.getpid()))
+        if ser.size <= max_bytes:
+            return ser
     except TypeError:  # the exception itself cannot be pickled: keep its text
-        return serialize(TaskError(None, name, text, os.getpid()))
+        pass
+    keep = max_bytes // 16  # characters from each end (one takes up to 4 bytes pickled)
+    if len(text) > 2 * keep:
+        left_out = f"\n... ({len(text) - 2 * keep:,} characters left out) ...\n"
+        text = text[:keep] + left_out + text[-keep:]
+    return serialize(TaskError(None, name, text, os.getpid()))
 
 
 def remote_traceback(exc: BaseException) -> str:

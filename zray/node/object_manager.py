@@ -45,6 +45,30 @@ class ObjectManager:
                 self.agent.notice(freed.job_id, "", freed.unhandled_error)
         self.table.freed.clear()
 
+    def arguments(self, deps: list[bytes]) -> list[p.Location]:
+        """The Locations of a task's arguments, for its ExecuteTask (each now counted as
+        read). Inline values beyond the config's message budget are first copied into the
+        store, biggest first, so the message stays within a frame (a reduce over a
+        thousand small results); with the store full they stay inline."""
+        entries = [self.table.entries[dep] for dep in deps]
+        for entry in entries:
+            self.table.mark_delivered(entry.object_id)
+        inline = sum(len(entry.data) for entry in entries if entry.data is not None)
+        budget = self.agent.config.message_budget
+        for entry in sorted(entries, key=lambda e: e.size, reverse=True):
+            if inline <= budget:
+                break
+            if entry.data is None or entry.is_error:  # (errors travel inline; a repeat)
+                continue
+            offset = self.table.allocator.allocate(entry.size)
+            if offset is None:
+                break
+            self.agent.mapping.view[offset : offset + entry.size] = entry.data
+            inline -= entry.size
+            entry.data, entry.offset = None, offset
+            self.agent.gcs.record_object(entry, self.agent.node_id)
+        return [entry.location() for entry in entries]
+
     def on_subscribe(self, client_id: bytes, msg: p.Subscribe) -> None:
         for object_id in msg.object_ids:
             if not self.table.subscribe(client_id, object_id, msg.for_get):

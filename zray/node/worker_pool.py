@@ -66,6 +66,9 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with code {returncode}"
 
 
+_MAX_LINE_BYTES = 1 << 20  # of a line the agent holds before forwarding it
+
+
 class WorkerPool:
     def __init__(self, argv: list[str], env: dict[str, str]) -> None:
         self._argv = argv
@@ -100,7 +103,9 @@ class WorkerPool:
             del self.by_fd[fd]
             return [data.decode(errors="replace")] if data else []
         *lines, rest = data.split(b"\n")
-        if rest:
+        if len(rest) > _MAX_LINE_BYTES:  # a line that never ends is forwarded in pieces
+            lines.append(rest)
+        elif rest:
             worker.partial[fd] = rest
         return [line.decode(errors="replace") for line in lines]
 

@@ -34,11 +34,15 @@ def encode_arguments(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], i
     keep_alive: list[ObjectRef] = []
     ser, deps = _serialize(name, args, kwargs)
     if ser.size > inline_max:
+        kept = 0  # small ones stay inline, as long as they add up to at most inline_max
+
         def by_ref(value: Any, label: str) -> Any:
+            nonlocal kept
             if isinstance(value, ObjectRef):
                 return value
             value_ser = _serialize_one(value, name, label)
-            if value_ser.size <= inline_max // 16:  # small ones may stay inline
+            if value_ser.size <= inline_max // 16 and kept + value_ser.size <= inline_max:
+                kept += value_ser.size
                 return value
             keep_alive.append(put(value_ser))
             return keep_alive[-1]
