@@ -173,3 +173,83 @@ def test_large_fields_received_uncopied_decode_as_views() -> None:
     assert type(decoded.object_id) is bytes and decoded.contained == [b"c" * 20]
     with pytest.raises(p.ProtocolError):  # a view stands for bytes only, not for an int
         p._build(p.LeaseLost, (b"lease", memoryview(b"7"), "exited"))
+
+
+# --- the frame bound (issue 11, item 10) ----------------------------------------------------
+
+
+@pytest.fixture
+def bound(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Any:
+    """A receiving PULL socket of a context bounded at 100 KB, and a sender; the process's
+    bound for ``encode`` is restored afterwards."""
+    import zmq
+
+    monkeypatch.setattr(p, "_max_frame_bytes", p._max_frame_bytes)
+    receiver_context = p.bounded_context(100_000)
+    sender_context = zmq.Context()
+    pull = receiver_context.socket(zmq.PULL)
+    push = sender_context.socket(zmq.PUSH)
+    endpoint = f"ipc://{tmp_path}/bound.sock"
+    pull.bind(endpoint)
+    push.connect(endpoint)
+    yield push, pull
+    for sock in (push, pull):
+        sock.close(linger=0)
+    receiver_context.term()
+    sender_context.term()
+
+
+def _all_received(pull: Any, timeout_ms: int = 5000) -> list[p.Message]:
+    out = []
+    while pull.poll(timeout_ms if not out else 300):
+        out.append(p.decode(pull.recv_multipart()))
+    return out
+
+
+def test_encode_refuses_a_frame_over_the_bound_naming_the_message(bound: Any) -> None:
+    with pytest.raises(p.MessageTooLarge, match=r"ExportFunction .* 200,0\d\d bytes.*"
+                                                r"max_frame_bytes"):
+        p.encode(p.ExportFunction(b"f" * 16, "f", b"x" * 200_000))
+    with pytest.raises(p.MessageTooLarge, match="TaskDone"):  # inline results, in the body
+        p.encode(p.TaskDone(b"t" * 16, 0, [(b"o" * 20, c * 60_000, 0, 60_000, False)
+                                           for c in (b"x", b"y")], [], False, b"", 0.0))
+    assert p.encode(p.PutObject(b"o" * 20, b"x" * 90_000, []))  # under it: fine
+
+
+def test_send_splits_lists_and_batches_into_messages_under_the_bound(bound: Any) -> None:
+    push, pull = bound
+    locations = [(bytes([i]) * 20, bytes([i]) * 30_000, 0, 30_000, False) for i in range(10)]
+    tasks = [p.ExecuteTask(bytes([i]) * 16, b"j", b"f", "f", bytes([i]) * 40_000, [], 1, b"",
+                           [], None, 0, b"", {}, b"") for i in range(7)]
+    added, released = [i.to_bytes(20, "big") for i in range(5000)], [b"r" * 20] * 3
+    p.send(push, p.ObjectsReady(locations))
+    p.send(push, p.batch(tasks))
+    p.send(push, p.RefsChanged(added, released))
+    got = _all_received(pull)
+    ready = [m for m in got if isinstance(m, p.ObjectsReady)]
+    assert len(ready) > 1 and [loc for m in ready for loc in m.locations] == locations
+    sent = [m for m in got if isinstance(m, p.ExecuteTask)]  # a batch of one is its message
+    sent += [t for m in got if isinstance(m, p.Batch) for t in p.unbatch(m)]
+    assert [t.task_id for t in sent] == [t.task_id for t in tasks]
+    refs = [m for m in got if isinstance(m, p.RefsChanged)]
+    assert [r for m in refs for r in m.added] == added
+    assert [r for m in refs for r in m.released] == released
+    assert refs[-1].released  # the added ones first
+
+
+def test_send_refuses_a_message_it_cannot_split(bound: Any) -> None:
+    push, pull = bound
+    with pytest.raises(p.MessageTooLarge, match="ObjectsReady"):
+        p.send(push, p.ObjectsReady([(b"o" * 20, b"x" * 200_000, 0, 200_000, False)]))
+    with pytest.raises(p.MessageTooLarge, match="Batch"):  # one item too big
+        p.send(push, p.batch([p.ExportFunction(b"f" * 16, "f" * 150_000, b"")]))
+
+
+def test_a_frame_over_the_bound_is_refused_before_it_is_read(bound: Any) -> None:
+    """The receiver cuts the sender off at the frame's header (ZMQ_MAXMSGSIZE): the frame
+    never arrives, and what the sender sends next (on a new connection) does."""
+    push, pull = bound
+    push.send(b"x" * 10_000_000)
+    assert not pull.poll(500)
+    push.send_multipart(p.encode(p.Blocked(b"t")))
+    assert _all_received(pull) == [p.Blocked(b"t")]

@@ -54,8 +54,8 @@ class Config:
     kept_sessions: int = 20
     # The largest frame a zray socket takes: a peer sending a bigger one is cut off before
     # it is read into memory. Senders split bigger messages or refuse them first. The
-    # largest legitimate frames are a function's pickled code (refused above this less
-    # 1 MiB, with a hint; Ray refuses functions over 100 MB) and a leased task's arguments.
+    # largest legitimate frames are a function's pickled code (max_function_bytes: refused
+    # above it, with a hint; Ray refuses functions over 100 MB) and a leased task's arguments.
     max_frame_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
@@ -71,6 +71,18 @@ class Config:
         arguments' values, table rows): a quarter of a frame, the rest left for the
         fields around them."""
         return self.max_frame_bytes // 4
+
+    @property
+    def max_function_bytes(self) -> int:
+        """The largest function or class (pickled) a cluster takes: its code goes in a
+        frame of its own, or with a few fields in a GCS row."""
+        return self.max_frame_bytes - 64 * 1024
+
+    @property
+    def max_refs_per_value(self) -> int:
+        """Refs one value (or a task's arguments) may hold: the message that hands it over
+        lists each (about 40 bytes), so its holder pins it."""
+        return self.max_frame_bytes // 48
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

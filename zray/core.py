@@ -51,7 +51,7 @@ from zray.leasing import DirectSubmitter, DirectTask, Peers
 from zray.malloc import keep_large_blocks_warm
 from zray.node.inbox import TaskInbox
 from zray.node.launcher import direct_endpoint
-from zray.objects.arguments import encode_arguments
+from zray.objects.arguments import check_ref_count, encode_arguments
 from zray.objects.local import LocalObjects
 from zray.objects.refs import ObjectRef, RefCounter, object_id_of
 from zray.objects.serialization import Serialized, deserialize, serialize
@@ -388,23 +388,13 @@ class CoreClient:
 
     def _check_export_size(self, fn: FunctionDescriptor) -> None:
         """Refuse a function too large for a message (as Ray refuses one over 100 MB)."""
-        limit = self.config.max_frame_bytes - (1 << 20)
+        limit = self.config.max_function_bytes
         if len(fn.blob) > limit:
             raise ValueError(
                 f"the remote function {fn.name} is too large: {len(fn.blob) / 2**20:.1f} MiB "
-                f"pickled, over the {limit / 2**20:.0f} MiB limit (max_frame_bytes less 1 MiB). "
+                f"pickled, over the {limit / 2**20:.1f} MiB limit (max_frame_bytes less 64 KiB). "
                 "Check that its definition does not capture a large array or other object in "
                 "scope: pass it as an argument, or zray.put() it and pass the ref.")
-
-    def check_ref_count(self, count: int, what: str) -> None:
-        """Refuse a value (or a task's arguments) holding more refs than a message lists:
-        each is listed in the message that hands the value over, so its holder pins it."""
-        limit = self.config.max_frame_bytes // 48
-        if count > limit:
-            raise ValueError(
-                f"{what} hold {count:,} ObjectRefs; zray hands over at most {limit:,} refs "
-                "inside one value (max_frame_bytes / 48). Split them: e.g. a list of lists, "
-                "each passed through zray.put().")
 
     def _check_broken(self) -> None:
         if self._broken:
@@ -437,12 +427,12 @@ class CoreClient:
         # one copy through a socket beats a store round trip and fresh pages to write.
         blob, deps, contained, keep_alive = encode_arguments(
             name, args, kwargs, self.config.direct_arg_max_bytes if may_lease else inline_max,
-            self._put_serialized)
-        self.check_ref_count(len(deps) + len(contained), f"the arguments of {name}()")
+            self.config.max_refs_per_value, self._put_serialized)
         direct_deps = self._dep_locations(deps) if may_lease and not contained else None
         if direct_deps is None and len(blob) > inline_max:  # through the agent after all
             blob, deps, contained, keep_alive = encode_arguments(
-                name, args, kwargs, inline_max, self._put_serialized)
+                name, args, kwargs, inline_max, self.config.max_refs_per_value,
+                self._put_serialized)
         job_id = self.context.job_id
         notice = p.SubmitTask(  # a direct task's arguments go to its worker, not the agent
             task_id, job_id, fn.function_id if fn else b"", name,
@@ -524,7 +514,7 @@ class CoreClient:
         An inline value only comes back as a location (with its data): the caller sends it,
         put in a PutObject, a task's results in its TaskDone. Errors always travel inline,
         so the agent can hand them to dependents and report them if nobody reads them."""
-        self.check_ref_count(len(ser.contained), "the value")
+        check_ref_count(len(ser.contained), self.config.max_refs_per_value, "a value")
         if (may_inline and ser.size <= self.config.inline_object_max_bytes) or is_error:
             return (object_id, ser.to_bytes(), 0, ser.size, is_error)
         offset = self._create(object_id, ser.size, owner)

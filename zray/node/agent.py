@@ -281,7 +281,7 @@ class Agent:
     # --- tasks and actors -------------------------------------------------------------
 
     def on_export(self, client_id: bytes, msg: p.ExportFunction) -> None:
-        if len(msg.blob) > self.config.max_frame_bytes - (1 << 20):  # (clients refuse it)
+        if len(msg.blob) > self.config.max_function_bytes:  # (clients refuse it first)
             self.reject(client_id, msg, f"a function of {len(msg.blob):,} bytes is too large")
             return
         if msg.function_id not in self.functions:

@@ -21,7 +21,7 @@ from zray.exceptions import TaskCancelledError, TaskError
 from zray.ids import TaskID, return_object_id
 from zray.node import failures
 from zray.node.output import finish_lines
-from zray.objects.arguments import resolve_arguments
+from zray.objects.arguments import check_ref_count, resolve_arguments
 from zray.objects.serialization import Serialized, deserialize, serialize
 from zray.specs import TaskContext
 
@@ -97,7 +97,8 @@ def finish(client: CoreClient, task: p.ExecuteTask, values: list[Any],
             budget -= ser.size
             contained.extend(ser.contained)
         results.append(location)
-    client.check_ref_count(len(contained), f"the return values of {task.name}()")
+    check_ref_count(len(contained), client.config.max_refs_per_value,
+                    f"the return values of {task.name}()")
     return p.TaskDone(task.task_id, task.attempt, results, contained, False, task.owner,
                       time.perf_counter() - started)
 

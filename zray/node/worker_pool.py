@@ -66,7 +66,18 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with code {returncode}"
 
 
-_MAX_LINE_BYTES = 1 << 20  # of a line the agent holds before forwarding it
+_MAX_LINE_BYTES = 1 << 16  # of a line the agent holds before forwarding it
+
+
+def _char_boundary(data: bytes) -> int:
+    """Where ``data`` (UTF-8, as a worker writes) may be cut without splitting a character:
+    before the last character's lead byte, if that character may be unfinished."""
+    cut = len(data)
+    while cut > len(data) - 4 and cut > 0 and data[cut - 1] & 0xC0 == 0x80:
+        cut -= 1  # continuation bytes
+    if cut > 0 and data[cut - 1] >= 0xC0:
+        cut -= 1  # the lead byte of a character that may go on
+    return cut if cut > 0 else len(data)
 
 
 class WorkerPool:
@@ -104,8 +115,10 @@ class WorkerPool:
             return [data.decode(errors="replace")] if data else []
         *lines, rest = data.split(b"\n")
         if len(rest) > _MAX_LINE_BYTES:  # a line that never ends is forwarded in pieces
-            lines.append(rest)
-        elif rest:
+            cut = _char_boundary(rest)
+            lines.append(rest[:cut])
+            rest = rest[cut:]
+        if rest:
             worker.partial[fd] = rest
         return [line.decode(errors="replace") for line in lines]
 

@@ -28,11 +28,12 @@ class Dep:
 
 
 def encode_arguments(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], inline_max: int,
-                     put: Callable[[Serialized], ObjectRef]
+                     max_refs: int, put: Callable[[Serialized], ObjectRef]
                      ) -> tuple[bytes, list[bytes], list[bytes], list[ObjectRef]]:
     """(serialised arguments, dependency ids, contained ref ids, refs to keep until sent)."""
     keep_alive: list[ObjectRef] = []
     ser, deps = _serialize(name, args, kwargs)
+    check_ref_count(len(deps) + len(ser.contained), max_refs, f"the arguments of {name}()")
     if ser.size > inline_max:
         kept = 0  # small ones stay inline, as long as they add up to at most inline_max
 
@@ -51,6 +52,16 @@ def encode_arguments(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], i
         kwargs = {k: by_ref(v, repr(k)) for k, v in kwargs.items()}
         ser, deps = _serialize(name, args, kwargs)
     return ser.to_bytes(), deps, ser.contained, keep_alive
+
+
+def check_ref_count(count: int, limit: int, what: str) -> None:
+    """Refuse ``what`` (a value, a task's arguments) if it holds over ``limit`` refs
+    (Config.max_refs_per_value)."""
+    if count > limit:
+        raise ValueError(
+            f"{what} holding {count:,} ObjectRefs: zray hands over at most {limit:,} refs "
+            "inside one value (max_frame_bytes / 48). Split them, e.g. into a list of lists "
+            "each passed through zray.put().")
 
 
 def resolve_arguments(args: list[Any], kwargs: dict[str, Any], values: list[Any]
