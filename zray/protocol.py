@@ -582,7 +582,10 @@ def send(socket: Any, msg: Message, route: bytes | None = None, flags: int = 0) 
         for part in parts:
             send(socket, part, route, flags)
         return
-    socket.send_multipart(frames if route is None else [route, *frames], flags, copy=False)
+    # A message of one frame is small: copied, which costs less than wrapping it in a
+    # zmq.Frame; large fields (frames of their own) go uncopied.
+    copy = len(frames) == 1
+    socket.send_multipart(frames if route is None else [route, *frames], flags, copy=copy)
 
 
 def _split(msg: Message) -> list[Message] | None:
