@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
-from zray.broker.link import query
-from zray.broker.wal import read_tables
+from zray.broker.reader import TableView, read_session, read_wal
 from zray.config import Config
 from zray.exceptions import ZrayError
 from zray.node.sessions import ended_sessions, given_run_id, live_sessions, newest
@@ -53,50 +51,49 @@ def main(argv: list[str] | None = None) -> int:
         return zray_bench.main(["--backend", "zray"] + ["--quick"] * args.quick
                                + ["--json"] * args.json)
     try:
-        rows = _rows(args)
+        view = _read(args)
     except ZrayError as exc:
         print(f"zray inspect: {exc}", file=sys.stderr)
         return 1
+    for note in view.notes:  # (stdout stays parseable)
+        print(f"zray inspect: {note}", file=sys.stderr)
+    rows = [_row(key, fields) for key, fields in view.rows]
     rows = [r for r in rows if _matches(r, args.filter)]
     if args.limit:
         rows = rows[-args.limit:]
     _print(rows, args.table, args.json)
+    if args.table == "tasks" and view.dropped_tasks:
+        print(f"zray inspect: {view.dropped_tasks} older tasks not kept (max_task_history)",
+              file=sys.stderr)
+    if view.bad_rows:
+        print(f"zray inspect: {view.bad_rows} damaged rows of the logs skipped (see the "
+              "shards' log, gcs.log)", file=sys.stderr)
     return 0
 
 
-def _rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+def _read(args: argparse.Namespace) -> TableView:
+    """The table from, in order: --wal, --session, the newest running session, the newest
+    ended one (of this run, if ``ZRAY_RUN_ID`` names one)."""
+    history = Config.from_env().max_task_history
+    limit = args.limit if args.limit and not args.filter else None  # (filters come after)
     if args.wal:
-        return _from_wal(args.wal, args.table)
-    session = args.session or _newest_session()
-    endpoint = f"ipc://{session}/broker-0.sock"
-    if os.path.exists(endpoint[len("ipc://"):]):
-        try:
-            return [_row(key, fields) for key, fields, _ in query(endpoint, args.table)]
-        except ZrayError:
-            pass  # the socket file outlived its shard: read the log instead
-    return _from_wal(os.path.join(session, "broker-0.wal"), args.table)
-
-
-def _from_wal(path: str, table: str) -> list[dict[str, Any]]:
-    if not os.path.exists(path):
-        raise ZrayError(f"no write-ahead log at {path}")
-    tables = read_tables(path, Config.from_env().max_task_history)
-    return [_row(key, json.loads(fields)) for key, fields, _ in tables.rows(table)]
+        return read_wal(args.wal, args.table, limit, history)
+    session, what = args.session, "the session"
+    if session is None:
+        run = given_run_id() or "*"
+        session, what = newest(live_sessions(run)), "the running session"
+        if session is None:
+            session, what = newest(ended_sessions(run)), "the ended session"
+    if session is None:
+        raise ZrayError("no zray session found, running or ended; start a cluster, or pass "
+                        "--session or --wal")
+    view = read_session(session, args.table, limit, history)
+    view.notes.insert(0, f"read {what} {session}")
+    return view
 
 
 def _row(key: bytes, fields: dict[str, Any]) -> dict[str, Any]:
     return {"key": key.hex(), **fields}
-
-
-def _newest_session() -> str:
-    """The newest running session, else the newest ended one (of this run, if
-    ``ZRAY_RUN_ID`` names one)."""
-    run = given_run_id() or "*"
-    session = newest(live_sessions(run)) or newest(ended_sessions(run))
-    if session is None:
-        raise ZrayError("no zray session found, running or ended; start a cluster, or pass "
-                        "--session or --wal")
-    return session
 
 
 def _matches(row: dict[str, Any], filters: list[str]) -> bool:

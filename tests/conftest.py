@@ -90,3 +90,28 @@ def cluster() -> Iterator[None]:
     yield
     zray.shutdown()
     assert_no_leaks()
+
+
+def gcs_shards() -> list[psutil.Process]:
+    """The running cluster's broker shard processes (its GCS supervisor's children)."""
+    cluster = zray.api._cluster
+    assert cluster is not None
+    try:
+        kids = psutil.Process(cluster.gcs.pid).children()
+    except psutil.Error:
+        return []
+    return [proc for proc in kids if _alive(proc)]
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def task_rows(session: str) -> list[dict]:
+    """The session's tasks table (live shards, else their logs), oldest first."""
+    from zray.broker.reader import read_session
+
+    return [fields for _, fields in read_session(session, "tasks", None, 10**9).rows]

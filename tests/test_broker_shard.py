@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -116,8 +118,15 @@ def pump_until_acked(link: BrokerLink, timeout_s: float = 20.0) -> None:
             link.handle(link.socket.recv_multipart())
 
 
+def rows_of(endpoint: str, table: str, limit: int | None = None) -> list[tuple[Any, ...]]:
+    """(key, fields, blob) of the table's rows, oldest first, asked of the running shard."""
+    result = query([endpoint], table, limit, timeout_s=20)
+    assert not result.unanswered, result.unanswered
+    return [(key, json.loads(fields), blob) for key, fields, blob, _ in result.rows]
+
+
 def table_keys(endpoint: str, table: str) -> list[bytes]:
-    return [key for key, _, _ in query(endpoint, table, timeout_s=20)]
+    return [row[0] for row in rows_of(endpoint, table)]
 
 
 @pytest.mark.timeout(60)
@@ -135,11 +144,11 @@ def test_acked_rows_survive_sigkill(shard_factory: Callable[..., Shard],
     post_mortem = read_tables(shard.wal, CONFIG.max_task_history)  # as `zray inspect` does
     assert post_mortem.count("objects") == 99 and post_mortem.count("nodes") == 1
     shard.start()
-    rows = query(shard.endpoint, "objects", timeout_s=20)
+    rows = rows_of(shard.endpoint, "objects")
     assert [key for key, _, _ in rows] == [f"o{i:03}".encode() for i in range(1, 100)]
     assert rows[4] == (b"o005", {"size": 5}, b"xxxxx")
-    assert query(shard.endpoint, "nodes", timeout_s=20) == [(b"node0001", {"alive": True}, None)]
-    assert [key for key, _, _ in query(shard.endpoint, "objects", 2, 20)] == [b"o098", b"o099"]
+    assert rows_of(shard.endpoint, "nodes") == [(b"node0001", {"alive": True}, None)]
+    assert [row[0] for row in rows_of(shard.endpoint, "objects", 2)] == [b"o098", b"o099"]
 
 
 @pytest.mark.timeout(60)
@@ -160,7 +169,7 @@ def test_link_resends_after_broker_comes_back(shard_factory: Callable[..., Shard
     shard.start()
     pump_until_acked(link)
     assert link.resent_batches >= 1
-    assert query(shard.endpoint, "jobs", timeout_s=20) == [
+    assert rows_of(shard.endpoint, "jobs") == [
         (b"j1", {"n": 3}, None),
         (b"j2", {"n": 2}, None),
     ]
@@ -216,20 +225,21 @@ def test_garbage_does_not_crash_it(shard_factory: Callable[..., Shard],
         [header, b"not a pickle"],  # header and body in two frames
         [b"a", b"b", b"c"],
         encode(TableBatch(1, b"n", bad_rows)),
-        encode(QueryReply(1, [])),  # well formed but not for the broker
-        encode(Query(7, "no_such_table", 0)),
+        encode(QueryReply(1, [], {})),  # well formed but not for the broker
+        encode(Query(7, "no_such_table", 0, b"")),
     ]
     for frames in garbage:
         raw.send_multipart(frames)
-    # The batch with bad rows is acknowledged for its good row; the message not for the
-    # broker is rejected; then the query's reply.
+    # The message not for the broker is rejected; the batch with bad rows is stored for its
+    # good row and acknowledged (before the query that came after it is answered).
     replies = []
     for _ in range(3):
         assert raw.poll(20_000, zmq.POLLIN), "the broker never answered"
         replies.append(decode(raw.recv_multipart()))
     raw.close()
-    assert replies[0] == BatchAck(1) and replies[2] == QueryReply(7, [])
-    assert isinstance(replies[1], Rejected) and replies[1].of == QueryReply.op
+    assert replies[1] == BatchAck(1)
+    assert replies[2] == QueryReply(7, [], {"dropped_tasks": 0, "bad_rows": 0})
+    assert isinstance(replies[0], Rejected) and replies[0].of == QueryReply.op
     assert shard.proc is not None and shard.proc.poll() is None
     assert table_keys(shard.endpoint, "jobs") == [b"ok"]
     assert "dropped" in shard.log()
@@ -279,8 +289,8 @@ def test_task_rows_past_the_history_are_dropped_unsent_and_nothing_kept_is_lost(
         link.record("tasks", (3).to_bytes(4, "big"), {"n": 3})  # dropped, then queued anew
         assert link.queued_rows() == 101 and link.dropped_rows == 151
         pump_until_acked(link)
-        kept = [fields["n"] for _, fields, _ in query(shard.endpoint, "tasks", timeout_s=20)]
+        kept = [fields["n"] for _, fields, _ in rows_of(shard.endpoint, "tasks")]
         assert kept == list(range(151, 250)) + [3]
-        assert query(shard.endpoint, "actors", timeout_s=20) == [(b"a1", {"state": "ALIVE"}, None)]
+        assert rows_of(shard.endpoint, "actors") == [(b"a1", {"state": "ALIVE"}, None)]
     finally:
         link.close()

@@ -54,8 +54,9 @@ def test_inspect_tasks_and_objects_live():
 
 def test_inspect_post_mortem_from_a_log(tmp_path):
     wal = WriteAheadLog(tmp_path / "broker-0.wal")
-    wal.append([("tasks", b"\x01" * 16, json.dumps({"name": "f", "state": "RUNNING"}), None),
-                ("tasks", b"\x02" * 16, json.dumps({"name": "g", "state": "FINISHED"}), None)])
+    wal.append([([("tasks", b"\x01" * 16, json.dumps({"name": "f", "state": "RUNNING"}), None),
+                  ("tasks", b"\x02" * 16, json.dumps({"name": "g", "state": "FINISHED"}), None)],
+                 1.0, b"node", 1)])
     wal.close()
     out = zray_cli("inspect", "tasks", "--wal", str(tmp_path / "broker-0.wal"),
                    "--filter", "state=RUNNING")

@@ -18,6 +18,7 @@ import numpy as np
 import psutil
 import pytest
 import zmq
+from conftest import gcs_shards
 from test_fuzz import children, round_trip_works, session, wait_for_workers, worker_sockets
 
 import zray
@@ -54,7 +55,7 @@ def test_frames_over_the_bound_are_cut_off_at_every_socket(bounded: None) -> Non
     cluster = zray.api._cluster
     assert cluster is not None
     watched = {cluster.agent.pid, os.getpid()}
-    watched |= {proc.pid for proc in children("zray.broker.shard")}
+    watched |= {proc.pid for proc in gcs_shards()}
     watched |= {proc.pid for proc in children("zray.node.worker")}
     assert len(watched) == 5, watched
     frame = b"\x02\x04" + bytes(BIG_FRAME)  # a SubmitTask header, then 100 MB
@@ -79,7 +80,7 @@ def test_frames_over_the_bound_are_cut_off_at_every_socket(bounded: None) -> Non
     finally:
         context.term()
     assert round_trip_works() == ""
-    now = {proc.pid for proc in children("zray.broker.shard") + children("zray.node.worker")}
+    now = {proc.pid for proc in gcs_shards() + children("zray.node.worker")}
     assert cluster.agent.poll() is None and now | {cluster.agent.pid, os.getpid()} == watched
     grown = {pid: _rss(pid) - rss_before[pid] for pid in watched}
     assert all(growth < 50 * 2**20 for growth in grown.values()), grown

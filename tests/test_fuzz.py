@@ -47,6 +47,7 @@ from typing import Any
 import psutil
 import pytest
 import zmq
+from conftest import gcs_shards
 
 import zray
 from zray import protocol as p
@@ -558,7 +559,7 @@ def test_fuzz_every_socket_leaves_the_cluster_working(tmp_path: Any, capsys: Any
         assert zray.get(zray.remote(lambda: 0).remote(), timeout=30) == 0
         wait_for_workers(2)
         agent_pid = zray.api._cluster.agent.pid  # type: ignore[union-attr]
-        brokers = [proc.pid for proc in children("zray.broker.shard")]
+        brokers = [proc.pid for proc in gcs_shards()]
         workers = {proc.pid for proc in children("zray.node.worker")}
         assert len(brokers) == 1 and len(workers) == 2
         agent = f"ipc://{session()}/agent.sock"
@@ -601,7 +602,7 @@ def test_fuzz_every_socket_leaves_the_cluster_working(tmp_path: Any, capsys: Any
             problems.append(f"the agent (pid {agent_pid}) exited")
         elif not agent_answers():
             problems.append(f"the agent (pid {agent_pid}) no longer answers")
-        now = [proc.pid for proc in children("zray.broker.shard")]
+        now = [proc.pid for proc in gcs_shards()]
         if now != brokers:
             problems.append(f"the broker shard was pid {brokers}, now {now}")
         client = zray.core.current()

@@ -17,10 +17,10 @@ import time
 import numpy as np
 import psutil
 import pytest
+from conftest import gcs_shards, task_rows
 
 import zray
 from zray import api
-from zray.broker.link import query
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -135,7 +135,7 @@ def test_small_dev_shm_falls_back_to_disk_with_the_fix_named():
 def test_broker_sigkill_mid_workload_replays_its_log():
     zray.init(num_cpus=2)
     try:
-        endpoint = f"ipc://{api._cluster.session}/broker-0.sock"  # type: ignore[union-attr]
+        endpoint = api._cluster.session  # type: ignore[union-attr]
 
         @zray.remote
         def work(i):
@@ -148,10 +148,10 @@ def test_broker_sigkill_mid_workload_replays_its_log():
         broker = broker_process()
         broker.send_signal(signal.SIGKILL)
         assert zray.get(running) == list(range(20, 60))
-        after = {key: fields for key, fields, _ in wait_for_rows(endpoint, 60)}
-        assert broker_process().pid != broker.pid  # the agent restarted it
-        assert {key for key, _, _ in before} <= set(after)
-        assert all(after[key]["state"] == "FINISHED" for key, _, _ in before)
+        after = {fields["task_id"]: fields for fields in wait_for_rows(endpoint, 60)}
+        assert broker_process().pid != broker.pid  # its supervisor restarted it
+        assert {fields["task_id"] for fields in before} <= set(after)
+        assert all(after[fields["task_id"]]["state"] == "FINISHED" for fields in before)
     finally:
         zray.shutdown()
 
@@ -159,42 +159,37 @@ def test_broker_sigkill_mid_workload_replays_its_log():
 def broker_process() -> psutil.Process:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        for proc in psutil.Process().children(recursive=True):
-            if "zray.broker.shard" in " ".join(proc.cmdline()) and proc.status() != "zombie":
-                return proc
+        shards = gcs_shards()
+        if shards:
+            return shards[0]
         time.sleep(0.05)
     raise AssertionError("no broker process")
 
 
-def wait_for_rows(endpoint: str, count: int) -> list:
-    """Rows of finished tasks, once the broker has at least ``count`` (bounded wait)."""
+def wait_for_rows(session: str, count: int) -> list:
+    """Rows of finished tasks, once the GCS has at least ``count`` (bounded wait)."""
     deadline = time.monotonic() + 30
     rows: list = []
     while time.monotonic() < deadline:
-        try:
-            rows = [r for r in query(endpoint, "tasks", timeout_s=2.0)
-                    if r[1]["state"] == "FINISHED"]
-        except zray.exceptions.ZrayError:
-            rows = []  # the broker is restarting
+        rows = [r for r in task_rows(session) if r["state"] == "FINISHED"]
         if len(rows) >= count:
             return rows
         time.sleep(0.05)
-    raise AssertionError(f"broker has {len(rows)} finished task rows, expected {count}")
+    raise AssertionError(f"the GCS has {len(rows)} finished task rows, expected {count}")
 
 
 def test_task_history_is_bounded(monkeypatch):
     monkeypatch.setenv("ZRAY_MAX_TASK_HISTORY", "50")
     zray.init(num_cpus=2)
     try:
-        endpoint = f"ipc://{api._cluster.session}/broker-0.sock"  # type: ignore[union-attr]
+        session = api._cluster.session  # type: ignore[union-attr]
         noop = zray.remote(lambda i: i)
         assert len(zray.get([noop.remote(i) for i in range(200)])) == 200
         deadline = time.monotonic() + 20
-        while not any(r[1].get("name") and r[1]["state"] == "FINISHED" and
-                      r[1]["task_id"] for r in query(endpoint, "tasks")[-1:]):
+        while not any(r["state"] == "FINISHED" for r in task_rows(session)[-1:]):
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        assert len(query(endpoint, "tasks")) == 50
+        assert len(task_rows(session)) == 50
     finally:
         zray.shutdown()
 

@@ -64,9 +64,10 @@ def test_every_process_of_a_cluster_carries_the_runs_marker():
     try:
         session = api._cluster.session  # type: ignore[union-attr]
         assert os.path.basename(session).startswith(f"{SESSION_PREFIX}{RUN_ID}-")
-        agent = api._cluster.agent.pid  # type: ignore[union-attr]
-        tree = [psutil.Process(agent)] + psutil.Process(agent).children(recursive=True)
-        assert len(tree) >= 4  # the agent, the broker shard, two workers
+        tree = []
+        for top in (api._cluster.agent.pid, api._cluster.gcs.pid):  # type: ignore[union-attr]
+            tree += [psutil.Process(top)] + psutil.Process(top).children(recursive=True)
+        assert len(tree) >= 5  # the agent, two workers, the GCS supervisor and its shard
         assert {proc.environ().get("ZRAY_RUN_ID") for proc in tree} == {RUN_ID}
         assert {proc.pid for proc in tree} <= {proc.pid for proc in run_processes()}
     finally:
@@ -112,15 +113,15 @@ def test_an_ended_sessions_logs_stay_in_zray_home_for_inspect(tmp_path):
     out = driver("""
         import time
         from zray import api
-        from zray.broker.link import query
+        from zray.broker.reader import read_session
         zray.init(num_cpus=1)
         @zray.remote
         def remembered():
             return 1
         zray.get(remembered.remote())
-        broker = f"ipc://{api._cluster.session}/broker-0.sock"
-        while not query(broker, "tasks"):  # (a session stopped before its broker is up
-            time.sleep(0.01)               # keeps what reached it: nothing)
+        session = api._cluster.session
+        while not read_session(session, "tasks", None, 100).rows:  # (a session stopped
+            time.sleep(0.01)  # before its GCS is up keeps what reached it: nothing)
         zray.shutdown()
     """, {"ZRAY_HOME": str(home)})
     assert out.returncode == 0, out.stderr

@@ -3,56 +3,69 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 from pathlib import Path
 
 import pytest
 
-from zray.broker.tables import Tables
-from zray.broker.wal import WriteAheadLog, read_tables
+from zray.broker.tables import Row, Tables
+from zray.broker.wal import SCHEMA_VERSION, WriteAheadLog, read_tables
 from zray.exceptions import ZrayError
 
 
-def task(i: int, state: str = "RUNNING") -> tuple[str, bytes, str, None]:
+def task(i: int, state: str = "RUNNING") -> Row:
     return ("tasks", f"t{i}".encode(), f'{{"state": "{state}"}}', None)
 
 
+def keys(tables: Tables, table: str) -> list[bytes]:
+    return [row[0] for row in tables.rows(table)]
+
+
 @pytest.mark.timeout(30)
-def test_replay_after_reopen_in_append_order(tmp_path: Path) -> None:
+def test_replay_after_reopen_in_append_order_with_the_batches_stored(tmp_path: Path) -> None:
     path = tmp_path / "shard.wal"
     wal = WriteAheadLog(path)
     first = [task(1), ("objects", b"o1", "{}", b"\x00\x01")]
-    second = [task(1, "FINISHED"), ("objects", b"o1", None, None)]
-    wal.append(first)
-    wal.append(second)
-    assert wal.row_count() == 4
+    second = [task(1, "FINISHED"), ("objects", b"o1", None, None), task(2)]
+    wal.append([(first, 10.0, b"node-a", 1), (second, 11.0, b"node-a", 2)])
+    wal.append([([task(3)], 12.0, b"node-b", 1)])
+    assert wal.row_count() == 6 and wal.applied == {b"node-a": 2, b"node-b": 1}
     wal.close()
     wal = WriteAheadLog(path)
     try:
-        assert list(wal.replay()) == first + second
-        assert wal.row_count() == 4
+        tables = Tables()
+        assert wal.replay(tables) == 0
+        assert wal.applied == {b"node-a": 2, b"node-b": 1}
+        assert tables.rows("tasks") == [(b"t1", '{"state": "FINISHED"}', None, 10.0),
+                                        (b"t2", '{"state": "RUNNING"}', None, 11.0),
+                                        (b"t3", '{"state": "RUNNING"}', None, 12.0)]
+        assert tables.rows("objects") == [] and wal.row_count() == 6
     finally:
         wal.close()
 
 
 @pytest.mark.timeout(30)
-def test_compaction_keeps_the_state(tmp_path: Path) -> None:
+def test_compaction_keeps_the_state_the_times_and_the_dropped_count(tmp_path: Path) -> None:
     wal = WriteAheadLog(tmp_path / "shard.wal")
     tables = Tables(max_task_history=4)
     for i in range(10):
         batch = [task(i), task(i, "FINISHED"), ("nodes", b"n", f'{{"beat": {i}}}', None)]
-        wal.append(batch)
-        tables.apply(batch)
-    wal.compact(tables.snapshot())
+        wal.append([(batch, float(i), b"node", i + 1)])
+        tables.apply(batch, float(i))
+    assert tables.dropped_tasks == 6
+    wal.compact(tables.snapshot(), tables.dropped_tasks)
     assert wal.row_count() == 5
-    wal.append([task(10)])
+    wal.append([([task(10)], 10.0, b"node", 11)])
     wal.close()
     wal = WriteAheadLog(tmp_path / "shard.wal")
     try:
         replayed = Tables(max_task_history=4)
-        replayed.apply(wal.replay())
-        assert [k for k, _, _ in replayed.rows("tasks")] == [b"t7", b"t8", b"t9", b"t10"]
-        assert replayed.rows("nodes") == [(b"n", '{"beat": 9}', None)]
+        wal.replay(replayed)
+        assert keys(replayed, "tasks") == [b"t7", b"t8", b"t9", b"t10"]
+        assert replayed.rows("tasks")[0][3] == 7.0  # the time t7 was first stored
+        assert replayed.rows("nodes") == [(b"n", '{"beat": 9}', None, 0.0)]
+        assert replayed.dropped_tasks == 7 and wal.applied == {b"node": 11}
         assert wal.row_count() == 6
     finally:
         wal.close()
@@ -62,15 +75,16 @@ def test_compaction_keeps_the_state(tmp_path: Path) -> None:
 def test_read_tables_post_mortem_is_read_only(tmp_path: Path) -> None:
     path = tmp_path / "shard.wal"
     wal = WriteAheadLog(path)
-    wal.append([task(i) for i in range(5)] + [("actors", b"a", '{"name": "x"}', None)])
+    wal.append([([task(i) for i in range(5)] + [("actors", b"a", '{"name": "x"}', None)],
+                 1.0, b"n", 1)])
     wal.close()
     path.chmod(stat.S_IRUSR)  # a writer would fail now; a reader must not
     try:
         tables = read_tables(path, max_task_history=3)
     finally:
         path.chmod(stat.S_IRUSR | stat.S_IWUSR)
-    assert [k for k, _, _ in tables.rows("tasks")] == [b"t2", b"t3", b"t4"]
-    assert tables.rows("actors") == [(b"a", '{"name": "x"}', None)]
+    assert keys(tables, "tasks") == [b"t2", b"t3", b"t4"] and tables.dropped_tasks == 2
+    assert tables.rows("actors") == [(b"a", '{"name": "x"}', None, 1.0)]
 
 
 @pytest.mark.timeout(30)
@@ -78,8 +92,8 @@ def test_read_tables_sees_a_log_still_open(tmp_path: Path) -> None:
     """What a killed shard leaves: committed rows still in SQLite's -wal file."""
     wal = WriteAheadLog(tmp_path / "shard.wal")
     try:
-        wal.append([task(1)])
-        assert [k for k, _, _ in read_tables(wal.path, 10).rows("tasks")] == [b"t1"]
+        wal.append([([task(1)], 1.0, b"n", 1)])
+        assert keys(read_tables(wal.path, 10), "tasks") == [b"t1"]
     finally:
         wal.close()
 
@@ -87,11 +101,60 @@ def test_read_tables_sees_a_log_still_open(tmp_path: Path) -> None:
 @pytest.mark.timeout(30)
 def test_errors_name_the_file(tmp_path: Path) -> None:
     missing = tmp_path / "missing.wal"
-    with pytest.raises(ZrayError, match="missing.wal") as info:
+    with pytest.raises(ZrayError, match="missing.wal"):
         read_tables(missing, 10)
-    assert info.value.__cause__ is not None
     assert not missing.exists()  # read-only open must not create it
     garbage = tmp_path / "garbage.wal"
     garbage.write_bytes(os.urandom(4096))
-    with pytest.raises(ZrayError, match="garbage.wal"):
+    with pytest.raises(ZrayError, match="garbage.wal") as info:
         WriteAheadLog(garbage)
+    assert info.value.__cause__ is not None
+    with pytest.raises(ZrayError, match="garbage.wal"):
+        read_tables(garbage, 10)
+
+
+@pytest.mark.timeout(30)
+def test_bad_rows_are_skipped_counted_and_named(tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "shard.wal"
+    wal = WriteAheadLog(path)
+    wal.append([([task(1), task(2)], 1.0, b"n", 1)])
+    wal.close()
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO log (tbl, key, fields, blob, at) VALUES ('nope', x'00', '{}', "
+               "NULL, 2.0)")
+    db.execute("INSERT INTO log (tbl, key, fields, blob, at) VALUES ('tasks', 'text key', "
+               "'{}', NULL, 2.0)")
+    db.commit()
+    db.close()
+    tables = read_tables(path, 10)
+    assert keys(tables, "tasks") == [b"t1", b"t2"] and tables.bad_rows == 2
+    assert "bad row 3" in caplog.text and "bad row 4" in caplog.text
+    wal = WriteAheadLog(path)
+    try:
+        assert wal.replay(Tables()) == 2
+    finally:
+        wal.close()
+
+
+@pytest.mark.timeout(30)
+def test_the_schema_version_is_kept_and_checked(tmp_path: Path) -> None:
+    path = tmp_path / "shard.wal"
+    WriteAheadLog(path).close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    db.execute("PRAGMA user_version=99")
+    db.commit()
+    db.close()
+    with pytest.raises(ZrayError, match="schema version 99"):
+        WriteAheadLog(path)
+    with pytest.raises(ZrayError, match="schema version 99"):
+        read_tables(path, 10)
+    old = tmp_path / "old.wal"  # the first layout (version 0): still read post-mortem
+    db = sqlite3.connect(old)
+    db.execute("CREATE TABLE log (id INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, "
+               "key BLOB NOT NULL, fields TEXT, blob BLOB)")
+    db.execute("INSERT INTO log (tbl, key, fields, blob) VALUES ('tasks', x'01', '{}', NULL)")
+    db.commit()
+    db.close()
+    assert keys(read_tables(old, 10), "tasks") == [b"\x01"]

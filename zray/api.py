@@ -41,8 +41,9 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
          num_gpus: int | None = None, resources: dict[str, float] | None = None,
          object_store_memory: int | None = None, namespace: str | None = None,
          log_to_driver: bool = True, ignore_reinit_error: bool = False,
-         **ray_kwargs: Any) -> None:
-    """Start a private local cluster for this driver (or, later, join a running one)."""
+         _gcs_shards: int = 1, **ray_kwargs: Any) -> None:
+    """Start a private local cluster for this driver (or, later, join a running one).
+    ``_gcs_shards``: the number of GCS shard processes (each key lives in one)."""
     global _cluster, _config
     unknown = set(ray_kwargs) - _IGNORED_RAY_KWARGS
     if unknown:
@@ -59,10 +60,12 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
             raise ZrayError(f"joining an existing cluster ({address!r}) needs `zray node start`, "
                             "which this version does not have yet; call zray.init() without an "
                             "address to start a private local cluster")
+        if type(_gcs_shards) is not int or _gcs_shards < 1:
+            raise ValueError(f"_gcs_shards must be an int >= 1, got {_gcs_shards!r}")
         _config = Config.from_env()
         total = _resources(num_cpus, num_gpus, resources)
         store_size = object_store_memory or int(_total_memory() * _config.object_store_fraction)
-        cluster = LocalCluster.start(total, store_size, _config)
+        cluster = LocalCluster.start(total, store_size, _config, _gcs_shards)
         client = None
         try:  # whatever fails from here on, the cluster started goes, and its files
             from zray import core  # while the agent starts

@@ -51,7 +51,7 @@ class Config:
     # Retries for a task whose worker died, unless the task says otherwise.
     default_max_retries: int = 3
     # Ended sessions whose logs stay in ZRAY_HOME (zray/node/sessions.py), newest first.
-    kept_sessions: int = 20
+    kept_sessions: int = 10
     # The largest frame a zray socket takes: a peer sending a bigger one is cut off before
     # it is read into memory. Senders split bigger messages or refuse them first. The
     # largest legitimate frames are a function's pickled code (max_function_bytes: refused

@@ -462,7 +462,11 @@ class TableBatch(Message):
     """Rows to upsert (``fields`` None deletes); acknowledged once in the write-ahead log.
 
     A row is ``(table, key, fields_json, blob)``: ``fields_json`` is a JSON object that
-    ``zray inspect`` can show without user code, ``blob`` optional opaque bytes.
+    ``zray inspect`` can show without user code, ``blob`` optional opaque bytes. A node's
+    batches to a shard are numbered 1, 2, ... (``seq``); the shard stores them in that
+    order only (go-back-N): it acknowledges a batch it stored before again, and answers a
+    batch after a gap (it lost some, restarting) with the ack of the last one it stored,
+    which makes the sender resend from the gap.
     """
 
     seq: int
@@ -473,22 +477,28 @@ class TableBatch(Message):
 @message(31)
 @dataclass(frozen=True, slots=True)
 class BatchAck(Message):
+    """The shard has stored every batch of this node up to ``seq``."""
+
     seq: int
 
 
 @message(32)
 @dataclass(frozen=True, slots=True)
 class Query(Message):
+    """The newest ``limit`` rows of ``table`` (0: all), or only the row of ``key``."""
+
     request_id: int
     table: str
     limit: int
+    key: bytes  # b"": every key
 
 
 @message(33)
 @dataclass(frozen=True, slots=True)
 class QueryReply(Message):
     request_id: int
-    rows: list  # (key, fields_json, blob): the newest rows asked for that fit one reply
+    rows: list  # (key, fields_json, blob, time first inserted): the newest that fit one reply
+    stats: dict  # the shard's: {"dropped_tasks": older tasks not kept, "bad_rows": ...}
 
 
 # The messages that may go as several, each with part of these lists: they mean the same

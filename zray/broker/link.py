@@ -21,24 +21,26 @@ import collections
 import itertools
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
-from zray.broker.tables import BOUNDED_TABLE, Row
+from zray.broker.tables import BOUNDED_TABLE, Row, StoredRow, merge_newest, shard_of
 from zray.config import Config
 from zray.exceptions import ZrayError
 from zray.protocol import BatchAck, ProtocolError, Query, QueryReply, TableBatch, decode, encode
 
-__all__ = ["BrokerLink", "query"]
+__all__ = ["BrokerLink", "QueryResult", "query"]
 
 log = logging.getLogger("zray.broker.link")
 
 # At most this many batches are in flight; more rows wait in the queue. This bounds what a
 # resend puts on the wire after the broker was away.
 MAX_INFLIGHT_BATCHES = 64
+_RESEND_GAP_S = 0.1
 
 
 Fields = dict[str, Any] | Callable[[], dict[str, Any]]  # a row's fields, or how to get them
@@ -54,16 +56,17 @@ class _InFlight:
     frames: list[bytes]  # the encoded TableBatch, kept for resends
     rows: int
     sent_at: float
-    acked: bool = False
 
 
 class BrokerLink:
     """A node agent's DEALER connection to one broker shard."""
 
-    def __init__(self, context: zmq.Context, endpoint: str, node_id: bytes, config: Config):
+    def __init__(self, context: zmq.Context, endpoint: str, node_id: bytes, config: Config,
+                 max_queued_tasks: int | None = None):
         self.endpoint = endpoint
         self.node_id = node_id
         self.config = config
+        self.max_queued_tasks = max_queued_tasks or config.max_task_history
         self.socket: zmq.Socket = context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDHWM, 0)
@@ -77,6 +80,7 @@ class BrokerLink:
         self._queued_bounded = 0  # rows of BOUNDED_TABLE among them
         self.dropped_rows = 0  # task rows dropped unsent (see record)
         self._window: collections.OrderedDict[int, _InFlight] = collections.OrderedDict()
+        self._resent_at = -1e9
         self._seq = itertools.count(1)
 
     def record(
@@ -85,13 +89,14 @@ class BrokerLink:
         """Queue an upsert (or, with ``fields`` None, a delete); no I/O. ``fields`` may be
         a function returning them, called only if the row is sent.
 
-        Task rows beyond ``max_task_history`` queued are dropped, oldest first: the broker
-        keeps only that many tasks, so it would drop them on arrival anyway. This bounds
-        the queue when rows come faster than the broker stores them."""
+        Task rows beyond ``max_queued_tasks`` queued are dropped, oldest first, and counted:
+        the shard keeps only that many tasks, so it would drop them on arrival anyway. This
+        bounds the queue when rows come faster than the shard stores them, or while it is
+        down."""
         if self._queued.pop((table, key), None) is None and table == BOUNDED_TABLE:
             self._queued_bounded += 1
         self._queued[(table, key)] = (fields, blob)  # re-queued at the end: newest last
-        if self._queued_bounded > self.config.max_task_history:
+        if self._queued_bounded > self.max_queued_tasks:
             oldest = next(k for k in self._queued if k[0] == BOUNDED_TABLE)
             del self._queued[oldest]
             self._queued_bounded -= 1
@@ -131,7 +136,9 @@ class BrokerLink:
         return len(self._queued)
 
     def handle(self, frames: list[bytes]) -> None:
-        """Take a message from ``socket``: a BatchAck settles its batch."""
+        """Take a message from ``socket``: a BatchAck settles its batch and every one before
+        it (the shard stores a node's batches in order); an ack of a batch already settled
+        says the shard is missing the next (it restarted): resend from there at once."""
         try:
             msg = decode(frames)
         except ProtocolError as exc:
@@ -141,15 +148,22 @@ class BrokerLink:
             log.warning("dropped a %s from the broker at %s", type(msg).__name__, self.endpoint)
             return
         self.acknowledged = True
-        entry = self._window.get(msg.seq)
-        if entry is not None:
-            entry.acked = True
-        while self._window and next(iter(self._window.values())).acked:
+        oldest = next(iter(self._window), None)
+        if oldest is not None and msg.seq == oldest - 1:  # a repeated ack: the shard lost
+            self._resend(time.monotonic(), f"asked for batch {oldest} again")  # the rest
+            return
+        while self._window and next(iter(self._window)) <= msg.seq:
             self._window.popitem(last=False)
+
+    def stats(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "queued": len(self._queued),
+                "in_flight": len(self._window),
+                "resent_batches": self.resent_batches, "dropped_task_rows": self.dropped_rows,
+                "acknowledged": self.acknowledged}
 
     def unacked_rows(self) -> int:
         """Rows recorded but not yet acknowledged (queued or in flight)."""
-        in_flight = sum(entry.rows for entry in self._window.values() if not entry.acked)
+        in_flight = sum(entry.rows for entry in self._window.values())
         return len(self._queued) + in_flight
 
     def close(self) -> None:
@@ -159,8 +173,16 @@ class BrokerLink:
         oldest = next(iter(self._window.values()), None)
         if oldest is None or now - oldest.sent_at < self.config.broker_ack_timeout_s:
             return
-        log.info("broker at %s did not acknowledge in %.1fs; resending %d batches",
-                 self.endpoint, self.config.broker_ack_timeout_s, len(self._window))
+        self._resend(now, f"did not acknowledge in {self.config.broker_ack_timeout_s:.1f}s")
+
+    def _resend(self, now: float, why: str) -> None:
+        """Send the whole window again, in order; not again within a short while (each
+        batch the shard dropped after a gap asks for it)."""
+        if now - self._resent_at < _RESEND_GAP_S:
+            return
+        self._resent_at = now
+        log.info("broker at %s %s; resending %d batches", self.endpoint, why,
+                 len(self._window))
         for entry in self._window.values():
             entry.sent_at = now
             self._send(entry)
@@ -173,24 +195,57 @@ class BrokerLink:
             log.warning("broker at %s: send would block; will resend", self.endpoint)
 
 
-def query(
-    endpoint: str, table: str, limit: int | None = None, timeout_s: float = 5.0
-) -> list[tuple[bytes, dict[str, Any], bytes | None]]:
-    """The rows of ``table`` (the newest ``limit``, oldest first), asked of a running shard."""
+@dataclass
+class QueryResult:
+    rows: list[StoredRow]  # (key, fields_json, blob, time first stored), oldest first
+    dropped_tasks: int  # older tasks the shards did not keep (their history bound)
+    bad_rows: int  # rows the shards' logs held that did not check
+    unanswered: list[str]  # "shard i at ENDPOINT: why", for each shard that did not answer
+
+
+def query(endpoints: list[str], table: str, limit: int | None = None, key: bytes = b"",
+          timeout_s: float = 5.0) -> QueryResult:
+    """Ask the running shards of a GCS (``endpoints``, in shard order) for the rows of
+    ``table``: all of them merged oldest first, or the newest ``limit`` overall; with
+    ``key``, only the shard that holds it. A shard that does not answer is named in
+    ``unanswered``; the others' rows still come back."""
+    asked = ([shard_of(key, len(endpoints))] if key else list(range(len(endpoints))))
     context = zmq.Context()
-    sock = context.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
+    sockets: dict[int, zmq.Socket] = {}
+    replies: dict[int, QueryReply] = {}
+    unanswered: list[str] = []
     try:
-        _connect(sock, endpoint)
-        sock.send_multipart(encode(Query(1, table, limit or 0)))
-        reply = _await_reply(sock, endpoint, timeout_s)
+        for index in asked:
+            sock = sockets[index] = context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            _connect(sock, endpoints[index])
+            sock.send_multipart(encode(Query(1, table, limit or 0, key)))
+        deadline = time.monotonic() + timeout_s
+        for index, sock in sockets.items():
+            try:
+                replies[index] = _await_reply(sock, endpoints[index],
+                                              max(0.0, deadline - time.monotonic()))
+            except ZrayError as exc:
+                unanswered.append(f"shard {index}: {exc}")
     finally:
-        sock.close(linger=0)
+        for sock in sockets.values():
+            sock.close(linger=0)
         context.term()
     try:
-        return [(key, json.loads(fields), blob) for key, fields, blob in reply.rows]
+        rows = merge_newest([[_stored_row(row) for row in reply.rows]
+                             for reply in replies.values()], limit)
     except (ValueError, TypeError) as exc:
-        raise ZrayError(f"broker at {endpoint} sent malformed {table} rows: {exc}") from exc
+        raise ZrayError(f"a broker shard sent malformed {table} rows: {exc}") from exc
+    stats = [reply.stats for reply in replies.values()]
+    return QueryResult(rows, sum(int(s.get("dropped_tasks", 0)) for s in stats),
+                       sum(int(s.get("bad_rows", 0)) for s in stats), unanswered)
+
+
+def _stored_row(row: Any) -> StoredRow:
+    if not (type(row) is tuple and len(row) == 4 and type(row[0]) is bytes
+            and type(row[1]) is str and type(row[3]) is float):
+        raise ValueError(f"not a (key, fields_json, blob, time) row: {row!r:.80}")
+    return row
 
 
 def _await_reply(sock: zmq.Socket, endpoint: str, timeout_s: float) -> QueryReply:
@@ -203,8 +258,8 @@ def _await_reply(sock: zmq.Socket, endpoint: str, timeout_s: float) -> QueryRepl
             return reply
         raise ZrayError(f"broker at {endpoint} answered a query with {type(reply).__name__}")
     raise ZrayError(
-        f"broker at {endpoint} did not answer within {timeout_s}s; is the cluster running? "
-        "(a stopped cluster's tables can still be read from its write-ahead log)"
+        f"broker at {endpoint} did not answer within {timeout_s:.1f}s; is it running? "
+        "(a stopped cluster's tables can still be read from its write-ahead logs)"
     )
 
 

@@ -1,4 +1,5 @@
-"""One broker shard: the GCS tables behind a ROUTER socket, made durable by a write-ahead log.
+"""One broker shard: its keys of the GCS tables behind a ROUTER socket, made durable by a
+write-ahead log.
 
 ::
 
@@ -7,14 +8,17 @@
     zray inspect (query(), DEALER)  ----Query-----> |  process: Tables   |--append--> WAL
                                     <-QueryReply--- |  + one loop)       |  (SQLite file)
                                                     +--------------------+
-    parent process (pidfd, optional): when it dies, the shard exits
+    supervisor (zray/broker/supervisor.py) forks it, restarts it when it dies; when the
+    supervisor dies, the shard exits
 
-Run as ``python -m zray.broker.shard --endpoint ENDPOINT --wal PATH [--parent-pid PID]``;
-the config comes from ``ZRAY_*`` environment variables. At start the shard replays its
-log into the tables, then binds. Each TableBatch is appended to the log (one committed
-transaction), applied to the tables, and only then acknowledged: an ack means the rows
-survive the shard's death. A resent batch is applied again, harmlessly (upserts are
-idempotent). Malformed frames are logged and dropped. One thread, one loop.
+Shard ``index`` of ``shards`` holds the keys with ``shard_of(key, shards) == index`` (rows
+for other keys are refused) and the newest ``max_task_history / shards`` tasks. At start it
+replays its log into the tables, then binds. The TableBatches of one pass of its loop are
+appended to the log in one transaction (a group commit), applied to the tables, and only
+then acknowledged: an ack means the rows survive the shard's death. Each node's batches are
+stored in their order only (TableBatch: go-back-N), so a batch resent after a restart is
+never applied twice or out of order. Malformed frames are logged and dropped. One thread,
+one loop.
 """
 
 from __future__ import annotations
@@ -25,11 +29,12 @@ import logging
 import os
 import signal
 import sys
+import time
 from types import FrameType
 
 import zmq
 
-from zray.broker.tables import Row, StoredRow, Tables, check_row
+from zray.broker.tables import Row, StoredRow, Tables, check_row, shard_of
 from zray.broker.wal import WriteAheadLog
 from zray.config import Config
 from zray.exceptions import ZrayError
@@ -57,14 +62,18 @@ _COMPACT_MIN_RATIO = 2
 class BrokerShard:
     """The shard's state and its loop; ``run`` until ``stop`` or the parent dies."""
 
-    def __init__(self, endpoint: str, wal_path: str, config: Config, parent_pid: int | None):
+    def __init__(self, endpoint: str, wal_path: str, config: Config, parent_pid: int | None,
+                 index: int = 0, shards: int = 1):
         self.endpoint = endpoint
         self.config = config
+        self.index, self.shards = index, shards
         self.stopping = False
         self.complaints = RateLimitedLog(log)
         self.wal = WriteAheadLog(wal_path)
-        self.tables = Tables(max_task_history=config.max_task_history)
-        self.tables.apply(self.wal.replay())
+        self.tables = Tables(max_task_history=max(1, config.max_task_history // shards))
+        self.bad_rows = self.wal.replay(self.tables)
+        self._stored = dict(self.wal.applied)  # node -> last batch seq, pending ones too
+        self._pending: list[tuple[bytes, TableBatch, list[Row]]] = []
         self.context = bounded_context(config.max_frame_bytes)
         self.socket = self._bind(endpoint)
         self.poller = zmq.Poller()
@@ -100,13 +109,15 @@ class BrokerShard:
                 self._drain()
 
     def _drain(self) -> None:
-        """Handle every message already queued, so one poll serves a burst."""
+        """Handle every message already queued, so one poll serves a burst; then store the
+        batches it brought in one transaction, and acknowledge them."""
         while not self.stopping:
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
             self._handle(frames)
+        self._commit()
 
     def _handle(self, frames: list[bytes]) -> None:
         if len(frames) < 2:
@@ -130,24 +141,56 @@ class BrokerShard:
             self._send(identity, Rejected(msg.op, "a broker shard takes TableBatch and Query"))
 
     def _on_batch(self, identity: bytes, batch: TableBatch) -> None:
-        rows = _valid_rows(batch)
-        try:
-            self.wal.append(rows)
-        except ZrayError as exc:  # not acknowledged, so the sender resends it later
-            log.error("batch %d from node %s not stored: %s", batch.seq, batch.node_id.hex(), exc)
+        last = self._stored.get(batch.node_id, 0)
+        if batch.seq <= last:  # stored before (a resend): acknowledged again, not applied
+            self._send(identity, BatchAck(batch.seq))
+        elif batch.seq == last + 1:
+            self._stored[batch.node_id] = batch.seq
+            self._pending.append((identity, batch, self._own_rows(batch)))
+        else:  # an earlier batch was lost (this shard restarted): dropped; the ack of the
+            # last one stored (committed) asks the sender to resend from the gap
+            self._send(identity, BatchAck(self.wal.applied.get(batch.node_id, 0)))
+
+    def _commit(self) -> None:
+        if not self._pending:
             return
-        self.tables.apply(rows)
-        self._send(identity, BatchAck(batch.seq))
+        pending, self._pending = self._pending, []
+        at = time.time()
+        try:
+            self.wal.append([(rows, at, batch.node_id, batch.seq) for _, batch, rows in pending])
+        except ZrayError as exc:  # not acknowledged, so the senders resend them later
+            log.error("%d batches not stored: %s", len(pending), exc)
+            self._stored = dict(self.wal.applied)
+            return
+        for identity, batch, rows in pending:
+            self.tables.apply(rows, at)
+            self._send(identity, BatchAck(batch.seq))
         self._maybe_compact()
 
+    def _own_rows(self, batch: TableBatch) -> list[Row]:
+        """The batch's well-formed rows of this shard's keys; others are logged, skipped."""
+        rows = []
+        for row in _valid_rows(batch):
+            if shard_of(row[1], self.shards) == self.index:
+                rows.append(row)
+            else:
+                self.complaints.warning("not-mine", "batch %d from node %s: dropped a row of "
+                                        "key %s, which belongs to shard %d", batch.seq,
+                                        batch.node_id.hex(), row[1].hex(),
+                                        shard_of(row[1], self.shards))
+        return rows
+
     def _on_query(self, identity: bytes, query: Query) -> None:
+        self._commit()  # what came before it is stored (and acknowledged) first
         limit = query.limit if query.limit > 0 else None  # 0 asks for every row
         try:
-            rows = self.tables.rows(query.table, limit)
+            rows = ([row for row in [self.tables.get(query.table, query.key)] if row]
+                    if query.key else self.tables.rows(query.table, limit))
         except ValueError as exc:
             log.warning("query from %s: %s", identity.hex(), exc)
             rows = []
-        self._send(identity, QueryReply(query.request_id, self._fitting(rows)))
+        stats = {"dropped_tasks": self.tables.dropped_tasks, "bad_rows": self.bad_rows}
+        self._send(identity, QueryReply(query.request_id, self._fitting(rows), stats))
 
     def _fitting(self, rows: list[StoredRow]) -> list[StoredRow]:
         """The newest of ``rows`` that one reply carries."""
@@ -169,7 +212,7 @@ class BrokerShard:
         if count <= self.config.wal_compact_rows or count <= _COMPACT_MIN_RATIO * len(self.tables):
             return
         try:
-            self.wal.compact(self.tables.snapshot())
+            self.wal.compact(self.tables.snapshot(), self.tables.dropped_tasks)
         except ZrayError as exc:  # the old log is intact; try again after the next batch
             log.error("compaction failed: %s", exc)
             return
@@ -219,15 +262,25 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--endpoint", required=True, help="ipc://PATH or tcp://127.0.0.1:PORT")
     parser.add_argument("--wal", required=True, help="path of the SQLite write-ahead log")
     parser.add_argument("--parent-pid", type=int, default=None, help="exit when it dies")
+    parser.add_argument("--index", type=int, default=0, help="this shard's number, from 0")
+    parser.add_argument("--shards", type=int, default=1, help="the GCS's number of shards")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="[broker] %(levelname)s %(message)s")
     args = _parse_args(argv)
+    return serve(args.endpoint, args.wal, Config.from_env(), args.parent_pid, args.index,
+                 args.shards)
+
+
+def serve(endpoint: str, wal: str, config: Config, parent_pid: int | None, index: int = 0,
+          shards: int = 1, ready_fd: int | None = None) -> int:
+    """Run a shard until SIGTERM or its parent's death; its exit code. ``ready_fd``: a
+    pipe to write one byte to once the log is replayed and the socket bound."""
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, force=True,
+                        format=f"[broker-{index}] %(levelname)s %(message)s")
     try:
-        shard = BrokerShard(args.endpoint, args.wal, Config.from_env(), args.parent_pid)
+        shard = BrokerShard(endpoint, wal, config, parent_pid, index, shards)
     except (ZrayError, ValueError) as exc:
         log.error("%s", exc)
         return 1
@@ -236,7 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         shard.stopping = True
 
     signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # (under a supervisor it is:
+        signal.signal(signal.SIGINT, stop)  # Ctrl-C goes to the driver, which stops us)
+    if ready_fd is not None:
+        os.write(ready_fd, b"1")
+        os.close(ready_fd)
     try:
         shard.run()
     finally:

@@ -1,40 +1,56 @@
 """The write-ahead log of one broker shard: an SQLite file of rows in append order.
 
-The shard appends each batch in one transaction before it acknowledges the batch, so an
-acknowledged row survives the shard's death and comes back on replay. SQLite runs in WAL
+The shard appends the batches of each pass of its loop in one transaction (a group commit)
+before it acknowledges them, so an acknowledged row survives the shard's death and comes
+back on replay. SQLite runs in WAL
 journal mode with ``synchronous=NORMAL``: a commit survives the process being killed (the
 case we guard against), though not necessarily a power cut.
 
 Compaction replaces the whole log by a snapshot of the live rows in one transaction, so a
 reader sees either the old log or the new one, never a mix.
 
+The file carries its schema version (``PRAGMA user_version``) and is checked on open
+(``PRAGMA quick_check``): a damaged or unknown file is refused with a ZrayError naming it,
+never half-read; a row that does not check is skipped and counted, with a warning naming it.
 Every sqlite3.Error is turned into a ZrayError that names the file, with the cause chained.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pathlib
 import sqlite3
 from collections.abc import Iterable, Iterator
 
-from zray.broker.tables import Row, Tables
+from zray.broker.tables import Row, Tables, check_row
 from zray.exceptions import ZrayError
 
-__all__ = ["WriteAheadLog", "read_tables"]
+__all__ = ["SCHEMA_VERSION", "WriteAheadLog", "read_tables"]
 
+log = logging.getLogger("zray.broker.wal")
+
+# PRAGMA user_version of a log this code writes. 0: the first layout (rows without their
+# time, no record of batches), still read post-mortem.
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS log (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     tbl TEXT NOT NULL,
     key BLOB NOT NULL,
     fields TEXT,
-    blob BLOB
-)
+    blob BLOB,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batches (node BLOB PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value);
 """
-_INSERT = "INSERT INTO log (tbl, key, fields, blob) VALUES (?, ?, ?, ?)"
-_SELECT = "SELECT tbl, key, fields, blob FROM log ORDER BY id"
+_INSERT = "INSERT INTO log (tbl, key, fields, blob, at) VALUES (?, ?, ?, ?, ?)"
+_SELECT = {SCHEMA_VERSION: "SELECT id, tbl, key, fields, blob, at FROM log ORDER BY id",
+           0: "SELECT id, tbl, key, fields, blob, 0.0 FROM log ORDER BY id"}
+_APPLIED = "INSERT OR REPLACE INTO batches (node, seq) VALUES (?, ?)"
+_DROPPED = "INSERT OR REPLACE INTO meta (name, value) VALUES ('dropped_tasks', ?)"
 
 
 @contextlib.contextmanager
@@ -48,8 +64,15 @@ def _converted(path: str, action: str) -> Iterator[None]:
         ) from exc
 
 
+Batch = tuple[list[Row], float, bytes, int]  # (rows, time, sender node, its batch seq)
+
+
 class WriteAheadLog:
-    """An append-only log of table rows, replayed at start and compacted when long."""
+    """An append-only log of table rows, replayed at start and compacted when long.
+
+    With each batch of rows it records the batch's sequence number from its node, in the
+    same transaction: after a restart the shard knows which batches it has (``applied``)
+    and acknowledges a resent one without applying it twice."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = str(path)
@@ -58,34 +81,50 @@ class WriteAheadLog:
             self._db = sqlite3.connect(self.path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(_SCHEMA)
+            version = _version(self._db, self.path)
+            if version is None:
+                self._db.executescript(_SCHEMA)
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise ZrayError(
+                    f"write-ahead log {self.path} has schema version {version}; this zray "
+                    f"writes version {SCHEMA_VERSION}: read it with zray inspect --wal")
             self._rows: int = self._db.execute("SELECT COUNT(*) FROM log").fetchone()[0]
+        self.applied: dict[bytes, int] = {}  # node -> the last batch seq stored from it
 
-    def append(self, rows: Iterable[Row]) -> None:
-        """Append rows in one transaction, committed when this returns."""
-        rows = list(rows)
-        with _converted(self.path, "append"), self._transaction():
-            self._db.executemany(_INSERT, rows)
-        self._rows += len(rows)
-
-    def replay(self) -> Iterator[Row]:
-        """Every row, in append order."""
+    def replay(self, tables: Tables) -> int:
+        """Apply every row to ``tables``, in append order; learn ``applied``. Returns the
+        number of bad rows skipped (each named in a warning)."""
         with _converted(self.path, "replay"):
-            yield from self._db.execute(_SELECT)
+            bad = _load(self._db, SCHEMA_VERSION, tables, self.path)
+            self.applied = dict(self._db.execute("SELECT node, seq FROM batches"))
+        return bad
+
+    def append(self, batches: list[Batch]) -> None:
+        """Append the batches' rows and seqs in one transaction, committed when this
+        returns (a group commit: one per pass of the shard's loop)."""
+        with _converted(self.path, "append"), self._transaction():
+            for rows, at, node, seq in batches:
+                self._db.executemany(_INSERT, [(*row, at) for row in rows])
+                self._db.execute(_APPLIED, (node, seq))
+                self._rows += len(rows)
+        for _, _, node, seq in batches:
+            self.applied[node] = seq
 
     def row_count(self) -> int:
         return self._rows
 
-    def compact(self, rows: Iterable[Row]) -> None:
-        """Replace the whole log by ``rows``, atomically."""
-        rows = list(rows)
+    def compact(self, rows: Iterable[tuple[Row, float]], dropped_tasks: int) -> None:
+        """Replace the whole log by ``rows`` (each with its time), atomically."""
+        stamped = [(*row, at) for row, at in rows]
         with _converted(self.path, "compact"):
             with self._transaction():
                 self._db.execute("DELETE FROM log")
-                self._db.executemany(_INSERT, rows)
+                self._db.executemany(_INSERT, stamped)
+                self._db.execute(_DROPPED, (dropped_tasks,))
             # Fold the big transaction into the main file so the -wal file shrinks again.
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self._rows = len(rows)
+        self._rows = len(stamped)
 
     def close(self) -> None:
         with _converted(self.path, "close"):
@@ -104,13 +143,54 @@ class WriteAheadLog:
 
 
 def read_tables(path: str | os.PathLike[str], max_task_history: int) -> Tables:
-    """The tables a shard's log holds, read without writing: post-mortem ``zray inspect``."""
+    """The tables a shard's log holds, read without writing: post-mortem ``zray inspect``.
+    A log of an older schema is read as it was written; a newer one is refused."""
+    if not os.path.exists(path):
+        raise ZrayError(f"no write-ahead log at {path}")
     uri = pathlib.Path(path).absolute().as_uri() + "?mode=ro"
     tables = Tables(max_task_history=max_task_history)
     with _converted(str(path), "read-only open"):
         db = sqlite3.connect(uri, uri=True)
         try:
-            tables.apply(db.execute(_SELECT))
+            version = _version(db, str(path))
+            if version is None:
+                return tables
+            if version not in _SELECT:
+                raise ZrayError(
+                    f"write-ahead log {path} has schema version {version}, which this zray "
+                    f"cannot read (it reads {sorted(_SELECT)}); use the zray that wrote it")
+            _load(db, version, tables, str(path))
         finally:
             db.close()
     return tables
+
+
+def _version(db: sqlite3.Connection, path: str) -> int | None:
+    """The log's schema version, None for a new, empty file; checks the file's integrity
+    first (a damaged file is named, never half-read)."""
+    problems = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
+    if problems != ["ok"]:
+        raise ZrayError(f"write-ahead log {path} is damaged: {'; '.join(problems)}")
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'log'").fetchone() is None:
+        return None
+    version: int = db.execute("PRAGMA user_version").fetchone()[0]
+    return version
+
+
+def _load(db: sqlite3.Connection, version: int, tables: Tables, path: str) -> int:
+    """Apply the log's rows to ``tables``; bad rows are skipped, counted and named."""
+    if version >= 2:
+        for (dropped,) in db.execute("SELECT value FROM meta WHERE name = 'dropped_tasks'"):
+            tables.dropped_tasks = int(dropped)
+    bad = 0
+    for row_id, *row, at in db.execute(_SELECT[version]):
+        try:
+            tables.apply([check_row(tuple(row))], float(at))
+        except (ValueError, TypeError) as exc:
+            bad += 1
+            tables.bad_rows += 1
+            if bad <= 10:
+                log.warning("write-ahead log %s: skipped bad row %d: %s", path, row_id, exc)
+    if bad:
+        log.warning("write-ahead log %s: skipped %d bad rows in all", path, bad)
+    return bad

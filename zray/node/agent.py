@@ -4,14 +4,14 @@
 
     drivers, workers --(tx, rx DEALERs)--> ROUTER  ipc://SESSION/agent.sock
     worker stdout/stderr pipes, pidfds -->  poller  (output, deaths)
-    agent --DEALER (BrokerLink)--> broker shard ROUTER (table rows, batched, acked)
+    agent --DEALER (BrokerLink, one per shard)--> broker shard ROUTERs (rows, batched, acked)
 
 Hosts the local scheduler (``Scheduler``), the object directory over the mmap store
 (``ObjectTable``), and the worker pool. It decides where work runs and which memory is
-free; the broker only hears about it, asynchronously, so a broker that dies and comes back
-disturbs no running task. A private cluster's agent also supervises the broker shard and
-exits with its driver, removing the arena and the session directory (its logs go to
-ZRAY_HOME: zray/node/sessions.py).
+free; the GCS only hears about it, asynchronously, so a shard that dies and comes back
+disturbs no running task. A private cluster's agent exits with its driver, after sending
+its last rows to the shards, and removes the arena; the session ends after it (the
+driver, or the GCS supervisor if the driver died, moves its logs to ZRAY_HOME).
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from zray.node.leases import LeaseManager
 from zray.node.object_manager import ObjectManager
 from zray.node.object_table import ObjectTable
 from zray.node.scheduler import Scheduler, Task
-from zray.node.sessions import end_session
 from zray.node.tasks import TaskManager
 from zray.node.worker_pool import WorkerPool, WorkerProcess
 from zray.objects.store import Allocator, Mapping, create_arena
@@ -80,8 +79,7 @@ class Agent:
         self.peers = Peers(self.zmq, self.node_id, args.endpoint)
         self.outbox: dict[bytes, list[p.Message]] = {}
         self.pool = pool  # its first workers were started before the agent imported
-        self.gcs = GcsClient(self.zmq, args.broker_endpoint, args.broker_wal, self.node_id,
-                             config)
+        self.gcs = GcsClient(self.zmq, args.gcs.split(","), self.node_id, config)
         self.gcs.record("nodes", self.node_id, {
             "node_id": self.node_id.hex(), "pid": os.getpid(), "resources": self.resources,
             "state": "ALIVE", "started": time.time()})
@@ -114,7 +112,8 @@ class Agent:
             zmq.LAST_ENDPOINT), self.resources)
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
-        poller.register(self.gcs.link.socket, zmq.POLLIN)
+        for sock in self.gcs.sockets:
+            poller.register(sock, zmq.POLLIN)
         if self.owner_pidfd >= 0:
             poller.register(self.owner_pidfd, zmq.POLLIN)
         registered_fds: set[int] = set()
@@ -139,7 +138,6 @@ class Agent:
 
     def _sync_fds(self, poller: zmq.Poller, registered: set[int]) -> set[int]:
         wanted = set(self.pool.by_fd) | self.clients.pidfds()
-        wanted.update(self.gcs.fds)
         for fd in registered - wanted:
             poller.unregister(fd)
         for fd in wanted - registered:
@@ -150,8 +148,6 @@ class Agent:
         if fd == self.owner_pidfd:
             log.info("the driver (pid %d) exited; stopping the cluster", self.owner_pid)
             self.running = False
-        elif fd in self.gcs.fds:
-            self.gcs.on_broker_exit()
         elif fd in self.pool.by_fd:
             worker, what = self.pool.by_fd[fd]
             if what == "exit":
@@ -486,9 +482,8 @@ class Agent:
     def stop(self) -> None:
         try:
             self.gcs.drain(self.config.shutdown_timeout_s / 2)
-            self.gcs.begin_stop()  # the broker and the workers wind down side by side
             self.pool.stop_all(self.config.shutdown_timeout_s)
-            self.gcs.stop()
+            self.gcs.close()
             self.mapping.close()
             self.peers.close()
             self.router.close()
@@ -496,8 +491,6 @@ class Agent:
         finally:  # whatever failed above, the node's files go
             if os.path.exists(self.store_path):
                 os.unlink(self.store_path)
-            if self.owner_pid:
-                end_session(self.session, self.config.kept_sessions)
 
 
 def run_agent(args: argparse.Namespace, pool: WorkerPool) -> None:

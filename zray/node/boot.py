@@ -21,8 +21,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="zray node agent (started by zray.init)")
     parser.add_argument("--session", required=True)
     parser.add_argument("--endpoint", required=True)
-    parser.add_argument("--broker-endpoint", required=True)
-    parser.add_argument("--broker-wal", required=True)
+    parser.add_argument("--gcs", required=True, help="the GCS shards' endpoints, in shard "
+                        "order, comma-separated")
     parser.add_argument("--store-path", required=True)
     parser.add_argument("--store-size", type=int, required=True)
     parser.add_argument("--resources", required=True, help='JSON, e.g. {"CPU": 2}')

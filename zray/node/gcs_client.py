@@ -1,69 +1,66 @@
-"""The agent's side of the GCS: it supervises its broker shard and reports rows to it.
+"""The agent's side of the GCS: it reports rows to the broker shards.
 
-Rows go out through ``BrokerLink`` (batched, acknowledged, resent after a broker restart),
-never on the hot path: the agent records and moves on. On a private cluster the agent also
-starts the broker shard and restarts it whenever it dies (DESIGN.md §3: "restarted by its
-node's supervisor"); the shard replays its write-ahead log when it comes back.
+Rows go out through one ``BrokerLink`` per shard (batched, acknowledged, resent after a
+shard restart), each row to the shard of its key (``shard_of``), never on the hot path: the
+agent records and moves on. The shards are not the agent's: their supervisor
+(zray/broker/supervisor.py) starts them and restarts them, so an agent's death leaves the
+GCS up.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 import time
 from typing import Any
 
 import zmq
 
 from zray.actors.mailbox import Actor
-from zray.broker.link import BrokerLink
+from zray.broker.link import BrokerLink, Fields
+from zray.broker.tables import shard_of
 from zray.config import Config
 from zray.node.object_table import ObjectEntry
 from zray.node.scheduler import Task
-from zray.node.worker_pool import wait_for_exit
 from zray.protocol import has_input
 
 log = logging.getLogger("zray.agent")
 
 
 class GcsClient:
-    def __init__(self, context: zmq.Context, endpoint: str, wal: str, node_id: bytes,
+    def __init__(self, context: zmq.Context, endpoints: list[str], node_id: bytes,
                  config: Config) -> None:
-        self._argv = [sys.executable, "-m", "zray.broker.shard", "--endpoint", endpoint,
-                      "--wal", wal, "--parent-pid", str(os.getpid())]
         self._config = config
-        self.stopping = False
         self._last_flush = 0.0
-        self._start()
-        self.link = BrokerLink(context, endpoint, node_id, config)
+        # Each link keeps at most its share of the task history queued, as each shard keeps.
+        share = max(1, config.max_task_history // len(endpoints))
+        self.links = [BrokerLink(context, endpoint, node_id, config, share)
+                      for endpoint in endpoints]
 
     @property
-    def fds(self) -> list[int]:
-        """What the agent's poller watches for us: the broker's pidfd."""
-        return [self.pidfd]
+    def sockets(self) -> list[zmq.Socket]:
+        return [link.socket for link in self.links]
 
-    def record(self, table: str, key: bytes, fields: dict[str, Any] | None,
+    def record(self, table: str, key: bytes, fields: Fields | None,
                blob: bytes | None = None) -> None:
-        self.link.record(table, key, fields, blob)
+        """Queue a row (``fields`` None deletes it) for the shard of ``key``; no I/O."""
+        self.links[shard_of(key, len(self.links))].record(table, key, fields, blob)
 
     def record_task(self, task: Task, pid: int = 0) -> None:
         # Its fields are laid out when the row is sent, from the task as it is then: a
         # task recorded several times before a flush costs one row, and a row dropped
         # unsent (BrokerLink.record) costs none.
-        self.link.record("tasks", task.spec.task_id, _TaskRow(task, pid, time.time()))
+        self.record("tasks", task.spec.task_id, _TaskRow(task, pid, time.time()))
 
     def record_object(self, entry: ObjectEntry | None, node_id: bytes) -> None:
         if entry is not None:
-            self.link.record("objects", entry.object_id, {
+            self.record("objects", entry.object_id, {
                 "object_id": entry.object_id.hex(), "job_id": entry.job_id.hex(),
                 "size": entry.size, "where": "inline" if entry.data is not None else "store",
                 "is_error": entry.is_error, "node_id": node_id.hex()})
 
     def record_actor(self, actor: Actor) -> None:
         options = actor.options
-        self.link.record("actors", actor.actor_id, {
+        self.record("actors", actor.actor_id, {
             "actor_id": actor.actor_id.hex(), "class_name": options.get("class_name"),
             "name": options.get("name"), "namespace": options.get("namespace"),
             "state": actor.state.name, "pid": actor.worker_pid,
@@ -72,56 +69,48 @@ class GcsClient:
     def pump(self) -> None:
         """Take acknowledgements; send queued rows once per poll period (so a key updated
         several times meanwhile goes out once) or as soon as a batch is full."""
-        while has_input(self.link.socket):
-            self.link.handle(self.link.socket.recv_multipart())
         now = time.monotonic()
         due = now - self._last_flush >= self._config.poll_interval_ms / 1000
-        if due or self.link.queued_rows() >= self._config.broker_batch_rows:
-            self.link.flush(now)
+        for link in self.links:
+            while has_input(link.socket):
+                link.handle(link.socket.recv_multipart())
+            if due or link.queued_rows() >= self._config.broker_batch_rows:
+                link.flush(now)
+        if due:
             self._last_flush = now
 
-    def on_broker_exit(self) -> None:
-        log.warning("broker shard (pid %d) %s; restarting it", self.proc.pid,
-                    f"exited with {self.proc.wait()}")
-        os.close(self.pidfd)
-        if not self.stopping:
-            self._start()
-
-    def _start(self) -> None:
-        self.proc = subprocess.Popen(self._argv, stdin=subprocess.DEVNULL)
-        self.pidfd = os.pidfd_open(self.proc.pid)
+    def unacked_rows(self) -> int:
+        return sum(link.unacked_rows() for link in self.links)
 
     def drain(self, timeout_s: float) -> None:
         """Send every row not yet acknowledged and wait, at most ``timeout_s``, until the
-        broker has stored them: a clean stop leaves its whole history in the log. Not if
-        the broker has never answered: it is still starting, and waiting for it would add
+        shards have stored them: a clean stop leaves its whole history in the logs. Not for
+        a shard that has never answered: it is still starting, and waiting for it would add
         its start-up to every short session's stop (a session that short keeps less)."""
-        if not self.link.acknowledged:
-            return
+        links = [link for link in self.links if link.acknowledged]
         deadline = time.monotonic() + timeout_s
-        while self.link.unacked_rows() and self.proc.poll() is None:
-            self.link.flush(time.monotonic())
+        poller = zmq.Poller()
+        for link in links:
+            poller.register(link.socket, zmq.POLLIN)
+        while any(link.unacked_rows() for link in links):
+            for link in links:
+                link.flush(time.monotonic())
             left = deadline - time.monotonic()
             if left <= 0:
-                log.warning("stopping with %d table rows the broker did not store in %.1fs",
-                            self.link.unacked_rows(), timeout_s)
+                log.warning("stopping with %d table rows the shards did not store in %.1fs",
+                            sum(link.unacked_rows() for link in links), timeout_s)
                 return
-            if self.link.socket.poll(int(min(left, 0.1) * 1000), zmq.POLLIN):
-                self.link.handle(self.link.socket.recv_multipart())
+            for sock, _ in poller.poll(int(min(left, 0.1) * 1000)):
+                next(link for link in links if link.socket is sock).handle(
+                    sock.recv_multipart())
 
-    def begin_stop(self) -> None:
-        """SIGTERM the broker (it closes its log); ``stop`` then waits for it."""
-        self.stopping = True
-        self.proc.terminate()
+    def stats(self) -> list[dict[str, Any]]:
+        """Each link's state, for ``zray status`` and tests."""
+        return [link.stats() for link in self.links]
 
-    def stop(self) -> None:
-        self.begin_stop()
-        wait_for_exit([self.proc], self._config.shutdown_timeout_s)
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        os.close(self.pidfd)
-        self.link.close()
+    def close(self) -> None:
+        for link in self.links:
+            link.close()
 
 
 class _TaskRow:

@@ -1,14 +1,16 @@
-"""Starting and stopping a private local cluster: one agent process, which starts the rest.
+"""Starting and stopping a private local cluster: an agent and the GCS's supervisor.
 
 ::
 
-    driver --Popen--> agent --Popen--> broker shard 0, workers
-      (the agent watches the driver's pidfd and stops everything if the driver dies)
+    driver --Popen--> agent --Popen--> workers
+           --Popen--> GCS supervisor --fork--> broker shards 0 .. K-1
+      (both watch the driver's pidfd: the agent stops its workers and sends its last rows;
+       the supervisor waits for it, stops the shards and ends the session)
 
 Everything a private cluster leaves on disk lives in one session directory (sockets, the
-broker's write-ahead log, the agent's log, a disk-backed arena if /dev/shm is too small)
-plus the arena file in /dev/shm; a clean stop keeps the logs in ZRAY_HOME and removes the
-rest (zray/node/sessions.py).
+shards' write-ahead logs, the agent's and the GCS's logs, a disk-backed arena if /dev/shm
+is too small) plus the arena file in /dev/shm; when the cluster ends the logs are kept in
+ZRAY_HOME and the rest is removed (zray/node/sessions.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from zray.broker.supervisor import endpoints
 from zray.config import Config
 from zray.exceptions import ZrayError
 from zray.ids import new_worker_id
@@ -44,11 +47,13 @@ class LocalCluster:
     endpoint: str
     store_path: str
     agent: subprocess.Popen[bytes]
+    gcs: subprocess.Popen[bytes]
     warning: str
     config: Config
 
     @classmethod
-    def start(cls, resources: dict[str, float], store_size: int, config: Config) -> LocalCluster:
+    def start(cls, resources: dict[str, float], store_size: int, config: Config,
+              gcs_shards: int = 1) -> LocalCluster:
         run = run_id()
         session = new_session_dir(run)
         endpoint = f"ipc://{session}/agent.sock"
@@ -60,17 +65,21 @@ class LocalCluster:
                 f"binds in it ({len(longest)} characters, at most {_MAX_SOCKET_PATH}); set "
                 "TMPDIR to a shorter directory, e.g. TMPDIR=/tmp")
         placement = place_arena(f"{os.path.basename(session)}-store", store_size, session)
+        env = _child_env(config, run)
         with open(os.path.join(session, "agent.log"), "wb") as log_file:
             agent = subprocess.Popen(
                 [sys.executable, "-m", "zray.node.boot", "--session", session,
-                 "--endpoint", endpoint, "--broker-endpoint", f"ipc://{session}/broker-0.sock",
-                 "--broker-wal", os.path.join(session, "broker-0.wal"),
+                 "--endpoint", endpoint, "--gcs", ",".join(endpoints(session, gcs_shards)),
                  "--store-path", placement.path, "--store-size", str(store_size),
                  "--resources", json.dumps(resources), "--owner-pid", str(os.getpid())],
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                env=_child_env(config, run),
-            )
-        return cls(session, endpoint, placement.path, agent, placement.warning, config)
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        with open(os.path.join(session, "gcs.log"), "wb") as log_file:
+            gcs = subprocess.Popen(
+                [sys.executable, "-m", "zray.broker.supervisor", "--session", session,
+                 "--shards", str(gcs_shards), "--parent-pid", str(os.getpid()),
+                 "--agent-pid", str(agent.pid), "--arena", placement.path],
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        return cls(session, endpoint, placement.path, agent, gcs, placement.warning, config)
 
     def why_not_running(self) -> str:
         """Empty while the agent runs; else how it ended, with the end of its log."""
@@ -85,11 +94,15 @@ class LocalCluster:
                 f"{_tail(log_path)}")
 
     def stop(self) -> None:
-        """Wait for the agent to finish its clean stop; kill it if it does not; tidy up."""
+        """Wait for the agent to finish its clean stop (its last rows stored), then stop
+        the GCS; kill what does not stop; end the session."""
         wait_for_exit([self.agent], self.config.shutdown_timeout_s)
-        if self.agent.poll() is None:
-            self.agent.kill()
-            self.agent.wait()
+        self.gcs.terminate()
+        wait_for_exit([self.gcs], self.config.shutdown_timeout_s)
+        for proc in (self.agent, self.gcs):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         end_session(self.session, self.config.kept_sessions)
         if os.path.exists(self.store_path):
             os.unlink(self.store_path)

@@ -29,8 +29,10 @@ import uuid
 from zray.exceptions import ZrayError
 
 SESSION_PREFIX = "zray-session-"
-# What an ended session keeps: the agent's log and every shard's SQLite files.
-_KEPT = ("agent.log", "broker-*.wal", "broker-*.wal-wal", "broker-*.wal-shm")
+# What an ended session keeps: the agent's and the GCS's logs, every shard's SQLite files,
+# and why a shard was given up on.
+_KEPT = ("agent.log", "gcs.log", "broker-*.wal", "broker-*.wal-wal", "broker-*.wal-shm",
+         "broker-*.failed")
 _RUN_ID = re.compile(r"[A-Za-z0-9_]{1,24}")
 
 
@@ -93,8 +95,9 @@ def end_session(session: str, kept_sessions: int) -> None:
         keep = [path for pattern in _KEPT for path in glob.glob(os.path.join(session, pattern))]
         if keep:
             destination = ended_path(session)
-            os.makedirs(destination, exist_ok=True)
-            for path in keep:
+            os.makedirs(destination, mode=0o700, exist_ok=True)
+            for path in keep:  # private: the logs hold pickled functions
+                os.chmod(path, 0o600)
                 shutil.move(path, os.path.join(destination, os.path.basename(path)))
         _forget_old(ended, kept_sessions)
     except OSError as exc:  # the logs are lost; the session's sockets and files go all the same

@@ -1,0 +1,99 @@
+"""Reading a GCS table of a session, live or post-mortem: what ``zray inspect`` shows.
+
+Each shard is asked over its socket while it runs; a shard that does not answer (stopped,
+restarting, given up on, or the whole session ended) is read from its write-ahead log
+instead, read-only. The shards' rows are merged oldest first by the time each key was
+first stored; ``limit`` keeps the newest overall. What was read, and anything a reader
+should know (a shard given up on, damaged rows skipped), comes back in ``notes``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from zray.broker.link import query
+from zray.broker.supervisor import endpoint, failed_path, wal_path
+from zray.broker.tables import StoredRow, merge_newest
+from zray.broker.wal import read_tables
+from zray.exceptions import ZrayError
+
+_SHARD_FILE = re.compile(r"broker-(\d+)\.(?:wal|sock)$")
+
+
+@dataclass
+class TableView:
+    rows: list[tuple[bytes, dict[str, Any]]]  # (key, fields), oldest first
+    dropped_tasks: int = 0  # older tasks the history bound did not keep
+    bad_rows: int = 0  # rows of a log that did not check (skipped)
+    notes: list[str] = field(default_factory=list)
+
+
+def shard_count(session: str) -> int:
+    """How many shards the session's GCS has (from the files they leave)."""
+    indexes = [int(m.group(1)) for path in glob.glob(os.path.join(session, "broker-*"))
+               if (m := _SHARD_FILE.search(path))]
+    return max(indexes) + 1 if indexes else 0
+
+
+def read_session(session: str, table: str, limit: int | None,
+                 max_task_history: int) -> TableView:
+    shards = shard_count(session)
+    if not shards:
+        raise ZrayError(f"no write-ahead log in {session}: is it a zray session directory?")
+    view = TableView([])
+    replies: list[list[StoredRow]] = []
+    for index in range(shards):
+        replies.append(_read_shard(session, index, shards, table, limit, max_task_history,
+                                   view))
+        failed = failed_path(session, index)
+        if os.path.exists(failed):
+            with open(failed) as f:
+                view.notes.append(f.read().strip())
+    view.rows = _decoded(merge_newest(replies, limit), table)
+    return view
+
+
+def read_wal(path: str, table: str, limit: int | None, max_task_history: int) -> TableView:
+    tables = read_tables(path, max_task_history)
+    rows = tables.rows(table, limit)
+    return TableView(_decoded(rows, table), tables.dropped_tasks, tables.bad_rows,
+                     [f"read the write-ahead log {path}"])
+
+
+def _read_shard(session: str, index: int, shards: int, table: str, limit: int | None,
+                max_task_history: int, view: TableView) -> list[StoredRow]:
+    sock = endpoint(session, index)
+    why = "its session has ended"
+    if os.path.exists(sock.removeprefix("ipc://")):
+        try:
+            reply = query([sock], table, limit, timeout_s=2.0)
+        except ZrayError as exc:
+            why = str(exc)
+        else:
+            if not reply.unanswered:
+                view.dropped_tasks += reply.dropped_tasks
+                view.bad_rows += reply.bad_rows
+                return reply.rows
+            why = reply.unanswered[0]
+    wal = wal_path(session, index)
+    if not os.path.exists(wal):
+        view.notes.append(f"shard {index} of {shards}: no answer ({why}) and no log at {wal}")
+        return []
+    tables = read_tables(wal, max(1, max_task_history // shards))
+    view.dropped_tasks += tables.dropped_tasks
+    view.bad_rows += tables.bad_rows
+    if why != "its session has ended":
+        view.notes.append(f"shard {index} of {shards} did not answer ({why}); read its log")
+    return tables.rows(table, limit)
+
+
+def _decoded(rows: list[StoredRow], table: str) -> list[tuple[bytes, dict[str, Any]]]:
+    try:
+        return [(row[0], json.loads(row[1])) for row in rows]
+    except (ValueError, TypeError) as exc:
+        raise ZrayError(f"the {table} table holds a row that is not JSON: {exc}") from exc
