@@ -284,7 +284,8 @@ class Disconnect(Message):
 @message(19)
 @dataclass(frozen=True, slots=True)
 class QueryAgent(Message):
-    """Ask the agent: "resources", "store", or "actor" (``args``: name, namespace)."""
+    """Ask the agent: "resources", "store", "gcs" (its links to the shards), or "actor"
+    (``args``: name, namespace)."""
 
     request_id: int
     what: str

@@ -458,6 +458,8 @@ class Agent:
             body = self.actors.lookup(str(msg.args.get("name")), namespace)
         elif msg.what == "actor_created":
             body = {"error": self.actors.refused_reason(bytes.fromhex(msg.args["actor_id"]))}
+        elif msg.what == "gcs":  # each shard's link: rows queued, batches in flight, ...
+            body = {"links": self.gcs.stats()}
         elif msg.what == "store":
             body = {"bytes_in_use": self.objects.bytes_in_store(),
                     "capacity": self.objects.allocator.capacity,

@@ -1,0 +1,142 @@
+"""The GCS as a cluster runs it (issue 12): K shards under their own supervisor, nothing
+acknowledged lost across shard kills, each key in its shard, read live or from the logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import psutil
+import pytest
+from conftest import gcs_shards, task_rows
+
+import zray
+from zray import api
+from zray.broker.reader import read_session
+from zray.broker.supervisor import endpoint
+from zray.broker.tables import shard_of
+from zray.ids import task_of
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def inspect(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "zray_cli.main", "inspect", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def inspect_task_ids(session: str) -> set[str]:
+    out = inspect("tasks", "--session", session, "--json")
+    assert out.returncode == 0, out.stderr
+    return {json.loads(line)["task_id"] for line in out.stdout.splitlines()}
+
+
+def links() -> list[dict[str, Any]]:
+    from zray import core
+
+    client = core.current()
+    assert client is not None
+    return client.query("gcs")["links"]
+
+
+def wait_until(check: Any, timeout_s: float = 30.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what or check}"
+        time.sleep(0.02)
+
+
+@zray.remote
+def short(i: int) -> int:
+    return i
+
+
+def test_shard_kills_lose_nothing_acknowledged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Five times, a random shard is stopped until at least 3 batches to it are in flight,
+    then SIGKILLed; its supervisor restarts it, it replays its log, the agent resends.
+    Afterwards the GCS lists exactly the tasks the driver submitted."""
+    monkeypatch.setenv("ZRAY_BROKER_ACK_TIMEOUT_S", "0.5")
+    zray.init(num_cpus=2, _gcs_shards=2)
+    rng = random.Random(12)
+    submitted: list[str] = []
+    done = threading.Event()
+
+    def submit() -> None:
+        while not done.is_set() and len(submitted) < 6000:
+            refs = [short.remote(i) for i in range(50)]
+            submitted.extend(task_of(ref.id).hex() for ref in refs)
+            zray.get(refs)
+
+    try:
+        session = api._cluster.session  # type: ignore[union-attr]
+        thread = threading.Thread(target=submit)
+        thread.start()
+        kills = 0
+        try:
+            while kills < 5:
+                shards = wait_until(lambda: len(gcs_shards()) == 2 and gcs_shards(),
+                                    what="both shards up")
+                victim = rng.choice(shards)
+                victim.send_signal(signal.SIGSTOP)
+                wait_until(lambda: max(link["in_flight"] for link in links()) >= 3,
+                           what="3 batches in flight")
+                time.sleep(rng.uniform(0, 0.05))
+                victim.send_signal(signal.SIGKILL)
+                victim.wait(10)
+                kills += 1
+        finally:
+            done.set()
+            thread.join(60)
+        assert len(submitted) >= 1000
+        wait_until(lambda: not any(link["queued"] or link["in_flight"] for link in links()),
+                   what="every row acknowledged")
+        assert sum(link["resent_batches"] for link in links()) > 0
+        assert inspect_task_ids(session) == set(submitted)
+        # With 2 shards, each holds 30-70% of the tasks.
+        share = sum(shard_of(bytes.fromhex(t), 2) == 0 for t in submitted) / len(submitted)
+        assert 0.3 < share < 0.7
+    finally:
+        zray.shutdown()
+
+
+def test_killing_the_agent_leaves_the_gcs_up_and_a_stopped_shard_is_read_from_its_log(
+) -> None:
+    zray.init(num_cpus=1, _gcs_shards=2)
+    try:
+        cluster = api._cluster
+        assert cluster is not None
+        refs = [short.remote(i) for i in range(40)]
+        zray.get(refs)
+        ids = {task_of(ref.id).hex() for ref in refs}
+        wait_until(lambda: {r["task_id"] for r in task_rows(cluster.session)} >= ids)
+        shards = {proc.pid for proc in gcs_shards()}
+        cluster.agent.kill()
+        cluster.agent.wait(10)
+        time.sleep(0.3)
+        assert {proc.pid for proc in gcs_shards()} == shards  # the GCS is not the agent's
+        view = read_session(cluster.session, "tasks", None, 10_000)
+        assert {fields["task_id"] for _, fields in view.rows} >= ids
+        assert view.notes == []  # both answered, live
+        # One shard stopped: the other's keys still answer; the stopped one's are read
+        # from its log, and inspect says so.
+        stopped = psutil.Process(sorted(shards)[0])
+        stopped.send_signal(signal.SIGSTOP)
+        try:
+            view = read_session(cluster.session, "tasks", None, 10_000)
+        finally:
+            stopped.send_signal(signal.SIGCONT)
+        assert {fields["task_id"] for _, fields in view.rows} >= ids
+        assert len(view.notes) == 1 and "did not answer" in view.notes[0]
+        assert os.path.exists(endpoint(cluster.session, 1).removeprefix("ipc://"))
+    finally:
+        zray.shutdown()
