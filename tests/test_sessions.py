@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -147,3 +148,61 @@ def test_zray_home_keeps_only_the_newest_sessions(tmp_path):
 def test_a_bad_run_marker_is_named():
     out = driver("zray.init(num_cpus=1)", {"ZRAY_RUN_ID": "../../etc"})
     assert out.returncode == 1 and "ZRAY_RUN_ID='../../etc'" in out.stderr, out.stderr
+
+
+_KILLED_DRIVER = """
+    import os, signal, time, zray
+    from zray import api
+    from zray.broker.reader import read_session
+    zray.init(num_cpus=1, _gcs_shards=2)
+    @zray.remote
+    def remembered(i):
+        return i
+    assert zray.get([remembered.remote(i) for i in range(20)]) == list(range(20))
+    session = api._cluster.session
+    while len(read_session(session, "tasks", None, 100).rows) < 20:
+        time.sleep(0.01)
+    print(session, api._cluster.store_path, flush=True)
+    os.{kill}
+"""
+
+
+def inspect_names(home, *args: str) -> list[str]:
+    out = subprocess.run([sys.executable, "-m", "zray_cli.main", "inspect", "tasks", "--json",
+                          *args], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "ZRAY_HOME": str(home)})
+    assert out.returncode == 0, out.stderr
+    assert "read the ended session" in out.stderr or "--session" in args, out.stderr
+    return [json.loads(line)["name"].rsplit(".", 1)[-1] for line in out.stdout.splitlines()]
+
+
+def test_a_killed_drivers_session_is_ended_by_the_gcs_and_kept_for_inspect(tmp_path):
+    out = driver(_KILLED_DRIVER.format(kill="kill(os.getpid(), signal.SIGKILL)"),
+                 {"ZRAY_HOME": str(tmp_path)})
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    session, arena = out.stdout.split()
+    wait_until(lambda: not os.path.exists(session) and not os.path.exists(arena))
+    ended = tmp_path / "sessions" / os.path.basename(session)
+    assert {"agent.log", "gcs.log", "broker-0.wal", "broker-1.wal"} <= set(os.listdir(ended))
+    assert oct(os.stat(ended).st_mode & 0o777) == "0o700"
+    assert {oct(os.stat(ended / f).st_mode & 0o777) for f in os.listdir(ended)} == {"0o600"}
+    assert inspect_names(tmp_path) == ["remembered"] * 20
+
+
+def test_init_reaps_a_session_whose_processes_were_all_killed(tmp_path):
+    """A process group killed with SIGKILL leaves its session directory and its arena; the
+    next init of this user ends that session: its logs kept, the rest removed."""
+    script = "import zray\n" + textwrap.dedent(
+        _KILLED_DRIVER.format(kill="killpg(0, signal.SIGKILL)"))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, start_new_session=True,
+                         env={**os.environ, "ZRAY_HOME": str(tmp_path)})
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    session, arena = out.stdout.split()
+    time.sleep(0.5)
+    assert os.path.exists(session) and os.path.exists(arena)  # nobody left to tidy up
+    assert driver("zray.init(num_cpus=1)\nzray.shutdown()",
+                  {"ZRAY_HOME": str(tmp_path)}).returncode == 0
+    assert not os.path.exists(session) and not os.path.exists(arena)
+    ended = tmp_path / "sessions" / os.path.basename(session)
+    assert inspect_names(tmp_path, "--session", str(ended)) == ["remembered"] * 20

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -26,7 +27,15 @@ from zray.config import Config
 from zray.exceptions import ZrayError
 from zray.ids import new_worker_id
 from zray.malloc import MALLOC_ENV
-from zray.node.sessions import end_session, ended_path, new_session_dir, run_id
+from zray.node.sessions import (
+    add_processes,
+    claim,
+    end_session,
+    ended_path,
+    new_session_dir,
+    reap_dead_sessions,
+    run_id,
+)
 from zray.node.worker_pool import describe_exit, wait_for_exit
 from zray.objects.store import place_arena
 
@@ -54,6 +63,7 @@ class LocalCluster:
     @classmethod
     def start(cls, resources: dict[str, float], store_size: int, config: Config,
               gcs_shards: int = 1) -> LocalCluster:
+        reap_dead_sessions(config.kept_sessions)
         run = run_id()
         session = new_session_dir(run)
         endpoint = f"ipc://{session}/agent.sock"
@@ -64,7 +74,11 @@ class LocalCluster:
                 f"the session directory {session} is too long for the Unix sockets zray "
                 f"binds in it ({len(longest)} characters, at most {_MAX_SOCKET_PATH}); set "
                 "TMPDIR to a shorter directory, e.g. TMPDIR=/tmp")
-        placement = place_arena(f"{os.path.basename(session)}-store", store_size, session)
+        # The arena's name has a secret part: the session directory's name is in a listing
+        # anyone can read, and another user must not be able to create the arena first.
+        placement = place_arena(f"{os.path.basename(session)}-{secrets.token_hex(8)}",
+                                store_size, session)
+        claim(session, placement.path)
         env = _child_env(config, run)
         with open(os.path.join(session, "agent.log"), "wb") as log_file:
             agent = subprocess.Popen(
@@ -79,6 +93,7 @@ class LocalCluster:
                  "--shards", str(gcs_shards), "--parent-pid", str(os.getpid()),
                  "--agent-pid", str(agent.pid), "--arena", placement.path],
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        add_processes(session, [agent.pid, gcs.pid])
         return cls(session, endpoint, placement.path, agent, gcs, placement.warning, config)
 
     def why_not_running(self) -> str:

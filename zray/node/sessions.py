@@ -19,6 +19,7 @@ environment has none.
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import re
@@ -106,6 +107,88 @@ def end_session(session: str, kept_sessions: int) -> None:
             os.environ.get("ZRAY_HOME", "ZRAY_HOME"), exc)
     finally:
         shutil.rmtree(session, ignore_errors=True)
+
+
+# --- who a session belongs to, and reaping the dead ones ----------------------------------
+
+_OWNER = "owner.json"  # {"processes": [[pid, start time], ...], "arena": path}
+
+
+def claim(session: str, arena: str) -> None:
+    """Record this process (the driver) as the session's owner, and where its arena is."""
+    _write_owner(session, {"processes": [_identity(os.getpid())], "arena": arena})
+
+
+def add_processes(session: str, pids: list[int]) -> None:
+    """Record more processes of the session (its agent, its GCS supervisor): while any of
+    them lives, the session is not dead."""
+    owner = _read_owner(session)
+    if owner is not None:
+        owner["processes"] += [_identity(pid) for pid in pids]
+        _write_owner(session, owner)
+
+
+def reap_dead_sessions(kept_sessions: int) -> list[str]:
+    """End every session of this user whose processes are all gone (a process group killed
+    with SIGKILL leaves its session directory and its arena): keep its logs in ZRAY_HOME,
+    remove the rest. A process is known by its pid and start time, so a reused pid does not
+    keep a dead session alive. Returns the sessions reaped."""
+    reaped = []
+    for session in live_sessions():
+        try:
+            if os.stat(session).st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        owner = _read_owner(session)
+        if owner is None or any(_alive(pid, started) for pid, started in owner["processes"]):
+            continue  # (no owner file: one being made this moment, or an older zray's)
+        arena = owner.get("arena")
+        if isinstance(arena, str) and os.path.basename(arena).startswith(SESSION_PREFIX):
+            try:
+                os.unlink(arena)
+            except OSError:
+                pass
+        end_session(session, kept_sessions)
+        reaped.append(session)
+    return reaped
+
+
+def _identity(pid: int) -> list[int]:
+    return [pid, _start_time(pid)]
+
+
+def _start_time(pid: int) -> int:
+    """The process's start time (clock ticks since boot; -1 if it is gone, or a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return -1
+    fields = stat.rsplit(b")", 1)[1].split()  # (after the name, which may hold spaces)
+    return -1 if fields[0] == b"Z" else int(fields[19])  # fields 3 and 22: state, start
+
+
+def _alive(pid: int, started: int) -> bool:
+    return _start_time(pid) == started != -1
+
+
+def _read_owner(session: str) -> dict | None:
+    try:
+        with open(os.path.join(session, _OWNER)) as f:
+            owner = json.load(f)
+        if isinstance(owner, dict) and isinstance(owner.get("processes"), list):
+            return owner
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _write_owner(session: str, owner: dict) -> None:
+    path = os.path.join(session, _OWNER)
+    with open(path + ".new", "w") as f:
+        json.dump(owner, f)
+    os.replace(path + ".new", path)
 
 
 def ended_sessions(run: str = "*") -> list[str]:
