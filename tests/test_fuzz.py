@@ -632,7 +632,7 @@ def test_fuzz_every_socket_leaves_the_cluster_working(tmp_path: Any, capsys: Any
 # task). A worker's task socket runs what it is sent (a task that cannot run fails to its
 # owner). A direct socket drops answers, cancels and hand-backs about tasks it does not
 # know: stale ones are normal (an attempt given up on).
-SILENT = {"agent": {"Disconnect", "Blocked", "Unblocked"},
+SILENT = {"agent": {"Disconnect", "Blocked", "Unblocked", "TaskStarted"},
           "t-": {"ExecuteTask", "Batch"},
           "d-": {"TaskDone", "Batch", "NotStarted", "CancelRunning"}}
 

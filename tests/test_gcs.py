@@ -140,3 +140,46 @@ def test_killing_the_agent_leaves_the_gcs_up_and_a_stopped_shard_is_read_from_it
         assert os.path.exists(endpoint(cluster.session, 1).removeprefix("ipc://"))
     finally:
         zray.shutdown()
+
+
+def test_inspect_shows_true_states_with_the_time_of_each() -> None:
+    """Leased tasks running show RUNNING (the README's example), an actor's creation is
+    FINISHED once it is alive, and each row keeps the time of every state it entered."""
+    zray.init(num_cpus=2)
+    try:
+        session = api._cluster.session  # type: ignore[union-attr]
+
+        @zray.remote
+        def slow(i: int) -> int:
+            time.sleep(1.5)
+            return i
+
+        @zray.remote
+        class Counter:
+            def ping(self) -> int:
+                return 1
+
+        counter = Counter.remote()
+        assert zray.get(counter.ping.remote()) == 1
+        refs = [slow.remote(i) for i in range(2)]
+        running = {task_of(ref.id).hex() for ref in refs}
+
+        def listed_running() -> set[str]:
+            out = inspect("tasks", "--session", session, "--filter", "state=RUNNING",
+                          "--json")
+            return {json.loads(line)["task_id"] for line in out.stdout.splitlines()}
+
+        assert wait_until(lambda: listed_running() == running, 1.2, "RUNNING rows")
+        assert zray.get(refs) == [0, 1]
+        rows = {r["name"].rsplit(".", 1)[-1]: r for r in wait_until(
+            lambda: [r for r in task_rows(session) if r["state"] in ("FINISHED", "FAILED")]
+            if len(task_rows(session)) == 4 and all(
+                r["state"] == "FINISHED" for r in task_rows(session)) else [],
+            what="four FINISHED rows")}
+        assert set(rows) == {"__init__", "ping", "slow"}
+        slow_times = rows["slow"]["times"]
+        assert list(slow_times) == ["WAITING_DEPS", "QUEUED", "RUNNING", "FINISHED"]
+        assert slow_times["FINISHED"] - slow_times["RUNNING"] >= 1.4
+        assert rows["__init__"]["state"] == "FINISHED" and rows["__init__"]["pid"] > 0
+    finally:
+        zray.shutdown()

@@ -64,6 +64,9 @@ from zray.specs import FunctionDescriptor, TaskContext, TaskOptions
 log = logging.getLogger("zray")
 
 _CHORES_EVERY_S = 0.001
+# A leased task still running after this long is reported to the agent (TaskStarted), so
+# the GCS shows it RUNNING; shorter ones are not worth a message.
+_REPORT_RUNNING_AFTER_S = 0.05
 
 _runtime: CoreClient | None = None
 
@@ -128,6 +131,9 @@ class CoreClient:
         self._request_ids = itertools.count(1)
         self._exported: set[bytes] = set()
         self._broken = ""
+        # Leased tasks this worker runs: task id -> [attempt, since (monotonic), wall
+        # clock, reported]; set by zray/node/execution.py, read by the I/O thread.
+        self.running: dict[bytes, list[Any]] = {}
         self._complaints = RateLimitedLog(log)
         self._stopping = False
         self._io: threading.Thread | None = None
@@ -262,12 +268,20 @@ class CoreClient:
                     if self.leasing is not None:
                         self.leasing.expire_idle(now)
                     self.actor_calls.flush(now)
+                    self._report_running(now)
                     self.tx.flush(now)
                     last_chores = now
             except Exception as exc:  # without this thread nothing wakes a waiter again
                 log.exception("zray's I/O thread failed")
                 self._fail(f"zray's I/O thread failed: {exc!r}")
                 return
+
+    def _report_running(self, now: float) -> None:
+        for task_id, entry in list(self.running.items()):
+            attempt, since, started, reported = entry
+            if not reported and now - since >= _REPORT_RUNNING_AFTER_S:
+                entry[3] = True  # (sent, not deferred: a deferred message would send the
+                self.tx.send(p.TaskStarted(task_id, attempt, started))  # answer via the agent)
 
     def _take_direct(self) -> None:
         """Every message waiting on the direct socket; the answers among them are taken

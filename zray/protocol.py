@@ -436,6 +436,18 @@ class Rejected(Message):
     reason: str
 
 
+@message(39)
+@dataclass(frozen=True, slots=True)
+class TaskStarted(Message):
+    """Worker to agent: a task sent on a lease has been running since ``started`` (wall
+    clock); sent only for one still running after a moment, so ``zray inspect`` shows it
+    RUNNING (the agent hears of a leased task otherwise only when it is done)."""
+
+    task_id: bytes
+    attempt: int
+    started: float
+
+
 @message(36)
 @dataclass(frozen=True, slots=True)
 class Processed(Message):

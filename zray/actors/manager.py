@@ -72,6 +72,7 @@ class ActorManager:
 
     def _place(self, actor: Actor) -> None:
         """Reserve the actor's resources and start its worker, or wait for resources."""
+        self._creation_moves(actor, TaskState.WAITING_DEPS, TaskState.QUEUED)
         resources = actor.creation.spec.resources
         gpu_ids = self.agent.scheduler.reserve(resources)
         if gpu_ids is None:
@@ -106,8 +107,17 @@ class ActorManager:
             self.agent.pool.kill(self.agent.pool.by_pid[pid])
             return True
         self.directory.attach_worker(actor, client_id, pid)
+        self._creation_moves(actor, TaskState.QUEUED, TaskState.RUNNING)
         self.agent.send_execute(actor.creation, client_id, actor.gpu_ids)
         return True
+
+    def _creation_moves(self, actor: Actor, old: TaskState, new: TaskState) -> None:
+        """The creation task's first run, as the GCS shows it (WAITING_DEPS, QUEUED,
+        RUNNING, then FINISHED once the actor is alive, or FAILED if __init__ raised);
+        restarts show in the actor's row, not here."""
+        if actor.creation.state is old:
+            actor.creation.move(new)
+            self.agent.gcs.record_task(actor.creation)
 
     def refused_reason(self, actor_id: bytes) -> str:
         return self.refused.pop(actor_id, "")
@@ -221,8 +231,10 @@ class ActorManager:
 
     def _created(self, actor: Actor, msg: p.TaskDone) -> None:
         if msg.results and msg.results[0][4]:  # __init__ raised: the actor is dead for good
+            self._creation_moves(actor, TaskState.RUNNING, TaskState.FAILED)
             self._bury(actor, failures.error_text(msg.results[0][1]), kill=True)
             return
+        self._creation_moves(actor, TaskState.RUNNING, TaskState.FINISHED)
         actor.move(ActorState.ALIVE)
         self.agent.gcs.record_actor(actor)
 

@@ -102,6 +102,7 @@ class Agent:
             p.QueryAgent: self.on_query, p.KillActor: self.on_kill,
             p.CancelTask: self.on_cancel, p.RequestLease: self.leases.request,
             p.ReturnLease: self.leases.give_back, p.CallsReported: self.actors.calls_reported,
+            p.TaskStarted: self.leases.started,
         }
         self.scheduler.starting = len(pool.by_pid)
 

@@ -29,6 +29,7 @@ _IDS: dict[type[p.Message], dict[str, tuple[int, ...]]] = {
     p.SubmitTask: {"task_id": (TASK_ID_BYTES,), "deps": (OBJECT_ID_BYTES,), "contained": _REF},
     p.TaskDone: {"task_id": (TASK_ID_BYTES,), "contained": _REF},
     p.Blocked: {"task_id": (TASK_ID_BYTES,)},
+    p.TaskStarted: {"task_id": (TASK_ID_BYTES,)},
     p.Unblocked: {"task_id": (TASK_ID_BYTES,)},
     p.Subscribe: {"object_ids": (OBJECT_ID_BYTES,)},
     p.PutObject: {"object_id": (OBJECT_ID_BYTES,), "contained": _REF},

@@ -60,6 +60,8 @@ def _enter(client: CoreClient, task: p.ExecuteTask) -> float:
     started = time.perf_counter()
     client.context = TaskContext(TaskID(task.task_id), task.name, task.job_id,
                                  list(task.gpu_ids), task.attempt)
+    if task.owner and not task.actor_id:  # a leased task: the agent hears when it is done
+        client.running[task.task_id] = [task.attempt, time.monotonic(), time.time(), False]
     visible = ",".join(map(str, task.gpu_ids))
     if os.environ.get("CUDA_VISIBLE_DEVICES") != visible:  # (a putenv per task otherwise)
         os.environ["CUDA_VISIBLE_DEVICES"] = visible
@@ -127,6 +129,7 @@ def hand_in(client: CoreClient, outcome: Outcome) -> None:
     one connection keeps that order. Refs inside the results stay held until the TaskDone
     that pins them has gone: the caller keeps ``outcome`` until this returns."""
     done = outcome[0]
+    client.running.pop(done.task_id, None)
     finish_lines()
     if not done.owner or done.contained or client.tx.agent_first():
         client.tx.send(done)

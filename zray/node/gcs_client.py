@@ -49,7 +49,9 @@ class GcsClient:
         # Its fields are laid out when the row is sent, from the task as it is then: a
         # task recorded several times before a flush costs one row, and a row dropped
         # unsent (BrokerLink.record) costs none.
-        self.record("tasks", task.spec.task_id, _TaskRow(task, pid, time.time()))
+        if pid:
+            task.pid = pid
+        self.record("tasks", task.spec.task_id, _TaskRow(task, time.time()))
 
     def record_object(self, entry: ObjectEntry | None, node_id: bytes) -> None:
         if entry is not None:
@@ -116,15 +118,16 @@ class GcsClient:
 class _TaskRow:
     """A task's row in the GCS, laid out on demand (see record_task)."""
 
-    __slots__ = ("task", "pid", "at")
+    __slots__ = ("task", "at")
 
-    def __init__(self, task: Task, pid: int, at: float) -> None:
-        self.task, self.pid, self.at = task, pid, at
+    def __init__(self, task: Task, at: float) -> None:
+        self.task, self.at = task, at
 
     def __call__(self) -> dict[str, Any]:
         spec = self.task.spec
         row = {"task_id": spec.task_id.hex(), "name": spec.name, "job_id": spec.job_id.hex(),
-               "state": self.task.state.name, "attempt": self.task.attempt, "time": self.at}
-        if self.pid:
-            row["pid"] = self.pid
+               "state": self.task.state.name, "attempt": self.task.attempt, "time": self.at,
+               "times": dict(self.task.times)}  # every state it entered, and when
+        if self.task.pid:
+            row["pid"] = self.task.pid
         return row

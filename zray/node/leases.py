@@ -20,6 +20,7 @@ them and passes them on. Such a report can overtake the owner's notice: it waits
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from zray import protocol as p
@@ -114,10 +115,21 @@ class LeaseManager:
             return  # the owner decides on a retry
         del self.direct[msg.task_id]
         task.attempt = msg.attempt
-        task.move(TaskState.RUNNING)
+        if task.state is TaskState.QUEUED:  # (no TaskStarted: it was short)
+            task.move(TaskState.RUNNING, time.time() - msg.seconds)
         task.move(TaskState.FAILED if failures.any_error(msg.results) else TaskState.FINISHED)
         self.agent.finish_task(task, msg.results, msg.contained)
         self.agent.relay(client_id, msg)
+
+    def started(self, client_id: bytes, msg: p.TaskStarted) -> None:
+        """A leased task has been running a while (its worker says): RUNNING from then."""
+        task = self.direct.get(msg.task_id)
+        client = self.agent.clients.get(client_id)
+        if (task is None or task.state is not TaskState.QUEUED or msg.attempt != task.attempt
+                or client is None or client.worker is None):
+            return  # done meanwhile (the report overtook it), or not one of ours: stale
+        task.move(TaskState.RUNNING, msg.started)
+        self.agent.gcs.record_task(task, client.worker.pid)
 
     # --- an owner leaves -------------------------------------------------------------
 

@@ -12,6 +12,7 @@ start. Task lifecycle (an illegal move raises and changes nothing)::
 from __future__ import annotations
 
 import enum
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -51,12 +52,18 @@ class Task:
     infeasible: bool = False
     cancelled: bool = False
     lease: bool = False  # a worker leased to ``submitter`` (zray/node/leases.py), not a task
+    times: dict[str, float] = field(default_factory=dict)  # state -> when it was last entered
+    pid: int = 0  # the worker process it ran in last (for the GCS)
 
-    def move(self, state: TaskState) -> None:
+    def __post_init__(self) -> None:
+        self.times[self.state.value] = time.time()  # submitted
+
+    def move(self, state: TaskState, at: float | None = None) -> None:
         if state not in TRANSITIONS[self.state]:
             raise ValueError(f"task {self.spec.name} {self.spec.task_id.hex()[:12]}: "
                              f"{self.state.name} -> {state.name} is not allowed")
         self.state = state
+        self.times[state.value] = time.time() if at is None else at
 
 
 @dataclass(frozen=True)
