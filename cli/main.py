@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     if view.bad_rows:
         print(f"zray inspect: {view.bad_rows} damaged rows of the logs skipped (see the "
               "shards' log, gcs.log)", file=sys.stderr)
+    if view.unread:
+        print(f"zray inspect: the rows of {view.unread} shards are missing (above: why)",
+              file=sys.stderr)
+        return 2
     return 0
 
 

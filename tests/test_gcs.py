@@ -183,3 +183,42 @@ def test_inspect_shows_true_states_with_the_time_of_each() -> None:
         assert rows["__init__"]["state"] == "FINISHED" and rows["__init__"]["pid"] > 0
     finally:
         zray.shutdown()
+
+
+def test_a_shard_whose_log_is_damaged_is_given_up_on_while_tasks_run() -> None:
+    """Its restarts fail (the log does not open), with backoff; after 5 the supervisor
+    gives up, says why in broker-0.failed, and inspect shows the other shard's rows, the
+    reason, and exits 2. Tasks run all along."""
+    zray.init(num_cpus=1, _gcs_shards=2)
+    try:
+        session = api._cluster.session  # type: ignore[union-attr]
+        assert zray.get([short.remote(i) for i in range(20)]) == list(range(20))
+        shards = wait_until(lambda: len(gcs_shards()) == 2 and gcs_shards())
+        wal = os.path.join(session, "broker-0.wal")
+        with open(wal, "r+b") as f:
+            f.write(os.urandom(4096))
+        for suffix in ("-wal", "-shm"):
+            if os.path.exists(wal + suffix):
+                os.unlink(wal + suffix)
+        for shard in shards:
+            shard.send_signal(signal.SIGKILL)
+        started = time.monotonic()
+        failed = os.path.join(session, "broker-0.failed")
+        while not os.path.exists(failed):
+            assert zray.get(short.remote(1)) == 1  # tasks keep running
+            assert time.monotonic() - started < 30, "the supervisor never gave up"
+        assert time.monotonic() - started >= 1.4  # 0.1 + 0.2 + 0.4 + 0.8 s of backoff
+        with open(failed) as f:
+            reason = f.read()
+        assert "broker shard 0 exited with code 1 5 times in a row" in reason
+        out = inspect("tasks", "--session", session, "--json")
+        assert out.returncode == 2, out.stderr
+        assert "given up" in out.stderr and "broker-0.wal" in out.stderr
+        rows = [json.loads(line) for line in out.stdout.splitlines()]
+        assert rows and all(shard_of(bytes.fromhex(r["task_id"]), 2) == 1 for r in rows)
+        with open(os.path.join(session, "gcs.log")) as f:
+            restarts = [line for line in f if "broker shard 0 (pid" in line
+                        and "restarting it in" in line]
+        assert len(restarts) == 5  # after the kill, then after each of 4 failed starts
+    finally:
+        zray.shutdown()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -158,3 +160,55 @@ def test_the_schema_version_is_kept_and_checked(tmp_path: Path) -> None:
     db.commit()
     db.close()
     assert keys(read_tables(old, 10), "tasks") == [b"\x01"]
+
+
+_KILLED_WRITER = """
+import os, sys
+from zray.broker.wal import WriteAheadLog
+wal = WriteAheadLog(sys.argv[1])
+for i in range(40):
+    rows = [("tasks", f"t{i}-{j}".encode(), '{"state": "FINISHED"}', b"x" * 300)
+            for j in range(6)]
+    wal.append([(rows, float(i), b"node", i + 1)])
+os._exit(0)  # as SIGKILL would: no checkpoint, the -wal and -shm files stay
+"""
+
+
+def killed_writers_log(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(path)], check=True, timeout=60)
+    assert (tmp_path / f"{name}-wal").stat().st_size > 40 * 4096
+    return path
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_writers_log_reads_whole(tmp_path: Path) -> None:
+    path = killed_writers_log(tmp_path, "whole.wal")
+    assert len(read_tables(path, 10_000).rows("tasks")) == 240
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("damage", ["cut", "garbled", "header"])
+def test_a_damaged_wal_file_is_named_never_half_read(tmp_path: Path, damage: str) -> None:
+    """Cut short, one frame garbled in the middle, or a bad header: SQLite alone would read
+    an older state and say nothing (12 FINISHED instead of 234, in the issue)."""
+    path = killed_writers_log(tmp_path, "damaged.wal")
+    wal_file = tmp_path / "damaged.wal-wal"
+    data = bytearray(wal_file.read_bytes())
+    frame = 24 + 4096
+    if damage == "cut":
+        data = data[: 32 + 10 * frame + 100]
+    elif damage == "garbled":
+        data[32 + 5 * frame + 24 + 1000 : 32 + 5 * frame + 24 + 1010] = b"\xff" * 10
+    else:
+        data[0:4] = b"\x00\x00\x00\x00"
+    wal_file.write_bytes(bytes(data))
+    expected = {"cut": "cut short", "garbled": "frame 6 .* fails its checksum",
+                "header": "no valid header"}[damage]
+    with pytest.raises(ZrayError, match=f"damaged.wal.*{expected}.*mv .*damaged.wal-wal"):
+        read_tables(path, 10_000)
+    with pytest.raises(ZrayError, match=expected):
+        WriteAheadLog(path)
+    wal_file.rename(tmp_path / "damaged.wal-wal.damaged")  # as the error says: then the
+    (tmp_path / "damaged.wal-shm").unlink()  # main file reads, older but whole
+    read_tables(path, 10_000)

@@ -31,6 +31,7 @@ class TableView:
     dropped_tasks: int = 0  # older tasks the history bound did not keep
     bad_rows: int = 0  # rows of a log that did not check (skipped)
     notes: list[str] = field(default_factory=list)
+    unread: int = 0  # shards neither running nor readable from their log: rows missing
 
 
 def shard_count(session: str) -> int:
@@ -81,10 +82,12 @@ def _read_shard(session: str, index: int, shards: int, table: str, limit: int | 
                 return reply.rows
             why = reply.unanswered[0]
     wal = wal_path(session, index)
-    if not os.path.exists(wal):
-        view.notes.append(f"shard {index} of {shards}: no answer ({why}) and no log at {wal}")
+    try:
+        tables = read_tables(wal, max(1, max_task_history // shards))
+    except ZrayError as exc:  # its rows are missing from the view, and it says so
+        view.notes.append(f"shard {index} of {shards}: no answer ({why}); {exc}")
+        view.unread += 1
         return []
-    tables = read_tables(wal, max(1, max_task_history // shards))
     view.dropped_tasks += tables.dropped_tasks
     view.bad_rows += tables.bad_rows
     if why != "its session has ended":

@@ -22,6 +22,7 @@ import logging
 import os
 import pathlib
 import sqlite3
+import struct
 from collections.abc import Iterable, Iterator
 
 from zray.broker.tables import Row, Tables, check_row
@@ -76,6 +77,7 @@ class WriteAheadLog:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = str(path)
+        check_wal_file(self.path)  # before SQLite reads (and folds in) what it can of it
         with _converted(self.path, "open"):
             # Autocommit mode: every transaction below is an explicit BEGIN ... COMMIT.
             self._db = sqlite3.connect(self.path, isolation_level=None)
@@ -147,6 +149,7 @@ def read_tables(path: str | os.PathLike[str], max_task_history: int) -> Tables:
     A log of an older schema is read as it was written; a newer one is refused."""
     if not os.path.exists(path):
         raise ZrayError(f"no write-ahead log at {path}")
+    check_wal_file(str(path))
     uri = pathlib.Path(path).absolute().as_uri() + "?mode=ro"
     tables = Tables(max_task_history=max_task_history)
     with _converted(str(path), "read-only open"):
@@ -163,6 +166,93 @@ def read_tables(path: str | os.PathLike[str], max_task_history: int) -> Tables:
         finally:
             db.close()
     return tables
+
+
+def check_wal_file(path: str) -> None:
+    """Raise ZrayError if the log's ``-wal`` file (what a killed shard leaves: committed
+    transactions not yet folded into the main file) is damaged. SQLite reads such a file up
+    to its first bad frame and silently ignores the rest, committed or not: the log would
+    come back older than what was acknowledged. Damage is: a bad header; a frame that fails
+    its checksum with frames of the same generation after it; or fewer good frames than the
+    wal-index (``-shm``) says were committed and not yet copied into the main file. A frame
+    left half-written by a kill (the file's end) is no damage: it was never committed."""
+    try:
+        with open(path + "-wal", "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return
+    if len(data) < _WAL_HEADER.size:
+        return  # empty (or never written past a partial header): nothing committed
+    magic, _, page_size, _, salt1, salt2, sum1, sum2 = _WAL_HEADER.unpack_from(data)
+    if magic not in (0x377F0682, 0x377F0683) or not 512 <= page_size <= 65536:
+        raise ZrayError(f"write-ahead log {path}: its -wal file has no valid header; "
+                        f"{_DAMAGED_HINT.format(path=path)}")
+    order = ">" if magic & 1 else "<"
+    if _checksum(data[:24], order, (0, 0)) != (sum1, sum2):
+        raise ZrayError(f"write-ahead log {path}: the -wal file's header fails its "
+                        f"checksum; {_DAMAGED_HINT.format(path=path)}")
+    frame_size = _FRAME_HEADER.size + page_size
+    frames = (len(data) - _WAL_HEADER.size) // frame_size
+    sums, good, committed = (sum1, sum2), 0, 0
+    for i in range(frames):
+        at = _WAL_HEADER.size + i * frame_size
+        _, commit, fsalt1, fsalt2, fsum1, fsum2 = _FRAME_HEADER.unpack_from(data, at)
+        if (fsalt1, fsalt2) != (salt1, salt2):
+            break  # a frame of an earlier generation: the log ends before it
+        sums = _checksum(data[at : at + 8] + data[at + 24 : at + frame_size], order, sums)
+        if sums != (fsum1, fsum2):
+            later = [j for j in range(i + 1, frames) if _FRAME_HEADER.unpack_from(
+                data, _WAL_HEADER.size + j * frame_size)[2:4] == (salt1, salt2)]
+            if later:
+                raise ZrayError(
+                    f"write-ahead log {path}: frame {i + 1} of its -wal file fails its "
+                    f"checksum and {len(later)} frames of the log follow it; "
+                    f"{_DAMAGED_HINT.format(path=path)}")
+            break
+        good = i + 1
+        if commit:
+            committed = good
+    index = _committed_per_index(path + "-shm", data[16:24])
+    if index is not None and index > committed:
+        raise ZrayError(
+            f"write-ahead log {path}: its -wal file holds {committed} committed frames, "
+            f"its index says {index} (the file was cut short); "
+            f"{_DAMAGED_HINT.format(path=path)}")
+
+
+_WAL_HEADER = struct.Struct(">8I")
+_FRAME_HEADER = struct.Struct(">6I")
+_DAMAGED_HINT = ("SQLite would silently read an older state. To read what the main file "
+                 "holds, move the damaged part aside: mv {path}-wal {path}-wal.damaged")
+
+
+def _checksum(data: bytes, order: str, sums: tuple[int, int]) -> tuple[int, int]:
+    """SQLite's WAL checksum of ``data`` (a multiple of 8 bytes), continuing ``sums``."""
+    words = struct.unpack(f"{order}{len(data) // 4}I", data)
+    s1, s2 = sums
+    for i in range(0, len(words), 2):
+        s1 = (s1 + words[i] + s2) & 0xFFFFFFFF
+        s2 = (s2 + words[i + 1] + s1) & 0xFFFFFFFF
+    return s1, s2
+
+
+def _committed_per_index(shm: str, salts: bytes) -> int | None:
+    """The last committed frame not yet copied into the main file, as the wal-index
+    says (its header is in the machine's byte order, the salts copied as they are in the
+    -wal file's header); None if it has no say."""
+    try:
+        with open(shm, "rb") as f:
+            head = f.read(100)
+    except OSError:
+        return None
+    if len(head) < 100 or head[:48] != head[48:96]:
+        return None  # being changed when its writer died: not to be trusted
+    fields = struct.unpack("=3IBBH2I6I", head[:48])
+    is_init, max_frame = fields[3], fields[6]
+    backfilled = struct.unpack_from("=I", head, 96)[0]
+    if not is_init or head[32:40] != salts or max_frame <= backfilled:
+        return None
+    return int(max_frame)
 
 
 def _version(db: sqlite3.Connection, path: str) -> int | None:
