@@ -52,6 +52,9 @@ class Config:
     default_max_retries: int = 3
     # Ended sessions whose logs stay in ZRAY_HOME (zray/node/sessions.py), newest first.
     kept_sessions: int = 10
+    # Whether the GCS shards write their tables to their SQLite logs (off: in memory only,
+    # lost with the shard; for measuring what the log costs).
+    gcs_log: bool = True
     # The largest frame a zray socket takes: a peer sending a bigger one is cut off before
     # it is read into memory. Senders split bigger messages or refuse them first. The
     # largest legitimate frames are a function's pickled code (max_function_bytes: refused
@@ -97,10 +100,20 @@ class Config:
                 continue
             kind: type = type(field.default)
             try:
-                overrides[field.name] = kind(raw)
+                overrides[field.name] = _parse_bool(raw) if kind is bool else kind(raw)
             except ValueError as exc:
                 raise ValueError(
                     f"environment variable ZRAY_{field.name.upper()}={raw!r} is not a valid "
-                    f"{kind.__name__}; unset it or give a number"
+                    f"{kind.__name__}; unset it or give "
+                    f"{'1 or 0' if kind is bool else 'a number'}"
                 ) from exc
         return cls(**overrides)  # type: ignore[arg-type]
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)

@@ -201,6 +201,7 @@ class QueryResult:
     dropped_tasks: int  # older tasks the shards did not keep (their history bound)
     bad_rows: int  # rows the shards' logs held that did not check
     unanswered: list[str]  # "shard i at ENDPOINT: why", for each shard that did not answer
+    stats: dict[int, dict[str, Any]]  # each answering shard's own (QueryReply.stats)
 
 
 def query(endpoints: list[str], table: str, limit: int | None = None, key: bytes = b"",
@@ -238,7 +239,8 @@ def query(endpoints: list[str], table: str, limit: int | None = None, key: bytes
         raise ZrayError(f"a broker shard sent malformed {table} rows: {exc}") from exc
     stats = [reply.stats for reply in replies.values()]
     return QueryResult(rows, sum(int(s.get("dropped_tasks", 0)) for s in stats),
-                       sum(int(s.get("bad_rows", 0)) for s in stats), unanswered)
+                       sum(int(s.get("bad_rows", 0)) for s in stats), unanswered,
+                       {index: reply.stats for index, reply in replies.items()})
 
 
 def _stored_row(row: Any) -> StoredRow:

@@ -35,7 +35,7 @@ from types import FrameType
 import zmq
 
 from zray.broker.tables import Row, StoredRow, Tables, check_row, shard_of
-from zray.broker.wal import WriteAheadLog
+from zray.broker.wal import MemoryLog, WriteAheadLog
 from zray.config import Config
 from zray.exceptions import ZrayError
 from zray.protocol import (
@@ -69,7 +69,8 @@ class BrokerShard:
         self.index, self.shards = index, shards
         self.stopping = False
         self.complaints = RateLimitedLog(log)
-        self.wal = WriteAheadLog(wal_path)
+        self.wal = WriteAheadLog(wal_path) if config.gcs_log else MemoryLog(wal_path)
+        self.rows_stored = 0  # since this process started
         self.tables = Tables(max_task_history=max(1, config.max_task_history // shards))
         self.bad_rows = self.wal.replay(self.tables)
         self._stored = dict(self.wal.applied)  # node -> last batch seq, pending ones too
@@ -163,6 +164,7 @@ class BrokerShard:
             self._stored = dict(self.wal.applied)
             return
         for identity, batch, rows in pending:
+            self.rows_stored += len(rows)
             self.tables.apply(rows, at)
             self._send(identity, BatchAck(batch.seq))
         self._maybe_compact()
@@ -189,7 +191,8 @@ class BrokerShard:
         except ValueError as exc:
             log.warning("query from %s: %s", identity.hex(), exc)
             rows = []
-        stats = {"dropped_tasks": self.tables.dropped_tasks, "bad_rows": self.bad_rows}
+        stats = {"dropped_tasks": self.tables.dropped_tasks, "bad_rows": self.bad_rows,
+                 "rows_stored": self.rows_stored}
         self._send(identity, QueryReply(query.request_id, self._fitting(rows), stats))
 
     def _fitting(self, rows: list[StoredRow]) -> list[StoredRow]:

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from zray.broker.tables import Row, Tables, check_row
 from zray.exceptions import ZrayError
 
-__all__ = ["SCHEMA_VERSION", "WriteAheadLog", "read_tables"]
+__all__ = ["SCHEMA_VERSION", "MemoryLog", "WriteAheadLog", "read_tables"]
 
 log = logging.getLogger("zray.broker.wal")
 
@@ -142,6 +142,31 @@ class WriteAheadLog:
                 self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+
+class MemoryLog:
+    """The log switched off (``gcs_log`` false): batches are acknowledged unwritten, and a
+    restarted shard starts empty."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = f"{path} (not written: gcs_log is off)"
+        self.applied: dict[bytes, int] = {}
+
+    def replay(self, tables: Tables) -> int:
+        return 0
+
+    def append(self, batches: list[Batch]) -> None:
+        for _, _, node, seq in batches:
+            self.applied[node] = seq
+
+    def row_count(self) -> int:
+        return 0
+
+    def compact(self, rows: Iterable[tuple[Row, float]], dropped_tasks: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def read_tables(path: str | os.PathLike[str], max_task_history: int) -> Tables:
