@@ -190,6 +190,10 @@ def test_task_history_is_bounded(monkeypatch):
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert len(task_rows(session)) == 50
+        out = subprocess.run([sys.executable, "-m", "zray_cli.main", "inspect", "tasks",
+                              "--session", session], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "(50 tasks)" in out.stdout, out.stderr
+        assert "150 older tasks not kept" in out.stderr
     finally:
         zray.shutdown()
 

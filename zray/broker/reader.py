@@ -32,6 +32,7 @@ class TableView:
     bad_rows: int = 0  # rows of a log that did not check (skipped)
     notes: list[str] = field(default_factory=list)
     unread: int = 0  # shards neither running nor readable from their log: rows missing
+    kept_tasks: int = 0  # rows of the tasks table, all of them (``rows`` may be limited)
 
 
 def shard_count(session: str) -> int:
@@ -56,14 +57,19 @@ def read_session(session: str, table: str, limit: int | None,
             with open(failed) as f:
                 view.notes.append(f.read().strip())
     view.rows = _decoded(merge_newest(replies, limit), table)
+    if table == "tasks":  # those the agents' queues dropped count too: tasks the nodes
+        # recorded, less those the shards hold (once all is stored, exact)
+        nodes = read_session(session, "nodes", None, max_task_history)
+        recorded = sum(int(fields.get("tasks_recorded", 0)) for _, fields in nodes.rows)
+        view.dropped_tasks = max(view.dropped_tasks, recorded - view.kept_tasks)
     return view
 
 
 def read_wal(path: str, table: str, limit: int | None, max_task_history: int) -> TableView:
     tables = read_tables(path, max_task_history)
     rows = tables.rows(table, limit)
-    return TableView(_decoded(rows, table), tables.dropped_tasks, tables.bad_rows,
-                     [f"read the write-ahead log {path}"])
+    return TableView(_decoded(rows, table), dropped_tasks=tables.dropped_tasks,
+                     bad_rows=tables.bad_rows, notes=[f"read the write-ahead log {path}"])
 
 
 def _read_shard(session: str, index: int, shards: int, table: str, limit: int | None,
@@ -79,6 +85,7 @@ def _read_shard(session: str, index: int, shards: int, table: str, limit: int | 
             if not reply.unanswered:
                 view.dropped_tasks += reply.dropped_tasks
                 view.bad_rows += reply.bad_rows
+                view.kept_tasks += sum(int(s.get("tasks", 0)) for s in reply.stats.values())
                 return reply.rows
             why = reply.unanswered[0]
     wal = wal_path(session, index)
@@ -90,6 +97,7 @@ def _read_shard(session: str, index: int, shards: int, table: str, limit: int | 
         return []
     view.dropped_tasks += tables.dropped_tasks
     view.bad_rows += tables.bad_rows
+    view.kept_tasks += tables.count("tasks")
     if why != "its session has ended":
         view.notes.append(f"shard {index} of {shards} did not answer ({why}); read its log")
     return tables.rows(table, limit)

@@ -192,7 +192,7 @@ class BrokerShard:
             log.warning("query from %s: %s", identity.hex(), exc)
             rows = []
         stats = {"dropped_tasks": self.tables.dropped_tasks, "bad_rows": self.bad_rows,
-                 "rows_stored": self.rows_stored}
+                 "rows_stored": self.rows_stored, "tasks": self.tables.count("tasks")}
         self._send(identity, QueryReply(query.request_id, self._fitting(rows), stats))
 
     def _fitting(self, rows: list[StoredRow]) -> list[StoredRow]:

@@ -80,9 +80,9 @@ class Agent:
         self.outbox: dict[bytes, list[p.Message]] = {}
         self.pool = pool  # its first workers were started before the agent imported
         self.gcs = GcsClient(self.zmq, args.gcs.split(","), self.node_id, config)
-        self.gcs.record("nodes", self.node_id, {
-            "node_id": self.node_id.hex(), "pid": os.getpid(), "resources": self.resources,
-            "state": "ALIVE", "started": time.time()})
+        self.gcs.record_node({"node_id": self.node_id.hex(), "pid": os.getpid(),
+                              "resources": self.resources, "state": "ALIVE",
+                              "started": time.time()})
         self.tasks = TaskManager(self)
         self.leases = LeaseManager(self)
         self.object_manager = ObjectManager(self)

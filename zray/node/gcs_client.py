@@ -35,6 +35,10 @@ class GcsClient:
         share = max(1, config.max_task_history // len(endpoints))
         self.links = [BrokerLink(context, endpoint, node_id, config, share)
                       for endpoint in endpoints]
+        self._node_id = node_id
+        self._node_row: dict[str, Any] = {}
+        self._tasks = 0  # tasks recorded, each once
+        self._counted = (0, 0)  # tasks recorded, rows dropped unsent: as the node's row says
 
     @property
     def sockets(self) -> list[zmq.Socket]:
@@ -45,12 +49,22 @@ class GcsClient:
         """Queue a row (``fields`` None deletes it) for the shard of ``key``; no I/O."""
         self.links[shard_of(key, len(self.links))].record(table, key, fields, blob)
 
+    def record_node(self, fields: dict[str, Any]) -> None:
+        """This node's row; it also counts the tasks recorded (``zray inspect`` tells how
+        many of them the GCS did not keep) and the rows its links dropped unsent."""
+        self._node_row = dict(fields, tasks_recorded=self._counted[0],
+                              dropped_task_rows=self._counted[1])
+        self.record("nodes", self._node_id, self._node_row)
+
     def record_task(self, task: Task, pid: int = 0) -> None:
         # Its fields are laid out when the row is sent, from the task as it is then: a
         # task recorded several times before a flush costs one row, and a row dropped
         # unsent (BrokerLink.record) costs none.
         if pid:
             task.pid = pid
+        if not task.recorded:
+            task.recorded = True
+            self._tasks += 1
         self.record("tasks", task.spec.task_id, _TaskRow(task, time.time()))
 
     def record_object(self, entry: ObjectEntry | None, node_id: bytes) -> None:
@@ -80,6 +94,13 @@ class GcsClient:
                 link.flush(now)
         if due:
             self._last_flush = now
+            self._update_counts()
+
+    def _update_counts(self) -> None:
+        counts = (self._tasks, sum(link.dropped_rows for link in self.links))
+        if counts != self._counted and self._node_row:
+            self._counted = counts
+            self.record_node(self._node_row)
 
     def unacked_rows(self) -> int:
         return sum(link.unacked_rows() for link in self.links)
@@ -89,6 +110,7 @@ class GcsClient:
         shards have stored them: a clean stop leaves its whole history in the logs. Not for
         a shard that has never answered: it is still starting, and waiting for it would add
         its start-up to every short session's stop (a session that short keeps less)."""
+        self._update_counts()
         links = [link for link in self.links if link.acknowledged]
         deadline = time.monotonic() + timeout_s
         poller = zmq.Poller()

@@ -54,6 +54,7 @@ class Task:
     lease: bool = False  # a worker leased to ``submitter`` (zray/node/leases.py), not a task
     times: dict[str, float] = field(default_factory=dict)  # state -> when it was last entered
     pid: int = 0  # the worker process it ran in last (for the GCS)
+    recorded: bool = False  # the GCS has been told of it (GcsClient counts tasks so)
 
     def __post_init__(self) -> None:
         self.times[self.state.value] = time.time()  # submitted
