@@ -178,6 +178,7 @@ class TaskDone(Message):
     retryable: bool  # the task raised an exception that its retry_filter accepts
     owner: bytes  # a direct task's owner (the worker reports to both); b"" otherwise
     seconds: float  # how long it ran: its owner sends short tasks ahead, several at once
+    pid: int  # the worker process that ran it (0: it never ran)
 
 
 @message(7)

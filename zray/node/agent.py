@@ -388,7 +388,7 @@ class Agent:
         if task.spec.actor_id and not task.spec.actor_options:  # its caller waits for the
             # actor's answer, not ours: it gets one in its place, by task id
             self.send(task.submitter, p.TaskDone(task.spec.task_id, task.attempt, results, [],
-                                                 False, b"", 0.0))
+                                                 False, b"", 0.0, 0))
         self.finish_task(task, results, [])
 
     def finish_task(self, task: Task, results: list[p.Location], contained: list[bytes]) -> None:

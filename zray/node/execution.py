@@ -102,7 +102,7 @@ def finish(client: CoreClient, task: p.ExecuteTask, values: list[Any],
     check_ref_count(len(contained), client.config.max_refs_per_value,
                     f"the return values of {task.name}()")
     return p.TaskDone(task.task_id, task.attempt, results, contained, False, task.owner,
-                      time.perf_counter() - started)
+                      time.perf_counter() - started, os.getpid())
 
 
 def fail(client: CoreClient, task: p.ExecuteTask, exc: Exception,
@@ -114,7 +114,7 @@ def fail(client: CoreClient, task: p.ExecuteTask, exc: Exception,
     retryable = not isinstance(exc, TaskCancelledError) and should_retry(task.retry_filter, exc)
     seconds = 0.0 if started is None else time.perf_counter() - started
     return p.TaskDone(task.task_id, task.attempt, results, contained, retryable, task.owner,
-                      seconds)
+                      seconds, os.getpid())
 
 
 def hand_in(client: CoreClient, outcome: Outcome) -> None:

@@ -115,6 +115,7 @@ class LeaseManager:
             return  # the owner decides on a retry
         del self.direct[msg.task_id]
         task.attempt = msg.attempt
+        task.pid = msg.pid or task.pid
         if task.state is TaskState.QUEUED:  # (no TaskStarted: it was short)
             task.move(TaskState.RUNNING, time.time() - msg.seconds)
         task.move(TaskState.FAILED if failures.any_error(msg.results) else TaskState.FINISHED)
