@@ -92,15 +92,21 @@ def cluster() -> Iterator[None]:
     assert_no_leaks()
 
 
-def gcs_shards() -> list[psutil.Process]:
-    """The running cluster's broker shard processes (its GCS supervisor's children)."""
+def gcs_shards(at_least: int = 1, timeout_s: float = 10.0) -> list[psutil.Process]:
+    """The running cluster's broker shard processes (its GCS supervisor's children), once
+    there are ``at_least`` (the GCS starts after init returns; a shard may be restarting);
+    fewer if there are not within ``timeout_s``."""
     cluster = zray.api._cluster
-    assert cluster is not None
-    try:
-        kids = psutil.Process(cluster.gcs.pid).children()
-    except psutil.Error:
-        return []
-    return [proc for proc in kids if _alive(proc)]
+    assert cluster is not None and cluster.gcs is not None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            shards = [p for p in psutil.Process(cluster.gcs.pid).children() if _alive(p)]
+        except psutil.Error:
+            shards = []
+        if len(shards) >= at_least or time.monotonic() > deadline:
+            return shards
+        time.sleep(0.02)
 
 
 def _alive(proc: psutil.Process) -> bool:

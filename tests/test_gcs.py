@@ -84,8 +84,8 @@ def test_shard_kills_lose_nothing_acknowledged(monkeypatch: pytest.MonkeyPatch) 
         kills = 0
         try:
             while kills < 5:
-                shards = wait_until(lambda: len(gcs_shards()) == 2 and gcs_shards(),
-                                    what="both shards up")
+                shards = gcs_shards(2)
+                assert len(shards) == 2, "a shard did not come back"
                 victim = rng.choice(shards)
                 victim.send_signal(signal.SIGSTOP)
                 wait_until(lambda: max(link["in_flight"] for link in links()) >= 3,
@@ -119,11 +119,11 @@ def test_killing_the_agent_leaves_the_gcs_up_and_a_stopped_shard_is_read_from_it
         zray.get(refs)
         ids = {task_of(ref.id).hex() for ref in refs}
         wait_until(lambda: {r["task_id"] for r in task_rows(cluster.session)} >= ids)
-        shards = {proc.pid for proc in gcs_shards()}
+        shards = {proc.pid for proc in gcs_shards(2)}
         cluster.agent.kill()
         cluster.agent.wait(10)
         time.sleep(0.3)
-        assert {proc.pid for proc in gcs_shards()} == shards  # the GCS is not the agent's
+        assert {proc.pid for proc in gcs_shards(2)} == shards  # the GCS is not the agent's
         view = read_session(cluster.session, "tasks", None, 10_000)
         assert {fields["task_id"] for _, fields in view.rows} >= ids
         assert view.notes == []  # both answered, live
@@ -193,7 +193,7 @@ def test_a_shard_whose_log_is_damaged_is_given_up_on_while_tasks_run() -> None:
     try:
         session = api._cluster.session  # type: ignore[union-attr]
         assert zray.get([short.remote(i) for i in range(20)]) == list(range(20))
-        shards = wait_until(lambda: len(gcs_shards()) == 2 and gcs_shards())
+        shards = gcs_shards(2)
         wal = os.path.join(session, "broker-0.wal")
         with open(wal, "r+b") as f:
             f.write(os.urandom(4096))
@@ -222,3 +222,18 @@ def test_a_shard_whose_log_is_damaged_is_given_up_on_while_tasks_run() -> None:
         assert len(restarts) == 5  # after the kill, then after each of 4 failed starts
     finally:
         zray.shutdown()
+
+
+def test_a_supervisor_whose_driver_died_before_it_started_ends_the_session(tmp_path) -> None:
+    """The driver may die while its GCS supervisor is still starting: the supervisor must
+    not serve on for ever (its parent's pidfd can no longer fire)."""
+    session = tmp_path / "zray-session-orphan"
+    session.mkdir()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    out = subprocess.run([sys.executable, "-m", "zray.broker.supervisor", "--session",
+                          str(session), "--shards", "1", "--parent-pid", str(gone.pid)],
+                         capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "ZRAY_HOME": str(tmp_path / "home")})
+    assert out.returncode == 0, out.stderr
+    assert "before the GCS started" in out.stderr and not session.exists()

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 
 import psutil
 import pytest
-from conftest import RUN_ID, leftovers, run_processes  # (one module: pytest imported it so)
+from conftest import RUN_ID, gcs_shards, leftovers, run_processes  # (one module: pytest imported it so)
 
 import zray
 from zray import api
@@ -65,6 +65,7 @@ def test_every_process_of_a_cluster_carries_the_runs_marker():
     try:
         session = api._cluster.session  # type: ignore[union-attr]
         assert os.path.basename(session).startswith(f"{SESSION_PREFIX}{RUN_ID}-")
+        gcs_shards()  # (the GCS starts once init has returned)
         tree = []
         for top in (api._cluster.agent.pid, api._cluster.gcs.pid):  # type: ignore[union-attr]
             tree += [psutil.Process(top)] + psutil.Process(top).children(recursive=True)

@@ -79,6 +79,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
             client.context = TaskContext(driver_task_id(job_id), "driver", job_id)
             client.explain_agent_death = cluster.why_not_running
             client.connect(_config.startup_timeout_s, cluster.why_not_running)
+            cluster.start_gcs()
         except BaseException:
             if client is not None:
                 client.close()

@@ -46,6 +46,8 @@ def read_session(session: str, table: str, limit: int | None,
                  max_task_history: int) -> TableView:
     shards = shard_count(session)
     if not shards:
+        if os.path.exists(os.path.join(session, "agent.sock")):
+            return TableView([], notes=["the session's GCS is still starting: nothing yet"])
         raise ZrayError(f"no write-ahead log in {session}: is it a zray session directory?")
     view = TableView([])
     replies: list[list[StoredRow]] = []

@@ -82,6 +82,14 @@ class BrokerShard:
         self.parent_fd = _watch_parent(parent_pid)
         if self.parent_fd is not None:
             self.poller.register(self.parent_fd, zmq.POLLIN)
+        self._wake_r = -1
+
+    def wake_on_signals(self) -> None:
+        """A signal (SIGTERM: stop) wakes the loop at once (from the main thread only)."""
+        self._wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        self.poller.register(self._wake_r, zmq.POLLIN)
 
     def _bind(self, endpoint: str) -> zmq.Socket:
         sock = self.context.socket(zmq.ROUTER)
@@ -102,7 +110,9 @@ class BrokerShard:
         log.info("serving %s with %d rows replayed from %s", self.endpoint, len(self.tables),
                  self.wal.path)
         while not self.stopping:
-            events = dict(self.poller.poll(self.config.poll_interval_ms))
+            events = dict(self.poller.poll(1000))  # (nothing is due: it waits for input)
+            if self._wake_r in events:
+                os.read(self._wake_r, 512)  # a signal; its handler has run
             if self.parent_fd is not None and self.parent_fd in events:
                 log.info("parent process died; exiting")
                 return
@@ -292,6 +302,7 @@ def serve(endpoint: str, wal: str, config: Config, parent_pid: int | None, index
         shard.stopping = True
 
     signal.signal(signal.SIGTERM, stop)
+    shard.wake_on_signals()
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # (under a supervisor it is:
         signal.signal(signal.SIGINT, stop)  # Ctrl-C goes to the driver, which stops us)
     if ready_fd is not None:

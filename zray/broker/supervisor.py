@@ -85,6 +85,7 @@ class Supervisor:
         self.agent_pid, self.arena = agent_pid, arena
         self.stopping = False
         self.selector = selectors.DefaultSelector()
+        self.parent_pid = parent_pid
         self.parent_fd = _pidfd(parent_pid)
         if self.parent_fd >= 0:
             self.selector.register(self.parent_fd, selectors.EVENT_READ, "parent")
@@ -95,6 +96,10 @@ class Supervisor:
         self.selector.register(self._wake_r, selectors.EVENT_READ, "signal")
 
     def run(self) -> None:
+        if self.parent_pid and (self.parent_fd < 0 or os.getppid() != self.parent_pid):
+            log.info("the driver exited before the GCS started; ending the session")
+            self._parent_gone()  # (it died while we started: its pidfd would never fire)
+            return
         for shard in self.shards:
             self._start(shard)
         while not self.stopping:

@@ -3,7 +3,7 @@
 ::
 
     driver --Popen--> agent --Popen--> workers
-           --Popen--> GCS supervisor --fork--> broker shards 0 .. K-1
+           --Popen (once the agent serves)--> GCS supervisor --fork--> broker shards 0 .. K-1
       (both watch the driver's pidfd: the agent stops its workers and sends its last rows;
        the supervisor waits for it, stops the shards and ends the session)
 
@@ -56,9 +56,11 @@ class LocalCluster:
     endpoint: str
     store_path: str
     agent: subprocess.Popen[bytes]
-    gcs: subprocess.Popen[bytes]
     warning: str
     config: Config
+    gcs_shards: int
+    env: dict[str, str]
+    gcs: subprocess.Popen[bytes] | None = None  # (start_gcs)
 
     @classmethod
     def start(cls, resources: dict[str, float], store_size: int, config: Config,
@@ -87,14 +89,22 @@ class LocalCluster:
                  "--store-path", placement.path, "--store-size", str(store_size),
                  "--resources", json.dumps(resources), "--owner-pid", str(os.getpid())],
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-        with open(os.path.join(session, "gcs.log"), "wb") as log_file:
-            gcs = subprocess.Popen(
-                [sys.executable, "-m", "zray.broker.supervisor", "--session", session,
-                 "--shards", str(gcs_shards), "--parent-pid", str(os.getpid()),
-                 "--agent-pid", str(agent.pid), "--arena", placement.path],
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-        add_processes(session, [agent.pid, gcs.pid])
-        return cls(session, endpoint, placement.path, agent, gcs, placement.warning, config)
+        add_processes(session, [agent.pid])
+        return cls(session, endpoint, placement.path, agent, placement.warning, config,
+                   gcs_shards, env)
+
+    def start_gcs(self) -> None:
+        """Start the GCS supervisor, once the agent serves: the first tasks need no GCS
+        (the agent's rows wait in its links), and its start-up would otherwise compete
+        with the agent's and the first workers' for the cores."""
+        with open(os.path.join(self.session, "gcs.log"), "wb") as log_file:
+            self.gcs = subprocess.Popen(
+                [sys.executable, "-m", "zray.broker.supervisor", "--session", self.session,
+                 "--shards", str(self.gcs_shards), "--parent-pid", str(os.getpid()),
+                 "--agent-pid", str(self.agent.pid), "--arena", self.store_path],
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                env=self.env)
+        add_processes(self.session, [self.gcs.pid])
 
     def why_not_running(self) -> str:
         """Empty while the agent runs; else how it ended, with the end of its log."""
@@ -112,9 +122,12 @@ class LocalCluster:
         """Wait for the agent to finish its clean stop (its last rows stored), then stop
         the GCS; kill what does not stop; end the session."""
         wait_for_exit([self.agent], self.config.shutdown_timeout_s)
-        self.gcs.terminate()
-        wait_for_exit([self.gcs], self.config.shutdown_timeout_s)
-        for proc in (self.agent, self.gcs):
+        procs = [self.agent]
+        if self.gcs is not None:
+            self.gcs.terminate()
+            wait_for_exit([self.gcs], self.config.shutdown_timeout_s)
+            procs.append(self.gcs)
+        for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
