@@ -19,7 +19,12 @@ from contextlib import contextmanager
 
 import psutil
 import pytest
-from conftest import RUN_ID, gcs_shards, leftovers, run_processes  # (one module: pytest imported it so)
+from conftest import (  # (one module: pytest imported it so)
+    RUN_ID,
+    gcs_shards,
+    leftovers,
+    run_processes,
+)
 
 import zray
 from zray import api
@@ -158,6 +163,7 @@ _KILLED_DRIVER = """
     zray.init(num_cpus=1, _gcs_shards=2)
     @zray.remote
     def remembered(i):
+        print("remembered", i)
         return i
     assert zray.get([remembered.remote(i) for i in range(20)]) == list(range(20))
     session = api._cluster.session
@@ -181,10 +187,12 @@ def test_a_killed_drivers_session_is_ended_by_the_gcs_and_kept_for_inspect(tmp_p
     out = driver(_KILLED_DRIVER.format(kill="kill(os.getpid(), signal.SIGKILL)"),
                  {"ZRAY_HOME": str(tmp_path)})
     assert out.returncode == -signal.SIGKILL, out.stderr
-    session, arena = out.stdout.split()
+    session, arena = out.stdout.split()[-2:]
     wait_until(lambda: not os.path.exists(session) and not os.path.exists(arena))
     ended = tmp_path / "sessions" / os.path.basename(session)
-    assert {"agent.log", "gcs.log", "broker-0.wal", "broker-1.wal"} <= set(os.listdir(ended))
+    assert {"agent.log", "gcs.log", "workers.log", "broker-0.wal",
+            "broker-1.wal"} <= set(os.listdir(ended))
+    assert "(remembered pid=" in (ended / "workers.log").read_text()
     assert oct(os.stat(ended).st_mode & 0o777) == "0o700"
     assert {oct(os.stat(ended / f).st_mode & 0o777) for f in os.listdir(ended)} == {"0o600"}
     assert inspect_names(tmp_path) == ["remembered"] * 20
@@ -199,7 +207,7 @@ def test_init_reaps_a_session_whose_processes_were_all_killed(tmp_path):
                          timeout=60, start_new_session=True,
                          env={**os.environ, "ZRAY_HOME": str(tmp_path)})
     assert out.returncode == -signal.SIGKILL, out.stderr
-    session, arena = out.stdout.split()
+    session, arena = out.stdout.split()[-2:]
     time.sleep(0.5)
     assert os.path.exists(session) and os.path.exists(arena)  # nobody left to tidy up
     assert driver("zray.init(num_cpus=1)\nzray.shutdown()",

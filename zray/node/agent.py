@@ -68,6 +68,8 @@ class Agent:
         self.warned: set[str] = set()
         self.complaints = RateLimitedLog(log)
         self.mapping = Mapping(self.store_path, self.store_size)
+        self.workers_log = open(os.path.join(args.session, "workers.log"), "a",  # noqa: SIM115
+                                encoding="utf-8", errors="replace")  # (open while it runs)
         self.zmq = p.bounded_context(config.max_frame_bytes)
         self.router = self.zmq.socket(zmq.ROUTER)
         for option, value in ((zmq.ROUTER_MANDATORY, 1), (zmq.LINGER, 0),
@@ -481,6 +483,10 @@ class Agent:
         for driver in self.clients.drivers_of(task.spec.job_id if task else None):
             if driver.log_to_driver:
                 self.send(driver.client_id, p.LogLines(prefix, stream, lines))
+        # Kept with the session's logs too: what the workers printed, after the fact.
+        mark = " [stderr]" if stream == "stderr" else ""
+        self.workers_log.write("".join(f"({prefix}){mark} {line}\n" for line in lines))
+        self.workers_log.flush()
 
     def stop(self) -> None:
         try:
@@ -491,6 +497,7 @@ class Agent:
             self.peers.close()
             self.router.close()
             self.zmq.term()
+            self.workers_log.close()
         finally:  # whatever failed above, the node's files go
             if os.path.exists(self.store_path):
                 os.unlink(self.store_path)

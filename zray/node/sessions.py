@@ -30,10 +30,10 @@ import uuid
 from zray.exceptions import ZrayError
 
 SESSION_PREFIX = "zray-session-"
-# What an ended session keeps: the agent's and the GCS's logs, every shard's SQLite files,
-# and why a shard was given up on.
-_KEPT = ("agent.log", "gcs.log", "broker-*.wal", "broker-*.wal-wal", "broker-*.wal-shm",
-         "broker-*.failed")
+# What an ended session keeps: the agent's and the GCS's logs, what the workers printed,
+# every shard's SQLite files, and why a shard was given up on.
+_KEPT = ("agent.log", "gcs.log", "workers.log", "broker-*.wal", "broker-*.wal-wal",
+         "broker-*.wal-shm", "broker-*.failed")
 _RUN_ID = re.compile(r"[A-Za-z0-9_]{1,24}")
 
 
