@@ -19,8 +19,8 @@ from conftest import gcs_shards, task_rows
 
 import zray
 from zray import api
+from zray.broker.layout import endpoint
 from zray.broker.reader import read_session
-from zray.broker.supervisor import endpoint
 from zray.broker.tables import shard_of
 from zray.ids import task_of
 

@@ -16,8 +16,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from zray.broker.layout import endpoint, failed_path, wal_path
 from zray.broker.link import query
-from zray.broker.supervisor import endpoint, failed_path, wal_path
 from zray.broker.tables import StoredRow, merge_newest
 from zray.broker.wal import read_tables
 from zray.exceptions import ZrayError

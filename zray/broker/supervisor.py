@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from zray.broker import shard as broker_shard
+from zray.broker.layout import endpoint, failed_path, wal_path
 from zray.config import Config
 from zray.node.sessions import end_session
 from zray.node.worker_pool import describe_exit
@@ -43,23 +44,6 @@ log = logging.getLogger("zray.broker.supervisor")
 GIVE_UP_AFTER = 5  # failures in a row of one shard
 _BACKOFF_S = (0.1, 5.0)  # first and longest wait before a restart
 _STABLE_S = 10.0
-
-
-def endpoint(session: str, index: int) -> str:
-    return f"ipc://{session}/broker-{index}.sock"
-
-
-def endpoints(session: str, shards: int) -> list[str]:
-    """The endpoints of a session's K shards, in shard order (see zray.broker.tables)."""
-    return [endpoint(session, i) for i in range(shards)]
-
-
-def wal_path(session: str, index: int) -> str:
-    return os.path.join(session, f"broker-{index}.wal")
-
-
-def failed_path(session: str, index: int) -> str:
-    return os.path.join(session, f"broker-{index}.failed")
 
 
 @dataclass

@@ -22,7 +22,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from zray.broker.supervisor import endpoints
+from zray.broker.layout import endpoints
 from zray.config import Config
 from zray.exceptions import ZrayError
 from zray.ids import new_worker_id
