@@ -43,7 +43,9 @@ MAX_INFLIGHT_BATCHES = 64
 _RESEND_GAP_S = 0.1
 
 
-Fields = dict[str, Any] | Callable[[], dict[str, Any]]  # a row's fields, or how to get them
+# A row's fields, or how to get them: a dict, or a function returning one or the fields
+# already as JSON text (a row recorded for every task lays itself out faster).
+Fields = dict[str, Any] | Callable[[], dict[str, Any] | str]
 
 # Rows are plain dicts of str/int/float: no cycle check, no escaping needed (one encoder,
 # built once; this runs for every row the agent records).
@@ -76,7 +78,7 @@ class BrokerLink:
         self.acknowledged = False  # the shard has acknowledged a batch: it is up
         # Rows not sent yet, by (table, key): a key updated again before the next flush is
         # sent once, with its latest fields (a short task's submit, start and finish).
-        self._queued: dict[tuple[str, bytes], tuple[Fields | None, bytes | None]] = {}
+        self._queued: dict[tuple[str, bytes], tuple[Fields | str | None, bytes | None]] = {}
         self._queued_bounded = 0  # rows of BOUNDED_TABLE among them
         self.dropped_rows = 0  # task rows dropped unsent (see record)
         self._window: collections.OrderedDict[int, _InFlight] = collections.OrderedDict()
@@ -122,14 +124,14 @@ class BrokerLink:
             fields, blob = self._queued[(table, key)]
             if callable(fields):
                 fields = fields()
-            row = (table, key, None if fields is None else _to_json(fields), blob)
-            size += len(row[2] or "") + len(blob or b"") + 64
+            text = fields if fields is None or type(fields) is str else _to_json(fields)
+            size += len(text or "") + (len(blob) if blob else 0) + 64
             if rows and size > self.config.message_budget:
                 self._queued[(table, key)] = (fields, blob)  # next batch (still oldest)
                 break
             del self._queued[(table, key)]
             self._queued_bounded -= table == BOUNDED_TABLE
-            rows.append(row)
+            rows.append((table, key, text, blob))
         return rows
 
     def queued_rows(self) -> int:

@@ -52,19 +52,24 @@ class Task:
     infeasible: bool = False
     cancelled: bool = False
     lease: bool = False  # a worker leased to ``submitter`` (zray/node/leases.py), not a task
-    times: dict[str, float] = field(default_factory=dict)  # state -> when it was last entered
+    submitted: float = 0.0  # wall clock
+    times: dict[str, int] = field(default_factory=dict)  # state -> ms after ``submitted``
+    # it was last entered (ints: the GCS row is encoded for every task, floats cost more)
     pid: int = 0  # the worker process it ran in last (for the GCS)
     recorded: bool = False  # the GCS has been told of it (GcsClient counts tasks so)
 
     def __post_init__(self) -> None:
-        self.times[self.state.value] = time.time()  # submitted
+        self.submitted = time.time()
+        self.times[self.state.value] = 0
 
     def move(self, state: TaskState, at: float | None = None) -> None:
+        """Enter ``state`` now, or at wall-clock time ``at``."""
         if state not in TRANSITIONS[self.state]:
             raise ValueError(f"task {self.spec.name} {self.spec.task_id.hex()[:12]}: "
                              f"{self.state.name} -> {state.name} is not allowed")
         self.state = state
-        self.times[state.value] = time.time() if at is None else at
+        self.times[state.value] = round(((time.time() if at is None else at)
+                                         - self.submitted) * 1000)
 
 
 @dataclass(frozen=True)
