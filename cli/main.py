@@ -44,7 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("microbenchmark", help="measure zray on a private local cluster")
     bench.add_argument("--quick", action="store_true", help="a tenth of the work, one run")
     bench.add_argument("--json", action="store_true", help="one JSON object per workload")
+    bench.add_argument("--gcs", action="store_true", help="instead: what the GCS costs "
+                       "(its logs on and off) and how far behind it runs")
+    bench.add_argument("--shards", type=int, default=2, help="with --gcs: GCS shards")
     args = parser.parse_args(argv)
+    if args.command == "microbenchmark" and args.gcs:
+        from zray import bench_gcs
+
+        return bench_gcs.main(["--shards", str(args.shards)] + ["--quick"] * args.quick
+                              + ["--json"] * args.json)
     if args.command == "microbenchmark":
         from zray import bench as zray_bench
 

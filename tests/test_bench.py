@@ -3,6 +3,10 @@ speed is measured by `zray microbenchmark`, not by tests)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
 import zray
@@ -29,3 +33,17 @@ def test_workload_runs_and_reports_a_figure(workloads, name):
 def test_idle_memory_counts_the_cluster_processes():
     result = bench.idle_memory()
     assert result.unit == "MB" and result.value > 0 and "processes" in result.name
+
+
+@pytest.mark.timeout(120)
+def test_the_gcs_benchmark_reports_throughput_rows_and_lag():
+    out = subprocess.run([sys.executable, "-m", "zray_cli.main", "microbenchmark", "--gcs",
+                          "--quick", "--json", "--shards", "2"], capture_output=True, text=True,
+                         timeout=110)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    for run in (report["log_on"], report["log_off"]):
+        assert run["tasks_per_s"] > 0 and len(run["rows_per_s_per_shard"]) == 2
+        assert all(rate > 0 for rate in run["rows_per_s_per_shard"])
+        assert 0 <= run["lag_p50_ms"] <= run["lag_p99_ms"] < 5000
+    assert report["throughput_on_over_off"] > 0

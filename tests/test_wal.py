@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import sqlite3
 import stat
 import subprocess
@@ -123,18 +124,20 @@ def test_bad_rows_are_skipped_counted_and_named(tmp_path: Path,
     wal.append([([task(1), task(2)], 1.0, b"n", 1)])
     wal.close()
     db = sqlite3.connect(path)
-    db.execute("INSERT INTO log (tbl, key, fields, blob, at) VALUES ('nope', x'00', '{}', "
-               "NULL, 2.0)")
-    db.execute("INSERT INTO log (tbl, key, fields, blob, at) VALUES ('tasks', 'text key', "
-               "'{}', NULL, 2.0)")
+    rows = [("nope", b"\x00", "{}", None, 2.0), ("tasks", "text key", "{}", None, 2.0),
+            ("tasks", b"t3", "{}", None, 2.0)]
+    db.execute("INSERT INTO log (rows, count) VALUES (?, 3)", (pickle.dumps(rows),))
+    db.execute("INSERT INTO log (rows, count) VALUES (?, 1)",  # names a global: refused
+               (pickle.dumps([("tasks", b"t4", "{}", None, ValueError("x"))]),))
     db.commit()
     db.close()
     tables = read_tables(path, 10)
-    assert keys(tables, "tasks") == [b"t1", b"t2"] and tables.bad_rows == 2
-    assert "bad row 3" in caplog.text and "bad row 4" in caplog.text
+    assert keys(tables, "tasks") == [b"t1", b"t2", b"t3"] and tables.bad_rows == 3
+    assert "bad row 1 of entry 2" in caplog.text and "bad row 2 of entry 2" in caplog.text
+    assert "bad row entry 3 (all of it)" in caplog.text
     wal = WriteAheadLog(path)
     try:
-        assert wal.replay(Tables()) == 2
+        assert wal.replay(Tables()) == 3
     finally:
         wal.close()
 

@@ -28,7 +28,9 @@ class Config:
     shutdown_timeout_s: float = 5.0
     # Idle poll period of every process loop: bounds how late batched work is flushed.
     poll_interval_ms: int = 20
-    # Table updates are sent to the broker in batches of at most this many rows...
+    # Table updates are sent to the GCS this often (a row updated meanwhile goes once)...
+    gcs_flush_ms: int = 20
+    # ...in batches of at most this many rows...
     broker_batch_rows: int = 512
     # ...and resent if not acknowledged within this time (Lazy Pirate).
     broker_ack_timeout_s: float = 2.0

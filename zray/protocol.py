@@ -546,6 +546,17 @@ class _NoGlobals(pickle.Unpickler):
         raise ProtocolError(f"message frame names a global ({module}.{name}); refused")
 
 
+def plain_loads(data: bytes) -> Any:
+    """Unpickle plain data only (no global may be named); ProtocolError (a ValueError) for
+    anything else. For bytes that came from outside this process: frames, a log file."""
+    try:
+        return _NoGlobals(io.BytesIO(data)).load()
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolError(f"does not unpickle as plain data: {exc!r}") from exc
+
+
 def _values_of(msg: Message) -> tuple[Any, ...]:
     values = type(msg)._values(msg)
     if type(values) is not tuple:  # attrgetter of a single field returns the bare value

@@ -21,37 +21,41 @@ import contextlib
 import logging
 import os
 import pathlib
+import pickle
 import sqlite3
 import struct
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from zray.broker.tables import Row, Tables, check_row
 from zray.exceptions import ZrayError
+from zray.protocol import plain_loads
 
 __all__ = ["SCHEMA_VERSION", "MemoryLog", "WriteAheadLog", "read_tables"]
 
 log = logging.getLogger("zray.broker.wal")
 
-# PRAGMA user_version of a log this code writes. 0: the first layout (rows without their
-# time, no record of batches), still read post-mortem.
+# PRAGMA user_version of a log this code writes. 0: the first layout (a SQL row per table
+# row, without times or batches), still read post-mortem.
 SCHEMA_VERSION = 2
+# A log entry holds a whole batch: one INSERT per batch, not per row, so the log costs the
+# shard little (one row each cost as much as the rest of its handling).
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS log (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    tbl TEXT NOT NULL,
-    key BLOB NOT NULL,
-    fields TEXT,
-    blob BLOB,
-    at REAL NOT NULL
+    rows BLOB NOT NULL,  -- pickle (plain data only) of [(table, key, fields_json, blob, time)]
+    count INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS batches (node BLOB PRIMARY KEY, seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value);
 """
-_INSERT = "INSERT INTO log (tbl, key, fields, blob, at) VALUES (?, ?, ?, ?, ?)"
-_SELECT = {SCHEMA_VERSION: "SELECT id, tbl, key, fields, blob, at FROM log ORDER BY id",
-           0: "SELECT id, tbl, key, fields, blob, 0.0 FROM log ORDER BY id"}
+_INSERT = "INSERT INTO log (rows, count) VALUES (?, ?)"
+_SELECT = {SCHEMA_VERSION: "SELECT id, rows FROM log ORDER BY id",
+           0: "SELECT id, tbl, key, fields, blob FROM log ORDER BY id"}
+_COUNT = "SELECT COALESCE(SUM(count), 0) FROM log"
 _APPLIED = "INSERT OR REPLACE INTO batches (node, seq) VALUES (?, ?)"
 _DROPPED = "INSERT OR REPLACE INTO meta (name, value) VALUES ('dropped_tasks', ?)"
+_CHUNK_ROWS = 1000  # rows per log entry when compaction rewrites the log
 
 
 @contextlib.contextmanager
@@ -91,7 +95,7 @@ class WriteAheadLog:
                 raise ZrayError(
                     f"write-ahead log {self.path} has schema version {version}; this zray "
                     f"writes version {SCHEMA_VERSION}: read it with zray inspect --wal")
-            self._rows: int = self._db.execute("SELECT COUNT(*) FROM log").fetchone()[0]
+            self._rows: int = self._db.execute(_COUNT).fetchone()[0]
         self.applied: dict[bytes, int] = {}  # node -> the last batch seq stored from it
 
     def replay(self, tables: Tables) -> int:
@@ -107,7 +111,8 @@ class WriteAheadLog:
         returns (a group commit: one per pass of the shard's loop)."""
         with _converted(self.path, "append"), self._transaction():
             for rows, at, node, seq in batches:
-                self._db.executemany(_INSERT, [(*row, at) for row in rows])
+                if rows:
+                    self._db.execute(_INSERT, _entry([(*row, at) for row in rows]))
                 self._db.execute(_APPLIED, (node, seq))
                 self._rows += len(rows)
         for _, _, node, seq in batches:
@@ -122,7 +127,8 @@ class WriteAheadLog:
         with _converted(self.path, "compact"):
             with self._transaction():
                 self._db.execute("DELETE FROM log")
-                self._db.executemany(_INSERT, stamped)
+                self._db.executemany(_INSERT, [_entry(stamped[i : i + _CHUNK_ROWS])
+                                               for i in range(0, len(stamped), _CHUNK_ROWS)])
                 self._db.execute(_DROPPED, (dropped_tasks,))
             # Fold the big transaction into the main file so the -wal file shrinks again.
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -292,20 +298,44 @@ def _version(db: sqlite3.Connection, path: str) -> int | None:
     return version
 
 
+def _entry(rows: list[tuple[Any, ...]]) -> tuple[bytes, int]:
+    return pickle.dumps(rows, protocol=5), len(rows)
+
+
 def _load(db: sqlite3.Connection, version: int, tables: Tables, path: str) -> int:
-    """Apply the log's rows to ``tables``; bad rows are skipped, counted and named."""
+    """Apply the log's rows to ``tables``; bad rows are skipped, counted and named (by
+    log entry, and row within it)."""
     if version >= 2:
         for (dropped,) in db.execute("SELECT value FROM meta WHERE name = 'dropped_tasks'"):
             tables.dropped_tasks = int(dropped)
     bad = 0
-    for row_id, *row, at in db.execute(_SELECT[version]):
-        try:
-            tables.apply([check_row(tuple(row))], float(at))
-        except (ValueError, TypeError) as exc:
-            bad += 1
-            tables.bad_rows += 1
-            if bad <= 10:
-                log.warning("write-ahead log %s: skipped bad row %d: %s", path, row_id, exc)
+
+    def skip(where: str, exc: Exception) -> None:
+        nonlocal bad
+        bad += 1
+        tables.bad_rows += 1
+        if bad <= 10:
+            log.warning("write-ahead log %s: skipped bad row %s: %s", path, where, exc)
+
+    for entry_id, *columns in db.execute(_SELECT[version]):
+        if version == 0:
+            entries = [(f"{entry_id}", (*columns, 0.0))]
+        else:
+            try:
+                rows = plain_loads(columns[0])
+                if type(rows) is not list:
+                    raise ValueError(f"a log entry is a list of rows, not {type(rows).__name__}")
+            except ValueError as exc:
+                skip(f"entry {entry_id} (all of it)", exc)
+                continue
+            entries = [(f"{i + 1} of entry {entry_id}", row) for i, row in enumerate(rows)]
+        for where, row in entries:
+            try:
+                if type(row) is not tuple or len(row) != 5 or type(row[4]) is not float:
+                    raise ValueError("a logged row is (table, key, fields_json, blob, time)")
+                tables.apply([check_row(row[:4])], row[4])
+            except (ValueError, TypeError) as exc:
+                skip(where, exc)
     if bad:
         log.warning("write-ahead log %s: skipped %d bad rows in all", path, bad)
     return bad

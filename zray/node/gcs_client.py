@@ -84,10 +84,10 @@ class GcsClient:
             "restarts_left": actor.restarts_left, "death_cause": actor.death_cause[:500]})
 
     def pump(self) -> None:
-        """Take acknowledgements; send queued rows once per poll period (so a key updated
+        """Take acknowledgements; send queued rows every ``gcs_flush_ms`` (so a key updated
         several times meanwhile goes out once) or as soon as a batch is full."""
         now = time.monotonic()
-        due = now - self._last_flush >= self._config.poll_interval_ms / 1000
+        due = now - self._last_flush >= self._config.gcs_flush_ms / 1000
         for link in self.links:
             while has_input(link.socket):
                 link.handle(link.socket.recv_multipart())
