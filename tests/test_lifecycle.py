@@ -253,7 +253,7 @@ def test_a_message_the_agent_cannot_use_gets_an_error_reply_and_changes_nothing(
         assert sock.poll(10_000) and isinstance(p.decode(sock.recv_multipart()), p.Registered)
         for wrong in (p.Registered(b"n", 1, "", 0, {}),  # a message only the agent sends
                       p.SubmitTask(b"\x06" * 16, b"j", b"", "f", b"", [], [], -3, {}, 0,
-                                   b"", b"", {}, False, b"")):  # -3 results
+                                   b"", b"", {}, False, b"", b"")):  # -3 results
             sock.send_multipart(p.encode(wrong))
             assert sock.poll(10_000), f"no reply to {type(wrong).__name__}"
             reply = p.decode(sock.recv_multipart())

@@ -22,7 +22,7 @@ def make_task(resources: dict[str, float] | None = None, max_retries: int = 0,
         deps=[], contained=[], num_returns=1,
         resources={"CPU": 1.0} if resources is None else resources,
         max_retries=max_retries, retry_filter=b"", actor_id=b"", actor_options={}, direct=False,
-        sent_to=b"",
+        sent_to=b"", parent=b"",
     )
     return Task(spec, submitter=b"driver")
 

@@ -453,6 +453,7 @@ class CoreClient:
             blob if direct_deps is None else b"", deps,
             contained, options.num_returns, options.resources, options.max_retries,
             options.retry_filter, actor_id, actor_options or {}, direct_deps is not None, b"",
+            self.context.task_id,
         )
         refs = [ObjectRef(return_object_id(task_id, i), self.refs, created=True)
                 for i in range(options.num_returns)]

@@ -145,6 +145,7 @@ class SubmitTask(Message):
     direct: bool  # the owner sent it itself (a lease, an actor's worker): the agent records
     # and pins, and expects the results
     sent_to: bytes  # a direct actor call: the actor's worker it went to (b"" otherwise)
+    parent: bytes  # the task (or driver) that submitted it: the GCS row, the timeline's flows
 
 
 @message(5)
@@ -179,6 +180,7 @@ class TaskDone(Message):
     owner: bytes  # a direct task's owner (the worker reports to both); b"" otherwise
     seconds: float  # how long it ran: its owner sends short tasks ahead, several at once
     pid: int  # the worker process that ran it (0: it never ran)
+    error: str  # "Type: message" of the exception it raised ("" if none), for the GCS row
 
 
 @message(7)

@@ -384,16 +384,19 @@ class Agent:
                 return entry.data  # errors always travel inline
         return None
 
-    def fail_with(self, task: Task, error: bytes) -> None:
-        """Every result of the task is ``error``; the task never ran (or never will)."""
+    def fail_with(self, task: Task, error: bytes, why: str = "") -> None:
+        """Every result of the task is ``error``; the task never ran (or never will).
+        ``why``: the error as "Type: message", for the task's GCS row."""
         results = failures.as_results(task.spec.task_id, task.spec.num_returns, error)
         if task.spec.actor_id and not task.spec.actor_options:  # its caller waits for the
             # actor's answer, not ours: it gets one in its place, by task id
             self.send(task.submitter, p.TaskDone(task.spec.task_id, task.attempt, results, [],
-                                                 False, b"", 0.0, 0))
-        self.finish_task(task, results, [])
+                                                 False, b"", 0.0, 0, ""))
+        self.finish_task(task, results, [], why or failures.describe(error))
 
-    def finish_task(self, task: Task, results: list[p.Location], contained: list[bytes]) -> None:
+    def finish_task(self, task: Task, results: list[p.Location], contained: list[bytes],
+                    error: str = "") -> None:
+        task.error = error
         for object_id, data, _, _, is_error in results:
             if data is not None:
                 self.objects.put_inline(object_id, task.spec.job_id, data, contained,

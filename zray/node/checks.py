@@ -73,6 +73,8 @@ def _submit_task(msg: p.SubmitTask) -> str:
         return "a task or an actor's creation must name its function"
     if msg.actor_id and len(msg.actor_id) != TASK_ID_BYTES:
         return f"an actor id is {TASK_ID_BYTES} bytes, not {len(msg.actor_id)}"
+    if msg.parent and len(msg.parent) != TASK_ID_BYTES:
+        return f"a parent task id is {TASK_ID_BYTES} bytes, not {len(msg.parent)}"
     if msg.actor_options:
         try:  # (its options go to the GCS as JSON)
             json.dumps(msg.actor_options, ensure_ascii=False).encode()
@@ -97,7 +99,7 @@ def _task_done(msg: p.TaskDone) -> str:
                 and type(location[2]) is int and type(location[3]) is int
                 and location[2] >= 0 and location[3] >= 0 and type(location[4]) is bool):
             return "results: not a list of (object id, data, offset, size, is_error)"
-    return ""
+    return _text(msg.error)
 
 
 def _create_object(msg: p.CreateObject) -> str:

@@ -28,6 +28,7 @@ from zray.specs import TaskContext
 _ZRAY_DIR = os.path.dirname(os.path.abspath(zray.__file__))
 
 Outcome = tuple[p.TaskDone, list[Any]]
+_ERROR_TEXT = 1000  # characters of an error's "Type: message" in the GCS row
 
 
 def run_sync(client: CoreClient, task: p.ExecuteTask,
@@ -102,7 +103,7 @@ def finish(client: CoreClient, task: p.ExecuteTask, values: list[Any],
     check_ref_count(len(contained), client.config.max_refs_per_value,
                     f"the return values of {task.name}()")
     return p.TaskDone(task.task_id, task.attempt, results, contained, False, task.owner,
-                      time.perf_counter() - started, os.getpid())
+                      time.perf_counter() - started, os.getpid(), "")
 
 
 def fail(client: CoreClient, task: p.ExecuteTask, exc: Exception,
@@ -114,7 +115,7 @@ def fail(client: CoreClient, task: p.ExecuteTask, exc: Exception,
     retryable = not isinstance(exc, TaskCancelledError) and should_retry(task.retry_filter, exc)
     seconds = 0.0 if started is None else time.perf_counter() - started
     return p.TaskDone(task.task_id, task.attempt, results, contained, retryable, task.owner,
-                      seconds, os.getpid())
+                      seconds, os.getpid(), _error_text(exc))
 
 
 def hand_in(client: CoreClient, outcome: Outcome) -> None:
@@ -135,6 +136,12 @@ def hand_in(client: CoreClient, outcome: Outcome) -> None:
         client.tx.send(done)
     else:
         client.peers.send(done.owner, done)
+
+
+def _error_text(exc: BaseException) -> str:
+    """``Type: message``, short, as valid text (an exception's message may hold anything)."""
+    text = f"{type(exc).__name__}: {exc}"[:_ERROR_TEXT]
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def error_payload(exc: BaseException, name: str, max_bytes: int) -> Serialized:

@@ -5,6 +5,8 @@ Each message names what failed (task, object, pid) and says what to check next.
 
 from __future__ import annotations
 
+import pickletools
+
 from zray.exceptions import (
     ActorDiedError,
     ActorUnavailableError,
@@ -15,7 +17,7 @@ from zray.exceptions import (
     ZrayError,
 )
 from zray.ids import return_object_id, short
-from zray.objects.serialization import deserialize, serialize
+from zray.objects.serialization import deserialize, pickled_part, serialize
 from zray.objects.store import Allocator
 
 
@@ -84,6 +86,39 @@ def owner_died(name: str, pid: int) -> bytes:
 
 def cancelled(name: str) -> bytes:
     return _payload(TaskCancelledError(f"{name}() was cancelled with zray.cancel()"))
+
+
+def describe(payload: bytes) -> str:
+    """``Type: message`` of a stored error, read from its pickle without running any of it
+    (the agent has not the user's classes, and must not run their code): one of zray's
+    own errors, or the importable class of what a task raised, with the first text after
+    it. Only the start of the pickle is read; "" if nothing fits (a class pickled by
+    value: the worker's TaskDone said what it was)."""
+    try:
+        pickled = bytes(pickled_part(payload)[:_DESCRIBE_BYTES])
+        strings: list[str] = []
+        kind, wrapped = "", False
+        for op, arg, _ in pickletools.genops(pickled):
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+                if kind:
+                    return f"{kind}: {arg}"[:_DESCRIBE_TEXT]
+                strings.append(str(arg))
+            elif op.name in ("STACK_GLOBAL", "GLOBAL"):
+                module, name = (strings[-2:] if op.name == "STACK_GLOBAL"
+                                else str(arg).split()[-2:])
+                if name == "_rebuild_task_error":  # a task's error: its cause's class next
+                    wrapped = True
+                elif name.startswith("_") or not (wrapped or module == "zray.exceptions"):
+                    return ""
+                else:
+                    kind = name
+        return kind
+    except Exception:  # a truncated or odd pickle: no description
+        return ""
+
+
+_DESCRIBE_BYTES = 64 * 1024
+_DESCRIBE_TEXT = 1000
 
 
 def error_text(data: bytes | None) -> str:

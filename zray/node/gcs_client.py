@@ -37,6 +37,7 @@ class GcsClient:
         self.links = [BrokerLink(context, endpoint, node_id, config, share)
                       for endpoint in endpoints]
         self._node_id = node_id
+        self._node_hex = node_id.hex()
         self._node_row: dict[str, Any] = {}
         self._tasks = 0  # tasks recorded, each once
         self._counted = (0, 0)  # tasks recorded, rows dropped unsent: as the node's row says
@@ -66,7 +67,7 @@ class GcsClient:
         if not task.recorded:
             task.recorded = True
             self._tasks += 1
-        self.record("tasks", task.spec.task_id, _TaskRow(task))
+        self.record("tasks", task.spec.task_id, _TaskRow(task, self._node_hex))
 
     def record_object(self, entry: ObjectEntry | None, node_id: bytes) -> None:
         if entry is not None:
@@ -141,22 +142,26 @@ class GcsClient:
 class _TaskRow:
     """A task's row in the GCS, laid out on demand (see record_task)."""
 
-    __slots__ = ("task",)
+    __slots__ = ("task", "node")
 
-    def __init__(self, task: Task) -> None:
-        self.task = task
+    def __init__(self, task: Task, node: str) -> None:
+        self.task, self.node = task, node
 
     def __call__(self) -> str:
         """The row as JSON, laid out by hand (one per task: json.dumps of the same dict
-        cost the agent twice as much); ``times``: every state it entered, in ms after
-        ``submitted``."""
+        cost the agent twice as much). Its keys are the README's (``zray inspect tasks
+        --json``); ``times``: every state it entered, in ms after ``submitted``."""
         spec, task = self.task.spec, self.task
         times = ",".join(f'"{state}":{ms}' for state, ms in task.times.items())
-        pid = f',"pid":{task.pid}' if task.pid else ""
+        extra = f',"worker_pid":{task.pid}' if task.pid else ""
+        if task.error:
+            kind, _, message = task.error.partition(": ")
+            extra += f',"error_type":{_json_str(kind)},"error_message":{_json_str(message)}'
         return (f'{{"task_id":"{spec.task_id.hex()}","name":{_json_str(spec.name)},'
-                f'"job_id":"{spec.job_id.hex()}","state":"{task.state.name}",'
-                f'"attempt":{task.attempt},"submitted":{task.submitted!r},'
-                f'"times":{{{times}}}{pid}}}')
+                f'"state":"{task.state.name}","attempt":{task.attempt},'
+                f'"job_id":"{spec.job_id.hex()}","node_id":"{self.node}",'
+                f'"parent_task_id":"{spec.parent.hex()}","submitted":{task.submitted!r},'
+                f'"times":{{{times}}}{extra}}}')
 
 
 _json_str = json.JSONEncoder(ensure_ascii=False).encode  # a name, quoted and escaped

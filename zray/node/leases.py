@@ -44,7 +44,7 @@ class LeaseManager:
 
     def request(self, client_id: bytes, msg: p.RequestLease) -> None:
         spec = p.SubmitTask(msg.lease_id, msg.job_id, b"", msg.name, b"", [], [], 0,
-                            msg.resources, 0, b"", b"", {}, False, b"")
+                            msg.resources, 0, b"", b"", {}, False, b"", b"")
         lease = Task(spec, client_id, lease=True)
         # A worker asks for its running task's children: they go first, so work under way
         # finishes before new work starts (and blocks, and needs yet more workers).
@@ -119,7 +119,7 @@ class LeaseManager:
         if task.state is TaskState.QUEUED:  # (no TaskStarted: it was short)
             task.move(TaskState.RUNNING, time.time() - msg.seconds)
         task.move(TaskState.FAILED if failures.any_error(msg.results) else TaskState.FINISHED)
-        self.agent.finish_task(task, msg.results, msg.contained)
+        self.agent.finish_task(task, msg.results, msg.contained, msg.error)
         self.agent.relay(client_id, msg)
 
     def started(self, client_id: bytes, msg: p.TaskStarted) -> None:

@@ -57,6 +57,7 @@ class Task:
     # it was last entered (ints: the GCS row is encoded for every task, floats cost more)
     pid: int = 0  # the worker process it ran in last (for the GCS)
     recorded: bool = False  # the GCS has been told of it (GcsClient counts tasks so)
+    error: str = ""  # what it raised, "Type: message" (the GCS row)
 
     def __post_init__(self) -> None:
         self.submitted = time.time()

@@ -189,15 +189,26 @@ def serialize(value: Any) -> Serialized:
 def deserialize(data: memoryview | bytes) -> Any:
     """The value laid out in ``data``; buffers are views into ``data``, not copies."""
     view = memoryview(data)
+    buffers = []
+    for i in range(_header(view)[1]):
+        offset, length = _SPAN.unpack_from(view, _HEAD.size + i * _SPAN.size)
+        buffers.append(view[offset : offset + length])
+    return pickle.loads(pickled_part(view), buffers=buffers)
+
+
+def pickled_part(data: memoryview | bytes) -> memoryview:
+    """The pickle stream of a serialised value (without its out-of-band buffers)."""
+    view = memoryview(data)
+    _, n_buffers, pickle_len = _header(view)
+    start = _HEAD.size + n_buffers * _SPAN.size
+    return view[start : start + pickle_len]
+
+
+def _header(view: memoryview) -> tuple[int, int, int]:
     magic, n_buffers, pickle_len = _HEAD.unpack_from(view, 0)
     if magic != _MAGIC:
         raise ValueError("not a zray serialised object (bad magic)")
-    buffers = []
-    for i in range(n_buffers):
-        offset, length = _SPAN.unpack_from(view, _HEAD.size + i * _SPAN.size)
-        buffers.append(view[offset : offset + length])
-    start = _HEAD.size + n_buffers * _SPAN.size
-    return pickle.loads(view[start : start + pickle_len], buffers=buffers)
+    return magic, n_buffers, pickle_len
 
 
 def find_unpicklable(value: Any, path: str = "", depth: int = 3) -> str:
