@@ -1,46 +1,38 @@
 """The ``zray`` command.
 
-``zray inspect tasks|objects|actors|nodes|functions`` lists a GCS table: live from the
-broker shard of a running cluster, or post-mortem from its write-ahead log when it is down.
-``zray microbenchmark`` runs zray/bench.py's workloads (``python -m zray.bench --backend ray``
-runs the same ones on an installed Ray).
+``zray inspect tasks|objects|actors|nodes|jobs|functions`` lists a GCS table, and ``zray
+inspect task ID`` shows one task's history (cli/inspect.py): live from the shards of a
+running cluster, or post-mortem from their write-ahead logs when it is down. ``zray
+microbenchmark`` runs zray/bench.py's workloads (``python -m zray.bench --backend ray`` runs
+the same ones on an installed Ray); ``--gcs``: zray/bench_gcs.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from typing import Any
+from importlib import metadata
+
+from zray_cli import inspect as table_view
 
 from zray.broker.reader import TableView, read_session, read_wal
 from zray.config import Config
 from zray.exceptions import ZrayError
 from zray.node.sessions import ended_sessions, given_run_id, live_sessions, newest
 
-TABLES = ("tasks", "objects", "actors", "nodes", "functions")
-COLUMNS = {
-    "tasks": ("task_id", "name", "state", "attempt", "pid", "job_id"),
-    "objects": ("object_id", "size", "where", "is_error", "job_id"),
-    "actors": ("actor_id", "class_name", "name", "state", "pid", "restarts_left"),
-    "nodes": ("node_id", "state", "pid", "resources"),
-    "functions": ("key", "name"),
-}
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zray", description="zray cluster tools")
+    parser.add_argument("--version", action="version", version=f"zray {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    inspect = sub.add_parser("inspect", help="list a GCS table (live, or from the log)")
-    inspect.add_argument("table", choices=TABLES)
+    inspect = sub.add_parser("inspect", help="list a GCS table (live, or from the logs)",
+                             description=table_view.__doc__,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    table_view.add_arguments(inspect)
     where = inspect.add_mutually_exclusive_group()
     where.add_argument("--session", help="session directory (default: the newest running "
                        "cluster's, else the newest ended one's in ZRAY_HOME)")
     where.add_argument("--wal", help="read this write-ahead log file (post-mortem)")
-    inspect.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
-                         help="keep rows whose FIELD equals VALUE (repeatable)")
-    inspect.add_argument("--limit", type=int, default=0, help="only the newest N rows")
-    inspect.add_argument("--json", action="store_true", help="one JSON object per line")
     bench = sub.add_parser("microbenchmark", help="measure zray on a private local cluster")
     bench.add_argument("--quick", action="store_true", help="a tenth of the work, one run")
     bench.add_argument("--json", action="store_true", help="one JSON object per workload")
@@ -58,19 +50,30 @@ def main(argv: list[str] | None = None) -> int:
 
         return zray_bench.main(["--backend", "zray"] + ["--quick"] * args.quick
                                + ["--json"] * args.json)
+    return _inspect(args, inspect)
+
+
+def _inspect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if (args.table == "task") != (args.id is not None):
+        parser.error("`zray inspect task ID` takes an id; a table takes none")
+    table = "tasks" if args.table == "task" else args.table
     try:
-        view = _read(args)
-    except ZrayError as exc:
+        view = _read(args, table)
+        rows = table_view.select(view, args)
+    except (ZrayError, ValueError) as exc:
         print(f"zray inspect: {exc}", file=sys.stderr)
         return 1
     for note in view.notes:  # (stdout stays parseable)
         print(f"zray inspect: {note}", file=sys.stderr)
-    rows = [_row(key, fields) for key, fields in view.rows]
-    rows = [r for r in rows if _matches(r, args.filter)]
-    if args.limit:
-        rows = rows[-args.limit:]
-    _print(rows, args.table, args.json)
-    if args.table == "tasks" and view.dropped_tasks:
+    if args.table == "task":
+        code = table_view.print_task(rows, args.id, args.json)
+    elif args.json:
+        table_view.print_json(rows, table)
+        code = 0
+    else:
+        table_view.print_table(rows, table, args.wide)
+        code = 0
+    if table == "tasks" and view.dropped_tasks:
         print(f"zray inspect: {view.dropped_tasks} older tasks not kept (max_task_history)",
               file=sys.stderr)
     if view.bad_rows:
@@ -80,16 +83,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zray inspect: the rows of {view.unread} shards are missing (above: why)",
               file=sys.stderr)
         return 2
-    return 0
+    return code
 
 
-def _read(args: argparse.Namespace) -> TableView:
+def _read(args: argparse.Namespace, table: str) -> TableView:
     """The table from, in order: --wal, --session, the newest running session, the newest
     ended one (of this run, if ``ZRAY_RUN_ID`` names one)."""
     history = Config.from_env().max_task_history
-    limit = args.limit if args.limit and not args.filter else None  # (filters come after)
+    filtered = any((args.state, args.name, args.node, args.job, args.since, args.filter))
+    limit = args.limit if args.limit and not filtered and args.table != "task" else None
     if args.wal:
-        return read_wal(args.wal, args.table, limit, history)
+        return read_wal(args.wal, table, limit, history)
     session, what = args.session, "the session"
     if session is None:
         run = given_run_id() or "*"
@@ -99,42 +103,16 @@ def _read(args: argparse.Namespace) -> TableView:
     if session is None:
         raise ZrayError("no zray session found, running or ended; start a cluster, or pass "
                         "--session or --wal")
-    view = read_session(session, args.table, limit, history)
+    view = read_session(session, table, limit, history)
     view.notes.insert(0, f"read {what} {session}")
     return view
 
 
-def _row(key: bytes, fields: dict[str, Any]) -> dict[str, Any]:
-    return {"key": key.hex(), **fields}
-
-
-def _matches(row: dict[str, Any], filters: list[str]) -> bool:
-    for item in filters:
-        field, _, value = item.partition("=")
-        if str(row.get(field)) != value:
-            return False
-    return True
-
-
-def _print(rows: list[dict[str, Any]], table: str, as_json: bool) -> None:
-    if as_json:
-        for row in rows:
-            print(json.dumps(row))
-        return
-    columns = COLUMNS[table]
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
-    for r in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
-    print(f"({len(rows)} {table})")
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    text = json.dumps(value) if isinstance(value, dict) else str(value)
-    return text[:40]
+def _version() -> str:
+    try:
+        return metadata.version("zray")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 if __name__ == "__main__":

@@ -120,4 +120,4 @@ def task_rows(session: str) -> list[dict]:
     """The session's tasks table (live shards, else their logs), oldest first."""
     from zray.broker.reader import read_session
 
-    return [fields for _, fields in read_session(session, "tasks", None, 10**9).rows]
+    return [fields for _, fields, _ in read_session(session, "tasks", None, 10**9).rows]

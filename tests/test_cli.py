@@ -67,3 +67,61 @@ def test_inspect_post_mortem_from_a_log(tmp_path):
 def test_inspect_without_a_cluster_says_so(tmp_path):
     out = zray_cli("inspect", "tasks", "--session", str(tmp_path))
     assert out.returncode == 1 and "no write-ahead log" in out.stderr
+
+
+TASK_KEYS = {"task_id", "name", "state", "attempt", "job_id", "node_id", "parent_task_id",
+             "submitted", "times"}
+
+
+def test_inspect_filters_units_json_keys_and_one_tasks_history():
+    zray.init(num_cpus=1)
+    try:
+        session = api._cluster.session  # type: ignore[union-attr]
+
+        @zray.remote(max_retries=0)
+        def picky(i):
+            if i == 1:
+                raise ValueError(f"no {i}s here")
+            return i
+
+        refs = [picky.remote(i) for i in range(3)]
+        with pytest.raises(ValueError):
+            zray.get(refs)
+        failed = refs[1].hex()[:32]
+        deadline = time.monotonic() + 20
+        while True:
+            out = zray_cli("inspect", "tasks", "--session", session, "--state", "failed",
+                           "--json")
+            rows = [json.loads(line) for line in out.stdout.splitlines()]
+            if rows or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        [row] = rows
+        assert TASK_KEYS <= set(row) and row["task_id"] == failed
+        assert (row["error_type"], row["error_message"]) == ("ValueError", "no 1s here")
+        assert row["worker_pid"] > 0 and "key" not in row
+        job = row["job_id"]
+        table = zray_cli("inspect", "tasks", "--session", session, "--name", "*picky",
+                         "--job", job[:4], "--since", "10m")
+        assert "(3 tasks)" in table.stdout and failed[:8] in table.stdout
+        assert failed not in table.stdout  # ids shortened...
+        wide = zray_cli("inspect", "tasks", "--session", session, "--wide")
+        assert failed in wide.stdout  # ...but for --wide
+        none = zray_cli("inspect", "tasks", "--session", session, "--node", "zz")
+        assert "(0 tasks)" in none.stdout
+        history = zray_cli("inspect", "task", failed[:6], "--session", session)
+        assert history.returncode == 0, history.stderr
+        for text in (failed, "FAILED", "RUNNING", "QUEUED", "error: ValueError: no 1s here"):
+            assert text in history.stdout
+        jobs = zray_cli("inspect", "jobs", "--session", session, "--json")
+        assert [json.loads(line)["state"] for line in jobs.stdout.splitlines()] == ["RUNNING"]
+        bad = zray_cli("inspect", "tasks", "--session", session, "--since", "soon")
+        assert bad.returncode == 1 and "--since 'soon'" in bad.stderr
+    finally:
+        zray.shutdown()
+    ended = zray_cli("inspect", "jobs", "--json")  # (the ended session, post-mortem)
+    assert [json.loads(line)["state"] for line in ended.stdout.splitlines()] == ["SUCCEEDED"]
+    nodes = zray_cli("inspect", "nodes", "--json")
+    assert [json.loads(line)["state"] for line in nodes.stdout.splitlines()] == ["DEAD"]
+    version = zray_cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("zray ")

@@ -125,7 +125,7 @@ def test_killing_the_agent_leaves_the_gcs_up_and_a_stopped_shard_is_read_from_it
         time.sleep(0.3)
         assert {proc.pid for proc in gcs_shards(2)} == shards  # the GCS is not the agent's
         view = read_session(cluster.session, "tasks", None, 10_000)
-        assert {fields["task_id"] for _, fields in view.rows} >= ids
+        assert {fields["task_id"] for _, fields, _ in view.rows} >= ids
         assert view.notes == []  # both answered, live
         # One shard stopped: the other's keys still answer; the stopped one's are read
         # from its log, and inspect says so.
@@ -135,7 +135,7 @@ def test_killing_the_agent_leaves_the_gcs_up_and_a_stopped_shard_is_read_from_it
             view = read_session(cluster.session, "tasks", None, 10_000)
         finally:
             stopped.send_signal(signal.SIGCONT)
-        assert {fields["task_id"] for _, fields in view.rows} >= ids
+        assert {fields["task_id"] for _, fields, _ in view.rows} >= ids
         assert len(view.notes) == 1 and "did not answer" in view.notes[0]
         assert os.path.exists(endpoint(cluster.session, 1).removeprefix("ipc://"))
     finally:

@@ -27,7 +27,7 @@ _SHARD_FILE = re.compile(r"broker-(\d+)\.(?:wal|sock)$")
 
 @dataclass
 class TableView:
-    rows: list[tuple[bytes, dict[str, Any]]]  # (key, fields), oldest first
+    rows: list[tuple[bytes, dict[str, Any], float]]  # (key, fields, first stored), oldest first
     dropped_tasks: int = 0  # older tasks the history bound did not keep
     bad_rows: int = 0  # rows of a log that did not check (skipped)
     notes: list[str] = field(default_factory=list)
@@ -62,7 +62,7 @@ def read_session(session: str, table: str, limit: int | None,
     if table == "tasks":  # those the agents' queues dropped count too: tasks the nodes
         # recorded, less those the shards hold (once all is stored, exact)
         nodes = read_session(session, "nodes", None, max_task_history)
-        recorded = sum(int(fields.get("tasks_recorded", 0)) for _, fields in nodes.rows)
+        recorded = sum(int(fields.get("tasks_recorded", 0)) for _, fields, _ in nodes.rows)
         view.dropped_tasks = max(view.dropped_tasks, recorded - view.kept_tasks)
     return view
 
@@ -105,8 +105,8 @@ def _read_shard(session: str, index: int, shards: int, table: str, limit: int | 
     return tables.rows(table, limit)
 
 
-def _decoded(rows: list[StoredRow], table: str) -> list[tuple[bytes, dict[str, Any]]]:
+def _decoded(rows: list[StoredRow], table: str) -> list[tuple[bytes, dict[str, Any], float]]:
     try:
-        return [(row[0], json.loads(row[1])) for row in rows]
+        return [(row[0], json.loads(row[1]), row[3]) for row in rows]
     except (ValueError, TypeError) as exc:
         raise ZrayError(f"the {table} table holds a row that is not JSON: {exc}") from exc

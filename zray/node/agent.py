@@ -247,6 +247,8 @@ class Agent:
         self.clients.add(client, msg.namespace)
         if claims_owner:
             self.owner_client = client_id
+        if msg.kind == "driver":
+            self._record_job(client, "RUNNING")
         self.send(client_id, p.Registered(self.node_id, os.getpid(), self.store_path,
                                           self.store_size, self.resources))
         if pooled:
@@ -257,13 +259,27 @@ class Agent:
 
     def on_disconnect(self, client_id: bytes, msg: p.Disconnect) -> None:
         client = self.clients[client_id]
-        self._drop_client(client)
+        self._drop_client(client, clean=True)
         if msg.stop_cluster and client_id != self.owner_client:
             self.reject(client_id, msg, "only the driver that started the cluster stops it")
         elif msg.stop_cluster:
             self.running = False
 
-    def _drop_client(self, client: Client) -> None:
+    def _record_job(self, driver: Client, state: str) -> None:
+        """A driver's job: RUNNING from its registration, then SUCCEEDED when it
+        disconnects, FAILED when it dies without (Ray's job states)."""
+        if state == "RUNNING":
+            driver.job_row = {"job_id": driver.job_id.hex(), "driver_pid": driver.pid,
+                              "node_id": self.node_id.hex(), "state": state,
+                              "namespace": self.clients.namespaces.get(driver.job_id, ""),
+                              "start_time": time.time()}
+        else:
+            driver.job_row.update(state=state, end_time=time.time())
+        self.gcs.record("jobs", driver.job_id, dict(driver.job_row))
+
+    def _drop_client(self, client: Client, clean: bool = False) -> None:
+        if client.kind == "driver" and client.job_row:
+            self._record_job(client, "SUCCEEDED" if clean else "FAILED")
         self.clients.remove(client.client_id)
         if client.pidfd >= 0:
             os.close(client.pidfd)
@@ -493,6 +509,7 @@ class Agent:
 
     def stop(self) -> None:
         try:
+            self.gcs.node_stopped()
             self.gcs.drain(self.config.shutdown_timeout_s / 2)
             self.pool.stop_all(self.config.shutdown_timeout_s)
             self.gcs.close()

@@ -7,6 +7,7 @@ notices to the drivers of its job, a named-actor lookup to its job's namespace.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from zray.node.scheduler import Task
 from zray.node.worker_pool import WorkerProcess
@@ -22,6 +23,7 @@ class Client:
     pidfd: int = -1  # watched for drivers; workers are watched through the pool
     worker: WorkerProcess | None = None
     functions: set[bytes] = field(default_factory=set)  # exported functions it has
+    job_row: dict[str, Any] = field(default_factory=dict)  # a driver's job, as the GCS has it
 
 
 class Clients:

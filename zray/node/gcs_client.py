@@ -58,6 +58,12 @@ class GcsClient:
                               dropped_task_rows=self._counted[1])
         self.record("nodes", self._node_id, self._node_row)
 
+    def node_stopped(self) -> None:
+        """The node's row says it stopped (a clean stop; a node that dies keeps ALIVE
+        until the cluster issue's failure detection marks it)."""
+        if self._node_row:
+            self.record_node(dict(self._node_row, state="DEAD", end_time=time.time()))
+
     def record_task(self, task: Task, pid: int = 0) -> None:
         # Its fields are laid out when the row is sent, from the task as it is then: a
         # task recorded several times before a flush costs one row, and a row dropped
