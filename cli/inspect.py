@@ -110,8 +110,8 @@ def print_task(rows: list[dict[str, Any]], prefix: str, as_json: bool) -> int:
     print(f"  job {task.get('job_id')}  node {task.get('node_id')}  worker pid "
           f"{task.get('worker_pid', '-')}  submitted by task {task.get('parent_task_id')}")
     submitted = float(task.get("submitted", 0.0))
-    for state, ms in sorted(task.get("times", {}).items(), key=lambda item: item[1]):
-        print(f"  {_clock(submitted + ms / 1000)}  +{_duration(ms / 1000):>8}  {state}")
+    for state, us in sorted(task.get("times", {}).items(), key=lambda item: item[1]):
+        print(f"  {_clock(submitted + us / 1e6)}  +{_duration(us / 1e6):>8}  {state}")
     if task.get("error_type"):
         print(f"  error: {task['error_type']}: {task.get('error_message', '')}")
     return 0
@@ -122,7 +122,7 @@ def _cell(column: str, row: dict[str, Any], wide: bool) -> str:
         times = row.get("times", {})
         start = times.get("RUNNING")
         end = times.get("FINISHED", times.get("FAILED"))
-        return "-" if start is None or end is None else _duration((end - start) / 1000)
+        return "-" if start is None or end is None else _duration((end - start) / 1e6)
     value = row.get(column)
     if value is None or value == "":
         return "-"

@@ -10,6 +10,7 @@ the same ones on an installed Ray); ``--gcs``: zray/bench_gcs.py.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib import metadata
 
@@ -18,7 +19,13 @@ from zray_cli import inspect as table_view
 from zray.broker.reader import TableView, read_session, read_wal
 from zray.config import Config
 from zray.exceptions import ZrayError
-from zray.node.sessions import ended_sessions, given_run_id, live_sessions, newest
+from zray.node.sessions import (
+    ended_path,
+    ended_sessions,
+    given_run_id,
+    live_sessions,
+    newest,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--session", help="session directory (default: the newest running "
                        "cluster's, else the newest ended one's in ZRAY_HOME)")
     where.add_argument("--wal", help="read this write-ahead log file (post-mortem)")
+    timeline = sub.add_parser("timeline", help="write the tasks of a session as a Chrome "
+                              "trace (open it in Perfetto)")
+    timeline.add_argument("-o", "--output", default="timeline.json", help="the trace file")
+    timeline.add_argument("--session", help="session directory (default: the newest running "
+                          "cluster's, else the newest ended one's)")
     bench = sub.add_parser("microbenchmark", help="measure zray on a private local cluster")
     bench.add_argument("--quick", action="store_true", help="a tenth of the work, one run")
     bench.add_argument("--json", action="store_true", help="one JSON object per workload")
@@ -50,7 +62,25 @@ def main(argv: list[str] | None = None) -> int:
 
         return zray_bench.main(["--backend", "zray"] + ["--quick"] * args.quick
                                + ["--json"] * args.json)
+    if args.command == "timeline":
+        return _timeline(args)
     return _inspect(args, inspect)
+
+
+def _timeline(args: argparse.Namespace) -> int:
+    from zray import tracing as timeline
+
+    try:
+        session, what = _session(args.session)
+        events = timeline.events(session, Config.from_env().max_task_history)
+    except ZrayError as exc:
+        print(f"zray timeline: {exc}", file=sys.stderr)
+        return 1
+    timeline.write(events, args.output)
+    slices = sum(event["ph"] == "X" for event in events)
+    print(f"zray timeline: {slices} tasks of {what} {session} written to {args.output}",
+          file=sys.stderr)
+    return 0
 
 
 def _inspect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -94,18 +124,28 @@ def _read(args: argparse.Namespace, table: str) -> TableView:
     limit = args.limit if args.limit and not filtered and args.table != "task" else None
     if args.wal:
         return read_wal(args.wal, table, limit, history)
-    session, what = args.session, "the session"
-    if session is None:
-        run = given_run_id() or "*"
-        session, what = newest(live_sessions(run)), "the running session"
-        if session is None:
-            session, what = newest(ended_sessions(run)), "the ended session"
-    if session is None:
-        raise ZrayError("no zray session found, running or ended; start a cluster, or pass "
-                        "--session or --wal")
+    session, what = _session(args.session)
     view = read_session(session, table, limit, history)
     view.notes.insert(0, f"read {what} {session}")
     return view
+
+
+def _session(given: str | None) -> tuple[str, str]:
+    """The session to read, and which it is: ``given``, else the newest running one, else
+    the newest ended one (of this run, if ``ZRAY_RUN_ID`` names one)."""
+    if given is not None:
+        if not os.path.exists(given) and os.path.exists(ended_path(given)):
+            return ended_path(given), "the ended session"  # (its logs moved when it ended)
+        return given, "the session"
+    run = given_run_id() or "*"
+    session = newest(live_sessions(run))
+    if session is not None:
+        return session, "the running session"
+    session = newest(ended_sessions(run))
+    if session is not None:
+        return session, "the ended session"
+    raise ZrayError("no zray session found, running or ended; start a cluster, or pass "
+                    "--session or --wal")
 
 
 def _version() -> str:

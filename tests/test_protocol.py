@@ -212,7 +212,7 @@ def test_encode_refuses_a_frame_over_the_bound_naming_the_message(bound: Any) ->
         p.encode(p.ExportFunction(b"f" * 16, "f", b"x" * 200_000))
     with pytest.raises(p.MessageTooLarge, match="TaskDone"):  # inline results, in the body
         p.encode(p.TaskDone(b"t" * 16, 0, [(b"o" * 20, c * 60_000, 0, 60_000, False)
-                                           for c in (b"x", b"y")], [], False, b"", 0.0, 0, ""))
+                                           for c in (b"x", b"y")], [], False, b"", 0.0, 0, "", 0.0))
     assert p.encode(p.PutObject(b"o" * 20, b"x" * 90_000, []))  # under it: fine
 
 

@@ -27,6 +27,7 @@ _HOME = {
     "remote": "zray.api",
     "shutdown": "zray.api",
     "store_stats": "zray.api",
+    "timeline": "zray.api",
     "wait": "zray.api",
 }
 

@@ -253,6 +253,20 @@ def store_stats() -> dict[str, Any]:
     return dict(client_for_call().query("store"))
 
 
+def timeline(filename: str | None = None) -> list[dict[str, Any]] | None:
+    """This cluster's tasks as a Chrome trace (zray/tracing.py), as in Ray: the list of
+    events, or written to ``filename`` (then None). Open it in Perfetto."""
+    from zray import tracing as trace
+
+    client_for_call()  # (raises if zray is not initialised)
+    assert _cluster is not None
+    events = trace.events(_cluster.session, _config.max_task_history)
+    if filename is None:
+        return events
+    trace.write(events, filename)
+    return None
+
+
 def _check_timeout(timeout: float | None) -> None:
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
         raise ValueError(f"timeout={timeout!r} must be None or a number of seconds >= 0")

@@ -76,7 +76,7 @@ def _lags(where: list[str], seconds: float) -> list[float]:
                 row = json.loads(fields)
                 if row["state"] == "FINISHED" and key not in seen:
                     seen[key] = now
-                    finished[key] = row["submitted"] + row["times"]["FINISHED"] / 1000
+                    finished[key] = row["submitted"] + row["times"]["FINISHED"] / 1e6
             time.sleep(0.05)
 
     reader = threading.Thread(target=poll, name="gcs-bench-reader")

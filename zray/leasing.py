@@ -278,7 +278,7 @@ class DirectSubmitter:
             if msg.retryable:  # the worker left the decision to us: final
                 self._report(p.TaskDone(msg.task_id, msg.attempt, msg.results, msg.contained,
                                         False, self._worker_id, msg.seconds, msg.pid,
-                                        msg.error))
+                                        msg.error, msg.started))
             elif not from_agent:  # the agent learns the outcome from us, who hold it
                 self._report(msg)
         return lease.key
@@ -428,4 +428,4 @@ class DirectSubmitter:
         self._file_results(results)
         self._results_here(results)
         self._report(p.TaskDone(task.task_id, task.attempt, results, [], False,
-                                self._worker_id, 0.0, 0, ""))
+                                self._worker_id, 0.0, 0, "", 0.0))

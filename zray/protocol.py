@@ -181,6 +181,7 @@ class TaskDone(Message):
     seconds: float  # how long it ran: its owner sends short tasks ahead, several at once
     pid: int  # the worker process that ran it (0: it never ran)
     error: str  # "Type: message" of the exception it raised ("" if none), for the GCS row
+    started: float  # when it started, by the worker's wall clock (0.0: it never ran)
 
 
 @message(7)

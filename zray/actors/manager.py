@@ -221,7 +221,7 @@ class ActorManager:
 
     def _finished(self, call: Task, client_id: bytes, msg: p.TaskDone) -> None:
         call.move(TaskState.FAILED if failures.any_error(msg.results) else TaskState.FINISHED)
-        self.agent.finish_task(call, msg.results, msg.contained, msg.error)
+        self.agent.finish_task(call, msg.results, msg.contained, msg.error, msg)
         self.agent.relay(client_id, msg)
 
     def _finished_early(self, call: Task, client_id: bytes, msg: p.TaskDone) -> None:

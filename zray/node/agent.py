@@ -39,7 +39,7 @@ from zray.node.gcs_client import GcsClient
 from zray.node.leases import LeaseManager
 from zray.node.object_manager import ObjectManager
 from zray.node.object_table import ObjectTable
-from zray.node.scheduler import Scheduler, Task
+from zray.node.scheduler import Scheduler, Task, TaskState
 from zray.node.tasks import TaskManager
 from zray.node.worker_pool import WorkerPool, WorkerProcess
 from zray.objects.store import Allocator, Mapping, create_arena
@@ -407,12 +407,17 @@ class Agent:
         if task.spec.actor_id and not task.spec.actor_options:  # its caller waits for the
             # actor's answer, not ours: it gets one in its place, by task id
             self.send(task.submitter, p.TaskDone(task.spec.task_id, task.attempt, results, [],
-                                                 False, b"", 0.0, 0, ""))
+                                                 False, b"", 0.0, 0, "", 0.0))
         self.finish_task(task, results, [], why or failures.describe(error))
 
     def finish_task(self, task: Task, results: list[p.Location], contained: list[bytes],
-                    error: str = "") -> None:
+                    error: str = "", ran: p.TaskDone | None = None) -> None:
+        """File a task's results; ``ran``: the worker's answer, whose clock times its run
+        (the agent hears of a leased task's end late, in its owner's batch)."""
         task.error = error
+        if ran is not None and ran.started:
+            task.retime(TaskState.RUNNING, ran.started)
+            task.retime(task.state, ran.started + ran.seconds)
         for object_id, data, _, _, is_error in results:
             if data is not None:
                 self.objects.put_inline(object_id, task.spec.job_id, data, contained,

@@ -102,8 +102,9 @@ def finish(client: CoreClient, task: p.ExecuteTask, values: list[Any],
         results.append(location)
     check_ref_count(len(contained), client.config.max_refs_per_value,
                     f"the return values of {task.name}()")
+    seconds = time.perf_counter() - started
     return p.TaskDone(task.task_id, task.attempt, results, contained, False, task.owner,
-                      time.perf_counter() - started, os.getpid(), "")
+                      seconds, os.getpid(), "", time.time() - seconds)
 
 
 def fail(client: CoreClient, task: p.ExecuteTask, exc: Exception,
@@ -115,7 +116,8 @@ def fail(client: CoreClient, task: p.ExecuteTask, exc: Exception,
     retryable = not isinstance(exc, TaskCancelledError) and should_retry(task.retry_filter, exc)
     seconds = 0.0 if started is None else time.perf_counter() - started
     return p.TaskDone(task.task_id, task.attempt, results, contained, retryable, task.owner,
-                      seconds, os.getpid(), _error_text(exc))
+                      seconds, os.getpid(), _error_text(exc),
+                      0.0 if started is None else time.time() - seconds)
 
 
 def hand_in(client: CoreClient, outcome: Outcome) -> None:

@@ -156,7 +156,7 @@ class _TaskRow:
     def __call__(self) -> str:
         """The row as JSON, laid out by hand (one per task: json.dumps of the same dict
         cost the agent twice as much). Its keys are the README's (``zray inspect tasks
-        --json``); ``times``: every state it entered, in ms after ``submitted``."""
+        --json``); ``times``: every state it entered, in µs after ``submitted``."""
         spec, task = self.task.spec, self.task
         times = ",".join(f'"{state}":{ms}' for state, ms in task.times.items())
         extra = f',"worker_pid":{task.pid}' if task.pid else ""

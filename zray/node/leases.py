@@ -119,7 +119,7 @@ class LeaseManager:
         if task.state is TaskState.QUEUED:  # (no TaskStarted: it was short)
             task.move(TaskState.RUNNING, time.time() - msg.seconds)
         task.move(TaskState.FAILED if failures.any_error(msg.results) else TaskState.FINISHED)
-        self.agent.finish_task(task, msg.results, msg.contained, msg.error)
+        self.agent.finish_task(task, msg.results, msg.contained, msg.error, msg)
         self.agent.relay(client_id, msg)
 
     def started(self, client_id: bytes, msg: p.TaskStarted) -> None:

@@ -53,7 +53,7 @@ class Task:
     cancelled: bool = False
     lease: bool = False  # a worker leased to ``submitter`` (zray/node/leases.py), not a task
     submitted: float = 0.0  # wall clock
-    times: dict[str, int] = field(default_factory=dict)  # state -> ms after ``submitted``
+    times: dict[str, int] = field(default_factory=dict)  # state -> µs after ``submitted``
     # it was last entered (ints: the GCS row is encoded for every task, floats cost more)
     pid: int = 0  # the worker process it ran in last (for the GCS)
     recorded: bool = False  # the GCS has been told of it (GcsClient counts tasks so)
@@ -69,8 +69,11 @@ class Task:
             raise ValueError(f"task {self.spec.name} {self.spec.task_id.hex()[:12]}: "
                              f"{self.state.name} -> {state.name} is not allowed")
         self.state = state
-        self.times[state.value] = round(((time.time() if at is None else at)
-                                         - self.submitted) * 1000)
+        self.retime(state, time.time() if at is None else at)
+
+    def retime(self, state: TaskState, at: float) -> None:
+        """It entered ``state`` at wall-clock time ``at`` (in µs after it was submitted)."""
+        self.times[state.value] = round((at - self.submitted) * 1_000_000)
 
 
 @dataclass(frozen=True)

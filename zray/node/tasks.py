@@ -79,7 +79,7 @@ class TaskManager:
         if task.state is TaskState.QUEUED:  # to be retried
             self.agent.gcs.record_task(task)
         else:
-            self.agent.finish_task(task, msg.results, msg.contained, msg.error)  # (records it)
+            self.agent.finish_task(task, msg.results, msg.contained, msg.error, msg)  # records it
 
     def worker_exited(self, worker_id: bytes | None, pid: int, how: str) -> None:
         """A pooled worker died: retry its task, or fail it, and keep the pool full."""
