@@ -31,12 +31,13 @@ _HOME = {
     "wait": "zray.api",
 }
 
-__all__ = sorted([*_HOME, "exceptions"])
+_MODULES = ("exceptions", "util")  # reachable as zray.NAME once zray is imported, as in Ray
+__all__ = sorted([*_HOME, *_MODULES])
 
 
 def __getattr__(name: str) -> Any:
-    if name == "exceptions":
-        return importlib.import_module("zray.exceptions")
+    if name in _MODULES:
+        return importlib.import_module(f"zray.{name}")
     home = _HOME.get(name)
     if home is None:
         raise AttributeError(f"module 'zray' has no attribute {name!r}")
