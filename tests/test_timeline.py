@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -48,7 +49,7 @@ def test_the_timeline_has_one_slice_per_task_none_overlapping_and_flows_that_joi
             by_worker[s["pid"], s["tid"]].append((s["ts"], s["ts"] + s["dur"], s["name"]))
         for runs in by_worker.values():
             runs.sort()
-            for (_, end, a), (start, _, b) in zip(runs, runs[1:]):
+            for (_, end, a), (start, _, b) in itertools.pairwise(runs):
                 assert end <= start, f"{a} and {b} overlap on one worker"
         by_id = {s["args"]["task_id"]: s for s in slices}
         starts = {e["id"]: e for e in trace if e["ph"] == "s"}
