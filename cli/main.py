@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     timeline.add_argument("-o", "--output", default="timeline.json", help="the trace file")
     timeline.add_argument("--session", help="session directory (default: the newest running "
                           "cluster's, else the newest ended one's)")
+    status = sub.add_parser("status", help="a running cluster's node now: resources, store, "
+                            "workers, tasks")
+    status.add_argument("--session", help="session directory (default: the newest running)")
+    status.add_argument("--json", action="store_true")
     bench = sub.add_parser("microbenchmark", help="measure zray on a private local cluster")
     bench.add_argument("--quick", action="store_true", help="a tenth of the work, one run")
     bench.add_argument("--json", action="store_true", help="one JSON object per workload")
@@ -64,7 +68,20 @@ def main(argv: list[str] | None = None) -> int:
                                + ["--json"] * args.json)
     if args.command == "timeline":
         return _timeline(args)
+    if args.command == "status":
+        return _status(args)
     return _inspect(args, inspect)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from zray_cli import status
+
+    session = args.session or newest(live_sessions(given_run_id() or "*"))
+    if session is None:
+        print("zray status: no running cluster on this machine (zray inspect reads ended "
+              "ones)", file=sys.stderr)
+        return 1
+    return status.run(session, args.json)
 
 
 def _timeline(args: argparse.Namespace) -> int:

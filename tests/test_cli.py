@@ -125,3 +125,37 @@ def test_inspect_filters_units_json_keys_and_one_tasks_history():
     assert [json.loads(line)["state"] for line in nodes.stdout.splitlines()] == ["DEAD"]
     version = zray_cli("--version")
     assert version.returncode == 0 and version.stdout.startswith("zray ")
+
+
+def test_status_shows_resources_workers_and_what_tasks_wait_for():
+    zray.init(num_cpus=2, num_gpus=0)
+    try:
+        session = api._cluster.session  # type: ignore[union-attr]
+
+        @zray.remote
+        def hold(i):
+            time.sleep(2)
+            return i
+
+        needs_gpu = zray.remote(num_gpus=1)(lambda: 1).remote()
+        refs = [hold.remote(i) for i in range(4)]
+        deadline = time.monotonic() + 20
+        while True:
+            out = zray_cli("status", "--session", session, "--json")
+            assert out.returncode == 0, out.stderr
+            status = json.loads(out.stdout)
+            tasks = status["tasks"]
+            if tasks["running"] == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert (tasks["running"], tasks["queued"], tasks["infeasible_shapes"]) == (2, 3, 1)
+        assert status["resources"]["available"]["CPU"] == 0 and status["workers"]["busy"] == 2
+        table = zray_cli("status", "--session", session)
+        assert "resources used: CPU 2/2" in table.stdout and "2 running, 3 queued" in table.stdout
+        assert "1 kinds of task ask for more than this node has" in table.stdout
+        zray.cancel(needs_gpu)
+        assert zray.get(refs) == [0, 1, 2, 3]
+    finally:
+        zray.shutdown()
+    gone = zray_cli("status", "--session", session)
+    assert gone.returncode == 1 and "no running cluster" in gone.stderr

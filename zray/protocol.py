@@ -102,7 +102,7 @@ class Register(Message):
 
     worker_id: bytes
     pid: int
-    kind: str  # "driver" or "worker"
+    kind: str  # "driver", "worker", or "observer" (only asks: ``zray status``)
     job_id: bytes
     log_to_driver: bool
     namespace: str  # a driver's namespace for named actors

@@ -23,6 +23,7 @@ import os
 import signal
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -487,6 +488,8 @@ class Agent:
             body = {"error": self.actors.refused_reason(bytes.fromhex(msg.args["actor_id"]))}
         elif msg.what == "gcs":  # each shard's link: rows queued, batches in flight, ...
             body = {"links": self.gcs.stats()}
+        elif msg.what == "status":
+            body = self._status()
         elif msg.what == "store":
             body = {"bytes_in_use": self.objects.bytes_in_store(),
                     "capacity": self.objects.allocator.capacity,
@@ -494,6 +497,29 @@ class Agent:
         else:
             body = {"error": f"unknown query {msg.what!r}"}
         self.send(client_id, p.AgentReply(msg.request_id, json.dumps(body)))
+
+    def _status(self) -> dict[str, object]:
+        """What ``zray status`` shows of this node: resources, store, workers, and how many
+        tasks run or wait, for what."""
+        tasks = [t for t in self.scheduler.tasks.values() if not t.lease]
+        tasks += self.leases.direct.values()  # (QUEUED: at its owner, or sent ahead)
+        states = Counter(t.state for t in tasks)
+        return {
+            "node_id": self.node_id.hex(), "pid": os.getpid(),
+            "resources": {"total": self.scheduler.total, "available": self.scheduler.available},
+            "store": {"bytes_in_use": self.objects.bytes_in_store(),
+                      "capacity": self.objects.allocator.capacity,
+                      "objects": len(self.objects.entries)},
+            "workers": {"processes": len(self.pool.by_pid), "busy": len(self.scheduler.busy),
+                        "actors": len(self.actors.directory.by_worker)},
+            "tasks": {"running": states[TaskState.RUNNING],
+                      "queued": states[TaskState.QUEUED],
+                      "waiting_for_arguments": states[TaskState.WAITING_DEPS],
+                      # (a lease request stands for its owner's tasks of one shape)
+                      "infeasible_shapes": sum(t.infeasible and t.state is TaskState.QUEUED
+                                               for t in self.scheduler.tasks.values())},
+            "gcs": self.gcs.stats(),
+        }
 
     # --- output, broker, stopping ----------------------------------------------------
 

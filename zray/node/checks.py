@@ -56,8 +56,8 @@ def content(msg: p.Message) -> str:
 
 
 def _register(msg: p.Register) -> str:
-    if msg.kind not in ("driver", "worker"):
-        return f"kind {msg.kind!r} is neither 'driver' nor 'worker'"
+    if msg.kind not in ("driver", "worker", "observer"):
+        return f"kind {msg.kind!r} is not 'driver', 'worker' or 'observer'"
     if not 0 < msg.pid < 1 << 22:  # (the kernel's largest pid_max)
         return f"pid {msg.pid} is not a process id"
     return _text(msg.namespace)
