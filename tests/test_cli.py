@@ -134,7 +134,7 @@ def test_status_shows_resources_workers_and_what_tasks_wait_for():
 
         @zray.remote
         def hold(i):
-            time.sleep(2)
+            time.sleep(3)
             return i
 
         needs_gpu = zray.remote(num_gpus=1)(lambda: 1).remote()
@@ -153,6 +153,23 @@ def test_status_shows_resources_workers_and_what_tasks_wait_for():
         table = zray_cli("status", "--session", session)
         assert "resources used: CPU 2/2" in table.stdout and "2 running, 3 queued" in table.stdout
         assert "1 kinds of task ask for more than this node has" in table.stdout
+        # Every pending task says why (its row is laid out again while it waits).
+        deadline = time.monotonic() + 10
+        while True:
+            rows = [json.loads(line) for line in zray_cli(
+                "inspect", "tasks", "--session", session, "--state", "QUEUED", "--json",
+            ).stdout.splitlines()]
+            reasons = {row["task_id"]: row.get("pending_reason", "") for row in rows}
+            gpu = reasons.pop(needs_gpu.hex()[:32], "")
+            waiting = [r.startswith(("needs {CPU=1}; CPU is in use (2 of 2) by 2 running",
+                                     "queued at its owner")) for r in reasons.values()]
+            if (len(waiting) == 2 and all(waiting)) or time.monotonic() > deadline:
+                break  # (at their owner, or for the lease it asked for: once refreshed)
+            time.sleep(0.2)
+        assert len(waiting) == 2 and all(waiting), reasons
+        assert gpu == "needs {CPU=1, GPU=1}; no node has enough GPU (has 0)"
+        history = zray_cli("inspect", "task", needs_gpu.hex()[:8], "--session", session)
+        assert "pending: needs {CPU=1, GPU=1}; no node has enough GPU" in history.stdout
         zray.cancel(needs_gpu)
         assert zray.get(refs) == [0, 1, 2, 3]
     finally:

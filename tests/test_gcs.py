@@ -196,6 +196,8 @@ def test_a_shard_whose_log_is_damaged_is_given_up_on_while_tasks_run() -> None:
         session = api._cluster.session  # type: ignore[union-attr]
         assert zray.get([short.remote(i) for i in range(20)]) == list(range(20))
         shards = gcs_shards(2)
+        for shard in shards:  # (stopped first: a checkpoint could write the page back)
+            shard.send_signal(signal.SIGSTOP)
         wal = os.path.join(session, "broker-0.wal")
         with open(wal, "r+b") as f:
             f.write(os.urandom(4096))

@@ -49,6 +49,10 @@ from zray.rate_limit import RateLimitedLog
 
 log = logging.getLogger("zray.agent")
 
+# Tasks pending longer than this have their rows (and why they wait) recorded again this
+# often, the longest-pending first, at most so many a time.
+_REFRESH_PENDING_S = 1.0
+_REFRESH_PENDING_ROWS = 200
 _BURST = 512  # messages handled per pass of the agent's loop (a Batch counts its items)
 
 
@@ -86,6 +90,7 @@ class Agent:
         self.gcs.record_node({"node_id": self.node_id.hex(), "pid": os.getpid(),
                               "resources": self.resources, "state": "ALIVE",
                               "started": time.time()})
+        self.gcs.why_pending = self.scheduler.why_pending
         self.tasks = TaskManager(self)
         self.leases = LeaseManager(self)
         self.object_manager = ObjectManager(self)
@@ -93,6 +98,7 @@ class Agent:
         self.objects.other_pins = self.actors.pin  # handles inside objects keep actors alive
         self.owner_pidfd = os.pidfd_open(self.owner_pid) if self.owner_pid else -1
         self.running = True
+        self._pending_refreshed = 0.0
         self.handlers: dict[type, Callable[[bytes, Any], None]] = {
             p.Register: self.on_register, p.ExportFunction: self.on_export,
             p.SubmitTask: self.on_submit, p.TaskDone: self.on_task_done,
@@ -473,6 +479,19 @@ class Agent:
         now = time.monotonic()
         self.leases.ask_for_idle(now)
         self.tasks.reap_idle(now)
+        if now - self._pending_refreshed >= _REFRESH_PENDING_S:
+            self._pending_refreshed = now
+            self._refresh_pending()
+
+    def _refresh_pending(self) -> None:
+        """Record again the tasks pending longest, so their rows say why they wait now
+        (a row is laid out when it is sent; what a task waits for changes after)."""
+        waited = time.time() - _REFRESH_PENDING_S
+        pending = [t for t in (*self.scheduler.tasks.values(), *self.leases.direct.values())
+                   if not t.lease and t.submitted < waited
+                   and t.state in (TaskState.WAITING_DEPS, TaskState.QUEUED)]
+        for task in sorted(pending, key=lambda t: t.submitted)[:_REFRESH_PENDING_ROWS]:
+            self.gcs.record_task(task)
 
     def on_query(self, client_id: bytes, msg: p.QueryAgent) -> None:
         # What earlier messages caused reaches the client before the reply.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -21,7 +22,7 @@ from zray.broker.link import BrokerLink, Fields
 from zray.broker.tables import shard_of
 from zray.config import Config
 from zray.node.object_table import ObjectEntry
-from zray.node.scheduler import Task
+from zray.node.scheduler import Task, TaskState
 from zray.protocol import has_input
 
 log = logging.getLogger("zray.agent")
@@ -38,6 +39,8 @@ class GcsClient:
                       for endpoint in endpoints]
         self._node_id = node_id
         self._node_hex = node_id.hex()
+        # Why a pending task waits, asked when its row is laid out (the agent sets it).
+        self.why_pending: Callable[[Task], str] = lambda task: ""
         self._node_row: dict[str, Any] = {}
         self._tasks = 0  # tasks recorded, each once
         self._counted = (0, 0)  # tasks recorded, rows dropped unsent: as the node's row says
@@ -73,7 +76,8 @@ class GcsClient:
         if not task.recorded:
             task.recorded = True
             self._tasks += 1
-        self.record("tasks", task.spec.task_id, _TaskRow(task, self._node_hex))
+        self.record("tasks", task.spec.task_id, _TaskRow(task, self._node_hex,
+                                                          self.why_pending))
 
     def record_object(self, entry: ObjectEntry | None, node_id: bytes) -> None:
         if entry is not None:
@@ -148,10 +152,10 @@ class GcsClient:
 class _TaskRow:
     """A task's row in the GCS, laid out on demand (see record_task)."""
 
-    __slots__ = ("task", "node")
+    __slots__ = ("task", "node", "why_pending")
 
-    def __init__(self, task: Task, node: str) -> None:
-        self.task, self.node = task, node
+    def __init__(self, task: Task, node: str, why_pending: Callable[[Task], str]) -> None:
+        self.task, self.node, self.why_pending = task, node, why_pending
 
     def __call__(self) -> str:
         """The row as JSON, laid out by hand (one per task: json.dumps of the same dict
@@ -163,6 +167,10 @@ class _TaskRow:
         if task.error:
             kind, _, message = task.error.partition(": ")
             extra += f',"error_type":{_json_str(kind)},"error_message":{_json_str(message)}'
+        if task.state is TaskState.WAITING_DEPS or task.state is TaskState.QUEUED:
+            reason = self.why_pending(task)
+            if reason:
+                extra += f',"pending_reason":{_json_str(reason)}'
         return (f'{{"task_id":"{spec.task_id.hex()}","name":{_json_str(spec.name)},'
                 f'"state":"{task.state.name}","attempt":{task.attempt},'
                 f'"job_id":"{spec.job_id.hex()}","node_id":"{self.node}",'

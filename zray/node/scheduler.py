@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from zray import protocol as p
+from zray.ids import TASK_ID_BYTES
 
 EPSILON = 1e-9
 
@@ -171,6 +172,39 @@ class Scheduler:
         cpus = task.spec.resources.get("CPU", 0.0)
         self.available["CPU"] = self.available.get("CPU", 0.0) + (cpus if blocked else -cpus)
 
+    def why_pending(self, task: Task) -> str:
+        """Why a task does not run yet, in words ("" if it runs, or is not known here). A
+        task sent on a lease waits at its owner: for the lease its owner asked for."""
+        if self.tasks.get(task.spec.task_id) is not task:
+            lease = next((t for t in self.tasks.values() if t.lease and t.state is
+                          TaskState.QUEUED and t.submitter == task.submitter
+                          and t.spec.resources == task.spec.resources), None)
+            if task.state is not TaskState.QUEUED:
+                return ""
+            if lease is None:
+                return "queued at its owner, for a worker it leases (all busy)"
+            task = lease
+        if task.state is TaskState.WAITING_DEPS and task.missing:
+            first = min(task.missing)
+            more = f" (and {len(task.missing) - 1} more)" if len(task.missing) > 1 else ""
+            return (f"waits for argument object {first.hex()}{more}, made by task "
+                    f"{first[:TASK_ID_BYTES].hex()}")
+        if task.state is not TaskState.QUEUED:
+            return ""
+        needs = {k: v for k, v in sorted(task.spec.resources.items()) if v > 0}
+        if task.infeasible:
+            lacking = ", ".join(f"{k} (has {self.total.get(k, 0):g})" for k, v in needs.items()
+                                if self.total.get(k, 0.0) < v)
+            return f"needs {_amounts(needs)}; no node has enough {lacking}"
+        for name, amount in needs.items():
+            if self.available.get(name, 0.0) < amount:
+                users = [t for t in self.busy.values() if t.spec.resources.get(name, 0) > 0]
+                names = ", ".join(sorted({t.spec.name for t in users})[:3])
+                return (f"needs {_amounts(needs)}; {name} is in use "
+                        f"({self.total[name] - self.available.get(name, 0.0):g} of "
+                        f"{self.total[name]:g}) by {len(users)} running tasks: {names}")
+        return "waits for a worker to start"
+
     # --- decisions -------------------------------------------------------------------
 
     def schedule(self) -> tuple[list[Dispatch], int]:
@@ -310,3 +344,7 @@ class Scheduler:
 def _worker_share(cpus: float) -> float:
     """The share of a worker slot a task taking ``cpus`` CPUs uses: 1 unless a fraction."""
     return cpus if EPSILON < cpus < 1 else 1.0
+
+
+def _amounts(resources: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{k}={v:g}" for k, v in resources.items()) + "}"
