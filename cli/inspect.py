@@ -48,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=0, help="only the newest N rows")
     parser.add_argument("--json", action="store_true", help="JSON Lines: one object a row")
     parser.add_argument("--wide", action="store_true", help="whole ids, uncut cells")
+    parser.add_argument("--follow", action="store_true", help="then print each change as "
+                        "it happens, until Ctrl-C (a running session)")
+    parser.add_argument("--for", dest="follow_for", type=float, default=0.0,
+                        metavar="SECONDS", help="with --follow: stop after this long")
 
 
 def select(view: TableView, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -116,6 +120,28 @@ def print_task(rows: list[dict[str, Any]], prefix: str, as_json: bool) -> int:
         print(f"  pending: {task['pending_reason']}")
     if task.get("error_type"):
         print(f"  error: {task['error_type']}: {task.get('error_message', '')}")
+    return 0
+
+
+def follow(session: str, shards: int, table: str, args: argparse.Namespace) -> int:
+    """Print each change of ``table`` as the shards publish it (zray/broker/follow.py): a
+    line per row changed, with the columns of the table."""
+    from zray.broker.follow import Follower
+
+    follower = Follower(session, shards, table)
+    until = time.monotonic() + args.follow_for if args.follow_for else None
+    try:
+        while until is None or time.monotonic() < until:
+            for key, fields, _ in follower.poll(0.2):
+                if fields is None:
+                    print(f"{key.hex()[:8]}  (deleted)", flush=True)
+                    continue
+                row = {"key": key.hex(), **json.loads(fields)}
+                print("  ".join(_cell(c, row, args.wide) for c in COLUMNS[table]), flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        follower.close()
     return 0
 
 

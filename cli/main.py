@@ -112,6 +112,12 @@ def _inspect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 1
     for note in view.notes:  # (stdout stays parseable)
         print(f"zray inspect: {note}", file=sys.stderr)
+    if args.follow:
+        if args.table == "task" or args.wal or not view.shards:
+            print("zray inspect: --follow follows a table of a running session",
+                  file=sys.stderr)
+            return 1
+        return table_view.follow(view.session, view.shards, table, args)
     if args.table == "task":
         code = table_view.print_task(rows, args.id, args.json)
     elif args.json:

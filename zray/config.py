@@ -34,6 +34,9 @@ class Config:
     broker_batch_rows: int = 512
     # ...and resent if not acknowledged within this time (Lazy Pirate).
     broker_ack_timeout_s: float = 2.0
+    # Messages a shard queues for one subscriber to its changes before it drops some (the
+    # subscriber sees the gap and takes a fresh snapshot): bounds a shard's memory.
+    gcs_publish_queue: int = 10_000
     # The broker keeps this many finished tasks; older ones are dropped (bounded history).
     max_task_history: int = 10_000
     # The write-ahead log is compacted into a snapshot once it holds this many rows.

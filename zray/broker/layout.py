@@ -18,6 +18,11 @@ def endpoints(session: str, shards: int) -> list[str]:
     return [endpoint(session, i) for i in range(shards)]
 
 
+def publish_endpoint(session: str, index: int) -> str:
+    """Where shard ``index`` publishes its rows as they change (zray/broker/follow.py)."""
+    return f"ipc://{session}/broker-{index}.pub"
+
+
 def wal_path(session: str, index: int) -> str:
     return os.path.join(session, f"broker-{index}.wal")
 

@@ -33,6 +33,8 @@ class TableView:
     notes: list[str] = field(default_factory=list)
     unread: int = 0  # shards neither running nor readable from their log: rows missing
     kept_tasks: int = 0  # rows of the tasks table, all of them (``rows`` may be limited)
+    session: str = ""  # where it was read from (a session directory), and its shards
+    shards: int = 0
 
 
 def shard_count(session: str) -> int:
@@ -49,7 +51,7 @@ def read_session(session: str, table: str, limit: int | None,
         if os.path.exists(os.path.join(session, "agent.sock")):
             return TableView([], notes=["the session's GCS is still starting: nothing yet"])
         raise ZrayError(f"no write-ahead log in {session}: is it a zray session directory?")
-    view = TableView([])
+    view = TableView([], session=session, shards=shards)
     replies: list[list[StoredRow]] = []
     for index in range(shards):
         replies.append(_read_shard(session, index, shards, table, limit, max_task_history,

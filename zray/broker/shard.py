@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import logging
 import os
+import pickle
 import signal
 import sys
 import time
@@ -57,13 +58,14 @@ log = logging.getLogger("zray.broker.shard")
 # Compaction runs only once the log is this many times longer than the live rows it holds,
 # so a shard whose live rows alone exceed wal_compact_rows does not compact on every batch.
 _COMPACT_MIN_RATIO = 2
+_BEAT_S = 1.0  # how often each table's last message number is published again
 
 
 class BrokerShard:
     """The shard's state and its loop; ``run`` until ``stop`` or the parent dies."""
 
     def __init__(self, endpoint: str, wal_path: str, config: Config, parent_pid: int | None,
-                 index: int = 0, shards: int = 1):
+                 index: int = 0, shards: int = 1, publish: str | None = None):
         self.endpoint = endpoint
         self.config = config
         self.index, self.shards = index, shards
@@ -77,6 +79,13 @@ class BrokerShard:
         self._pending: list[tuple[bytes, TableBatch, list[Row]]] = []
         self.context = bounded_context(config.max_frame_bytes)
         self.socket = self._bind(endpoint)
+        # Rows as they change, for subscribers (the Clone pattern, zray/broker/follow.py):
+        # a message per table per commit, numbered per table in this process's life
+        # (``epoch``).
+        self.publish = publish
+        self.publisher = self._bind_publisher(publish) if publish else None
+        self.epoch = os.urandom(8)
+        self.published: dict[str, int] = {}
         self.poller = zmq.Poller()
         self.poller.register(self.socket, zmq.POLLIN)
         self.parent_fd = _watch_parent(parent_pid)
@@ -109,8 +118,12 @@ class BrokerShard:
     def run(self) -> None:
         log.info("serving %s with %d rows replayed from %s", self.endpoint, len(self.tables),
                  self.wal.path)
+        beat = time.monotonic()
         while not self.stopping:
-            events = dict(self.poller.poll(1000))  # (nothing is due: it waits for input)
+            events = dict(self.poller.poll(int(_BEAT_S * 1000)))
+            if time.monotonic() - beat >= _BEAT_S:
+                beat = time.monotonic()
+                self._heartbeat()
             if self._wake_r in events:
                 os.read(self._wake_r, 512)  # a signal; its handler has run
             if self.parent_fd is not None and self.parent_fd in events:
@@ -176,8 +189,38 @@ class BrokerShard:
         for identity, batch, rows in pending:
             self.rows_stored += len(rows)
             self.tables.apply(rows, at)
+            self._publish(rows, at)
             self._send(identity, BatchAck(batch.seq))
         self._maybe_compact()
+
+    def _bind_publisher(self, endpoint: str) -> zmq.Socket:
+        sock = self.context.socket(zmq.PUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        # A subscriber that falls this far behind loses messages (it sees the gap in their
+        # numbers and takes a fresh snapshot): the shard's memory stays bounded.
+        sock.setsockopt(zmq.SNDHWM, self.config.gcs_publish_queue)
+        sock.bind(endpoint)
+        return sock
+
+    def _publish(self, rows: list[Row], at: float) -> None:
+        if self.publisher is None:
+            return
+        by_table: dict[str, list[tuple[bytes, str | None, float]]] = {}
+        for table, key, fields, _ in rows:
+            by_table.setdefault(table, []).append((key, fields, at))
+        for table, changed in by_table.items():
+            number = self.published[table] = self.published.get(table, 0) + 1
+            self.publisher.send_multipart(
+                [table.encode(), self.epoch + number.to_bytes(8, "big"),
+                 pickle.dumps(changed, protocol=5)], zmq.NOBLOCK)
+
+    def _heartbeat(self) -> None:
+        """Each table's last number, with no rows: a subscriber that lost the last messages
+        (and would hear nothing more while nothing changes) sees the gap."""
+        if self.publisher is not None:
+            for table, number in self.published.items():
+                self.publisher.send_multipart(
+                    [table.encode(), self.epoch + number.to_bytes(8, "big"), b""], zmq.NOBLOCK)
 
     def _own_rows(self, batch: TableBatch) -> list[Row]:
         """The batch's well-formed rows of this shard's keys; others are logged, skipped."""
@@ -202,7 +245,8 @@ class BrokerShard:
             log.warning("query from %s: %s", identity.hex(), exc)
             rows = []
         stats = {"dropped_tasks": self.tables.dropped_tasks, "bad_rows": self.bad_rows,
-                 "rows_stored": self.rows_stored, "tasks": self.tables.count("tasks")}
+                 "rows_stored": self.rows_stored, "tasks": self.tables.count("tasks"),
+                 "epoch": self.epoch.hex(), "published": self.published.get(query.table, 0)}
         self._send(identity, QueryReply(query.request_id, self._fitting(rows), stats))
 
     def _fitting(self, rows: list[StoredRow]) -> list[StoredRow]:
@@ -233,11 +277,14 @@ class BrokerShard:
 
     def close(self) -> None:
         self.socket.close(linger=0)
+        if self.publisher is not None:
+            self.publisher.close(linger=0)
         self.context.term()
         self.wal.close()
-        if self.endpoint.startswith("ipc://"):  # libzmq leaves the socket file behind
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.endpoint.removeprefix("ipc://"))
+        for endpoint in (self.endpoint, self.publish):
+            if endpoint and endpoint.startswith("ipc://"):  # libzmq leaves the file behind
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(endpoint.removeprefix("ipc://"))
         if self.parent_fd is not None:
             os.close(self.parent_fd)
 
@@ -287,13 +334,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(endpoint: str, wal: str, config: Config, parent_pid: int | None, index: int = 0,
-          shards: int = 1, ready_fd: int | None = None) -> int:
+          shards: int = 1, ready_fd: int | None = None, publish: str | None = None) -> int:
     """Run a shard until SIGTERM or its parent's death; its exit code. ``ready_fd``: a
     pipe to write one byte to once the log is replayed and the socket bound."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, force=True,
                         format=f"[broker-{index}] %(levelname)s %(message)s")
     try:
-        shard = BrokerShard(endpoint, wal, config, parent_pid, index, shards)
+        shard = BrokerShard(endpoint, wal, config, parent_pid, index, shards, publish)
     except (ZrayError, ValueError) as exc:
         log.error("%s", exc)
         return 1

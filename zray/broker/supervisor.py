@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from zray.broker import shard as broker_shard
-from zray.broker.layout import endpoint, failed_path, wal_path
+from zray.broker.layout import endpoint, failed_path, publish_endpoint, wal_path
 from zray.config import Config
 from zray.node.sessions import end_session
 from zray.node.worker_pool import describe_exit
@@ -115,7 +115,8 @@ class Supervisor:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 code = broker_shard.serve(endpoint(self.session, shard.index),
                                           wal_path(self.session, shard.index), self.config,
-                                          os.getppid(), shard.index, len(self.shards), write_fd)
+                                          os.getppid(), shard.index, len(self.shards), write_fd,
+                                          publish_endpoint(self.session, shard.index))
             finally:
                 os._exit(code)
         os.close(write_fd)

@@ -167,7 +167,8 @@ class _TaskRow:
         if task.error:
             kind, _, message = task.error.partition(": ")
             extra += f',"error_type":{_json_str(kind)},"error_message":{_json_str(message)}'
-        if task.state is TaskState.WAITING_DEPS or task.state is TaskState.QUEUED:
+        if ((task.state is TaskState.WAITING_DEPS or task.state is TaskState.QUEUED)
+                and time.time() - task.submitted >= 1.0):  # (not a task in passing)
             reason = self.why_pending(task)
             if reason:
                 extra += f',"pending_reason":{_json_str(reason)}'
