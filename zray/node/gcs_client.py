@@ -161,8 +161,14 @@ class _TaskRow:
         """The row as JSON, laid out by hand (one per task: json.dumps of the same dict
         cost the agent twice as much). Its keys are the README's (``zray inspect tasks
         --json``); ``times``: every state it entered, in µs after ``submitted``."""
-        spec, task = self.task.spec, self.task
-        times = ",".join(f'"{state}":{ms}' for state, ms in task.times.items())
+        task = self.task
+        if not task.row_head:  # (the same for every row of the task: laid out once)
+            spec = task.spec
+            task.row_head = (
+                f'{{"task_id":"{spec.task_id.hex()}","name":{_json_str(spec.name)},'
+                f'"job_id":"{spec.job_id.hex()}","node_id":"{self.node}",'
+                f'"parent_task_id":"{spec.parent.hex()}","submitted":{task.submitted!r},')
+        times = ",".join(f'"{state}":{us}' for state, us in task.times.items())
         extra = f',"worker_pid":{task.pid}' if task.pid else ""
         if task.error:
             kind, _, message = task.error.partition(": ")
@@ -172,10 +178,7 @@ class _TaskRow:
             reason = self.why_pending(task)
             if reason:
                 extra += f',"pending_reason":{_json_str(reason)}'
-        return (f'{{"task_id":"{spec.task_id.hex()}","name":{_json_str(spec.name)},'
-                f'"state":"{task.state.name}","attempt":{task.attempt},'
-                f'"job_id":"{spec.job_id.hex()}","node_id":"{self.node}",'
-                f'"parent_task_id":"{spec.parent.hex()}","submitted":{task.submitted!r},'
+        return (f'{task.row_head}"state":"{task.state.name}","attempt":{task.attempt},'
                 f'"times":{{{times}}}{extra}}}')
 
 

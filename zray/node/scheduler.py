@@ -39,7 +39,7 @@ TRANSITIONS: dict[TaskState, set[TaskState]] = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class Task:
     spec: p.SubmitTask
     submitter: bytes
@@ -53,16 +53,18 @@ class Task:
     infeasible: bool = False
     cancelled: bool = False
     lease: bool = False  # a worker leased to ``submitter`` (zray/node/leases.py), not a task
-    submitted: float = 0.0  # wall clock
-    times: dict[str, int] = field(default_factory=dict)  # state -> µs after ``submitted``
-    # it was last entered (ints: the GCS row is encoded for every task, floats cost more)
+    submitted: float = 0.0  # wall clock (set at creation)
+    # state -> µs after ``submitted`` it was last entered (ints: the GCS row is encoded for
+    # every task, floats cost more)
+    times: dict[str, int] = field(init=False)
     pid: int = 0  # the worker process it ran in last (for the GCS)
     recorded: bool = False  # the GCS has been told of it (GcsClient counts tasks so)
     error: str = ""  # what it raised, "Type: message" (the GCS row)
+    row_head: str = ""  # the start of its GCS row, which never changes (GcsClient)
 
     def __post_init__(self) -> None:
         self.submitted = time.time()
-        self.times[self.state.value] = 0
+        self.times = {self.state.value: 0}
 
     def move(self, state: TaskState, at: float | None = None) -> None:
         """Enter ``state`` now, or at wall-clock time ``at``."""
