@@ -100,8 +100,9 @@ def finish(client: CoreClient, task: p.ExecuteTask, values: list[Any],
             budget -= ser.size
             contained.extend(ser.contained)
         results.append(location)
-    check_ref_count(len(contained), client.config.max_refs_per_value,
-                    f"the return values of {task.name}()")
+    if len(contained) > client.config.max_refs_per_value:  # (the text only when needed)
+        check_ref_count(len(contained), client.config.max_refs_per_value,
+                        f"the return values of {task.name}()")
     seconds = time.perf_counter() - started
     return p.TaskDone(task.task_id, task.attempt, results, contained, False, task.owner,
                       seconds, os.getpid(), "", time.time() - seconds)

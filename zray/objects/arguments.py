@@ -33,7 +33,8 @@ def encode_arguments(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], i
     """(serialised arguments, dependency ids, contained ref ids, refs to keep until sent)."""
     keep_alive: list[ObjectRef] = []
     ser, deps = _serialize(name, args, kwargs)
-    check_ref_count(len(deps) + len(ser.contained), max_refs, f"the arguments of {name}()")
+    if len(deps) + len(ser.contained) > max_refs:  # (the text only when it is needed)
+        check_ref_count(len(deps) + len(ser.contained), max_refs, f"the arguments of {name}()")
     if ser.size > inline_max:
         kept = 0  # small ones stay inline, as long as they add up to at most inline_max
 
