@@ -116,10 +116,14 @@ def print_task(rows: list[dict[str, Any]], prefix: str, as_json: bool) -> int:
     submitted = float(task.get("submitted", 0.0))
     for state, us in sorted(task.get("times", {}).items(), key=lambda item: item[1]):
         print(f"  {_clock(submitted + us / 1e6)}  +{_duration(us / 1e6):>8}  {state}")
+    if task.get("arg_ids"):
+        print(f"  arguments: {', '.join(task['arg_ids'])}")
     if task.get("pending_reason"):
         print(f"  pending: {task['pending_reason']}")
     if task.get("error_type"):
         print(f"  error: {task['error_type']}: {task.get('error_message', '')}")
+        for line in task.get("traceback", "").rstrip().splitlines():
+            print(f"    {line}")
     return 0
 
 

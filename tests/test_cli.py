@@ -111,8 +111,11 @@ def test_inspect_filters_units_json_keys_and_one_tasks_history():
         assert "(0 tasks)" in none.stdout
         history = zray_cli("inspect", "task", failed[:6], "--session", session)
         assert history.returncode == 0, history.stderr
-        for text in (failed, "FAILED", "RUNNING", "QUEUED", "error: ValueError: no 1s here"):
-            assert text in history.stdout
+        for text in (failed, "FAILED", "RUNNING", "QUEUED", "error: ValueError: no 1s here",
+                     "raise ValueError(f\"no {i}s here\")"):  # (its traceback's line)
+            assert text in history.stdout, history.stdout
+        needs = zray_cli("inspect", "tasks", "--session", session, "--json")
+        assert all(row["arg_ids"] == [] for row in map(json.loads, needs.stdout.splitlines()))
         jobs = zray_cli("inspect", "jobs", "--session", session, "--json")
         assert [json.loads(line)["state"] for line in jobs.stdout.splitlines()] == ["RUNNING"]
         bad = zray_cli("inspect", "tasks", "--session", session, "--since", "soon")

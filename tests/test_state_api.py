@@ -64,6 +64,14 @@ def test_list_get_and_summarize_match_inspect():
                              timeout=60)
         assert [json.loads(line) for line in out.stdout.splitlines()] == list_tasks(limit=0)
         assert zray.util.state.list_tasks is list_tasks  # reachable after `import zray`
+        given = zray.put(5)
+        taking = maybe.remote(given)
+        assert zray.get(taking) == 5
+        deadline = time.monotonic() + 20
+        while (get_task(taking.hex()[:32]) or {}).get("state") != "FINISHED":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert get_task(taking.hex()[:32])["arg_ids"] == [given.hex()]
         with pytest.raises(ValueError, match="predicate"):
             list_tasks(filters=[("state", ">", "A")])
     finally:

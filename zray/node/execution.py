@@ -28,7 +28,8 @@ from zray.specs import TaskContext
 _ZRAY_DIR = os.path.dirname(os.path.abspath(zray.__file__))
 
 Outcome = tuple[p.TaskDone, list[Any]]
-_ERROR_TEXT = 1000  # characters of an error's "Type: message" in the GCS row
+_ERROR_TEXT = 1000  # characters of an error's "Type: message" in the GCS row...
+_TRACEBACK_TEXT = 8000  # ...and of its traceback
 
 
 def run_sync(client: CoreClient, task: p.ExecuteTask,
@@ -142,8 +143,10 @@ def hand_in(client: CoreClient, outcome: Outcome) -> None:
 
 
 def _error_text(exc: BaseException) -> str:
-    """``Type: message``, short, as valid text (an exception's message may hold anything)."""
-    text = f"{type(exc).__name__}: {exc}"[:_ERROR_TEXT]
+    """``Type: message`` on its first line (short), then the remote traceback's end, as
+    valid text (an exception's message may hold anything): for the task's GCS row."""
+    head = f"{type(exc).__name__}: {exc}"[:_ERROR_TEXT].replace("\n", " ")
+    text = f"{head}\n{remote_traceback(exc)[-_TRACEBACK_TEXT:]}"
     return text.encode("utf-8", "replace").decode("utf-8")
 
 

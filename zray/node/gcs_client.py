@@ -164,15 +164,20 @@ class _TaskRow:
         task = self.task
         if not task.row_head:  # (the same for every row of the task: laid out once)
             spec = task.spec
+            args = ",".join(f'"{dep.hex()}"' for dep in spec.deps)  # (top-level ref args)
             task.row_head = (
                 f'{{"task_id":"{spec.task_id.hex()}","name":{_json_str(spec.name)},'
                 f'"job_id":"{spec.job_id.hex()}","node_id":"{self.node}",'
-                f'"parent_task_id":"{spec.parent.hex()}","submitted":{task.submitted!r},')
+                f'"parent_task_id":"{spec.parent.hex()}","submitted":{task.submitted!r},'
+                f'"arg_ids":[{args}],')
         times = ",".join(f'"{state}":{us}' for state, us in task.times.items())
         extra = f',"worker_pid":{task.pid}' if task.pid else ""
-        if task.error:
-            kind, _, message = task.error.partition(": ")
+        if task.error:  # "Type: message", and the traceback on the lines after
+            first, _, traceback = task.error.partition("\n")
+            kind, _, message = first.partition(": ")
             extra += f',"error_type":{_json_str(kind)},"error_message":{_json_str(message)}'
+            if traceback:
+                extra += f',"traceback":{_json_str(traceback)}'
         if ((task.state is TaskState.WAITING_DEPS or task.state is TaskState.QUEUED)
                 and time.time() - task.submitted >= 1.0):  # (not a task in passing)
             reason = self.why_pending(task)
