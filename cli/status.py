@@ -43,9 +43,14 @@ def node_status(session: str, timeout_s: float = 5.0) -> dict[str, Any]:
         context.term()
     if "error" in body:
         raise ZrayError(f"the agent did not answer the status query: {body['error']}")
-    body["given_up_shards"] = [open(path).read().strip()
+    body["given_up_shards"] = [_read(path)
                                for path in sorted(glob.glob(f"{session}/broker-*.failed"))]
     return body
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
 
 
 def _answer(sock: zmq.Socket, kind: type[p.Message], timeout_s: float) -> Any:

@@ -57,7 +57,6 @@ class _Shard:
     deaths: int = 0  # in a row (reset once it has served for _STABLE_S)
     failures: int = 0  # error exits in a row
     restart_at: float | None = None
-    given_up: bool = False
     status: int = 0  # its exit code once reaped: > 0 an error exit, < 0 killed by signal
 
 
@@ -141,13 +140,14 @@ class Supervisor:
             return
         stable = shard.ready and time.monotonic() - shard.started >= _STABLE_S
         shard.deaths = 1 if stable else shard.deaths + 1
+        if stable:
+            shard.failures = 0  # (an error after a long good run starts the count again)
         if shard.status > 0:  # an error exit: its own failure
             shard.failures += 1
         elif shard.status < 0:  # killed by a signal from outside
             shard.failures = 0
         how = describe_exit(shard.status)
         if shard.failures >= GIVE_UP_AFTER:
-            shard.given_up = True
             reason = (f"broker shard {shard.index} {how} {shard.failures} times in a row; "
                       f"given up. Its log: {self.session}/gcs.log; its write-ahead log: "
                       f"{wal_path(self.session, shard.index)}")
