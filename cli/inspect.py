@@ -134,9 +134,15 @@ def follow(session: str, shards: int, table: str, args: argparse.Namespace) -> i
 
     follower = Follower(session, shards, table)
     until = time.monotonic() + args.follow_for if args.follow_for else None
+    said = False
     try:
         while until is None or time.monotonic() < until:
-            for key, fields, _ in follower.poll(0.2):
+            changes = follower.poll(0.2)
+            if not said and follower.ready():
+                said = True  # (from here on no change is missed: scripts may wait for it)
+                print(f"zray inspect: following the {table} of {shards} shards "
+                      "(Ctrl-C stops)", file=sys.stderr, flush=True)
+            for key, fields, _ in changes:
                 if fields is None:
                     print(f"{key.hex()[:8]}  (deleted)", flush=True)
                     continue

@@ -7,7 +7,6 @@ names the GCS shards the supervisor gave up on. Clusters of several nodes grow t
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import sys
@@ -16,6 +15,7 @@ from typing import Any
 import zmq
 
 from zray import protocol as p
+from zray.broker.reader import given_up
 from zray.exceptions import ZrayError
 from zray.ids import new_worker_id
 
@@ -43,14 +43,8 @@ def node_status(session: str, timeout_s: float = 5.0) -> dict[str, Any]:
         context.term()
     if "error" in body:
         raise ZrayError(f"the agent did not answer the status query: {body['error']}")
-    body["given_up_shards"] = [_read(path)
-                               for path in sorted(glob.glob(f"{session}/broker-*.failed"))]
+    body["given_up_shards"] = given_up(session)
     return body
-
-
-def _read(path: str) -> str:
-    with open(path) as f:
-        return f.read().strip()
 
 
 def _answer(sock: zmq.Socket, kind: type[p.Message], timeout_s: float) -> Any:

@@ -49,8 +49,10 @@ def test_a_follower_resyncs_after_a_gap_and_a_shard_restart(monkeypatch):
         session = api._cluster.session  # type: ignore[union-attr]
         gcs_shards(2)
         follower = Follower(session, 2, "tasks", queue_limit=2)
-        time.sleep(0.3)  # (its subscriptions reach the shards: else a first gap, and a resync)
-        follower.poll(0.1)  # the snapshots
+        deadline = time.monotonic() + 10
+        while not follower.ready():  # snapshots taken, subscriptions at the shards (a
+            follower.poll(0.2)  # heartbeat came): else a first change could be missed
+            assert time.monotonic() < deadline, "the shards' heartbeats never came"
         zray.get([noop.remote(i) for i in range(50)])
         changes = []
         for _ in range(20):  # a follower that keeps up sees every change
@@ -83,7 +85,9 @@ def test_inspect_follow_prints_task_state_changes_live():
         tail = subprocess.Popen([sys.executable, "-m", "zray_cli.main", "inspect", "tasks",
                                  "--follow", "--for", "4", "--session", session],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.5)
+        assert tail.stderr is not None
+        while "following" not in (line := tail.stderr.readline()):  # (bounded: --for)
+            assert line, "the tail ended before it followed"
         ref = noop.remote(7)
         assert zray.get(ref) == 7
         out, err = tail.communicate(timeout=30)

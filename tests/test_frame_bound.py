@@ -22,6 +22,7 @@ from conftest import gcs_shards
 from test_fuzz import children, round_trip_works, session, wait_for_workers, worker_sockets
 
 import zray
+from zray import protocol as p
 from zray.exceptions import TaskError
 
 pytestmark = pytest.mark.timeout(120)
@@ -70,12 +71,19 @@ def test_frames_over_the_bound_are_cut_off_at_every_socket(bounded: None) -> Non
             sock = context.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RECONNECT_IVL, 10)
+            sock.setsockopt(zmq.IDENTITY, bytes(8) + b"r")  # (the agent answers id + "r")
             sock.connect(endpoint)
             sockets.append(sock)
             for _ in range(10):
                 sock.send(frame, copy=False)
-        time.sleep(3)  # each frame goes on a connection of its own, each one cut off
-        for sock in sockets:
+            # Then a small wrong message, answered once it is read: on one DEALER it goes
+            # after the big frames (each on a connection of its own, each cut off). The
+            # agent answers only a Register (this one it refuses: the pid is the driver's).
+            wrong = (p.Register(bytes(8), os.getpid(), "driver", b"", False, "")
+                     if endpoint == targets[0] else p.Blocked(bytes(16)))
+            sock.send_multipart(p.encode(wrong))
+        for endpoint, sock in zip(targets, sockets, strict=True):
+            assert sock.poll(15_000), f"{endpoint} never answered after the big frames"
             sock.close(linger=0)
     finally:
         context.term()

@@ -148,7 +148,8 @@ class ActorManager:
             self.calls[task.spec.task_id] = actor
             if actor.state is ActorState.ALIVE and actor.worker == task.spec.sent_to:
                 actor.running[task.spec.task_id] = task
-                self.agent.gcs.record_task(task, actor.worker_pid)
+                task.pid = actor.worker_pid
+                self.agent.gcs.record_task(task)
             else:  # sent to a worker gone since: in doubt until its caller says (after this)
                 actor.doubtful += 1
                 self.in_doubt[task.spec.task_id] = task

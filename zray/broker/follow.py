@@ -16,7 +16,6 @@ or a new epoch (the shard restarted) makes it take a fresh snapshot of that shar
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +35,8 @@ class _Shard:
     socket: zmq.Socket
     epoch: bytes = b""
     number: int = -1  # the last message applied; -1: no snapshot yet
-    rows: dict[bytes, tuple[str, float]] = field(default_factory=dict)
+    heard: bool = False  # a message came: our subscription has reached the shard
+    rows: dict[bytes, str] = field(default_factory=dict)  # key -> fields_json
 
 
 class Follower:
@@ -59,7 +59,12 @@ class Follower:
     def rows(self) -> dict[bytes, dict[str, Any]]:
         """The table as this copy has it: key -> fields."""
         return {key: json.loads(fields) for shard in self.shards
-                for key, (fields, _) in shard.rows.items()}
+                for key, fields in shard.rows.items()}
+
+    def ready(self) -> bool:
+        """Whether every shard's snapshot is taken and its messages reach us (after the
+        first heartbeat: before it, a change can be missed, and is repaired by a resync)."""
+        return all(shard.heard and shard.number >= 0 for shard in self.shards)
 
     def poll(self, timeout_s: float) -> list[Change]:
         """Apply what the shards published (waiting at most ``timeout_s`` for the first);
@@ -74,10 +79,6 @@ class Follower:
                 changes += self._apply(shard, sock.recv_multipart())
         return changes
 
-    def follow(self, interval_s: float = 0.2) -> Iterator[Change]:
-        while True:
-            yield from self.poll(interval_s)
-
     def close(self) -> None:
         for shard in self.shards:
             shard.socket.close(linger=0)
@@ -86,6 +87,7 @@ class Follower:
     def _apply(self, shard: _Shard, frames: list[bytes]) -> list[Change]:
         if len(frames) != 3 or len(frames[1]) != 16:
             return []
+        shard.heard = True
         epoch, number = frames[1][:8], int.from_bytes(frames[1][8:], "big")
         if shard.number < 0 or (epoch == shard.epoch and number <= shard.number):
             return []  # no snapshot yet (it is taken next), or had already (a heartbeat)
@@ -94,11 +96,11 @@ class Follower:
             return []  # when nothing follows the messages we lost)
         shard.number = number
         changes: list[Change] = plain_loads(frames[2])
-        for key, fields, at in changes:
+        for key, fields, _ in changes:
             if fields is None:
                 shard.rows.pop(key, None)
             else:
-                shard.rows[key] = (fields, shard.rows.get(key, (fields, at))[1])
+                shard.rows[key] = fields
         return changes
 
     def _snapshot(self, shard: _Shard, resync: bool = False) -> None:
@@ -110,7 +112,7 @@ class Follower:
         stats = reply.stats.get(0)
         if reply.unanswered or not stats or "epoch" not in stats:
             return
-        shard.rows = {row[0]: (row[1], row[3]) for row in reply.rows}
+        shard.rows = {row[0]: row[1] for row in reply.rows}
         shard.epoch = bytes.fromhex(stats["epoch"])
         shard.number = int(stats["published"])
         self.resyncs += resync

@@ -52,14 +52,9 @@ def read_session(session: str, table: str, limit: int | None,
             return TableView([], notes=["the session's GCS is still starting: nothing yet"])
         raise ZrayError(f"no write-ahead log in {session}: is it a zray session directory?")
     view = TableView([], session=session, shards=shards)
-    replies: list[list[StoredRow]] = []
-    for index in range(shards):
-        replies.append(_read_shard(session, index, shards, table, limit, max_task_history,
-                                   view))
-        failed = failed_path(session, index)
-        if os.path.exists(failed):
-            with open(failed) as f:
-                view.notes.append(f.read().strip())
+    replies = [_read_shard(session, index, shards, table, limit, max_task_history, view)
+               for index in range(shards)]
+    view.notes += given_up(session)
     view.rows = _decoded(merge_newest(replies, limit), table)
     if table == "tasks":  # those the agents' queues dropped count too: tasks the nodes
         # recorded, less those the shards hold (once all is stored, exact)
@@ -67,6 +62,18 @@ def read_session(session: str, table: str, limit: int | None,
         recorded = sum(int(fields.get("tasks_recorded", 0)) for _, fields, _ in nodes.rows)
         view.dropped_tasks = max(view.dropped_tasks, recorded - view.kept_tasks)
     return view
+
+
+def given_up(session: str) -> list[str]:
+    """Why the supervisor gave up on each shard it gave up on (zray/broker/supervisor.py)."""
+    reasons = []
+    for index in range(shard_count(session)):
+        try:
+            with open(failed_path(session, index)) as f:
+                reasons.append(f.read().strip())
+        except FileNotFoundError:
+            continue
+    return reasons
 
 
 def read_wal(path: str, table: str, limit: int | None, max_task_history: int) -> TableView:

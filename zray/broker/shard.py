@@ -35,7 +35,7 @@ from types import FrameType
 
 import zmq
 
-from zray.broker.tables import Row, StoredRow, Tables, check_row, shard_of
+from zray.broker.tables import TABLES, Row, StoredRow, Tables, check_row, shard_of
 from zray.broker.wal import MemoryLog, WriteAheadLog
 from zray.config import Config
 from zray.exceptions import ZrayError
@@ -216,9 +216,11 @@ class BrokerShard:
 
     def _heartbeat(self) -> None:
         """Each table's last number, with no rows: a subscriber that lost the last messages
-        (and would hear nothing more while nothing changes) sees the gap."""
+        (and would hear nothing more while nothing changes) sees the gap, and a new one
+        learns that its subscription has arrived."""
         if self.publisher is not None:
-            for table, number in self.published.items():
+            for table in TABLES:
+                number = self.published.get(table, 0)
                 self.publisher.send_multipart(
                     [table.encode(), self.epoch + number.to_bytes(8, "big"), b""], zmq.NOBLOCK)
 

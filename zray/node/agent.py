@@ -396,7 +396,8 @@ class Agent:
             spec.actor_id, spec.actor_options, task.submitter if is_call else b""))
         assert client.worker is not None
         self.clients.running_on[client.worker.pid] = task
-        self.gcs.record_task(task, client.worker.pid)
+        task.pid = client.worker.pid
+        self.gcs.record_task(task)
 
     def dep_error(self, task: Task) -> bytes | None:
         """The first of the task's arguments that is an error (now counted as read)."""
@@ -487,8 +488,7 @@ class Agent:
         """Record again the tasks pending longest, so their rows say why they wait now
         (a row is laid out when it is sent; what a task waits for changes after)."""
         waited = time.time() - _REFRESH_PENDING_S
-        pending = [t for t in (*self.scheduler.tasks.values(), *self.leases.direct.values())
-                   if not t.lease and t.submitted < waited
+        pending = [t for t in self._tasks_here() if t.submitted < waited
                    and t.state in (TaskState.WAITING_DEPS, TaskState.QUEUED)]
         for task in sorted(pending, key=lambda t: t.submitted)[:_REFRESH_PENDING_ROWS]:
             self.gcs.record_task(task)
@@ -517,12 +517,16 @@ class Agent:
             body = {"error": f"unknown query {msg.what!r}"}
         self.send(client_id, p.AgentReply(msg.request_id, json.dumps(body)))
 
+    def _tasks_here(self) -> list[Task]:
+        """The tasks not finished that this agent knows: the scheduler's (not its lease
+        requests) and those sent on leases (QUEUED: at their owner, or sent ahead)."""
+        return [t for t in self.scheduler.tasks.values() if not t.lease] + list(
+            self.leases.direct.values())
+
     def _status(self) -> dict[str, object]:
         """What ``zray status`` shows of this node: resources, store, workers, and how many
         tasks run or wait, for what."""
-        tasks = [t for t in self.scheduler.tasks.values() if not t.lease]
-        tasks += self.leases.direct.values()  # (QUEUED: at its owner, or sent ahead)
-        states = Counter(t.state for t in tasks)
+        states = Counter(t.state for t in self._tasks_here())
         return {
             "node_id": self.node_id.hex(), "pid": os.getpid(),
             "resources": {"total": self.scheduler.total, "available": self.scheduler.available},

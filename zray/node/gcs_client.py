@@ -67,17 +67,14 @@ class GcsClient:
         if self._node_row:
             self.record_node(dict(self._node_row, state="DEAD", end_time=time.time()))
 
-    def record_task(self, task: Task, pid: int = 0) -> None:
+    def record_task(self, task: Task) -> None:
         # Its fields are laid out when the row is sent, from the task as it is then: a
         # task recorded several times before a flush costs one row, and a row dropped
         # unsent (BrokerLink.record) costs none.
-        if pid:
-            task.pid = pid
-        if not task.recorded:
-            task.recorded = True
+        if task.row is None:  # its first record: one layout function for all its rows
+            task.row = _TaskRow(task, self._node_hex, self.why_pending)
             self._tasks += 1
-        self.record("tasks", task.spec.task_id, _TaskRow(task, self._node_hex,
-                                                          self.why_pending))
+        self.record("tasks", task.spec.task_id, task.row)
 
     def record_object(self, entry: ObjectEntry | None, node_id: bytes) -> None:
         if entry is not None:

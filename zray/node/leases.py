@@ -130,7 +130,8 @@ class LeaseManager:
                 or client is None or client.worker is None):
             return  # done meanwhile (the report overtook it), or not one of ours: stale
         task.move(TaskState.RUNNING, msg.started)
-        self.agent.gcs.record_task(task, client.worker.pid)
+        task.pid = client.worker.pid
+        self.agent.gcs.record_task(task)
 
     # --- an owner leaves -------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from zray import protocol as p
@@ -58,9 +59,11 @@ class Task:
     # every task, floats cost more)
     times: dict[str, int] = field(init=False)
     pid: int = 0  # the worker process it ran in last (for the GCS)
-    recorded: bool = False  # the GCS has been told of it (GcsClient counts tasks so)
     error: str = ""  # what it raised, "Type: message" (the GCS row)
-    row_head: str = ""  # the start of its GCS row, which never changes (GcsClient)
+    # How its GCS row is laid out (zray/node/gcs_client.py), once the GCS has been told of
+    # it, and the start of the row, which never changes
+    row: Callable[[], str] | None = None
+    row_head: str = ""
 
     def __post_init__(self) -> None:
         self.submitted = time.time()
