@@ -131,8 +131,9 @@ def follow(session: str, shards: int, table: str, args: argparse.Namespace) -> i
     """Print each change of ``table`` as the shards publish it (zray/broker/follow.py): a
     line per row changed, with the columns of the table."""
     from zray.broker.follow import Follower
+    from zray.broker.layout import gcs_address
 
-    follower = Follower(session, shards, table)
+    follower = Follower(gcs_address(session, shards), table)
     until = time.monotonic() + args.follow_for if args.follow_for else None
     said = False
     try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from importlib import metadata
 
 from zray_cli import inspect as table_view
 
@@ -26,11 +25,12 @@ from zray.node.sessions import (
     live_sessions,
     newest,
 )
+from zray.version import __version__
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zray", description="zray cluster tools")
-    parser.add_argument("--version", action="version", version=f"zray {_version()}")
+    parser.add_argument("--version", action="version", version=f"zray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     inspect = sub.add_parser("inspect", help="list a GCS table (live, or from the logs)",
                              description=table_view.__doc__,
@@ -169,13 +169,6 @@ def _session(given: str | None) -> tuple[str, str]:
         return session, "the ended session"
     raise ZrayError("no zray session found, running or ended; start a cluster, or pass "
                     "--session or --wal")
-
-
-def _version() -> str:
-    try:
-        return metadata.version("zray")
-    except metadata.PackageNotFoundError:
-        return "(not installed)"
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from conftest import gcs_shards
 import zray
 from zray import api
 from zray.broker.follow import Follower
+from zray.broker.layout import gcs_address
 from zray.broker.reader import read_session
 
 pytestmark = pytest.mark.timeout(90)
@@ -48,7 +49,7 @@ def test_a_follower_resyncs_after_a_gap_and_a_shard_restart(monkeypatch):
     try:
         session = api._cluster.session  # type: ignore[union-attr]
         gcs_shards(2)
-        follower = Follower(session, 2, "tasks", queue_limit=2)
+        follower = Follower(gcs_address(session, 2), "tasks", queue_limit=2)
         deadline = time.monotonic() + 10
         while not follower.ready():  # snapshots taken, subscriptions at the shards (a
             follower.poll(0.2)  # heartbeat came): else a first change could be missed

@@ -65,6 +65,11 @@ class Config:
     # largest legitimate frames are a function's pickled code (max_function_bytes: refused
     # above it, with a hint; Ray refuses functions over 100 MB) and a leased task's arguments.
     max_frame_bytes: int = 64 * 1024 * 1024
+    # TCP between a cluster's processes is encrypted (CURVE) beyond loopback; on loopback
+    # only a token-derived password is checked (PLAIN), unless this is set.
+    encrypt_loopback: bool = False
+    # How long joining a node (``node start --peers``, ``init(address=)``) waits for it.
+    join_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         floor = 4 * max(self.inline_object_max_bytes, self.direct_arg_max_bytes, 256 * 1024)

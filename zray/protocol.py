@@ -452,6 +452,29 @@ class TaskStarted(Message):
     started: float
 
 
+@message(40)
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    """To a node's mesh socket, first: a node joining the cluster (``node_id`` empty: one
+    asking where the cluster's GCS is), with what it speaks; answered by Welcome, or by
+    Rejected naming the mismatch."""
+
+    node_id: bytes
+    zray_version: str
+    protocol: int
+
+
+@message(41)
+@dataclass(frozen=True, slots=True)
+class Welcome(Message):
+    """Node to a node that said Hello: who it is, and where the cluster's GCS is."""
+
+    node_id: bytes
+    cluster: str  # the head's HOST:PORT
+    gcs: list  # the shards' ROUTER endpoints, in shard order
+    gcs_publish: list  # their PUB endpoints
+
+
 @message(36)
 @dataclass(frozen=True, slots=True)
 class Processed(Message):

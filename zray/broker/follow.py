@@ -21,9 +21,10 @@ from typing import Any
 
 import zmq
 
-from zray.broker.layout import endpoint, publish_endpoint
+from zray.broker.layout import GcsAddress
 from zray.broker.link import query
 from zray.exceptions import ZrayError
+from zray.mesh.auth import secure_client
 from zray.protocol import plain_loads
 
 Change = tuple[bytes, str | None, float]  # (key, fields_json or None: deleted, time)
@@ -40,19 +41,20 @@ class _Shard:
 
 
 class Follower:
-    def __init__(self, session: str, shards: int, table: str, queue_limit: int = 1000) -> None:
+    def __init__(self, gcs: GcsAddress, table: str, queue_limit: int = 1000) -> None:
         """``queue_limit``: messages a shard queues for us before it drops some."""
-        self.session, self.table = session, table
+        self.gcs, self.table = gcs, table
         self.context = zmq.Context()
         self.resyncs = 0  # snapshots taken after the first ones (gaps, restarts)
         self.poller = zmq.Poller()
         self.shards: list[_Shard] = []
-        for index in range(shards):
+        for index, publish in enumerate(gcs.publish):
             sock = self.context.socket(zmq.SUB)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, queue_limit)
             sock.setsockopt(zmq.SUBSCRIBE, table.encode())
-            sock.connect(publish_endpoint(session, index))
+            secure_client(sock, publish, gcs.credentials)
+            sock.connect(publish)
             self.shards.append(_Shard(index, sock))
             self.poller.register(sock, zmq.POLLIN)
 
@@ -106,7 +108,8 @@ class Follower:
     def _snapshot(self, shard: _Shard, resync: bool = False) -> None:
         """The shard's rows now, and the number of the last message they include."""
         try:
-            reply = query([endpoint(self.session, shard.index)], self.table, timeout_s=2.0)
+            reply = query([self.gcs.shards[shard.index]], self.table, timeout_s=2.0,
+                          credentials=self.gcs.credentials)
         except ZrayError:
             return  # (not up: try again at the next poll)
         stats = reply.stats.get(0)

@@ -31,6 +31,7 @@ import zmq
 from zray.broker.tables import BOUNDED_TABLE, Row, StoredRow, merge_newest, shard_of
 from zray.config import Config
 from zray.exceptions import ZrayError
+from zray.mesh.auth import Credentials, secure_client
 from zray.protocol import BatchAck, ProtocolError, Query, QueryReply, TableBatch, decode, encode
 
 __all__ = ["BrokerLink", "QueryResult", "query"]
@@ -64,7 +65,7 @@ class BrokerLink:
     """A node agent's DEALER connection to one broker shard."""
 
     def __init__(self, context: zmq.Context, endpoint: str, node_id: bytes, config: Config,
-                 max_queued_tasks: int | None = None):
+                 max_queued_tasks: int | None = None, credentials: Credentials | None = None):
         self.endpoint = endpoint
         self.node_id = node_id
         self.config = config
@@ -73,7 +74,7 @@ class BrokerLink:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDHWM, 0)
         self.socket.setsockopt(zmq.RCVHWM, 0)
-        _connect(self.socket, endpoint)
+        _connect(self.socket, endpoint, credentials)
         self.resent_batches = 0  # for inspect and tests: how often Lazy Pirate fired
         self.acknowledged = False  # the shard has acknowledged a batch: it is up
         # Rows not sent yet, by (table, key): a key updated again before the next flush is
@@ -207,7 +208,7 @@ class QueryResult:
 
 
 def query(endpoints: list[str], table: str, limit: int | None = None, key: bytes = b"",
-          timeout_s: float = 5.0) -> QueryResult:
+          timeout_s: float = 5.0, credentials: Credentials | None = None) -> QueryResult:
     """Ask the running shards of a GCS (``endpoints``, in shard order) for the rows of
     ``table``: all of them merged oldest first, or the newest ``limit`` overall; with
     ``key``, only the shard that holds it. A shard that does not answer is named in
@@ -221,7 +222,7 @@ def query(endpoints: list[str], table: str, limit: int | None = None, key: bytes
         for index in asked:
             sock = sockets[index] = context.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
-            _connect(sock, endpoints[index])
+            _connect(sock, endpoints[index], credentials)
             sock.send_multipart(encode(Query(1, table, limit or 0, key)))
         deadline = time.monotonic() + timeout_s
         for index, sock in sockets.items():
@@ -267,8 +268,9 @@ def _await_reply(sock: zmq.Socket, endpoint: str, timeout_s: float) -> QueryRepl
     )
 
 
-def _connect(sock: zmq.Socket, endpoint: str) -> None:
+def _connect(sock: zmq.Socket, endpoint: str, credentials: Credentials | None) -> None:
     try:
+        secure_client(sock, endpoint, credentials)
         sock.connect(endpoint)
     except zmq.ZMQError as exc:
         sock.close(linger=0)

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from zray.broker.layout import endpoint, failed_path, wal_path
+from zray.broker.layout import GcsAddress, failed_path, gcs_address, wal_path
 from zray.broker.link import query
 from zray.broker.tables import StoredRow, merge_newest
 from zray.broker.wal import read_tables
@@ -52,7 +52,8 @@ def read_session(session: str, table: str, limit: int | None,
             return TableView([], notes=["the session's GCS is still starting: nothing yet"])
         raise ZrayError(f"no write-ahead log in {session}: is it a zray session directory?")
     view = TableView([], session=session, shards=shards)
-    replies = [_read_shard(session, index, shards, table, limit, max_task_history, view)
+    gcs = gcs_address(session, shards)
+    replies = [_read_shard(session, gcs, index, table, limit, max_task_history, view)
                for index in range(shards)]
     view.notes += given_up(session)
     view.rows = _decoded(merge_newest(replies, limit), table)
@@ -83,13 +84,13 @@ def read_wal(path: str, table: str, limit: int | None, max_task_history: int) ->
                      bad_rows=tables.bad_rows, notes=[f"read the write-ahead log {path}"])
 
 
-def _read_shard(session: str, index: int, shards: int, table: str, limit: int | None,
+def _read_shard(session: str, gcs: GcsAddress, index: int, table: str, limit: int | None,
                 max_task_history: int, view: TableView) -> list[StoredRow]:
-    sock = endpoint(session, index)
+    sock, shards = gcs.shards[index], len(gcs.shards)
     why = "its session has ended"
-    if os.path.exists(sock.removeprefix("ipc://")):
+    if not sock.startswith("ipc://") or os.path.exists(sock.removeprefix("ipc://")):
         try:
-            reply = query([sock], table, limit, timeout_s=2.0)
+            reply = query([sock], table, limit, timeout_s=2.0, credentials=gcs.credentials)
         except ZrayError as exc:
             why = str(exc)
         else:

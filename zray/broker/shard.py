@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import pickle
@@ -39,6 +40,7 @@ from zray.broker.tables import TABLES, Row, StoredRow, Tables, check_row, shard_
 from zray.broker.wal import MemoryLog, WriteAheadLog
 from zray.config import Config
 from zray.exceptions import ZrayError
+from zray.mesh.auth import Credentials, Gatekeeper, secure_server
 from zray.protocol import (
     BatchAck,
     Message,
@@ -65,8 +67,10 @@ class BrokerShard:
     """The shard's state and its loop; ``run`` until ``stop`` or the parent dies."""
 
     def __init__(self, endpoint: str, wal_path: str, config: Config, parent_pid: int | None,
-                 index: int = 0, shards: int = 1, publish: str | None = None):
-        self.endpoint = endpoint
+                 index: int = 0, shards: int = 1, publish: str | None = None,
+                 credentials: Credentials | None = None):
+        """``credentials``: those of the cluster's token, which a TCP shard asks of every
+        peer (zray/mesh/auth.py); a ``tcp://HOST:*`` endpoint takes a free port."""
         self.config = config
         self.index, self.shards = index, shards
         self.stopping = False
@@ -78,12 +82,18 @@ class BrokerShard:
         self._stored = dict(self.wal.applied)  # node -> last batch seq, pending ones too
         self._pending: list[tuple[bytes, TableBatch, list[Row]]] = []
         self.context = bounded_context(config.max_frame_bytes)
+        self.credentials = credentials
+        self.gatekeeper = Gatekeeper(self.context, credentials) if credentials else None
         self.socket = self._bind(endpoint)
+        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         # Rows as they change, for subscribers (the Clone pattern, zray/broker/follow.py):
         # a message per table per commit, numbered per table in this process's life
         # (``epoch``).
-        self.publish = publish
         self.publisher = self._bind_publisher(publish) if publish else None
+        self.publish = (self.publisher.getsockopt_string(zmq.LAST_ENDPOINT)
+                        if self.publisher else None)
+        if self.gatekeeper is not None:
+            self.gatekeeper.start()
         self.epoch = os.urandom(8)
         self.published: dict[str, int] = {}
         self.poller = zmq.Poller()
@@ -106,6 +116,7 @@ class BrokerShard:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
+        self._secure(sock, endpoint)
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -199,8 +210,17 @@ class BrokerShard:
         # A subscriber that falls this far behind loses messages (it sees the gap in their
         # numbers and takes a fresh snapshot): the shard's memory stays bounded.
         sock.setsockopt(zmq.SNDHWM, self.config.gcs_publish_queue)
+        self._secure(sock, endpoint)
         sock.bind(endpoint)
         return sock
+
+    def _secure(self, sock: zmq.Socket, endpoint: str) -> None:
+        if endpoint.startswith("tcp://"):
+            if self.credentials is None or self.gatekeeper is None:
+                raise ZrayError(f"a shard binds {endpoint} only with the cluster's token")
+            host = endpoint.removeprefix("tcp://").rsplit(":", 1)[0]
+            secure_server(sock, host, self.credentials)
+            self.gatekeeper.watch(sock)
 
     def _publish(self, rows: list[Row], at: float) -> None:
         if self.publisher is None:
@@ -281,6 +301,8 @@ class BrokerShard:
         self.socket.close(linger=0)
         if self.publisher is not None:
             self.publisher.close(linger=0)
+        if self.gatekeeper is not None:
+            self.gatekeeper.stop()
         self.context.term()
         self.wal.close()
         for endpoint in (self.endpoint, self.publish):
@@ -336,14 +358,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(endpoint: str, wal: str, config: Config, parent_pid: int | None, index: int = 0,
-          shards: int = 1, ready_fd: int | None = None, publish: str | None = None) -> int:
+          shards: int = 1, ready_fd: int | None = None, publish: str | None = None,
+          credentials: Credentials | None = None) -> int:
     """Run a shard until SIGTERM or its parent's death; its exit code. ``ready_fd``: a
-    pipe to write one byte to once the log is replayed and the socket bound."""
+    pipe to write to once the log is replayed and the sockets bound: the JSON list of the
+    endpoints bound (a free port taken for ``tcp://HOST:*``)."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, force=True,
                         format=f"[broker-{index}] %(levelname)s %(message)s")
     try:
-        shard = BrokerShard(endpoint, wal, config, parent_pid, index, shards, publish)
-    except (ZrayError, ValueError) as exc:
+        shard = BrokerShard(endpoint, wal, config, parent_pid, index, shards, publish,
+                            credentials)
+    except (ZrayError, ValueError, zmq.ZMQError) as exc:
         log.error("%s", exc)
         return 1
 
@@ -355,7 +380,7 @@ def serve(endpoint: str, wal: str, config: Config, parent_pid: int | None, index
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # (under a supervisor it is:
         signal.signal(signal.SIGINT, stop)  # Ctrl-C goes to the driver, which stops us)
     if ready_fd is not None:
-        os.write(ready_fd, b"1")
+        os.write(ready_fd, json.dumps([shard.endpoint, shard.publish]).encode())
         os.close(ready_fd)
     try:
         shard.run()

@@ -24,6 +24,7 @@ shard's start, and restart, to a few milliseconds.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import selectors
@@ -34,8 +35,9 @@ from dataclasses import dataclass
 from types import FrameType
 
 from zray.broker import shard as broker_shard
-from zray.broker.layout import endpoint, failed_path, publish_endpoint, wal_path
+from zray.broker.layout import endpoint, failed_path, gcs_file, publish_endpoint, wal_path
 from zray.config import Config
+from zray.mesh.auth import Credentials, load_credentials
 from zray.node.sessions import end_session
 from zray.node.worker_pool import describe_exit
 
@@ -58,13 +60,21 @@ class _Shard:
     failures: int = 0  # error exits in a row
     restart_at: float | None = None
     status: int = 0  # its exit code once reaped: > 0 an error exit, < 0 killed by signal
+    endpoints: tuple[str, str] = ("", "")  # ROUTER and PUB (a restart binds the same)
 
 
 class Supervisor:
     def __init__(self, session: str, shards: int, config: Config, parent_pid: int,
-                 agent_pid: int = 0, arena: str = "") -> None:
+                 agent_pid: int = 0, arena: str = "", host: str = "",
+                 credentials: Credentials | None = None, token_file: str = "") -> None:
+        """``host``: bind TCP on it (free ports; a cluster's head), admitting holders of
+        ``credentials``; else ipc sockets in the session directory (a private cluster)."""
         self.session, self.config = session, config
-        self.shards = [_Shard(i) for i in range(shards)]
+        self.credentials, self.token_file = credentials, token_file
+        self.shards = [_Shard(i, endpoints=(f"tcp://{host}:*", f"tcp://{host}:*") if host else
+                              (endpoint(session, i), publish_endpoint(session, i)))
+                       for i in range(shards)]
+        self.announced = False  # gcs.json written: every shard has served once
         self.agent_pid, self.arena = agent_pid, arena
         self.stopping = False
         self.selector = selectors.DefaultSelector()
@@ -112,10 +122,10 @@ class Supervisor:
             try:
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                code = broker_shard.serve(endpoint(self.session, shard.index),
+                code = broker_shard.serve(shard.endpoints[0],
                                           wal_path(self.session, shard.index), self.config,
                                           os.getppid(), shard.index, len(self.shards), write_fd,
-                                          publish_endpoint(self.session, shard.index))
+                                          shard.endpoints[1], self.credentials)
             finally:
                 os._exit(code)
         os.close(write_fd)
@@ -129,11 +139,15 @@ class Supervisor:
             if shard.ready_fd < 0:  # it exited, reaped in this same pass
                 return
             self.selector.unregister(shard.ready_fd)
-            shard.ready = bool(os.read(shard.ready_fd, 1))
+            bound = os.read(shard.ready_fd, 4096)
             os.close(shard.ready_fd)
             shard.ready_fd = -1
+            shard.ready = bool(bound)
             if shard.ready:
+                router, publish = json.loads(bound)
+                shard.endpoints = (router, publish)
                 _remove(failed_path(self.session, shard.index))
+                self._announce()
             return
         self._reap(shard)
         if self.stopping:
@@ -170,6 +184,19 @@ class Supervisor:
             shard.ready_fd = -1
         _, status = os.waitpid(shard.pid, 0)
         shard.status = os.waitstatus_to_exitcode(status)
+
+    def _announce(self) -> None:
+        """Once every shard serves, write where (``SESSION/gcs.json``): what a head's
+        agent is told, and tells joining nodes."""
+        if self.announced or not all(s.ready for s in self.shards):
+            return
+        self.announced = True
+        path = gcs_file(self.session)
+        with open(path + ".new", "w") as f:
+            json.dump({"gcs": [s.endpoints[0] for s in self.shards],
+                       "gcs_publish": [s.endpoints[1] for s in self.shards],
+                       "token_file": self.token_file}, f)
+        os.replace(path + ".new", path)
 
     def stop(self) -> None:
         """SIGTERM every shard (each closes its log) and wait; kill what lingers."""
@@ -236,11 +263,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, default=0)
     parser.add_argument("--agent-pid", type=int, default=0)
     parser.add_argument("--arena", default="")
+    parser.add_argument("--host", default="", help="bind TCP on this address (free ports), "
+                        "not ipc; needs --token-file")
+    parser.add_argument("--token-file", default="")
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="[gcs] %(levelname)s %(message)s")
-    supervisor = Supervisor(args.session, args.shards, Config.from_env(), args.parent_pid,
-                            args.agent_pid, args.arena)
+    config = Config.from_env()
+    credentials = (load_credentials(args.token_file, config.encrypt_loopback)
+                   if args.token_file else None)
+    supervisor = Supervisor(args.session, args.shards, config, args.parent_pid,
+                            args.agent_pid, args.arena, args.host, credentials,
+                            args.token_file)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         supervisor.stopping = True

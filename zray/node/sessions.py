@@ -116,7 +116,7 @@ _OWNER = "owner.json"  # {"processes": [[pid, start time], ...], "arena": path}
 
 def claim(session: str, arena: str) -> None:
     """Record this process (the driver) as the session's owner, and where its arena is."""
-    _write_owner(session, {"processes": [_identity(os.getpid())], "arena": arena})
+    _write_owner(session, {"processes": [process_identity(os.getpid())], "arena": arena})
 
 
 def add_processes(session: str, pids: list[int]) -> None:
@@ -124,7 +124,7 @@ def add_processes(session: str, pids: list[int]) -> None:
     them lives, the session is not dead."""
     owner = _read_owner(session)
     if owner is not None:
-        owner["processes"] += [_identity(pid) for pid in pids]
+        owner["processes"] += [process_identity(pid) for pid in pids]
         _write_owner(session, owner)
 
 
@@ -141,7 +141,7 @@ def reap_dead_sessions(kept_sessions: int) -> list[str]:
         except OSError:
             continue
         owner = _read_owner(session)
-        if owner is None or any(_alive(pid, started) for pid, started in owner["processes"]):
+        if owner is None or any(process_alive(pid, started) for pid, started in owner["processes"]):
             continue  # (no owner file: one being made this moment, or an older zray's)
         arena = owner.get("arena")
         if isinstance(arena, str) and os.path.basename(arena).startswith(SESSION_PREFIX):
@@ -154,7 +154,7 @@ def reap_dead_sessions(kept_sessions: int) -> list[str]:
     return reaped
 
 
-def _identity(pid: int) -> list[int]:
+def process_identity(pid: int) -> list[int]:
     return [pid, _start_time(pid)]
 
 
@@ -169,7 +169,7 @@ def _start_time(pid: int) -> int:
     return -1 if fields[0] == b"Z" else int(fields[19])  # fields 3 and 22: state, start
 
 
-def _alive(pid: int, started: int) -> bool:
+def process_alive(pid: int, started: int) -> bool:
     return _start_time(pid) == started != -1
 
 

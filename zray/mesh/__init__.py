@@ -1,0 +1,1 @@
+"""The cluster mesh: who may connect (auth), what this machine knows of its clusters\n(records), and the first words between nodes (join)."""
