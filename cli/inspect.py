@@ -25,7 +25,7 @@ COLUMNS = {
               "worker_pid", "error_type"),
     "objects": ("object_id", "size", "where", "is_error", "job_id", "node_id"),
     "actors": ("actor_id", "class_name", "name", "state", "pid", "restarts_left"),
-    "nodes": ("node_id", "state", "pid", "resources", "started", "tasks_recorded"),
+    "nodes": ("node_id", "state", "address", "pid", "resources", "started", "tasks_recorded"),
     "jobs": ("job_id", "state", "driver_pid", "namespace", "start_time", "end_time"),
     "functions": ("key", "name"),
 }

@@ -14,8 +14,9 @@ import os
 import sys
 
 from zray_cli import inspect as table_view
+from zray_cli import node as node_command
 
-from zray.broker.reader import TableView, read_session, read_wal
+from zray.broker.reader import TableView, read_session, read_wal, shard_count
 from zray.config import Config
 from zray.exceptions import ZrayError
 from zray.node.sessions import (
@@ -49,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
                             "workers, tasks")
     status.add_argument("--session", help="session directory (default: the newest running)")
     status.add_argument("--json", action="store_true")
+    node = sub.add_parser("node", help="start or stop the nodes of a cluster on this machine",
+                          description=node_command.__doc__,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    node_command.add_arguments(node)
     bench = sub.add_parser("microbenchmark", help="measure zray on a private local cluster")
     bench.add_argument("--quick", action="store_true", help="a tenth of the work, one run")
     bench.add_argument("--json", action="store_true", help="one JSON object per workload")
@@ -66,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return zray_bench.main(["--backend", "zray"] + ["--quick"] * args.quick
                                + ["--json"] * args.json)
+    if args.command == "node":
+        return node_command.run(args)
     if args.command == "timeline":
         return _timeline(args)
     if args.command == "status":
@@ -161,7 +168,8 @@ def _session(given: str | None) -> tuple[str, str]:
             return ended_path(given), "the ended session"  # (its logs moved when it ended)
         return given, "the session"
     run = given_run_id() or "*"
-    session = newest(live_sessions(run))
+    # (a node that joined a cluster has no GCS of its own: its head's session has it)
+    session = newest([s for s in live_sessions(run) if shard_count(s)])
     if session is not None:
         return session, "the running session"
     session = newest(ended_sessions(run))

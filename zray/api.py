@@ -10,8 +10,6 @@ from __future__ import annotations
 import atexit
 import itertools
 import os
-import shutil
-import subprocess
 import sys
 import threading
 from collections.abc import Sequence
@@ -21,7 +19,7 @@ from zray.config import Config
 from zray.exceptions import ZrayError
 from zray.ids import driver_task_id, new_job_id
 from zray.node.launcher import LocalCluster
-from zray.options import validate
+from zray.node.resources import default_store_size, node_resources
 
 if TYPE_CHECKING:
     from zray.actors.handle import ActorHandle
@@ -63,8 +61,8 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         if type(_gcs_shards) is not int or _gcs_shards < 1:
             raise ValueError(f"_gcs_shards must be an int >= 1, got {_gcs_shards!r}")
         _config = Config.from_env()
-        total = _resources(num_cpus, num_gpus, resources)
-        store_size = object_store_memory or int(_total_memory() * _config.object_store_fraction)
+        total = node_resources(num_cpus, num_gpus, resources, "zray.init()")
+        store_size = object_store_memory or default_store_size(_config)
         cluster = LocalCluster.start(total, store_size, _config, _gcs_shards)
         client = None
         try:  # whatever fails from here on, the cluster started goes, and its files
@@ -115,9 +113,6 @@ def _current() -> CoreClient | None:
     core = sys.modules.get("zray.core")  # not imported yet: not initialised either
     return core.current() if core is not None else None
 
-
-def _total_memory() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def client_for_call() -> CoreClient:
@@ -270,29 +265,3 @@ def timeline(filename: str | None = None) -> list[dict[str, Any]] | None:
 def _check_timeout(timeout: float | None) -> None:
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
         raise ValueError(f"timeout={timeout!r} must be None or a number of seconds >= 0")
-
-
-def _resources(num_cpus: int | None, num_gpus: int | None,
-               custom: dict[str, float] | None) -> dict[str, float]:
-    cpus = (os.cpu_count() or 1) if num_cpus is None else num_cpus
-    gpus = _detect_gpus() if num_gpus is None else num_gpus
-    total = {"CPU": float(cpus), "GPU": float(gpus)}
-    if custom:
-        validate({"resources": custom}, for_actor=False, where="zray.init()")
-        total.update({k: float(v) for k, v in custom.items()})
-    return {k: v for k, v in total.items() if v > 0}
-
-
-def _detect_gpus() -> int:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip()])
-    if shutil.which("nvidia-smi") is None:
-        return 0
-    try:
-        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(1 for line in listing.stdout.splitlines() if line.startswith("GPU "))
-
-

@@ -36,7 +36,7 @@ class ClusterRecord:
     started: float
 
     def save(self) -> None:
-        _write_json(_path("clusters", self.address, ".json"), asdict(self))
+        _write_json(cluster_file(self.address), asdict(self))
 
     def token_path(self) -> str:
         return token_path(self.address)
@@ -72,6 +72,10 @@ class NodeRecord:
 
 def token_path(cluster_address: str) -> str:
     return _path("clusters", cluster_address, ".token")
+
+
+def cluster_file(cluster_address: str) -> str:
+    return _path("clusters", cluster_address, ".json")
 
 
 def nodes_here() -> list[NodeRecord]:
@@ -141,7 +145,8 @@ def _path(kind: str, address: str, suffix: str) -> str:
 
 
 def _write_json(path: str, value: object) -> None:
-    with open(path + ".new", "w") as f:
+    with os.fdopen(os.open(path + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+                   "w") as f:
         json.dump(value, f)
     os.replace(path + ".new", path)
 

@@ -34,15 +34,18 @@ from zray.actors.manager import ActorManager
 from zray.config import Config
 from zray.ids import new_node_id, return_object_id, short, task_of
 from zray.leasing import Peers
+from zray.mesh.auth import load_credentials
 from zray.node import checks, failures
 from zray.node.clients import Client, Clients
 from zray.node.gcs_client import GcsClient
 from zray.node.leases import LeaseManager
+from zray.node.mesh import MeshDoor
 from zray.node.object_manager import ObjectManager
 from zray.node.object_table import ObjectTable
 from zray.node.scheduler import Scheduler, Task, TaskState
+from zray.node.sessions import end_session
 from zray.node.tasks import TaskManager
-from zray.node.worker_pool import WorkerPool, WorkerProcess
+from zray.node.worker_pool import WorkerPool, WorkerProcess, stop_process
 from zray.objects.store import Allocator, Mapping, create_arena
 from zray.protocol import has_input
 from zray.rate_limit import RateLimitedLog
@@ -86,10 +89,20 @@ class Agent:
         self.peers = Peers(self.zmq, self.node_id, args.endpoint)
         self.outbox: dict[bytes, list[p.Message]] = {}
         self.pool = pool  # its first workers were started before the agent imported
-        self.gcs = GcsClient(self.zmq, args.gcs.split(","), self.node_id, config)
+        # A node of a cluster (zray node start) has a TCP door; a private cluster's agent
+        # talks over ipc only.
+        credentials = (load_credentials(args.token_file, config.encrypt_loopback)
+                       if args.token_file else None)
+        self.mesh = MeshDoor(self.zmq, args.listen, credentials) if credentials else None
+        gcs = args.gcs.split(",")
+        self.gcs = GcsClient(self.zmq, gcs, self.node_id, config, credentials)
+        self.address = self.mesh.address if self.mesh else ""
+        if self.mesh is not None:
+            self.mesh.welcome = p.Welcome(self.node_id, args.cluster or self.address, gcs,
+                                          args.gcs_publish.split(","))
         self.gcs.record_node({"node_id": self.node_id.hex(), "pid": os.getpid(),
                               "resources": self.resources, "state": "ALIVE",
-                              "started": time.time()})
+                              "address": self.address, "started": time.time()})
         self.gcs.why_pending = self.scheduler.why_pending
         self.tasks = TaskManager(self)
         self.leases = LeaseManager(self)
@@ -97,6 +110,9 @@ class Agent:
         self.actors = ActorManager(self)
         self.objects.other_pins = self.actors.pin  # handles inside objects keep actors alive
         self.owner_pidfd = os.pidfd_open(self.owner_pid) if self.owner_pid else -1
+        self.ready_file = args.ready_file
+        self.supervisor_pid = args.supervisor_pid  # a head's GCS, stopped after us
+        self.ends_session = args.end_session
         self.running = True
         self._pending_refreshed = 0.0
         self.handlers: dict[type, Callable[[bytes, Any], None]] = {
@@ -122,6 +138,11 @@ class Agent:
             zmq.LAST_ENDPOINT), self.resources)
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
+        if self.mesh is not None:
+            poller.register(self.mesh.socket, zmq.POLLIN)
+        if self.ready_file:  # (zray node start waits for it: the node accepts work now)
+            _write_json(self.ready_file, {"address": self.address,
+                                          "node_id": self.node_id.hex()})
         for sock in self.gcs.sockets:
             poller.register(sock, zmq.POLLIN)
         if self.owner_pidfd >= 0:
@@ -132,6 +153,8 @@ class Agent:
             events = dict(poller.poll(self.config.poll_interval_ms))
             for fd in [e for e in events if isinstance(e, int)]:
                 self._on_fd(fd)
+            if self.mesh is not None and self.mesh.socket in events:
+                self._on_mesh()
             # At most _BURST messages per pass: under a steady flood the router always has
             # input, and the passes' other duties (sends to workers, GCS rows and acks) must
             # still run, or their queues grow without bound.
@@ -153,6 +176,14 @@ class Agent:
         for fd in wanted - registered:
             poller.register(fd, zmq.POLLIN)
         return wanted
+
+    def _on_mesh(self) -> None:
+        assert self.mesh is not None
+        while has_input(self.mesh.socket):
+            got = self.mesh.on_frames(self.mesh.socket.recv_multipart())
+            if got is not None:  # (no peer messages yet but Hello, which the door answers)
+                self.complaints.warning("mesh", "dropped %s from a peer: not taken yet",
+                                        type(got[1]).__name__)
 
     def _on_fd(self, fd: int) -> None:
         if fd == self.owner_pidfd:
@@ -570,11 +601,23 @@ class Agent:
             self.mapping.close()
             self.peers.close()
             self.router.close()
+            if self.mesh is not None:
+                self.mesh.close()
             self.zmq.term()
             self.workers_log.close()
         finally:  # whatever failed above, the node's files go
             if os.path.exists(self.store_path):
                 os.unlink(self.store_path)
+            if self.supervisor_pid:
+                stop_process(self.supervisor_pid, self.config.shutdown_timeout_s)
+            if self.ends_session:
+                end_session(self.session, self.config.kept_sessions)
+
+
+def _write_json(path: str, value: object) -> None:
+    with open(path + ".new", "w") as f:
+        json.dump(value, f)
+    os.replace(path + ".new", path)
 
 
 def run_agent(args: argparse.Namespace, pool: WorkerPool) -> None:

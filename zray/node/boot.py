@@ -28,6 +28,16 @@ def main() -> None:
     parser.add_argument("--resources", required=True, help='JSON, e.g. {"CPU": 2}')
     parser.add_argument("--owner-pid", type=int, default=0,
                         help="a private cluster's driver: stop the cluster when it exits")
+    # A node of a cluster (zray node start):
+    parser.add_argument("--listen", default="", help="HOST:PORT of its mesh socket")
+    parser.add_argument("--token-file", default="", help="the cluster's token")
+    parser.add_argument("--cluster", default="", help="the head's HOST:PORT (not for a head)")
+    parser.add_argument("--gcs-publish", default="", help="the shards' PUB endpoints")
+    parser.add_argument("--supervisor-pid", type=int, default=0,
+                        help="a head's GCS supervisor, stopped after the agent")
+    parser.add_argument("--ready-file", default="", help="written once the node serves")
+    parser.add_argument("--end-session", action="store_true",
+                        help="end the session (keep its logs, remove the rest) at exit")
     args = parser.parse_args()
     pool = WorkerPool(["-m", "zray.node.worker", "--endpoint", args.endpoint,
                        "--agent-pid", str(os.getpid())],

@@ -21,6 +21,7 @@ from zray.actors.mailbox import Actor
 from zray.broker.link import BrokerLink, Fields
 from zray.broker.tables import shard_of
 from zray.config import Config
+from zray.mesh.auth import Credentials
 from zray.node.object_table import ObjectEntry
 from zray.node.scheduler import Task, TaskState
 from zray.protocol import has_input
@@ -30,12 +31,12 @@ log = logging.getLogger("zray.agent")
 
 class GcsClient:
     def __init__(self, context: zmq.Context, endpoints: list[str], node_id: bytes,
-                 config: Config) -> None:
+                 config: Config, credentials: Credentials | None = None) -> None:
         self._config = config
         self._last_flush = 0.0
         # Each link keeps at most its share of the task history queued, as each shard keeps.
         share = max(1, config.max_task_history // len(endpoints))
-        self.links = [BrokerLink(context, endpoint, node_id, config, share)
+        self.links = [BrokerLink(context, endpoint, node_id, config, share, credentials)
                       for endpoint in endpoints]
         self._node_id = node_id
         self._node_hex = node_id.hex()

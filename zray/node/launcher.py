@@ -81,7 +81,7 @@ class LocalCluster:
         placement = place_arena(f"{os.path.basename(session)}-{secrets.token_hex(8)}",
                                 store_size, session)
         claim(session, placement.path)
-        env = _child_env(config, run)
+        env = child_env(config, run)
         with open(os.path.join(session, "agent.log"), "wb") as log_file:
             agent = subprocess.Popen(
                 [sys.executable, "-m", "zray.node.boot", "--session", session,
@@ -116,7 +116,7 @@ class LocalCluster:
             log_path = os.path.join(ended_path(self.session), "agent.log")
         return (f"the node agent (pid {self.agent.pid}) {describe_exit(code)}; the end of its "
                 f"log {log_path} (kept in ZRAY_HOME/sessions/ once the session ends):\n"
-                f"{_tail(log_path)}")
+                f"{tail(log_path)}")
 
     def stop(self) -> None:
         """Wait for the agent to finish its clean stop (its last rows stored), then stop
@@ -136,7 +136,7 @@ class LocalCluster:
             os.unlink(self.store_path)
 
 
-def _tail(path: str, lines: int = 20) -> str:
+def tail(path: str, lines: int = 20) -> str:
     try:
         with open(path, errors="replace") as f:
             return "".join(f.readlines()[-lines:]) or "(empty)"
@@ -144,7 +144,7 @@ def _tail(path: str, lines: int = 20) -> str:
         return f"(unreadable: {exc})"
 
 
-def _child_env(config: Config, run: str) -> dict[str, str]:
+def child_env(config: Config, run: str) -> dict[str, str]:
     """The driver's environment, with its effective config spelled out for the children,
     and the run's marker, which every process of the cluster inherits."""
     env = dict(os.environ, ZRAY_RUN_ID=run)

@@ -17,14 +17,15 @@ import time
 from dataclasses import dataclass, field
 
 
-def wait_for_exit(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
-    """Return once every process has exited or ``timeout_s`` has passed, woken by their
-    pidfds the moment they go (``Popen.wait(timeout)`` polls, sleeping up to 50 ms)."""
+def wait_for_exit(procs: list[subprocess.Popen[bytes]] | list[int], timeout_s: float) -> None:
+    """Return once every process (a Popen, or a pid) has exited or ``timeout_s`` has
+    passed, woken by their pidfds the moment they go (``Popen.wait(timeout)`` polls,
+    sleeping up to 50 ms)."""
     poller = select.poll()
     fds = []
     for proc in procs:
         try:
-            fd = os.pidfd_open(proc.pid)
+            fd = os.pidfd_open(proc if isinstance(proc, int) else proc.pid)
         except ProcessLookupError:
             continue
         fds.append(fd)
@@ -40,6 +41,20 @@ def wait_for_exit(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> Non
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def stop_process(pid: int, timeout_s: float, signum: int = signal.SIGTERM) -> None:
+    """Send ``signum`` to ``pid`` (not a child of ours, maybe), wait for it to exit, and
+    kill it if it has not within ``timeout_s``."""
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        return
+    wait_for_exit([pid], timeout_s)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 @dataclass
