@@ -12,11 +12,10 @@ import itertools
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from zray.config import Config
-from zray.exceptions import ZrayError
 from zray.ids import driver_task_id, new_job_id
 from zray.node.launcher import LocalCluster
 from zray.node.resources import default_store_size, node_resources
@@ -40,8 +39,10 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
          object_store_memory: int | None = None, namespace: str | None = None,
          log_to_driver: bool = True, ignore_reinit_error: bool = False,
          _gcs_shards: int = 1, **ray_kwargs: Any) -> None:
-    """Start a private local cluster for this driver (or, later, join a running one).
-    ``_gcs_shards``: the number of GCS shard processes (each key lives in one)."""
+    """Start a private local cluster for this driver (``address`` None or "local"), or join
+    a running one through its node on this machine (``address`` "auto": the newest
+    cluster here; or a node's HOST:PORT; ``ZRAY_ADDRESS`` when not given). ``_gcs_shards``:
+    a private cluster's GCS shard processes (each key lives in one)."""
     global _cluster, _config
     unknown = set(ray_kwargs) - _IGNORED_RAY_KWARGS
     if unknown:
@@ -53,30 +54,31 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
                 return
             raise RuntimeError("zray.init() was already called; call zray.shutdown() first, "
                                "or pass ignore_reinit_error=True")
-        address = address or os.environ.get("ZRAY_ADDRESS")
-        if address:
-            raise ZrayError(f"joining an existing cluster ({address!r}) needs `zray node start`, "
-                            "which this version does not have yet; call zray.init() without an "
-                            "address to start a private local cluster")
+        address = address or os.environ.get("ZRAY_ADDRESS") or "local"
         if type(_gcs_shards) is not int or _gcs_shards < 1:
             raise ValueError(f"_gcs_shards must be an int >= 1, got {_gcs_shards!r}")
         _config = Config.from_env()
+        if address != "local":
+            given = {"num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources,
+                     "object_store_memory": object_store_memory}
+            if any(value is not None for value in given.values()):
+                raise ValueError(
+                    "When connecting to an existing cluster, num_cpus, num_gpus, resources "
+                    "and object_store_memory must not be provided: the cluster's nodes "
+                    "were given theirs by `zray node start`")
+            _join(address, namespace, log_to_driver)
+            return
         total = node_resources(num_cpus, num_gpus, resources, "zray.init()")
         store_size = object_store_memory or default_store_size(_config)
         cluster = LocalCluster.start(total, store_size, _config, _gcs_shards)
         client = None
         try:  # whatever fails from here on, the cluster started goes, and its files
             from zray import core  # while the agent starts
-            from zray.specs import TaskContext
 
             if cluster.warning:
                 print(f"zray: {cluster.warning}", file=sys.stderr, flush=True)
-            job_id = new_job_id()
-            client = core.CoreClient(cluster.endpoint, "driver", job_id, _config, log_to_driver)
-            client.namespace = namespace or f"anonymous-{job_id.hex()}"
-            client.context = TaskContext(driver_task_id(job_id), "driver", job_id)
-            client.explain_agent_death = cluster.why_not_running
-            client.connect(_config.startup_timeout_s, cluster.why_not_running)
+            client = _connect(cluster.endpoint, namespace, log_to_driver,
+                              cluster.why_not_running)
             cluster.start_gcs()
         except BaseException:
             if client is not None:
@@ -89,6 +91,38 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         atexit.register(shutdown)
 
 
+def _join(address: str, namespace: str | None, log_to_driver: bool) -> None:
+    """Connect this driver to a running cluster, through its node on this machine
+    (``address``: "auto", the head's, or any of its nodes')."""
+    from zray import core
+    from zray.mesh.records import find_cluster, local_node
+
+    node = local_node(find_cluster(address))
+    client = _connect(node.endpoint, namespace, log_to_driver,
+                      lambda: "" if node.alive() else f"the node at {node.address} stopped")
+    core.set_current(client)
+    atexit.register(shutdown)
+
+
+def _connect(endpoint: str, namespace: str | None, log_to_driver: bool,
+             why_not_running: Callable[[], str]) -> CoreClient:
+    """A driver's client of the agent at ``endpoint``, registered, with a new job."""
+    from zray import core
+    from zray.specs import TaskContext
+
+    job_id = new_job_id()
+    client = core.CoreClient(endpoint, "driver", job_id, _config, log_to_driver)
+    client.namespace = namespace or f"anonymous-{job_id.hex()}"
+    client.context = TaskContext(driver_task_id(job_id), "driver", job_id)
+    client.explain_agent_death = why_not_running
+    try:
+        client.connect(_config.startup_timeout_s, why_not_running)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
 def shutdown() -> None:
     """Stop the private cluster: no process, socket or shared-memory file stays behind."""
     global _cluster
@@ -99,7 +133,7 @@ def shutdown() -> None:
         from zray import core
 
         core.set_current(None)
-        client.close(stop_cluster=True)
+        client.close(stop_cluster=_cluster is not None)  # (a driver that joined leaves it)
         if _cluster is not None:
             _cluster.stop()
             _cluster = None
