@@ -68,6 +68,9 @@ class Config:
     # TCP between a cluster's processes is encrypted (CURVE) beyond loopback; on loopback
     # only a token-derived password is checked (PLAIN), unless this is set.
     encrypt_loopback: bool = False
+    # A node publishes its free resources (for peers to choose where work goes) at most
+    # this often.
+    load_report_ms: int = 100
     # How long joining a node (``node start --peers``, ``init(address=)``) waits for it.
     join_timeout_s: float = 10.0
 

@@ -475,6 +475,19 @@ class Welcome(Message):
     gcs_publish: list  # their PUB endpoints
 
 
+@message(42)
+@dataclass(frozen=True, slots=True)
+class Relayed(Message):
+    """Agent to agent, over the mesh: the message in the frames after this one is for
+    ``target`` (zray/node/relay.py): ``kind`` "lease" (an owner's lease request or
+    return, to the agent of the worker's node), "t" or "d" (to a worker's task or direct
+    socket, there), "owner" or "d" (back to the owner: from its agent, or to its direct
+    socket), "log" (output for the drivers of the owner's job)."""
+
+    target: bytes
+    kind: str
+
+
 @message(36)
 @dataclass(frozen=True, slots=True)
 class Processed(Message):

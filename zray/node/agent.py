@@ -17,6 +17,7 @@ driver, or the GCS supervisor if the driver died, moves its logs to ZRAY_HOME).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ import zmq
 
 from zray import protocol as p
 from zray.actors.manager import ActorManager
+from zray.broker.layout import GcsAddress
 from zray.config import Config
 from zray.ids import new_node_id, return_object_id, short, task_of
 from zray.leasing import Peers
@@ -39,11 +41,14 @@ from zray.node import checks, failures
 from zray.node.clients import Client, Clients
 from zray.node.gcs_client import GcsClient
 from zray.node.leases import LeaseManager
+from zray.node.membership import Membership
 from zray.node.mesh import MeshDoor
 from zray.node.object_manager import ObjectManager
 from zray.node.object_table import ObjectTable
+from zray.node.relay import Relay
 from zray.node.scheduler import Scheduler, Task, TaskState
 from zray.node.sessions import end_session
+from zray.node.spill import choose_peer, fits
 from zray.node.tasks import TaskManager
 from zray.node.worker_pool import WorkerPool, WorkerProcess, stop_process
 from zray.objects.store import Allocator, Mapping, create_arena
@@ -57,6 +62,7 @@ log = logging.getLogger("zray.agent")
 _REFRESH_PENDING_S = 1.0
 _REFRESH_PENDING_ROWS = 200
 _BURST = 512  # messages handled per pass of the agent's loop (a Batch counts its items)
+_SPILL_SCAN = 64  # queued requests of one shape looked at per pass for spilling
 
 
 class Agent:
@@ -97,12 +103,24 @@ class Agent:
         gcs = args.gcs.split(",")
         self.gcs = GcsClient(self.zmq, gcs, self.node_id, config, credentials)
         self.address = self.mesh.address if self.mesh else ""
-        if self.mesh is not None:
+        self.membership: Membership | None = None
+        self.remote: Relay | None = None  # leases on peers' workers
+        if self.mesh is not None and credentials is not None:
+            publish = args.gcs_publish.split(",")
             self.mesh.welcome = p.Welcome(self.node_id, args.cluster or self.address, gcs,
-                                          args.gcs_publish.split(","))
-        self.gcs.record_node({"node_id": self.node_id.hex(), "pid": os.getpid(),
-                              "resources": self.resources, "state": "ALIVE",
-                              "address": self.address, "started": time.time()})
+                                          publish)
+            self.membership = Membership(self.zmq, GcsAddress(gcs, publish, credentials),
+                                         self.node_id)
+            self.remote = Relay(self.zmq, self.node_id, args.endpoint, credentials,
+                               self.mesh.socket, config.message_budget,
+                               lambda offset, size: bytes(self.mapping.view[offset:offset + size]),
+                               self.objects.release,
+                               lambda worker, msg, kind: self.peers.send(worker, msg, kind=kind))
+        self.node_row = {"node_id": self.node_id.hex(), "pid": os.getpid(),
+                         "resources": self.resources, "available": self.resources,
+                         "state": "ALIVE", "address": self.address, "started": time.time()}
+        self.gcs.record_node(self.node_row)
+        self._load_reported = (0.0, dict(self.resources))
         self.gcs.why_pending = self.scheduler.why_pending
         self.tasks = TaskManager(self)
         self.leases = LeaseManager(self)
@@ -126,7 +144,7 @@ class Agent:
             p.RefsChanged: self.object_manager.on_refs, p.Disconnect: self.on_disconnect,
             p.QueryAgent: self.on_query, p.KillActor: self.on_kill,
             p.CancelTask: self.on_cancel, p.RequestLease: self.leases.request,
-            p.ReturnLease: self.leases.give_back, p.CallsReported: self.actors.calls_reported,
+            p.ReturnLease: self.on_return_lease, p.CallsReported: self.actors.calls_reported,
             p.TaskStarted: self.leases.started,
         }
         self.scheduler.starting = len(pool.by_pid)
@@ -148,13 +166,15 @@ class Agent:
         if self.owner_pidfd >= 0:
             poller.register(self.owner_pidfd, zmq.POLLIN)
         registered_fds: set[int] = set()
+        mesh_sockets: set[zmq.Socket] = set()
         while self.running:
             registered_fds = self._sync_fds(poller, registered_fds)
+            mesh_sockets = self._sync_mesh_sockets(poller, mesh_sockets)
             events = dict(poller.poll(self.config.poll_interval_ms))
             for fd in [e for e in events if isinstance(e, int)]:
                 self._on_fd(fd)
-            if self.mesh is not None and self.mesh.socket in events:
-                self._on_mesh()
+            if self.mesh is not None:
+                self._on_mesh_events(events)
             # At most _BURST messages per pass: under a steady flood the router always has
             # input, and the passes' other duties (sends to workers, GCS rows and acks) must
             # still run, or their queues grow without bound.
@@ -177,13 +197,105 @@ class Agent:
             poller.register(fd, zmq.POLLIN)
         return wanted
 
-    def _on_mesh(self) -> None:
-        assert self.mesh is not None
-        while has_input(self.mesh.socket):
-            got = self.mesh.on_frames(self.mesh.socket.recv_multipart())
-            if got is not None:  # (no peer messages yet but Hello, which the door answers)
-                self.complaints.warning("mesh", "dropped %s from a peer: not taken yet",
-                                        type(got[1]).__name__)
+    # --- the mesh: other nodes (zray/node/relay.py, membership.py) --------------------
+
+    def _sync_mesh_sockets(self, poller: zmq.Poller,
+                           registered: set[zmq.Socket]) -> set[zmq.Socket]:
+        if self.remote is None or self.membership is None:
+            return registered
+        wanted = {*self.remote.sockets, *self.membership.sockets}
+        for sock in registered - wanted:
+            if not sock.closed:
+                poller.unregister(sock)
+        for sock in wanted - registered:
+            poller.register(sock, zmq.POLLIN)
+        return wanted
+
+    def _on_mesh_events(self, events: dict[Any, int]) -> None:
+        assert self.mesh is not None and self.remote is not None and self.membership is not None
+        remote = self.remote
+        if self.mesh.socket in events:
+            while has_input(self.mesh.socket):
+                got = self.mesh.on_frames(self.mesh.socket.recv_multipart())
+                if got is not None:
+                    self._on_relayed_to_us(*got)
+        for sock in [s for s in events if isinstance(s, zmq.Socket)]:
+            if sock in remote.links.values():
+                for owner, kind, msg in remote.on_link(sock):
+                    self._on_relayed_back(owner, kind, msg)
+            elif sock in remote.proxies:
+                remote.on_proxy(sock)
+            elif sock in remote.by_owner_proxy:
+                remote.on_owner_proxy(sock)
+            elif sock in self.membership.sockets:
+                self.membership.on_readable(sock)
+        self.membership.tick()
+
+    def _on_relayed_to_us(self, identity: bytes, frames: list[bytes]) -> None:
+        """A peer's agent relays its owner's lease request or return (or its end)."""
+        assert self.remote is not None
+        got = self.remote.on_door(identity, frames)
+        if got is None:
+            return
+        owner, msg = got
+        if isinstance(msg, p.RequestLease):
+            self.leases.request(owner, msg)
+        elif isinstance(msg, p.ReturnLease):
+            self.leases.give_back(owner, msg)
+        elif isinstance(msg, p.Disconnect):
+            self.leases.client_gone(owner, 0)
+            self.remote.remote_owner_gone(owner)
+
+    def _on_relayed_back(self, owner: bytes, kind: str, msg: p.Message) -> None:
+        """A peer's agent answers one of our owners."""
+        if kind == "d":
+            self.peers.send(owner, msg, kind="d")
+        elif kind == "log" and isinstance(msg, p.LogLines):
+            for driver in self.clients.drivers_of(self.clients.job_of(owner)):
+                if driver.log_to_driver:
+                    self.send(driver.client_id, msg)
+        elif kind == "owner":
+            self.send(owner, msg)
+
+    def on_return_lease(self, client_id: bytes, msg: p.ReturnLease) -> None:
+        if self.remote is None or not self.remote.return_lease(client_id, msg):
+            self.leases.give_back(client_id, msg)
+
+    def _spill(self) -> None:
+        """Lease requests of our owners that cannot be granted here now go to a peer
+        that can (zray/node/spill.py); never those peers sent us."""
+        assert self.remote is not None and self.membership is not None
+        peers = self.membership.peers()
+        if not peers:
+            return
+        for queue in list(self.scheduler.queues.values()):
+            for lease in [t for t in itertools.islice(queue, _SPILL_SCAN) if t.lease
+                          and t.submitter not in self.remote.via]:
+                demand = lease.spec.resources
+                peer = choose_peer(demand, fits(demand, self.scheduler.available),
+                                   not lease.infeasible, peers, self.remote.asked)
+                if peer is None:
+                    break
+                self.scheduler.withdraw(lease)
+                spec = lease.spec
+                self.remote.ask_lease(peer, lease.submitter, p.RequestLease(
+                    spec.task_id, spec.job_id, spec.name, spec.resources))
+
+    def _report_load(self, now: float) -> None:
+        """Our free resources, in our node's row, when they changed (at most every
+        load_report_ms): peers choose where to send work by it."""
+        at, reported = self._load_reported
+        if now - at < self.config.load_report_ms / 1000 or reported == self.scheduler.available:
+            return
+        self._load_reported = (now, dict(self.scheduler.available))
+        self.node_row["available"] = dict(self.scheduler.available)
+        self.gcs.record_node(self.node_row)
+
+    def cluster_resources(self) -> dict[str, float]:
+        """Every live node's resources, summed (this node's alone without a mesh)."""
+        if self.membership is None:
+            return dict(self.resources)
+        return self.membership.totals(self.resources)
 
     def _on_fd(self, fd: int) -> None:
         if fd == self.owner_pidfd:
@@ -258,6 +370,8 @@ class Agent:
             self.send(client_id, p.Rejected(msg.op, reason[:1000]))
 
     def send(self, client_id: bytes, msg: p.Message) -> None:
+        if self.remote is not None and self.remote.to_owner(client_id, msg):
+            return  # (an owner on another node: through its agent)
         try:
             p.send(self.router, msg, client_id + b"r")
         except zmq.ZMQError as exc:  # EHOSTUNREACH: it is gone; its pidfd will tell us
@@ -288,7 +402,7 @@ class Agent:
         if msg.kind == "driver":
             self._record_job(client, "RUNNING")
         self.send(client_id, p.Registered(self.node_id, os.getpid(), self.store_path,
-                                          self.store_size, self.resources))
+                                          self.store_size, self.cluster_resources()))
         if pooled:
             client.worker = self.pool.by_pid[msg.pid]
             client.worker.worker_id = client_id
@@ -323,6 +437,8 @@ class Agent:
             os.close(client.pidfd)
         self.objects.release_all(client.client_id)
         self.leases.client_gone(client.client_id, client.pid)
+        if self.remote is not None:
+            self.remote.owner_gone(client.client_id)
         self.actors.client_gone(client.client_id, client.job_id, client.kind == "driver")
         if client.client_id == self.owner_client:
             self.running = False
@@ -505,10 +621,13 @@ class Agent:
         self.object_manager.deliver()
         self.actors.place_waiting()
         self.tasks.dispatch()
+        now = time.monotonic()
+        if self.remote is not None:
+            self._spill()
+            self._report_load(now)
         for worker_id, messages in self.outbox.items():
             self.peers.send(worker_id, p.one_or_batch(messages), kind="t")
         self.outbox.clear()
-        now = time.monotonic()
         self.leases.ask_for_idle(now)
         self.tasks.reap_idle(now)
         if now - self._pending_refreshed >= _REFRESH_PENDING_S:
@@ -584,6 +703,10 @@ class Agent:
         actor = self.actors.directory.by_worker.get(worker.worker_id)
         name = actor.options["class_name"] if actor else task.spec.name if task else "worker"
         prefix = f"{name} pid={worker.pid}"
+        if (task is not None and self.remote is not None
+                and task.submitter in self.remote.via):  # for a driver on another node
+            self.remote.to_owner(task.submitter, p.LogLines(
+                f"{prefix} node={self.address}", stream, lines), "log")
         for driver in self.clients.drivers_of(task.spec.job_id if task else None):
             if driver.log_to_driver:
                 self.send(driver.client_id, p.LogLines(prefix, stream, lines))
@@ -601,6 +724,9 @@ class Agent:
             self.mapping.close()
             self.peers.close()
             self.router.close()
+            if self.remote is not None and self.membership is not None:
+                self.remote.close()
+                self.membership.close()
             if self.mesh is not None:
                 self.mesh.close()
             self.zmq.term()

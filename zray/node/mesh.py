@@ -50,25 +50,26 @@ class MeshDoor:
         self.address = endpoint.removeprefix("tcp://")
         self.welcome: p.Welcome | None = None  # set by the agent once it knows the GCS
 
-    def on_frames(self, frames: list[bytes]) -> tuple[bytes, p.Message] | None:
-        """Answer a Hello; any other valid message is the agent's: (peer, message)."""
+    def on_frames(self, frames: list[bytes]) -> tuple[bytes, list[bytes]] | None:
+        """Answer a Hello; anything else is the agent's: (peer, its frames)."""
         peer = frames[0]
-        if len(frames) < 2 or not frames[1]:
+        if len(frames) < 2 or len(frames[1]) < 2:
             return None
         if frames[1][0] != p.PROTOCOL_VERSION:
             self._send_raw(peer, [VERSION_REFUSED, (
                 f"this node (zray {__version__}) speaks protocol {p.PROTOCOL_VERSION}, yours "
                 f"speaks {frames[1][0]}: run one zray version on every node").encode()])
             return None
+        if frames[1][1] != p.Hello.op:
+            return peer, frames[1:]
         try:
             msg = p.decode(frames[1:])
         except p.ProtocolError as exc:
-            self.complaints.warning("malformed", "dropped a malformed mesh message: %s", exc)
+            self.complaints.warning("malformed", "dropped a malformed Hello: %s", exc)
             return None
-        if isinstance(msg, p.Hello):
-            self._answer_hello(peer, msg)
-            return None
-        return peer, msg
+        assert isinstance(msg, p.Hello)
+        self._answer_hello(peer, msg)
+        return None
 
     def _answer_hello(self, peer: bytes, hello: p.Hello) -> None:
         if hello.protocol != p.PROTOCOL_VERSION:

@@ -159,6 +159,13 @@ class Scheduler:
         if task in queue:
             queue.remove(task)
 
+    def withdraw(self, task: Task) -> None:
+        """A queued task leaves this node (it goes to another): forgotten here."""
+        self.tasks.pop(task.spec.task_id, None)
+        queue = self._queue_of(task)
+        if task in queue:
+            queue.remove(task)
+
     def worker_gone(self, worker: bytes) -> Task | None:
         """The worker process died; returns the task it was running (then call task_done)."""
         if worker in self.idle:

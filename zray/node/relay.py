@@ -1,0 +1,321 @@
+"""Leases on other nodes' workers, relayed by the two nodes' agents.
+
+An owner asks its agent for a lease; when no worker here is free and a peer has room
+(zray/node/spill.py), the agent asks the peer's agent for it instead. Owner and worker
+code do not change: each agent binds, in its own session directory, the sockets the other
+side's process would have had, and relays what arrives on them over the mesh::
+
+    owner --ExecuteTask--> t-W.sock (proxy, here)  ==mesh==>  peer agent --> worker W
+    owner <--TaskDone----- this agent  <==mesh==  d-X.sock (proxy, at the peer) <-- worker W
+    owner <-LeaseGranted, LeaseLost, ReturnIdleLeases-- this agent <==mesh== peer agent
+    owner --ReturnLease--> this agent ==mesh==> peer agent
+
+Values cross inline: an argument in this node's store is read into the relayed task, a
+result in the peer's store into the relayed answer (and freed there), each within the
+message budget. Moving objects between stores, and direct TCP paths that skip the agents,
+are the next issue's; until then a larger value, or a result holding refs, fails its task
+with an error that says so.
+
+Mesh frames: ``[Relayed(target, kind)] + frames of the message``; this node's DEALER to a
+peer's door has this node's id as identity, so the peer's answers come back on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import zmq
+
+from zray import protocol as p
+from zray.exceptions import ZrayError
+from zray.mesh.auth import Credentials, secure_client
+from zray.node import failures
+from zray.node.launcher import direct_endpoint
+from zray.node.membership import NodeInfo
+from zray.objects.serialization import serialize
+from zray.rate_limit import RateLimitedLog
+
+log = logging.getLogger("zray.relay")
+
+
+@dataclass
+class RemoteLease:
+    node: bytes  # the peer whose worker it is
+    owner: bytes
+    resources: dict[str, float]
+    worker: bytes = b""  # once granted
+
+
+class Relay:
+    def __init__(self, context: zmq.Context, node_id: bytes, agent_endpoint: str,
+                 credentials: Credentials, door: zmq.Socket, budget: int,
+                 read_store: Callable[[int, int], bytes],
+                 release: Callable[[bytes, bytes], None],
+                 send_worker: Callable[[bytes, p.Message, str], None]) -> None:
+        """``door``: this node's mesh ROUTER (answers to peers go out on it);
+        ``read_store(offset, size)``: bytes of this node's store; ``release(holder,
+        object_id)``: let go of an object (a result copied out); ``send_worker(worker,
+        message, kind)``: to a worker of this node, on its "t" or "d" socket."""
+        self.context, self.node_id, self.agent_endpoint = context, node_id, agent_endpoint
+        self.credentials, self.door, self.budget = credentials, door, budget
+        self.read_store, self.release, self.send_worker = read_store, release, send_worker
+        self.complaints = RateLimitedLog(log)
+        self.links: dict[bytes, zmq.Socket] = {}  # peer node -> DEALER to its door
+        # Origin side: leases asked of peers for our owners, and the proxies of their
+        # workers (t- and d-sockets here, read by us).
+        self.leases: dict[bytes, RemoteLease] = {}
+        self.asked = Counter[bytes]()  # peer -> lease requests not answered yet
+        self.proxies: dict[zmq.Socket, tuple[bytes, bytes, str]] = {}  # -> node, worker, kind
+        self._worker_proxies: dict[bytes, list[zmq.Socket]] = {}
+        # Peer side: owners elsewhere holding leases on our workers, by the door identity
+        # of their agent, and the proxies of their direct sockets (here).
+        self.via: dict[bytes, bytes] = {}
+        self._owner_proxies: dict[bytes, zmq.Socket] = {}
+        self.by_owner_proxy: dict[zmq.Socket, bytes] = {}
+
+    @property
+    def sockets(self) -> list[zmq.Socket]:
+        return [*self.links.values(), *self.proxies, *self.by_owner_proxy]
+
+    # --- origin side: our owners' leases on peers' workers ----------------------------
+
+    def ask_lease(self, node: NodeInfo, owner: bytes, msg: p.RequestLease) -> None:
+        self.leases[msg.lease_id] = RemoteLease(node.node_id, owner, dict(msg.resources))
+        self.asked[node.node_id] += 1
+        self._to_peer(node, p.Relayed(owner, "lease"), msg)
+
+    def return_lease(self, owner: bytes, msg: p.ReturnLease) -> bool:
+        """An owner gives back a lease: True if it was one of a peer's (sent there)."""
+        lease = self.leases.pop(msg.lease_id, None)
+        if lease is None:
+            return False
+        if not lease.worker:
+            self.asked[lease.node] -= 1
+        self._send_link(lease.node, p.Relayed(owner, "lease"), msg)
+        self._unproxy_worker(lease.worker)
+        return True
+
+    def owner_gone(self, owner: bytes) -> None:
+        """A process of ours left: its leases on peers end there too."""
+        nodes = set()
+        for lease_id, lease in list(self.leases.items()):
+            if lease.owner == owner:
+                del self.leases[lease_id]
+                if not lease.worker:
+                    self.asked[lease.node] -= 1
+                self._unproxy_worker(lease.worker)
+                nodes.add(lease.node)
+        for node in nodes:
+            self._send_link(node, p.Relayed(owner, "lease"), p.Disconnect(False))
+
+    def on_link(self, sock: zmq.Socket) -> list[tuple[bytes, str, p.Message]]:
+        """Answers from a peer's agent: (owner, kind, message) for the agent to pass on
+        (kind "owner": from the agent; "d": to its direct socket; "log": its drivers)."""
+        out = []
+        while p.has_input(sock):
+            got = self._decode(sock.recv_multipart())
+            if got is None:
+                continue
+            envelope, msg = got
+            if isinstance(msg, p.LeaseGranted):
+                if not self._granted(msg):
+                    continue
+            elif isinstance(msg, p.LeaseLost):
+                lease = self.leases.pop(msg.lease_id, None)
+                if lease is not None:
+                    self._unproxy_worker(lease.worker)
+            out.append((envelope.target, envelope.kind, msg))
+        return out
+
+    def _granted(self, msg: p.LeaseGranted) -> bool:
+        lease = self.leases.get(msg.lease_id)
+        if lease is None or lease.worker:
+            return False  # (returned meanwhile: the peer hears of it)
+        self.asked[lease.node] -= 1
+        lease.worker = msg.worker_id
+        if msg.worker_id not in self._worker_proxies:
+            socks = [self._bind(direct_endpoint(self.agent_endpoint, msg.worker_id, kind))
+                     for kind in ("t", "d")]
+            for sock, kind in zip(socks, ("t", "d"), strict=True):
+                self.proxies[sock] = (lease.node, msg.worker_id, kind)
+            self._worker_proxies[msg.worker_id] = socks
+        return True
+
+    def on_proxy(self, sock: zmq.Socket) -> None:
+        """What an owner sent a peer's worker: relayed there, with its arguments inline."""
+        node, worker, kind = self.proxies[sock]
+        while p.has_input(sock):
+            frames = sock.recv_multipart()
+            try:
+                msg = p.decode(frames[1:])
+                messages = p.unbatch(msg) if isinstance(msg, p.Batch) else [msg]
+                messages = [self._inline_arguments(m) for m in messages]
+            except (p.ProtocolError, ZrayError) as exc:
+                self.complaints.warning("proxy", "dropped a message for worker %s: %s",
+                                        worker.hex()[:8], exc)
+                continue
+            self._send_link(node, p.Relayed(worker, kind), p.one_or_batch(messages))
+
+    def _inline_arguments(self, msg: p.Message) -> p.Message:
+        if not isinstance(msg, p.ExecuteTask):
+            return msg
+        deps = [self._inline(loc) for loc in msg.deps]
+        if sum(len(loc[1]) for loc in deps) > self.budget:
+            raise ZrayError(f"the arguments of {msg.name} are over {self.budget:,} bytes: "
+                            "too large to send to another node in this version")
+        return _replace(msg, deps=deps)
+
+    def _inline(self, location: p.Location) -> p.Location:
+        object_id, data, offset, size, is_error = location
+        if data is not None:
+            return location
+        return (object_id, self.read_store(offset, size), 0, size, is_error)
+
+    # --- peer side: owners elsewhere, our workers ---------------------------------------
+
+    def on_door(self, identity: bytes, frames: list[bytes]) -> tuple[bytes, p.Message] | None:
+        """A relayed message that came to our door: sent on to a worker of ours here, or
+        (owner, message) for the agent to handle (an owner's lease request or return)."""
+        got = self._decode(frames)
+        if got is None:
+            return None
+        envelope, msg = got
+        if envelope.kind in ("t", "d"):
+            self.send_worker(envelope.target, msg, envelope.kind)
+            return None
+        if envelope.kind != "lease":
+            return None
+        owner = envelope.target
+        if isinstance(msg, p.RequestLease):
+            self.via[owner] = identity
+            if owner not in self._owner_proxies:
+                sock = self._bind(direct_endpoint(self.agent_endpoint, owner, "d"))
+                self._owner_proxies[owner] = sock
+                self.by_owner_proxy[sock] = owner
+        elif owner not in self.via:
+            return None
+        return owner, msg
+
+    def remote_owner_gone(self, owner: bytes) -> None:
+        self.via.pop(owner, None)
+        sock = self._owner_proxies.pop(owner, None)
+        if sock is not None:
+            self.by_owner_proxy.pop(sock, None)
+            self._close(sock)
+
+    def to_owner(self, owner: bytes, msg: p.Message, kind: str = "owner") -> bool:
+        """Send to an owner on another node (through its agent): False if it is not one."""
+        identity = self.via.get(owner)
+        if identity is None:
+            return False
+        try:
+            self.door.send_multipart([identity, *p.encode(p.Relayed(owner, kind)),
+                                      *p.encode(msg)])
+        except zmq.ZMQError as exc:  # its agent is gone (node failure: a later issue's)
+            self.complaints.warning("door", "could not relay %s to %s: %s",
+                                    type(msg).__name__, owner.hex()[:8], exc)
+        return True
+
+    def on_owner_proxy(self, sock: zmq.Socket) -> None:
+        """A worker of ours answered an owner elsewhere: results in our store go inline."""
+        owner = self.by_owner_proxy[sock]
+        while p.has_input(sock):
+            frames = sock.recv_multipart()
+            try:
+                msg = p.decode(frames[1:])
+                messages = p.unbatch(msg) if isinstance(msg, p.Batch) else [msg]
+            except p.ProtocolError as exc:
+                self.complaints.warning("answer", "dropped an answer for %s: %s",
+                                        owner.hex()[:8], exc)
+                continue
+            self.to_owner(owner, p.one_or_batch([self._inline_results(owner, m)
+                                                 for m in messages]), "d")
+
+    def _inline_results(self, owner: bytes, msg: p.Message) -> p.Message:
+        if not isinstance(msg, p.TaskDone):
+            return msg
+        results, size = [], 0
+        for location in msg.results:
+            inline = self._inline(location)
+            if location[1] is None:
+                self.release(owner, location[0])  # (copied out: this store keeps none)
+            size += len(inline[1])
+            results.append(inline)
+        if msg.contained or size > self.budget:
+            why = ("its results hold refs" if msg.contained else
+                   f"its results are {size:,} bytes (over {self.budget:,})")
+            error = serialize(ZrayError(
+                f"task {msg.task_id.hex()[:8]} ran on another node, and {why}: this version "
+                "moves values between nodes only inline; run it where its caller is "
+                "(NodeAffinitySchedulingStrategy) or return a smaller value")).to_bytes()
+            results = failures.as_results(msg.task_id, len(msg.results), error)
+        return _replace(msg, results=results, contained=[])
+
+    # --- the mesh -------------------------------------------------------------------
+
+    def link_to(self, node: NodeInfo) -> zmq.Socket:
+        sock = self.links.get(node.node_id)
+        if sock is None:
+            sock = self.links[node.node_id] = self.context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.IDENTITY, self.node_id)
+            sock.setsockopt(zmq.LINGER, 0)
+            endpoint = f"tcp://{node.address}"
+            secure_client(sock, endpoint, self.credentials)
+            sock.connect(endpoint)
+        return sock
+
+    def _to_peer(self, node: NodeInfo, envelope: p.Relayed, msg: p.Message) -> None:
+        self.link_to(node).send_multipart([*p.encode(envelope), *p.encode(msg)])
+
+    def _send_link(self, node_id: bytes, envelope: p.Relayed, msg: p.Message) -> None:
+        sock = self.links.get(node_id)
+        if sock is not None:
+            sock.send_multipart([*p.encode(envelope), *p.encode(msg)])
+
+    def _decode(self, frames: list[bytes]) -> tuple[p.Relayed, p.Message] | None:
+        try:
+            envelope = p.decode(frames[:1])
+            msg = p.decode(frames[1:])
+        except p.ProtocolError as exc:
+            self.complaints.warning("mesh", "dropped a malformed relayed message: %s", exc)
+            return None
+        if not isinstance(envelope, p.Relayed):
+            self.complaints.warning("mesh", "dropped %s: not relayed", type(envelope).__name__)
+            return None
+        return envelope, msg
+
+    def _bind(self, endpoint: str) -> zmq.Socket:
+        sock = self.context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(endpoint)
+        return sock
+
+    def _unproxy_worker(self, worker: bytes) -> None:
+        if not worker or any(lease.worker == worker for lease in self.leases.values()):
+            return
+        for sock in self._worker_proxies.pop(worker, []):
+            self.proxies.pop(sock, None)
+            self._close(sock)
+
+    @staticmethod
+    def _close(sock: zmq.Socket) -> None:
+        endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        sock.close(linger=0)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(endpoint.removeprefix("ipc://"))
+
+    def close(self) -> None:
+        for sock in [*self.proxies, *self.by_owner_proxy]:
+            self._close(sock)
+        for sock in self.links.values():
+            sock.close(linger=0)
+
+
+def _replace(msg: p.Message, **fields: object) -> p.Message:
+    return dataclasses.replace(msg, **fields)  # type: ignore[type-var]
