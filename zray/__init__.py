@@ -19,6 +19,7 @@ _HOME = {
     "get": "zray.api",
     "get_actor": "zray.api",
     "get_gpu_ids": "zray.api",
+    "get_runtime_context": "zray.api",
     "init": "zray.api",
     "is_initialized": "zray.api",
     "kill": "zray.api",
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
     from zray.api import get as get
     from zray.api import get_actor as get_actor
     from zray.api import get_gpu_ids as get_gpu_ids
+    from zray.api import get_runtime_context as get_runtime_context
     from zray.api import init as init
     from zray.api import is_initialized as is_initialized
     from zray.api import kill as kill

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from zray.actors.handle import ActorHandle
     from zray.core import CoreClient
     from zray.objects.refs import ObjectRef
+    from zray.runtime_context import RuntimeContext
 
 _lock = threading.RLock()
 _cluster: LocalCluster | None = None
@@ -273,8 +274,22 @@ def available_resources() -> dict[str, float]:
 
 
 def nodes() -> list[dict[str, Any]]:
-    client = client_for_call()
-    return [{"NodeID": client.node_id.hex(), "Alive": True, "Resources": cluster_resources()}]
+    """Every node of the cluster, as Ray lists them (dead ones too, ``Alive`` False)."""
+    listed = []
+    for node in client_for_call().query("nodes")["nodes"]:
+        host, _, port = node["address"].rpartition(":")
+        host = host or "127.0.0.1"  # (a private cluster's node has no TCP address)
+        listed.append({"NodeID": node["node_id"], "Alive": node["alive"],
+                       "NodeManagerAddress": host, "NodeManagerPort": int(port or 0),
+                       "Resources": {**node["resources"], f"node:{host}": 1.0}})
+    return listed
+
+
+def get_runtime_context() -> RuntimeContext:
+    """Where the calling driver, task or actor runs (Ray's ``get_runtime_context``)."""
+    from zray.runtime_context import RuntimeContext
+
+    return RuntimeContext(client_for_call())
 
 
 def store_stats() -> dict[str, Any]:

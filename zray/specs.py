@@ -19,6 +19,7 @@ class TaskContext:
     job_id: bytes = b""
     gpu_ids: list[int] = field(default_factory=list)
     attempt: int = 0
+    actor_id: bytes = b""  # the actor whose method (or creation) runs
     submitted: Iterator[int] = field(default_factory=itertools.count)
     puts: Iterator[int] = field(default_factory=itertools.count)
 

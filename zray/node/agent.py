@@ -297,6 +297,21 @@ class Agent:
             return dict(self.resources)
         return self.membership.totals(self.resources)
 
+    def _cluster_available(self) -> dict[str, float]:
+        if self.membership is None:
+            return dict(self.scheduler.available)
+        return self.membership.totals(self.scheduler.available, "available")
+
+    def _nodes(self) -> list[dict[str, object]]:
+        """Every node the cluster has had (dead ones too), this one as it is now."""
+        own = {"node_id": self.node_id.hex(), "address": self.address, "alive": True,
+               "resources": self.resources}
+        others = [] if self.membership is None else [
+            {"node_id": n.node_id.hex(), "address": n.address, "alive": n.alive,
+             "resources": n.total}
+            for n in self.membership.nodes.values() if n.node_id != self.node_id]
+        return [own, *others]
+
     def _on_fd(self, fd: int) -> None:
         if fd == self.owner_pidfd:
             log.info("the driver (pid %d) exited; stopping the cluster", self.owner_pid)
@@ -647,8 +662,10 @@ class Agent:
         # What earlier messages caused reaches the client before the reply.
         self.object_manager.deliver()
         body: dict[str, object]
-        if msg.what == "resources":
-            body = {"total": self.scheduler.total, "available": self.scheduler.available}
+        if msg.what == "resources":  # (the cluster's: every live node's, summed)
+            body = {"total": self.cluster_resources(), "available": self._cluster_available()}
+        elif msg.what == "nodes":
+            body = {"nodes": self._nodes()}
         elif msg.what == "actor":
             namespace = msg.args.get("namespace") or self.clients.namespaces.get(
                 self.clients.job_of(client_id), "")

@@ -35,20 +35,17 @@ class Membership:
         self.node_id = node_id
         self.follower = Follower(gcs, "nodes", context=context)
         self.nodes: dict[bytes, NodeInfo] = {}
-        self._seen = (-1, -1)  # the follower's (snapshots, changes) when nodes was made
 
     @property
     def sockets(self) -> list[zmq.Socket]:
         return self.follower.sockets
 
     def on_readable(self, sock: zmq.Socket) -> None:
-        changed = self.follower.on_readable(sock)
-        seen = (self.follower.snapshots, self._seen[1] + len(changed))
-        if changed or seen[0] != self._seen[0]:
+        snapshots = self.follower.snapshots
+        if self.follower.on_readable(sock) or self.follower.snapshots != snapshots:
             self.nodes = {node.node_id: node for node in
                           (_node(fields) for fields in self.follower.rows().values())
                           if node is not None}
-        self._seen = seen
 
     def tick(self) -> None:
         self.follower.tick()
@@ -58,11 +55,12 @@ class Membership:
         return [n for n in self.nodes.values()
                 if n.alive and n.address and n.node_id != self.node_id]
 
-    def totals(self, own: dict[str, float]) -> dict[str, float]:
-        """The cluster's resources: ours and every live peer's."""
+    def totals(self, own: dict[str, float], which: str = "total") -> dict[str, float]:
+        """The cluster's resources (``which``: "total" or "available"): ``own`` (this
+        node's) and every live peer's."""
         totals = dict(own)
         for node in self.peers():
-            for name, amount in node.total.items():
+            for name, amount in getattr(node, which).items():
                 totals[name] = totals.get(name, 0.0) + amount
         return totals
 

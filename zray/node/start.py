@@ -17,6 +17,7 @@ logs kept in ZRAY_HOME/sessions/). What else knows of a node is in ZRAY_HOME
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -118,15 +119,26 @@ def start_node(options: NodeOptions, config: Config) -> NodeRecord:
 
 def stop_nodes(config: Config, force: bool = False) -> list[NodeRecord]:
     """Stop every node this user started on this machine (``force``: SIGKILL, as a crash);
-    the nodes stopped."""
+    the nodes stopped. The heads go last: the others send their last rows to its GCS."""
     nodes = [n for n in nodes_here() if n.alive()]
+    for heads in (False, True):
+        stop_node_group([n for n in nodes if n.head == heads], config, force)
+    for node in nodes_here():  # (dead ones' records, and what they left)
+        stop_node_group([node], config, force=True)
+    return nodes
+
+
+def stop_node_group(nodes: list[NodeRecord], config: Config, force: bool = False) -> None:
+    """Stop these nodes together: SIGTERM (a clean stop: each agent stops its workers and
+    a head's GCS after it, and ends its session) or SIGKILL; then forget them, and end
+    the sessions of those killed."""
     signum = signal.SIGKILL if force else signal.SIGTERM
-    for heads in (False, True):  # the heads last: the others' last rows go to their GCS
-        stopping = [n for n in nodes if n.head == heads]
-        for node in stopping:
-            _signal(node.agent, signum)
-        wait_for_exit([n.agent[0] for n in stopping], config.shutdown_timeout_s * 2)
-    for node in nodes_here():
+    for node in nodes:
+        if node.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node.agent[0], signum)
+    wait_for_exit([n.agent[0] for n in nodes], config.shutdown_timeout_s * 2)
+    for node in nodes:
         for pid, started in [node.agent, *node.others]:
             if process_alive(pid, started):
                 stop_process(pid, config.shutdown_timeout_s, signum)
@@ -134,8 +146,7 @@ def stop_nodes(config: Config, force: bool = False) -> list[NodeRecord]:
         if node.head:
             for path in (token_path(node.address), cluster_file(node.address)):
                 _unlink(path)
-    reap_dead_sessions(config.kept_sessions)  # (the sessions of nodes killed)
-    return nodes
+    reap_dead_sessions(config.kept_sessions)
 
 
 def _join(peers: list[str], token_file: str, config: Config) -> p.Welcome:
@@ -224,13 +235,6 @@ def _check_port(options: NodeOptions) -> int:
             raise ZrayError(f"port {options.port} on {options.host} is in use ({exc.strerror}); "
                             "stop what uses it, or pass another --port (0: a free one)") from exc
     return options.port
-
-
-def _signal(identity: list[int], signum: int) -> None:
-    try:
-        os.kill(identity[0], signum)
-    except ProcessLookupError:
-        pass
 
 
 def _unlink(path: str) -> None:
