@@ -47,6 +47,9 @@ from zray.node.launcher import direct_endpoint
 
 ClassKey = tuple[bytes, tuple[tuple[str, float], ...]]  # (function id, resource shape)
 _MAX_PEER_SOCKETS = 64
+# A lease on another node's worker gets this many times as many tasks ahead: each answer
+# crosses two agents, and the worker must not idle meanwhile.
+_REMOTE_DEPTH = 4
 
 
 class Peers:
@@ -62,7 +65,8 @@ class Peers:
         self._sockets: OrderedDict[tuple[bytes, str], zmq.Socket] = OrderedDict()
         self._lock = threading.Lock()
 
-    def send(self, peer: bytes, msg: p.Message, kind: str = "d") -> None:
+    def send(self, peer: bytes, msg: p.Message | list[bytes], kind: str = "d") -> None:
+        """Send ``msg`` (or the frames of one, encoded already) to ``peer``'s socket."""
         with self._lock:
             sock = self._sockets.get((peer, kind))
             if sock is None:
@@ -75,7 +79,10 @@ class Peers:
                     self._sockets.popitem(last=False)[1].close()
             else:
                 self._sockets.move_to_end((peer, kind))
-            p.send(sock, msg)
+            if isinstance(msg, list):
+                sock.send_multipart(msg)
+            else:
+                p.send(sock, msg)
 
     def forget(self, peer: bytes) -> None:
         """The peer exited: drop its sockets (messages still queued for it are lost)."""
@@ -138,6 +145,7 @@ class Lease:
     key: ClassKey
     worker: bytes = b""
     gpu_ids: list[int] = field(default_factory=list)
+    remote: bool = False  # a worker of another node, reached through two agents
     running: deque[DirectTask] = field(default_factory=deque)  # sent, in order; the first
     idle_since: float = 0.0                                    # one is the one running
 
@@ -247,7 +255,7 @@ class DirectSubmitter:
                 return
             self._requested[key] -= 1
             lease = self.leases[msg.lease_id] = Lease(msg.lease_id, key, msg.worker_id,
-                                                      list(msg.gpu_ids))
+                                                      list(msg.gpu_ids), msg.remote)
             lease.idle_since = time.monotonic()
             self._pump(key)
 
@@ -347,7 +355,8 @@ class DirectSubmitter:
         depth = _depth(self._task_time.get(key, 1.0)) if len(leases) + requested >= cap else 1
         share = max(1, -(-len(queue) // max(1, len(leases) + requested)))  # spread evenly
         for lease in leases:
-            room = min(depth - len(lease.running), share)
+            ahead = depth * _REMOTE_DEPTH if lease.remote and depth > 1 else depth
+            room = min(ahead - len(lease.running), share)
             if room > 0:
                 self._send(lease, [queue.popleft() for _ in range(min(room, len(queue)))])
             if not queue:

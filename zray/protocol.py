@@ -347,6 +347,7 @@ class LeaseGranted(Message):
     lease_id: bytes
     worker_id: bytes  # send ExecuteTask to its task socket (launcher.direct_endpoint "t")
     gpu_ids: list
+    remote: bool  # a worker of another node (its agents relay: send more tasks ahead)
 
 
 @message(26)

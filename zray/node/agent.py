@@ -246,10 +246,12 @@ class Agent:
             self.leases.client_gone(owner, 0)
             self.remote.remote_owner_gone(owner)
 
-    def _on_relayed_back(self, owner: bytes, kind: str, msg: p.Message) -> None:
+    def _on_relayed_back(self, owner: bytes, kind: str, msg: p.Message | list[bytes]) -> None:
         """A peer's agent answers one of our owners."""
         if kind == "d":
             self.peers.send(owner, msg, kind="d")
+        elif isinstance(msg, list):
+            return
         elif kind == "log" and isinstance(msg, p.LogLines):
             for driver in self.clients.drivers_of(self.clients.job_of(owner)):
                 if driver.log_to_driver:

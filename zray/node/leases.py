@@ -58,7 +58,7 @@ class LeaseManager:
         if process is not None:  # its output is shown as the lease's function's
             self.agent.clients.running_on[process.pid] = lease
         self.agent.send(lease.submitter, p.LeaseGranted(lease.spec.task_id, worker_id,
-                                                        lease.gpu_ids))
+                                                        lease.gpu_ids, False))
 
     def give_back(self, client_id: bytes, msg: p.ReturnLease) -> None:
         lease = self.scheduler.tasks.get(msg.lease_id)

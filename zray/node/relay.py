@@ -57,7 +57,7 @@ class Relay:
                  credentials: Credentials, door: zmq.Socket, budget: int,
                  read_store: Callable[[int, int], bytes],
                  release: Callable[[bytes, bytes], None],
-                 send_worker: Callable[[bytes, p.Message, str], None]) -> None:
+                 send_worker: Callable[[bytes, list[bytes], str], None]) -> None:
         """``door``: this node's mesh ROUTER (answers to peers go out on it);
         ``read_store(offset, size)``: bytes of this node's store; ``release(holder,
         object_id)``: let go of an object (a result copied out); ``send_worker(worker,
@@ -114,18 +114,26 @@ class Relay:
         for node in nodes:
             self._send_link(node, p.Relayed(owner, "lease"), p.Disconnect(False))
 
-    def on_link(self, sock: zmq.Socket) -> list[tuple[bytes, str, p.Message]]:
+    def on_link(self, sock: zmq.Socket) -> list[tuple[bytes, str, p.Message | list[bytes]]]:
         """Answers from a peer's agent: (owner, kind, message) for the agent to pass on
-        (kind "owner": from the agent; "d": to its direct socket; "log": its drivers)."""
-        out = []
+        (kind "owner": from the agent; "d": the frames, to its direct socket; "log": its
+        drivers)."""
+        out: list[tuple[bytes, str, p.Message | list[bytes]]] = []
         while p.has_input(sock):
-            got = self._decode(sock.recv_multipart())
-            if got is None:
+            frames = sock.recv_multipart()
+            envelope = self._envelope(frames)
+            if envelope is None:
                 continue
-            envelope, msg = got
+            if envelope.kind == "d":  # (a worker's answers: passed on as they are)
+                out.append((envelope.target, "d", frames[1:]))
+                continue
+            msg = self._message(frames[1:])
+            if msg is None:
+                continue
             if isinstance(msg, p.LeaseGranted):
                 if not self._granted(msg):
                     continue
+                msg = _replace(msg, remote=True)
             elif isinstance(msg, p.LeaseLost):
                 lease = self.leases.pop(msg.lease_id, None)
                 if lease is not None:
@@ -148,22 +156,27 @@ class Relay:
         return True
 
     def on_proxy(self, sock: zmq.Socket) -> None:
-        """What an owner sent a peer's worker: relayed there, with its arguments inline."""
+        """What an owner sent a peer's worker: relayed there, with its arguments inline
+        (re-encoded only if one was in our store)."""
         node, worker, kind = self.proxies[sock]
         while p.has_input(sock):
-            frames = sock.recv_multipart()
+            frames = sock.recv_multipart()[1:]
             try:
-                msg = p.decode(frames[1:])
+                msg = p.decode(frames)
                 messages = p.unbatch(msg) if isinstance(msg, p.Batch) else [msg]
-                messages = [self._inline_arguments(m) for m in messages]
+                inlined = [self._inline_arguments(m) for m in messages]
             except (p.ProtocolError, ZrayError) as exc:
                 self.complaints.warning("proxy", "dropped a message for worker %s: %s",
                                         worker.hex()[:8], exc)
                 continue
-            self._send_link(node, p.Relayed(worker, kind), p.one_or_batch(messages))
+            if any(a is not b for a, b in zip(inlined, messages, strict=True)):
+                frames = p.encode(p.one_or_batch(inlined))
+            link = self.links.get(node)
+            if link is not None:
+                link.send_multipart([*p.encode(p.Relayed(worker, kind)), *frames])
 
     def _inline_arguments(self, msg: p.Message) -> p.Message:
-        if not isinstance(msg, p.ExecuteTask):
+        if not isinstance(msg, p.ExecuteTask) or all(loc[1] is not None for loc in msg.deps):
             return msg
         deps = [self._inline(loc) for loc in msg.deps]
         if sum(len(loc[1]) for loc in deps) > self.budget:
@@ -180,16 +193,17 @@ class Relay:
     # --- peer side: owners elsewhere, our workers ---------------------------------------
 
     def on_door(self, identity: bytes, frames: list[bytes]) -> tuple[bytes, p.Message] | None:
-        """A relayed message that came to our door: sent on to a worker of ours here, or
-        (owner, message) for the agent to handle (an owner's lease request or return)."""
-        got = self._decode(frames)
-        if got is None:
+        """A relayed message that came to our door: sent on to a worker of ours here (as
+        it is), or (owner, message) for the agent to handle (an owner's lease request or
+        return)."""
+        envelope = self._envelope(frames)
+        if envelope is None:
             return None
-        envelope, msg = got
         if envelope.kind in ("t", "d"):
-            self.send_worker(envelope.target, msg, envelope.kind)
+            self.send_worker(envelope.target, frames[1:], envelope.kind)
             return None
-        if envelope.kind != "lease":
+        msg = self._message(frames[1:])
+        if envelope.kind != "lease" or msg is None:
             return None
         owner = envelope.target
         if isinstance(msg, p.RequestLease):
@@ -214,31 +228,37 @@ class Relay:
         identity = self.via.get(owner)
         if identity is None:
             return False
-        try:
-            self.door.send_multipart([identity, *p.encode(p.Relayed(owner, kind)),
-                                      *p.encode(msg)])
-        except zmq.ZMQError as exc:  # its agent is gone (node failure: a later issue's)
-            self.complaints.warning("door", "could not relay %s to %s: %s",
-                                    type(msg).__name__, owner.hex()[:8], exc)
+        self._door_send(identity, owner, kind, p.encode(msg))
         return True
+
+    def _door_send(self, identity: bytes, owner: bytes, kind: str, frames: list) -> None:
+        try:
+            self.door.send_multipart([identity, *p.encode(p.Relayed(owner, kind)), *frames])
+        except zmq.ZMQError as exc:  # its agent is gone (node failure: a later issue's)
+            self.complaints.warning("door", "could not relay to %s: %s", owner.hex()[:8], exc)
 
     def on_owner_proxy(self, sock: zmq.Socket) -> None:
         """A worker of ours answered an owner elsewhere: results in our store go inline."""
         owner = self.by_owner_proxy[sock]
+        identity = self.via.get(owner)
         while p.has_input(sock):
-            frames = sock.recv_multipart()
+            frames = sock.recv_multipart()[1:]
             try:
-                msg = p.decode(frames[1:])
+                msg = p.decode(frames)
                 messages = p.unbatch(msg) if isinstance(msg, p.Batch) else [msg]
             except p.ProtocolError as exc:
                 self.complaints.warning("answer", "dropped an answer for %s: %s",
                                         owner.hex()[:8], exc)
                 continue
-            self.to_owner(owner, p.one_or_batch([self._inline_results(owner, m)
-                                                 for m in messages]), "d")
+            inlined = [self._inline_results(owner, m) for m in messages]
+            if any(a is not b for a, b in zip(inlined, messages, strict=True)):
+                frames = p.encode(p.one_or_batch(inlined))
+            if identity is not None:
+                self._door_send(identity, owner, "d", frames)
 
     def _inline_results(self, owner: bytes, msg: p.Message) -> p.Message:
-        if not isinstance(msg, p.TaskDone):
+        if not isinstance(msg, p.TaskDone) or (
+                not msg.contained and all(loc[1] is not None for loc in msg.results)):
             return msg
         results, size = [], 0
         for location in msg.results:
@@ -278,17 +298,23 @@ class Relay:
         if sock is not None:
             sock.send_multipart([*p.encode(envelope), *p.encode(msg)])
 
-    def _decode(self, frames: list[bytes]) -> tuple[p.Relayed, p.Message] | None:
+    def _envelope(self, frames: list[bytes]) -> p.Relayed | None:
         try:
             envelope = p.decode(frames[:1])
-            msg = p.decode(frames[1:])
         except p.ProtocolError as exc:
             self.complaints.warning("mesh", "dropped a malformed relayed message: %s", exc)
             return None
-        if not isinstance(envelope, p.Relayed):
+        if not isinstance(envelope, p.Relayed) or len(frames) < 2:
             self.complaints.warning("mesh", "dropped %s: not relayed", type(envelope).__name__)
             return None
-        return envelope, msg
+        return envelope
+
+    def _message(self, frames: list[bytes]) -> p.Message | None:
+        try:
+            return p.decode(frames)
+        except p.ProtocolError as exc:
+            self.complaints.warning("mesh", "dropped a malformed relayed message: %s", exc)
+            return None
 
     def _bind(self, endpoint: str) -> zmq.Socket:
         sock = self.context.socket(zmq.ROUTER)
