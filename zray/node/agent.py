@@ -204,9 +204,8 @@ class Agent:
         if self.remote is None or self.membership is None:
             return registered
         wanted = {*self.remote.sockets, *self.membership.sockets}
-        for sock in registered - wanted:
-            if not sock.closed:
-                poller.unregister(sock)
+        for sock in registered - wanted:  # (closed ones too: the poller keeps no handle)
+            poller.unregister(sock)
         for sock in wanted - registered:
             poller.register(sock, zmq.POLLIN)
         return wanted
