@@ -17,7 +17,6 @@ driver, or the GCS supervisor if the driver died, moves its logs to ZRAY_HOME).
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
 import os
@@ -41,14 +40,12 @@ from zray.node import checks, failures
 from zray.node.clients import Client, Clients
 from zray.node.gcs_client import GcsClient
 from zray.node.leases import LeaseManager
-from zray.node.membership import Membership
+from zray.node.member import ClusterMember
 from zray.node.mesh import MeshDoor
 from zray.node.object_manager import ObjectManager
 from zray.node.object_table import ObjectTable
-from zray.node.relay import Relay
 from zray.node.scheduler import Scheduler, Task, TaskState
 from zray.node.sessions import end_session
-from zray.node.spill import choose_peer, fits
 from zray.node.tasks import TaskManager
 from zray.node.worker_pool import WorkerPool, WorkerProcess, stop_process
 from zray.objects.store import Allocator, Mapping, create_arena
@@ -62,7 +59,6 @@ log = logging.getLogger("zray.agent")
 _REFRESH_PENDING_S = 1.0
 _REFRESH_PENDING_ROWS = 200
 _BURST = 512  # messages handled per pass of the agent's loop (a Batch counts its items)
-_SPILL_SCAN = 64  # queued requests of one shape looked at per pass for spilling
 
 
 class Agent:
@@ -95,38 +91,37 @@ class Agent:
         self.peers = Peers(self.zmq, self.node_id, args.endpoint)
         self.outbox: dict[bytes, list[p.Message]] = {}
         self.pool = pool  # its first workers were started before the agent imported
-        # A node of a cluster (zray node start) has a TCP door; a private cluster's agent
-        # talks over ipc only.
+        # A node of a cluster (zray node start) has a TCP door and peers; a private
+        # cluster's agent talks over ipc only.
         credentials = (load_credentials(args.token_file, config.encrypt_loopback)
                        if args.token_file else None)
-        self.mesh = MeshDoor(self.zmq, args.listen, credentials) if credentials else None
+        door = MeshDoor(self.zmq, args.listen, credentials) if credentials else None
         gcs = args.gcs.split(",")
         self.gcs = GcsClient(self.zmq, gcs, self.node_id, config, credentials)
-        self.address = self.mesh.address if self.mesh else ""
-        self.membership: Membership | None = None
-        self.remote: Relay | None = None  # leases on peers' workers
-        if self.mesh is not None and credentials is not None:
-            publish = args.gcs_publish.split(",")
-            self.mesh.welcome = p.Welcome(self.node_id, args.cluster or self.address, gcs,
-                                          publish)
-            self.membership = Membership(self.zmq, GcsAddress(gcs, publish, credentials),
-                                         self.node_id)
-            self.remote = Relay(self.zmq, self.node_id, args.endpoint, credentials,
-                               self.mesh.socket, config.message_budget,
-                               lambda offset, size: bytes(self.mapping.view[offset:offset + size]),
-                               self.objects.release,
-                               lambda worker, msg, kind: self.peers.send(worker, msg, kind=kind))
+        self.address = door.address if door else ""
         self.node_row = {"node_id": self.node_id.hex(), "pid": os.getpid(),
                          "resources": self.resources, "available": self.resources,
                          "state": "ALIVE", "address": self.address, "started": time.time()}
         self.gcs.record_node(self.node_row)
-        self._load_reported = (0.0, dict(self.resources))
         self.gcs.why_pending = self.scheduler.why_pending
         self.tasks = TaskManager(self)
         self.leases = LeaseManager(self)
         self.object_manager = ObjectManager(self)
         self.actors = ActorManager(self)
         self.objects.other_pins = self.actors.pin  # handles inside objects keep actors alive
+        self.member: ClusterMember | None = None
+        if door is not None and credentials is not None:
+            where = GcsAddress(gcs, args.gcs_publish.split(","), credentials)
+            door.welcome = p.Welcome(self.node_id, args.cluster or self.address, gcs,
+                                     where.publish)
+            self.member = ClusterMember(
+                self.zmq, self.node_id, door, where, credentials, args.endpoint, config,
+                self.scheduler, self.leases, self._send_here,
+                lambda peer, msg, kind: self.peers.send(peer, msg, kind=kind),
+                lambda owner: [d.client_id for d in self.clients.drivers_of(
+                    self.clients.job_of(owner)) if d.log_to_driver],
+                lambda offset, size: bytes(self.mapping.view[offset:offset + size]),
+                self.objects.release)
         self.owner_pidfd = os.pidfd_open(self.owner_pid) if self.owner_pid else -1
         self.ready_file = args.ready_file
         self.supervisor_pid = args.supervisor_pid  # a head's GCS, stopped after us
@@ -156,8 +151,6 @@ class Agent:
             zmq.LAST_ENDPOINT), self.resources)
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
-        if self.mesh is not None:
-            poller.register(self.mesh.socket, zmq.POLLIN)
         if self.ready_file:  # (zray node start waits for it: the node accepts work now)
             _write_json(self.ready_file, {"address": self.address,
                                           "node_id": self.node_id.hex()})
@@ -173,8 +166,8 @@ class Agent:
             events = dict(poller.poll(self.config.poll_interval_ms))
             for fd in [e for e in events if isinstance(e, int)]:
                 self._on_fd(fd)
-            if self.mesh is not None:
-                self._on_mesh_events(events)
+            if self.member is not None:
+                self.member.on_events(events)
             # At most _BURST messages per pass: under a steady flood the router always has
             # input, and the passes' other duties (sends to workers, GCS rows and acks) must
             # still run, or their queues grow without bound.
@@ -197,121 +190,32 @@ class Agent:
             poller.register(fd, zmq.POLLIN)
         return wanted
 
-    # --- the mesh: other nodes (zray/node/relay.py, membership.py) --------------------
-
     def _sync_mesh_sockets(self, poller: zmq.Poller,
                            registered: set[zmq.Socket]) -> set[zmq.Socket]:
-        if self.remote is None or self.membership is None:
+        """The cluster member's sockets come and go (proxies, snapshot queries)."""
+        if self.member is None:
             return registered
-        wanted = {*self.remote.sockets, *self.membership.sockets}
+        wanted = self.member.sockets()
         for sock in registered - wanted:  # (closed ones too: the poller keeps no handle)
             poller.unregister(sock)
         for sock in wanted - registered:
             poller.register(sock, zmq.POLLIN)
         return wanted
 
-    def _on_mesh_events(self, events: dict[Any, int]) -> None:
-        assert self.mesh is not None and self.remote is not None and self.membership is not None
-        remote = self.remote
-        if self.mesh.socket in events:
-            while has_input(self.mesh.socket):
-                got = self.mesh.on_frames(self.mesh.socket.recv_multipart())
-                if got is not None:
-                    self._on_relayed_to_us(*got)
-        for sock in [s for s in events if isinstance(s, zmq.Socket)]:
-            if sock in remote.links.values():
-                for owner, kind, msg in remote.on_link(sock):
-                    self._on_relayed_back(owner, kind, msg)
-            elif sock in remote.proxies:
-                remote.on_proxy(sock)
-            elif sock in remote.by_owner_proxy:
-                remote.on_owner_proxy(sock)
-            elif sock in self.membership.sockets:
-                self.membership.on_readable(sock)
-        self.membership.tick()
-
-    def _on_relayed_to_us(self, identity: bytes, frames: list[bytes]) -> None:
-        """A peer's agent relays its owner's lease request or return (or its end)."""
-        assert self.remote is not None
-        got = self.remote.on_door(identity, frames)
-        if got is None:
-            return
-        owner, msg = got
-        if isinstance(msg, p.RequestLease):
-            self.leases.request(owner, msg)
-        elif isinstance(msg, p.ReturnLease):
-            self.leases.give_back(owner, msg)
-        elif isinstance(msg, p.Disconnect):
-            self.leases.client_gone(owner, 0)
-            self.remote.remote_owner_gone(owner)
-
-    def _on_relayed_back(self, owner: bytes, kind: str, msg: p.Message | list[bytes]) -> None:
-        """A peer's agent answers one of our owners."""
-        if kind == "d":
-            self.peers.send(owner, msg, kind="d")
-        elif isinstance(msg, list):
-            return
-        elif kind == "log" and isinstance(msg, p.LogLines):
-            for driver in self.clients.drivers_of(self.clients.job_of(owner)):
-                if driver.log_to_driver:
-                    self.send(driver.client_id, msg)
-        elif kind == "owner":
-            self.send(owner, msg)
-
     def on_return_lease(self, client_id: bytes, msg: p.ReturnLease) -> None:
-        if self.remote is None or not self.remote.return_lease(client_id, msg):
+        if self.member is None or not self.member.return_lease(client_id, msg):
             self.leases.give_back(client_id, msg)
 
-    def _spill(self) -> None:
-        """Lease requests of our owners that cannot be granted here now go to a peer
-        that can (zray/node/spill.py); never those peers sent us."""
-        assert self.remote is not None and self.membership is not None
-        peers = self.membership.peers()
-        if not peers:
-            return
-        for queue in list(self.scheduler.queues.values()):
-            for lease in [t for t in itertools.islice(queue, _SPILL_SCAN) if t.lease
-                          and t.submitter not in self.remote.via]:
-                demand = lease.spec.resources
-                peer = choose_peer(demand, fits(demand, self.scheduler.available),
-                                   not lease.infeasible, peers, self.remote.asked)
-                if peer is None:
-                    break
-                self.scheduler.withdraw(lease)
-                spec = lease.spec
-                self.remote.ask_lease(peer, lease.submitter, p.RequestLease(
-                    spec.task_id, spec.job_id, spec.name, spec.resources))
-
-    def _report_load(self, now: float) -> None:
-        """Our free resources, in our node's row, when they changed (at most every
-        load_report_ms): peers choose where to send work by it."""
-        at, reported = self._load_reported
-        if now - at < self.config.load_report_ms / 1000 or reported == self.scheduler.available:
-            return
-        self._load_reported = (now, dict(self.scheduler.available))
-        self.node_row["available"] = dict(self.scheduler.available)
-        self.gcs.record_node(self.node_row)
-
-    def cluster_resources(self) -> dict[str, float]:
-        """Every live node's resources, summed (this node's alone without a mesh)."""
-        if self.membership is None:
-            return dict(self.resources)
-        return self.membership.totals(self.resources)
-
-    def _cluster_available(self) -> dict[str, float]:
-        if self.membership is None:
-            return dict(self.scheduler.available)
-        return self.membership.totals(self.scheduler.available, "available")
+    def cluster_resources(self, which: str = "total") -> dict[str, float]:
+        """Every live node's resources (``which``: "total" or "available"), summed."""
+        own = self.resources if which == "total" else self.scheduler.available
+        return self.member.totals(own, which) if self.member else dict(own)
 
     def _nodes(self) -> list[dict[str, object]]:
         """Every node the cluster has had (dead ones too), this one as it is now."""
         own = {"node_id": self.node_id.hex(), "address": self.address, "alive": True,
                "resources": self.resources}
-        others = [] if self.membership is None else [
-            {"node_id": n.node_id.hex(), "address": n.address, "alive": n.alive,
-             "resources": n.total}
-            for n in self.membership.nodes.values() if n.node_id != self.node_id]
-        return [own, *others]
+        return [own, *(self.member.nodes() if self.member else [])]
 
     def _on_fd(self, fd: int) -> None:
         if fd == self.owner_pidfd:
@@ -386,8 +290,11 @@ class Agent:
             self.send(client_id, p.Rejected(msg.op, reason[:1000]))
 
     def send(self, client_id: bytes, msg: p.Message) -> None:
-        if self.remote is not None and self.remote.to_owner(client_id, msg):
+        if self.member is not None and self.member.to_owner(client_id, msg):
             return  # (an owner on another node: through its agent)
+        self._send_here(client_id, msg)
+
+    def _send_here(self, client_id: bytes, msg: p.Message) -> None:
         try:
             p.send(self.router, msg, client_id + b"r")
         except zmq.ZMQError as exc:  # EHOSTUNREACH: it is gone; its pidfd will tell us
@@ -453,8 +360,8 @@ class Agent:
             os.close(client.pidfd)
         self.objects.release_all(client.client_id)
         self.leases.client_gone(client.client_id, client.pid)
-        if self.remote is not None:
-            self.remote.owner_gone(client.client_id)
+        if self.member is not None:
+            self.member.owner_gone(client.client_id)
         self.actors.client_gone(client.client_id, client.job_id, client.kind == "driver")
         if client.client_id == self.owner_client:
             self.running = False
@@ -638,9 +545,11 @@ class Agent:
         self.actors.place_waiting()
         self.tasks.dispatch()
         now = time.monotonic()
-        if self.remote is not None:
-            self._spill()
-            self._report_load(now)
+        if self.member is not None:
+            self.member.spill()
+            if self.member.load_changed(now):
+                self.node_row["available"] = dict(self.scheduler.available)
+                self.gcs.record_node(self.node_row)
         for worker_id, messages in self.outbox.items():
             self.peers.send(worker_id, p.one_or_batch(messages), kind="t")
         self.outbox.clear()
@@ -664,7 +573,8 @@ class Agent:
         self.object_manager.deliver()
         body: dict[str, object]
         if msg.what == "resources":  # (the cluster's: every live node's, summed)
-            body = {"total": self.cluster_resources(), "available": self._cluster_available()}
+            body = {"total": self.cluster_resources(),
+                    "available": self.cluster_resources("available")}
         elif msg.what == "nodes":
             body = {"nodes": self._nodes()}
         elif msg.what == "actor":
@@ -721,10 +631,8 @@ class Agent:
         actor = self.actors.directory.by_worker.get(worker.worker_id)
         name = actor.options["class_name"] if actor else task.spec.name if task else "worker"
         prefix = f"{name} pid={worker.pid}"
-        if (task is not None and self.remote is not None
-                and task.submitter in self.remote.via):  # for a driver on another node
-            self.remote.to_owner(task.submitter, p.LogLines(
-                f"{prefix} node={self.address}", stream, lines), "log")
+        if task is not None and self.member is not None:  # (an owner on another node's)
+            self.member.output(task.submitter, prefix, stream, lines)
         for driver in self.clients.drivers_of(task.spec.job_id if task else None):
             if driver.log_to_driver:
                 self.send(driver.client_id, p.LogLines(prefix, stream, lines))
@@ -742,11 +650,8 @@ class Agent:
             self.mapping.close()
             self.peers.close()
             self.router.close()
-            if self.remote is not None and self.membership is not None:
-                self.remote.close()
-                self.membership.close()
-            if self.mesh is not None:
-                self.mesh.close()
+            if self.member is not None:
+                self.member.close()
             self.zmq.term()
             self.workers_log.close()
         finally:  # whatever failed above, the node's files go

@@ -1,0 +1,178 @@
+"""A node agent as a member of a cluster (``zray node start``): its door, what it knows of
+the other nodes, and the leases it relays.
+
+::
+
+    peers' agents, joining nodes --TCP--> MeshDoor (zray/node/mesh.py)    --> Relay
+    this agent --DEALER per peer--> their doors (Relay.links: our owners' leases)
+    GCS shards --PUB nodes--> Membership (zray/node/membership.py): who is up, their load
+
+The agent hands it what it needs, no more: its scheduler's queues (to spill lease
+requests, zray/node/spill.py), a desk for leases asked by owners elsewhere, ways to send to
+its own clients and workers. A private cluster's agent has no member.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import zmq
+
+from zray import protocol as p
+from zray.broker.layout import GcsAddress
+from zray.config import Config
+from zray.mesh.auth import Credentials
+from zray.node.membership import Membership
+from zray.node.mesh import MeshDoor
+from zray.node.relay import Relay
+from zray.node.scheduler import Scheduler
+from zray.node.spill import choose_peer, fits
+
+_SPILL_SCAN = 64  # queued requests of one shape looked at per pass for spilling
+
+
+class LeaseDesk(Protocol):
+    """The agent's leases, as owners on other nodes use them (zray/node/leases.py)."""
+
+    def request(self, client_id: bytes, msg: p.RequestLease) -> None: ...
+    def give_back(self, client_id: bytes, msg: p.ReturnLease) -> None: ...
+    def client_gone(self, client_id: bytes, pid: int) -> None: ...
+
+
+class ClusterMember:
+    def __init__(self, context: zmq.Context, node_id: bytes, door: MeshDoor,
+                 gcs: GcsAddress, credentials: Credentials, agent_endpoint: str,
+                 config: Config, scheduler: Scheduler, desk: LeaseDesk,
+                 send: Callable[[bytes, p.Message], None],
+                 send_direct: Callable[[bytes, p.Message | list[bytes], str], None],
+                 drivers_of_owner: Callable[[bytes], list[bytes]],
+                 read_store: Callable[[int, int], bytes],
+                 release: Callable[[bytes, bytes], None]) -> None:
+        self.node_id, self.door, self.config = node_id, door, config
+        self.scheduler, self.desk = scheduler, desk
+        self._send, self._send_direct = send, send_direct
+        self._drivers_of_owner = drivers_of_owner
+        self.membership = Membership(context, gcs, node_id)
+        self.relay = Relay(context, node_id, agent_endpoint, credentials, door.socket,
+                           config.message_budget, read_store, release,
+                           lambda worker, frames, kind: send_direct(worker, frames, kind))
+        self._load_reported = (0.0, dict(scheduler.available))
+
+    @property
+    def address(self) -> str:
+        return self.door.address
+
+    def sockets(self) -> set[zmq.Socket]:
+        return {self.door.socket, *self.relay.sockets, *self.membership.sockets}
+
+    # --- the loop's events ----------------------------------------------------------
+
+    def on_events(self, events: dict[Any, int]) -> None:
+        relay = self.relay
+        if self.door.socket in events:
+            while p.has_input(self.door.socket):
+                got = self.door.on_frames(self.door.socket.recv_multipart())
+                if got is not None:
+                    self._on_relayed_to_us(*got)
+        for sock in [s for s in events if isinstance(s, zmq.Socket)]:
+            if sock in relay.links.values():
+                for owner, kind, msg in relay.on_link(sock):
+                    self._on_relayed_back(owner, kind, msg)
+            elif sock in relay.proxies:
+                relay.on_proxy(sock)
+            elif sock in relay.by_owner_proxy:
+                relay.on_owner_proxy(sock)
+            elif sock in self.membership.sockets:
+                self.membership.on_readable(sock)
+        self.membership.tick()
+
+    def _on_relayed_to_us(self, identity: bytes, frames: list[bytes]) -> None:
+        """A peer's agent relays its owner's lease request or return (or its end)."""
+        got = self.relay.on_door(identity, frames)
+        if got is None:
+            return
+        owner, msg = got
+        if isinstance(msg, p.RequestLease):
+            self.desk.request(owner, msg)
+        elif isinstance(msg, p.ReturnLease):
+            self.desk.give_back(owner, msg)
+        elif isinstance(msg, p.Disconnect):
+            self.desk.client_gone(owner, 0)
+            self.relay.remote_owner_gone(owner)
+
+    def _on_relayed_back(self, owner: bytes, kind: str, msg: p.Message | list[bytes]) -> None:
+        """A peer's agent answers one of our owners."""
+        if kind == "d":
+            self._send_direct(owner, msg, "d")
+        elif isinstance(msg, list):
+            return
+        elif kind == "log" and isinstance(msg, p.LogLines):
+            for driver in self._drivers_of_owner(owner):
+                self._send(driver, msg)
+        elif kind == "owner":
+            self._send(owner, msg)
+
+    # --- what the agent asks --------------------------------------------------------
+
+    def to_owner(self, owner: bytes, msg: p.Message) -> bool:
+        """Send to an owner on another node, through its agent: False if it is not one."""
+        return self.relay.to_owner(owner, msg)
+
+    def return_lease(self, owner: bytes, msg: p.ReturnLease) -> bool:
+        """An owner of ours gives back a lease: True if it was a peer's (sent there)."""
+        return self.relay.return_lease(owner, msg)
+
+    def owner_gone(self, owner: bytes) -> None:
+        self.relay.owner_gone(owner)
+
+    def output(self, owner: bytes, prefix: str, stream: str, lines: list[str]) -> None:
+        """What a worker printed while running an owner's task: to the owner's drivers if
+        it is on another node (tagged with this node)."""
+        if owner in self.relay.via:
+            self.relay.to_owner(owner, p.LogLines(f"{prefix} node={self.address}", stream,
+                                                  lines), "log")
+
+    def spill(self) -> None:
+        """Lease requests of our owners that cannot be granted here now go to a peer
+        that can (zray/node/spill.py); never those peers sent us."""
+        peers = self.membership.peers()
+        if not peers:
+            return
+        for queue in list(self.scheduler.queues.values()):
+            for lease in [t for t in itertools.islice(queue, _SPILL_SCAN) if t.lease
+                          and t.submitter not in self.relay.via]:
+                demand = lease.spec.resources
+                peer = choose_peer(demand, fits(demand, self.scheduler.available),
+                                   not lease.infeasible, peers, self.relay.asked)
+                if peer is None:
+                    break
+                self.scheduler.withdraw(lease)
+                spec = lease.spec
+                self.relay.ask_lease(peer, lease.submitter, p.RequestLease(
+                    spec.task_id, spec.job_id, spec.name, spec.resources))
+
+    def load_changed(self, now: float) -> bool:
+        """Whether our free resources changed since we last said (at most every
+        load_report_ms): peers choose where to send work by them."""
+        at, reported = self._load_reported
+        if now - at < self.config.load_report_ms / 1000 or reported == self.scheduler.available:
+            return False
+        self._load_reported = (now, dict(self.scheduler.available))
+        return True
+
+    def totals(self, own: dict[str, float], which: str = "total") -> dict[str, float]:
+        return self.membership.totals(own, which)
+
+    def nodes(self) -> list[dict[str, object]]:
+        """The other nodes the cluster has had (dead ones too)."""
+        return [{"node_id": n.node_id.hex(), "address": n.address, "alive": n.alive,
+                 "resources": n.total}
+                for n in self.membership.nodes.values() if n.node_id != self.node_id]
+
+    def close(self) -> None:
+        self.relay.close()
+        self.membership.close()
+        self.door.close()
+
