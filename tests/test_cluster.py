@@ -98,3 +98,21 @@ def test_large_values_cross_nodes_inline(three_nodes: Cluster) -> None:
 
     result, head = zray.get(total.remote(np.ones(500_000)))  # 4 MB there, 8 KB back
     assert result == 500_000.0 and head.sum() == 2000.0
+
+
+def test_spread_and_node_affinity(three_nodes: Cluster) -> None:
+    from zray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    spread = zray.get([where.options(scheduling_strategy="SPREAD").remote(i)
+                       for i in range(30)])
+    assert len(set(spread)) == 3
+    for node in three_nodes.list_all_nodes():
+        pinned = where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            node.node_id, soft=False))
+        assert set(zray.get([pinned.remote(i) for i in range(10)])) == {node.node_id}
+    nowhere = "ab" * 8
+    soft = where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nowhere, True))
+    assert zray.get(soft.remote(0)) in {n.node_id for n in three_nodes.list_all_nodes()}
+    hard = where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nowhere, False))
+    with pytest.raises(zray.exceptions.TaskUnschedulableError, match="not a node"):
+        zray.get(hard.remote(0), timeout=30)

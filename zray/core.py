@@ -353,6 +353,8 @@ class CoreClient:
             self.on_cancel(msg.task_id)
         elif isinstance(msg, p.LeaseGranted) and self.leasing is not None:
             self.leasing.on_granted(msg)
+        elif isinstance(msg, p.LeaseRefused) and self.leasing is not None:
+            self.leasing.on_refused(msg)
         elif isinstance(msg, p.LeaseLost) and self.leasing is not None:
             self.leasing.on_lease_lost(msg)
         elif isinstance(msg, p.ReturnIdleLeases) and self.leasing is not None:
@@ -475,7 +477,8 @@ class CoreClient:
             self.leasing.functions.setdefault(fn.function_id, fn.blob)
             self.leasing.submit(DirectTask(
                 task_id, job_id, fn.function_id, name, blob, direct_deps, options.num_returns,
-                options.retry_filter, options.max_retries, options.resources, deps))
+                options.retry_filter, options.max_retries, options.resources, deps,
+                options.strategy))
         return task_id, refs
 
     def _dep_locations(self, deps: list[bytes], own_on_the_way: bool = True

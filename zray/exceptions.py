@@ -153,6 +153,15 @@ class NodeDiedError(ZrayError):
     """The node that held a task or object stopped answering."""
 
 
+class TaskUnschedulableError(ZrayError):
+    """The task can run on no node its scheduling strategy allows (an affinity to a node
+    that is dead or unknown)."""
+
+
+class ActorUnschedulableError(ActorError):
+    """The actor can be placed on no node its scheduling strategy allows."""
+
+
 class AuthenticationError(ZrayError):
     """A peer could not prove it holds the cluster's token."""
 

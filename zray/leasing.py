@@ -45,7 +45,8 @@ from zray import protocol as p
 from zray.node import failures
 from zray.node.launcher import direct_endpoint
 
-ClassKey = tuple[bytes, tuple[tuple[str, float], ...]]  # (function id, resource shape)
+# (function id, resource shape, strategy): tasks that may share a lease
+ClassKey = tuple[bytes, tuple[tuple[str, float], ...], tuple[tuple[str, Any], ...]]
 _MAX_PEER_SOCKETS = 64
 # A lease on another node's worker gets this many times as many tasks ahead: each answer
 # crosses two agents, and the worker must not idle meanwhile.
@@ -128,6 +129,7 @@ class DirectTask:
     max_retries: int
     resources: dict[str, float]
     dep_ids: list[bytes]
+    strategy: dict[str, Any] = field(default_factory=dict)  # where its leases may be
     missing: set[bytes] = field(default_factory=set)  # results of ours it waits for
     attempt: int = 0
     cancelled: bool = False
@@ -136,7 +138,8 @@ class DirectTask:
 
     def __post_init__(self) -> None:
         self.retries_left = self.max_retries
-        self.key = (self.function_id, tuple(sorted(self.resources.items())))
+        self.key = (self.function_id, tuple(sorted(self.resources.items())),
+                    tuple(sorted(self.strategy.items())))
 
 
 @dataclass(eq=False)
@@ -291,6 +294,17 @@ class DirectSubmitter:
                 self._report(msg)
         return lease.key
 
+    def on_refused(self, msg: p.LeaseRefused) -> None:
+        """No node may grant the lease: every task waiting for one of its kind fails."""
+        with self.lock:
+            key = self._pending_keys.pop(msg.lease_id, None)
+            if key is None:
+                return
+            self._requested[key] -= 1
+            queue = self._queues.get(key, deque())
+            while queue:
+                self._fail(queue.popleft(), msg.error)
+
     def on_not_started(self, msg: p.NotStarted) -> None:
         """The worker's running task blocked: these go back to the queue, in order, and
         tasks of their function are no longer sent ahead."""
@@ -395,7 +409,8 @@ class DirectSubmitter:
         lease_id = self._worker_id + next(self._lease_ids).to_bytes(8, "big")
         self._pending_keys[lease_id] = key
         self._requested[key] = self._requested.get(key, 0) + 1
-        self._send_to_agent(p.RequestLease(lease_id, task.job_id, task.name, task.resources))
+        self._send_to_agent(p.RequestLease(lease_id, task.job_id, task.name, task.resources,
+                                           task.strategy))
 
     def _send(self, lease: Lease, tasks: list[DirectTask]) -> None:
         have = self._sent_functions.setdefault(lease.worker, set())

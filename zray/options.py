@@ -36,6 +36,12 @@ def _retry_exceptions(v: Any) -> bool:
         isinstance(c, type) and issubclass(c, BaseException) for c in v)
 
 
+def _strategy(v: Any) -> bool:
+    from zray.util.scheduling_strategies import valid
+
+    return valid(v)
+
+
 @dataclass(frozen=True)
 class Option:
     check: Callable[[Any], bool]
@@ -64,6 +70,8 @@ OPTIONS: dict[str, Option] = {
                            for_tasks=False, for_actors=True),
     "max_task_retries": Option(_count_or_unlimited, "an int >= 0, or -1 for unlimited", 0,
                                for_tasks=False, for_actors=True),
+    "scheduling_strategy": Option(_strategy, '"DEFAULT", "SPREAD" or a '
+                                  "NodeAffinitySchedulingStrategy", None, for_actors=True),
     "max_concurrency": Option(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                               "an int >= 1", None, for_tasks=False, for_actors=True),
 }

@@ -339,6 +339,7 @@ class RequestLease(Message):
     job_id: bytes
     name: str
     resources: dict
+    strategy: dict  # {} default, {"spread": True}, {"node": hex id, "soft": bool}
 
 
 @message(25)
@@ -487,6 +488,16 @@ class Relayed(Message):
 
     target: bytes
     kind: str
+
+
+@message(43)
+@dataclass(frozen=True, slots=True)
+class LeaseRefused(Message):
+    """Agent to owner: no node may ever grant this lease (its strategy names a node that
+    is dead or unknown): the tasks waiting for it fail with ``error`` (serialised)."""
+
+    lease_id: bytes
+    error: bytes
 
 
 @message(36)

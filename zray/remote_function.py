@@ -61,6 +61,7 @@ class _OptionsBound:
 
 def task_options(options: dict[str, Any]) -> TaskOptions:
     from zray.api import default_max_retries
+    from zray.util.scheduling_strategies import as_wire
 
     resources = {"CPU": float(resolved(options, "num_cpus")),
                  "GPU": float(resolved(options, "num_gpus"))}
@@ -74,4 +75,5 @@ def task_options(options: dict[str, Any]) -> TaskOptions:
         max_retries=default_max_retries() if max_retries is None else
         (2**31 if max_retries == -1 else max_retries),
         retry_filter=retry_filter,
+        strategy=as_wire(options.get("scheduling_strategy")),
     )

@@ -6,6 +6,7 @@ import hashlib
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from zray.ids import PUT_ATTEMPT_SHIFT, TaskID
 
@@ -47,3 +48,4 @@ class TaskOptions:
     resources: dict[str, float]
     max_retries: int
     retry_filter: bytes
+    strategy: dict[str, Any] = field(default_factory=dict)  # (scheduling_strategies.as_wire)

@@ -138,7 +138,7 @@ class Agent:
             p.SealObject: self.object_manager.on_seal,
             p.RefsChanged: self.object_manager.on_refs, p.Disconnect: self.on_disconnect,
             p.QueryAgent: self.on_query, p.KillActor: self.on_kill,
-            p.CancelTask: self.on_cancel, p.RequestLease: self.leases.request,
+            p.CancelTask: self.on_cancel, p.RequestLease: self.on_request_lease,
             p.ReturnLease: self.on_return_lease, p.CallsReported: self.actors.calls_reported,
             p.TaskStarted: self.leases.started,
         }
@@ -201,6 +201,23 @@ class Agent:
         for sock in wanted - registered:
             poller.register(sock, zmq.POLLIN)
         return wanted
+
+    def on_request_lease(self, client_id: bytes, msg: p.RequestLease) -> None:
+        """Here, on the peer the strategy names, or refused (a dead or unknown node)."""
+        if self.member is not None:
+            where, what = self.member.place(msg)
+        elif msg.strategy.get("node") not in (None, self.node_id.hex()):
+            where, what = ("here", None) if msg.strategy.get("soft") else (
+                "refuse", f"its NodeAffinitySchedulingStrategy names node "
+                          f"{msg.strategy['node'][:16]}, not a node of this cluster")
+        else:
+            where, what = "here", None
+        if where == "peer" and self.member is not None:
+            self.member.ask_peer(what, client_id, msg)
+        elif where == "refuse":
+            self.leases.refuse(client_id, msg, what)
+        else:
+            self.leases.request(client_id, msg)
 
     def on_return_lease(self, client_id: bytes, msg: p.ReturnLease) -> None:
         if self.member is None or not self.member.return_lease(client_id, msg):

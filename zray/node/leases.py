@@ -24,9 +24,11 @@ import time
 from typing import TYPE_CHECKING
 
 from zray import protocol as p
+from zray.exceptions import TaskUnschedulableError
 from zray.node import failures
 from zray.node.early import EarlyReports
 from zray.node.scheduler import Task, TaskState
+from zray.objects.serialization import serialize
 
 if TYPE_CHECKING:
     from zray.node.agent import Agent
@@ -45,7 +47,7 @@ class LeaseManager:
     def request(self, client_id: bytes, msg: p.RequestLease) -> None:
         spec = p.SubmitTask(msg.lease_id, msg.job_id, b"", msg.name, b"", [], [], 0,
                             msg.resources, 0, b"", b"", {}, False, b"", b"")
-        lease = Task(spec, client_id, lease=True)
+        lease = Task(spec, client_id, lease=True, pinned=bool(msg.strategy))
         # A worker asks for its running task's children: they go first, so work under way
         # finishes before new work starts (and blocks, and needs yet more workers).
         client = self.agent.clients.get(client_id)
@@ -59,6 +61,11 @@ class LeaseManager:
             self.agent.clients.running_on[process.pid] = lease
         self.agent.send(lease.submitter, p.LeaseGranted(lease.spec.task_id, worker_id,
                                                         lease.gpu_ids, False))
+
+    def refuse(self, client_id: bytes, msg: p.RequestLease, why: str) -> None:
+        """No node may ever grant it: its owner fails the tasks waiting for it."""
+        error = serialize(TaskUnschedulableError(f"task {msg.name}: {why}")).to_bytes()
+        self.agent.send(client_id, p.LeaseRefused(msg.lease_id, error))
 
     def give_back(self, client_id: bytes, msg: p.ReturnLease) -> None:
         lease = self.scheduler.tasks.get(msg.lease_id)

@@ -24,11 +24,11 @@ from zray import protocol as p
 from zray.broker.layout import GcsAddress
 from zray.config import Config
 from zray.mesh.auth import Credentials
-from zray.node.membership import Membership
+from zray.node.membership import Membership, NodeInfo
 from zray.node.mesh import MeshDoor
 from zray.node.relay import Relay
 from zray.node.scheduler import Scheduler
-from zray.node.spill import choose_peer, fits
+from zray.node.spill import Placement, choose_peer, fits, place
 
 _SPILL_SCAN = 64  # queued requests of one shape looked at per pass for spilling
 
@@ -59,6 +59,7 @@ class ClusterMember:
                            config.message_budget, read_store, release,
                            lambda worker, frames, kind: send_direct(worker, frames, kind))
         self._load_reported = (0.0, dict(scheduler.available))
+        self._turn = 0  # SPREAD's: the next node in turn
 
     @property
     def address(self) -> str:
@@ -142,7 +143,7 @@ class ClusterMember:
             return
         for queue in list(self.scheduler.queues.values()):
             for lease in [t for t in itertools.islice(queue, _SPILL_SCAN) if t.lease
-                          and t.submitter not in self.relay.via]:
+                          and not t.pinned and t.submitter not in self.relay.via]:
                 demand = lease.spec.resources
                 peer = choose_peer(demand, fits(demand, self.scheduler.available),
                                    not lease.infeasible, peers, self.relay.asked)
@@ -151,7 +152,16 @@ class ClusterMember:
                 self.scheduler.withdraw(lease)
                 spec = lease.spec
                 self.relay.ask_lease(peer, lease.submitter, p.RequestLease(
-                    spec.task_id, spec.job_id, spec.name, spec.resources))
+                    spec.task_id, spec.job_id, spec.name, spec.resources, {}))
+
+    def place(self, msg: p.RequestLease) -> Placement:
+        """Where a lease request of one of our owners goes, by its strategy."""
+        self._turn += bool(msg.strategy.get("spread"))
+        return place(msg.strategy, msg.resources, self.node_id, self.scheduler.total,
+                     self.membership.nodes, self._turn)
+
+    def ask_peer(self, node: NodeInfo, owner: bytes, msg: p.RequestLease) -> None:
+        self.relay.ask_lease(node, owner, msg)
 
     def load_changed(self, now: float) -> bool:
         """Whether our free resources changed since we last said (at most every

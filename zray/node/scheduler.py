@@ -54,6 +54,7 @@ class Task:
     infeasible: bool = False
     cancelled: bool = False
     lease: bool = False  # a worker leased to ``submitter`` (zray/node/leases.py), not a task
+    pinned: bool = False  # a lease whose strategy placed it here: it never spills
     submitted: float = 0.0  # wall clock (set at creation)
     # state -> µs after ``submitted`` it was last entered (ints: the GCS row is encoded for
     # every task, floats cost more)

@@ -10,8 +10,12 @@ No I/O: the agent asks, and acts on the answer.
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 from zray.node.membership import NodeInfo
+
+# Where a request with a strategy goes: ("here", None), ("peer", node), ("refuse", why).
+Placement = tuple[str, Any]
 
 _EPSILON = 1e-9
 
@@ -42,3 +46,34 @@ def _room(node: NodeInfo, demand: dict[str, float], asked: Counter[bytes]) -> di
     pending = asked[node.node_id]
     return {name: amount - pending * demand.get(name, 0.0)
             for name, amount in node.available.items()}
+
+
+def place(strategy: dict[str, Any], demand: dict[str, float], here: bytes,
+          here_total: dict[str, float], nodes: dict[bytes, NodeInfo], turn: int) -> Placement:
+    """Where a lease request goes by its scheduling strategy (zray.util.
+    scheduling_strategies): ``nodes``, every node the cluster has had (this one too);
+    ``turn`` counts SPREAD's requests. Without a strategy: here (spilling comes later)."""
+    if "node" in strategy:
+        target = bytes.fromhex(strategy["node"])
+        known = nodes.get(target)
+        if target == here:
+            return ("here", None)
+        if known is not None and known.alive and known.address:
+            return ("peer", known)
+        if strategy.get("soft"):
+            return ("here", None)
+        state = "dead" if known is not None else "not a node of this cluster"
+        return ("refuse", f"its NodeAffinitySchedulingStrategy names node "
+                          f"{strategy['node'][:16]}, which is {state} (soft=True would run it "
+                          "elsewhere)")
+    if strategy.get("spread"):
+        peers = sorted((n for n in nodes.values() if n.alive and n.address
+                        and n.node_id != here and fits(demand, n.total)),
+                       key=lambda n: n.node_id)
+        able: list[NodeInfo | None] = [None] if fits(demand, here_total) else []
+        able += peers
+        if not able:
+            return ("here", None)  # (no node fits it: it waits here, and its owner is told)
+        chosen = able[turn % len(able)]
+        return ("here", None) if chosen is None else ("peer", chosen)
+    return ("here", None)
