@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
                           "cluster's, else the newest ended one's)")
     status = sub.add_parser("status", help="a running cluster's node now: resources, store, "
                             "workers, tasks")
-    status.add_argument("--session", help="session directory (default: the newest running)")
+    status.add_argument("--session", help="a private cluster's session directory")
+    status.add_argument("--address", help="a node of the cluster (default: the newest "
+                        "cluster started with `zray node start`, else the newest private one)")
     status.add_argument("--json", action="store_true")
     node = sub.add_parser("node", help="start or stop the nodes of a cluster on this machine",
                           description=node_command.__doc__,
@@ -81,8 +83,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    """A cluster started with `zray node start` (the newest, or --address), else the
+    newest private cluster's node."""
     from zray_cli import status
 
+    from zray.mesh.records import live_clusters
+
+    if args.address or (args.session is None and live_clusters()):
+        return status.run_cluster(args.address or "auto", args.json)
     session = args.session or newest(live_sessions(given_run_id() or "*"))
     if session is None:
         print("zray status: no running cluster on this machine (zray inspect reads ended "

@@ -1,8 +1,10 @@
-"""``zray status``: a running cluster's node, as its agent sees it now.
+"""``zray status``: a running cluster's nodes, as their agents see them now.
 
-The command registers with the agent as an ``observer`` (a client that only asks; it
-starts no job) on the session's socket, asks for the node's status, and leaves. It also
-names the GCS shards the supervisor gave up on. Clusters of several nodes grow this.
+For a cluster started with ``zray node start``: every node the GCS's nodes table lists,
+each live one asked over the mesh (with the cluster token's credentials), with its
+message counts by type. For a private cluster: the command registers with its agent as an
+``observer`` (a client that only asks; it starts no job) on the session's socket. Both name
+the GCS shards the supervisor gave up on.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def print_status(status: dict[str, Any], session: str) -> None:
     resources = ", ".join(f"{name} {used[name]:g}/{total:g}"
                           for name, total in status["resources"]["total"].items())
     store, workers, tasks = status["store"], status["workers"], status["tasks"]
-    print(f"node {status['node_id'][:8]}  (agent pid {status['pid']}, session {session})")
+    print(f"node {status['node_id'][:8]}  (agent pid {status['pid']}, {session})")
     print(f"  resources used: {resources}")
     print(f"  object store:   {store['bytes_in_use'] / 2**20:.1f} MiB of "
           f"{store['capacity'] / 2**20:.0f} MiB, {store['objects']} objects")
@@ -77,7 +79,7 @@ def print_status(status: dict[str, Any], session: str) -> None:
     links = status["gcs"]
     behind = sum(link["queued"] for link in links)
     print(f"  GCS:            {len(links)} shards, {behind} rows not yet sent")
-    for reason in status["given_up_shards"]:
+    for reason in status.get("given_up_shards", []):
         print(f"  ! {reason}")
 
 
@@ -90,5 +92,79 @@ def run(session: str, as_json: bool) -> int:
     if as_json:
         print(json.dumps(status))
     else:
-        print_status(status, session)
+        print_status(status, f"session {session}")
+    return 0
+
+
+def cluster_status(address: str, timeout_s: float = 5.0) -> dict[str, Any]:
+    """Every node of the cluster (``address``: "auto" or a node's), from the GCS's nodes
+    table; each live one asked over the mesh how it is now."""
+    from zray.broker.link import query
+    from zray.config import Config
+    from zray.mesh.auth import load_credentials
+    from zray.mesh.records import find_cluster, nodes_here
+
+    cluster = find_cluster(address)
+    credentials = load_credentials(cluster.token_path(), Config.from_env().encrypt_loopback)
+    rows = query(cluster.gcs, "nodes", timeout_s=timeout_s, credentials=credentials).rows
+    nodes = []
+    for _, fields_json, _, _ in rows:
+        row = json.loads(fields_json)
+        if row.get("state") == "ALIVE" and row.get("address"):
+            try:
+                row = _ask_node(row["address"], credentials, timeout_s)
+            except ZrayError as exc:
+                row = {**row, "state": "NOT ANSWERING", "error": str(exc)}
+        nodes.append(row)
+    heads = [n.session for n in nodes_here() if n.cluster == cluster.address and n.head]
+    return {"cluster": cluster.address, "nodes": nodes,
+            "given_up_shards": given_up(heads[0]) if heads else []}
+
+
+def _ask_node(address: str, credentials: Any, timeout_s: float) -> dict[str, Any]:
+    from zray.mesh.auth import secure_client
+
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        secure_client(sock, f"tcp://{address}", credentials)
+        sock.connect(f"tcp://{address}")
+        sock.send_multipart(p.encode(p.QueryAgent(1, "status", {})))
+        return dict(json.loads(_answer(sock, p.AgentReply, timeout_s).body_json))
+    finally:
+        sock.close()
+        context.term()
+
+
+def print_cluster(status: dict[str, Any]) -> None:
+    nodes = status["nodes"]
+    alive = [n for n in nodes if n.get("state") == "ALIVE"]
+    print(f"cluster {status['cluster']}: {len(alive)} nodes alive, "
+          f"{len(nodes) - len(alive)} gone")
+    for node in nodes:
+        if node.get("state") != "ALIVE" or "store" not in node:
+            print(f"node {node.get('node_id', '?')[:8]}  {node.get('address', '')}  "
+                  f"{node.get('state')}  {node.get('error', '')}")
+            continue
+        print_status(node, f"at {node['address']}")
+        messages = ", ".join(f"{name} {count}" for name, count in sorted(
+            node["messages"].items(), key=lambda kv: -kv[1])[:8])
+        print(f"  messages:       {messages or 'none yet'}")
+        if node["relayed"]:
+            print("  relayed:        " + ", ".join(f"{k} {v}" for k, v in node["relayed"].items()))
+    for reason in status["given_up_shards"]:
+        print(f"! {reason}")
+
+
+def run_cluster(address: str, as_json: bool) -> int:
+    try:
+        status = cluster_status(address)
+    except (ZrayError, ConnectionError) as exc:
+        print(f"zray status: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(status))
+    else:
+        print_cluster(status)
     return 0

@@ -81,6 +81,13 @@ def test_start_join_drive_and_stop_from_the_command_line(nodes_stopped: None) ->
     states = {json.loads(line)["address"]: json.loads(line)["state"]
               for line in rows.stdout.splitlines()}
     assert states == {head: "ALIVE", peer: "ALIVE"}  # the driver left the cluster running
+    status = zray_cli("status", "--json")
+    assert status.returncode == 0, status.stderr
+    nodes = {node["address"]: node for node in json.loads(status.stdout)["nodes"]}
+    assert set(nodes) == {head, peer} and all(n["state"] == "ALIVE" for n in nodes.values())
+    assert nodes[head]["messages"]["SubmitTask"] >= 40  # (the driver's tasks, noticed)
+    assert nodes[head]["resources"]["total"]["CPU"] == 1.0
+    assert "CPU 0/1" in zray_cli("status").stdout
     stopped = zray_cli("node", "stop")
     assert stopped.returncode == 0 and "stopped 2 node(s)" in stopped.stderr
     assert not os.path.exists(token_path(head))

@@ -392,6 +392,12 @@ def batch(messages: list[Message]) -> Batch:
     return Batch([(m.op, _values_of(m)) for m in messages])
 
 
+def name_of(op: int) -> str:
+    """The name of the message with op code ``op``."""
+    cls = _BY_OP.get(op)
+    return cls.__name__ if cls is not None else f"op{op}"
+
+
 def one_or_batch(messages: list[Message]) -> Message:
     """What to send for ``messages`` (at least one): the message itself, or a Batch."""
     return messages[0] if len(messages) == 1 else batch(messages)

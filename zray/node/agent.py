@@ -121,12 +121,13 @@ class Agent:
                 lambda owner: [d.client_id for d in self.clients.drivers_of(
                     self.clients.job_of(owner)) if d.log_to_driver],
                 lambda offset, size: bytes(self.mapping.view[offset:offset + size]),
-                self.objects.release)
+                self.objects.release, self._status)
         self.owner_pidfd = os.pidfd_open(self.owner_pid) if self.owner_pid else -1
         self.ready_file = args.ready_file
         self.supervisor_pid = args.supervisor_pid  # a head's GCS, stopped after us
         self.ends_session = args.end_session
         self.running = True
+        self.handled: Counter[int] = Counter()  # messages from clients, by op (zray status)
         self._pending_refreshed = 0.0
         self.handlers: dict[type, Callable[[bytes, Any], None]] = {
             p.Register: self.on_register, p.ExportFunction: self.on_export,
@@ -279,6 +280,7 @@ class Agent:
         return 1
 
     def _handle(self, client_id: bytes, msg: p.Message) -> None:
+        self.handled[msg.op] += 1
         handler = self.handlers.get(type(msg))
         if handler is None:
             self.reject(client_id, msg, "the agent takes no such message from a client")
@@ -637,6 +639,9 @@ class Agent:
                       "infeasible_shapes": sum(t.infeasible and t.state is TaskState.QUEUED
                                                for t in self.scheduler.tasks.values())},
             "gcs": self.gcs.stats(),
+            "address": self.address, "state": "ALIVE",
+            "messages": {p.name_of(op): count for op, count in self.handled.items()},
+            "relayed": self.member.relay.counts if self.member else {},
         }
 
     # --- output, broker, stopping ----------------------------------------------------

@@ -15,6 +15,7 @@ its own clients and workers. A private cluster's agent has no member.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -49,11 +50,14 @@ class ClusterMember:
                  send_direct: Callable[[bytes, p.Message | list[bytes], str], None],
                  drivers_of_owner: Callable[[bytes], list[bytes]],
                  read_store: Callable[[int, int], bytes],
-                 release: Callable[[bytes, bytes], None]) -> None:
+                 release: Callable[[bytes, bytes], None],
+                 status: Callable[[], dict[str, object]]) -> None:
+        """``status``: this node's, for ``zray status`` asking over the mesh."""
         self.node_id, self.door, self.config = node_id, door, config
         self.scheduler, self.desk = scheduler, desk
         self._send, self._send_direct = send, send_direct
         self._drivers_of_owner = drivers_of_owner
+        self._status = status
         self.membership = Membership(context, gcs, node_id)
         self.relay = Relay(context, node_id, agent_endpoint, credentials, door.socket,
                            config.message_budget, read_store, release,
@@ -75,7 +79,11 @@ class ClusterMember:
         if self.door.socket in events:
             while p.has_input(self.door.socket):
                 got = self.door.on_frames(self.door.socket.recv_multipart())
-                if got is not None:
+                if got is None:
+                    pass
+                elif got[1][0][1:2] == bytes((p.QueryAgent.op,)):
+                    self._answer_query(*got)
+                else:
                     self._on_relayed_to_us(*got)
         for sock in [s for s in events if isinstance(s, zmq.Socket)]:
             if sock in relay.links.values():
@@ -88,6 +96,17 @@ class ClusterMember:
             elif sock in self.membership.sockets:
                 self.membership.on_readable(sock)
         self.membership.tick()
+
+    def _answer_query(self, identity: bytes, frames: list[bytes]) -> None:
+        """``zray status`` (a holder of the token) asks this node how it is."""
+        try:
+            msg = p.decode(frames)
+        except p.ProtocolError:
+            return
+        assert isinstance(msg, p.QueryAgent)
+        body = self._status() if msg.what == "status" else {
+            "error": f"a node answers only 'status' over the mesh, not {msg.what!r}"}
+        self.door.send(identity, p.AgentReply(msg.request_id, json.dumps(body)))
 
     def _on_relayed_to_us(self, identity: bytes, frames: list[bytes]) -> None:
         """A peer's agent relays its owner's lease request or return (or its end)."""

@@ -35,6 +35,11 @@ class MeshDoor:
         self.socket = context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.socket.setsockopt(zmq.LINGER, 0)
+        # No high-water mark: what is in flight to a peer is bounded where it starts (an
+        # owner sends a lease at most so many tasks ahead; leases are few), and a send
+        # that blocked or dropped at a mark would stall this loop or lose an answer.
+        self.socket.setsockopt(zmq.SNDHWM, 0)
+        self.socket.setsockopt(zmq.RCVHWM, 0)
         secure_server(self.socket, host, credentials)
         self.gatekeeper = Gatekeeper(context, credentials)
         self.gatekeeper.watch(self.socket)
@@ -81,6 +86,9 @@ class MeshDoor:
         else:
             reply = self.welcome
         self._send_raw(peer, p.encode(reply))
+
+    def send(self, peer: bytes, msg: p.Message) -> None:
+        self._send_raw(peer, p.encode(msg))
 
     def _send_raw(self, peer: bytes, frames: list) -> None:
         try:

@@ -66,6 +66,7 @@ class Relay:
         self.credentials, self.door, self.budget = credentials, door, budget
         self.read_store, self.release, self.send_worker = read_store, release, send_worker
         self.complaints = RateLimitedLog(log)
+        self.counts: Counter[str] = Counter()  # messages relayed, by direction (zray status)
         self.links: dict[bytes, zmq.Socket] = {}  # peer node -> DEALER to its door
         # Origin side: leases asked of peers for our owners, and the proxies of their
         # workers (t- and d-sockets here, read by us).
@@ -124,6 +125,7 @@ class Relay:
             envelope = self._envelope(frames)
             if envelope is None:
                 continue
+            self.counts["from peers"] += 1
             if envelope.kind == "d":  # (a worker's answers: passed on as they are)
                 out.append((envelope.target, "d", frames[1:]))
                 continue
@@ -173,6 +175,7 @@ class Relay:
                 frames = p.encode(p.one_or_batch(inlined))
             link = self.links.get(node)
             if link is not None:
+                self.counts["to peers"] += 1
                 link.send_multipart([*p.encode(p.Relayed(worker, kind)), *frames])
 
     def _inline_arguments(self, msg: p.Message) -> p.Message:
@@ -199,6 +202,7 @@ class Relay:
         envelope = self._envelope(frames)
         if envelope is None:
             return None
+        self.counts["from peers"] += 1
         if envelope.kind in ("t", "d"):
             self.send_worker(envelope.target, frames[1:], envelope.kind)
             return None
@@ -232,6 +236,7 @@ class Relay:
         return True
 
     def _door_send(self, identity: bytes, owner: bytes, kind: str, frames: list) -> None:
+        self.counts["to peers"] += 1
         try:
             self.door.send_multipart([identity, *p.encode(p.Relayed(owner, kind)), *frames])
         except zmq.ZMQError as exc:  # its agent is gone (node failure: a later issue's)
@@ -285,6 +290,8 @@ class Relay:
             sock = self.links[node.node_id] = self.context.socket(zmq.DEALER)
             sock.setsockopt(zmq.IDENTITY, self.node_id)
             sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, 0)  # (bounded where it starts: see MeshDoor)
+            sock.setsockopt(zmq.RCVHWM, 0)
             endpoint = f"tcp://{node.address}"
             secure_client(sock, endpoint, self.credentials)
             sock.connect(endpoint)
