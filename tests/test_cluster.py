@@ -116,3 +116,24 @@ def test_spread_and_node_affinity(three_nodes: Cluster) -> None:
     hard = where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nowhere, False))
     with pytest.raises(zray.exceptions.TaskUnschedulableError, match="not a node"):
         zray.get(hard.remote(0), timeout=30)
+
+
+def test_a_node_joining_while_work_runs_gets_work_and_leaving_is_seen(
+        three_nodes: Cluster) -> None:
+    from zray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    running = [where.remote(i) for i in range(1500)]
+    joined = three_nodes.add_node(num_cpus=1)
+    ran = collections.Counter(zray.get(running) + zray.get(
+        [where.remote(i) for i in range(1500)]))
+    assert ran[joined.node_id] > 0, ran
+    three_nodes.remove_node(joined)
+    deadline = time.monotonic() + 30
+    while any(n["Alive"] for n in zray.nodes() if n["NodeID"] == joined.node_id):
+        assert time.monotonic() < deadline, "the node's end never reached the others"
+        time.sleep(0.05)
+    assert zray.cluster_resources()["CPU"] == 3.0
+    pinned = where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        joined.node_id, soft=False))
+    with pytest.raises(zray.exceptions.TaskUnschedulableError, match="dead"):
+        zray.get(pinned.remote(0), timeout=30)

@@ -71,6 +71,8 @@ class Config:
     # A node publishes its free resources (for peers to choose where work goes) at most
     # this often.
     load_report_ms: int = 100
+    # A cluster's node records its row (its heartbeat) at least this often.
+    node_heartbeat_s: float = 1.0
     # How long joining a node (``node start --peers``, ``init(address=)``) waits for it.
     join_timeout_s: float = 10.0
 

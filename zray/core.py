@@ -353,6 +353,8 @@ class CoreClient:
             self.on_cancel(msg.task_id)
         elif isinstance(msg, p.LeaseGranted) and self.leasing is not None:
             self.leasing.on_granted(msg)
+        elif isinstance(msg, p.ClusterResized) and self.leasing is not None:
+            self.leasing.resize(float(msg.resources.get("CPU", 1.0)))
         elif isinstance(msg, p.LeaseRefused) and self.leasing is not None:
             self.leasing.on_refused(msg)
         elif isinstance(msg, p.LeaseLost) and self.leasing is not None:

@@ -294,6 +294,13 @@ class DirectSubmitter:
                 self._report(msg)
         return lease.key
 
+    def resize(self, total_cpus: float) -> None:
+        """The cluster has this many CPUs now: as many leases may be asked for."""
+        with self.lock:
+            self._total_cpus = total_cpus
+            for key in list(self._queues):
+                self._pump(key)
+
     def on_refused(self, msg: p.LeaseRefused) -> None:
         """No node may grant the lease: every task waiting for one of its kind fails."""
         with self.lock:

@@ -506,6 +506,15 @@ class LeaseRefused(Message):
     error: bytes
 
 
+@message(44)
+@dataclass(frozen=True, slots=True)
+class ClusterResized(Message):
+    """Agent to its clients: the cluster's resources changed (a node joined or left):
+    owners ask for as many leases as it now has CPUs."""
+
+    resources: dict
+
+
 @message(36)
 @dataclass(frozen=True, slots=True)
 class Processed(Message):

@@ -128,6 +128,8 @@ class Agent:
         self.ends_session = args.end_session
         self.running = True
         self.handled: Counter[int] = Counter()  # messages from clients, by op (zray status)
+        self._beat = 0.0  # when our node's row was last recorded (a cluster's node)
+        self._told_totals: dict[str, float] = dict(self.resources)  # as clients know them
         self._pending_refreshed = 0.0
         self.handlers: dict[type, Callable[[bytes, Any], None]] = {
             p.Register: self.on_register, p.ExportFunction: self.on_export,
@@ -202,6 +204,23 @@ class Agent:
         for sock in wanted - registered:
             poller.register(sock, zmq.POLLIN)
         return wanted
+
+    def _report(self, now: float) -> None:
+        """Our node's row again when our free resources changed (peers choose where work
+        goes by them), and at least every node_heartbeat_s (the GCS knows we live); our
+        clients, when the cluster's resources changed (a node came or went)."""
+        assert self.member is not None
+        if self.member.load_changed(now) or now - self._beat >= self.config.node_heartbeat_s:
+            self._beat = now
+            self.node_row.update(available=dict(self.scheduler.available),
+                                 heartbeat=time.time())
+            self.gcs.record_node(self.node_row)
+        totals = self.cluster_resources()
+        if totals != self._told_totals:
+            self._told_totals = totals
+            for client in list(self.clients.by_id.values()):
+                if client.kind != "observer":
+                    self._send_here(client.client_id, p.ClusterResized(totals))
 
     def on_request_lease(self, client_id: bytes, msg: p.RequestLease) -> None:
         """Here, on the peer the strategy names, or refused (a dead or unknown node)."""
@@ -566,9 +585,7 @@ class Agent:
         now = time.monotonic()
         if self.member is not None:
             self.member.spill()
-            if self.member.load_changed(now):
-                self.node_row["available"] = dict(self.scheduler.available)
-                self.gcs.record_node(self.node_row)
+            self._report(now)
         for worker_id, messages in self.outbox.items():
             self.peers.send(worker_id, p.one_or_batch(messages), kind="t")
         self.outbox.clear()
