@@ -137,3 +137,31 @@ def test_a_node_joining_while_work_runs_gets_work_and_leaving_is_seen(
         joined.node_id, soft=False))
     with pytest.raises(zray.exceptions.TaskUnschedulableError, match="dead"):
         zray.get(pinned.remote(0), timeout=30)
+
+
+def test_a_second_driver_uses_a_named_detached_actor(three_nodes: Cluster) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    @zray.remote
+    class Tally:
+        def __init__(self) -> None:
+            self.total = 0
+
+        def add(self, n: int) -> int:
+            self.total += n
+            return self.total
+
+    tally = Tally.options(name="tally", namespace="team", lifetime="detached").remote()
+    assert zray.get(tally.add.remote(1)) == 1
+    other = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import zray
+        zray.init(address="auto", namespace="team")
+        print(zray.get(zray.get_actor("tally").add.remote(10)))
+        zray.shutdown()
+    """)], capture_output=True, text=True, timeout=60)
+    assert other.returncode == 0, other.stderr
+    assert other.stdout.split() == ["11"]
+    assert zray.get(tally.add.remote(1)) == 12  # (the detached actor outlived that driver)
+    zray.kill(tally)

@@ -170,7 +170,7 @@ class Agent:
             for fd in [e for e in events if isinstance(e, int)]:
                 self._on_fd(fd)
             if self.member is not None:
-                self.member.on_events(events)
+                self._guarded(self.member.on_events, events)
             # At most _BURST messages per pass: under a steady flood the router always has
             # input, and the passes' other duties (sends to workers, GCS rows and acks) must
             # still run, or their queues grow without bound.
@@ -178,12 +178,16 @@ class Agent:
             while (self.router in events and self.running and handled < _BURST
                    and has_input(self.router)):
                 handled += self._on_frames(self.router.recv_multipart())
-            try:
-                self._after_events()
-            except Exception:  # a bad value that got past the checks must not stop the node
-                self.complaints.warning("pass", "a pass of the agent's loop failed:\n%s",
-                                        traceback.format_exc())
+            self._guarded(self._after_events)
             self.gcs.pump()
+
+    def _guarded(self, step: Callable[..., None], *args: Any) -> None:
+        """A step of the loop: a bad value that got past the checks must not stop the node."""
+        try:
+            step(*args)
+        except Exception:
+            self.complaints.warning("pass", "a pass of the agent's loop failed:\n%s",
+                                    traceback.format_exc())
 
     def _sync_fds(self, poller: zmq.Poller, registered: set[int]) -> set[int]:
         wanted = set(self.pool.by_fd) | self.clients.pidfds()

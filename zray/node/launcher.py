@@ -50,6 +50,19 @@ def direct_endpoint(agent_endpoint: str, worker_id: bytes, kind: str = "d") -> s
     return f"ipc://{session_dir}/{kind}-{worker_id.hex()}.sock"
 
 
+def check_socket_room(session: str) -> None:
+    """Raise (removing the new, empty ``session``) if its sockets' paths would be too
+    long for Unix sockets."""
+    endpoint = f"ipc://{session}/agent.sock"
+    longest = direct_endpoint(endpoint, new_worker_id()).removeprefix("ipc://")
+    if len(longest) > _MAX_SOCKET_PATH:
+        os.rmdir(session)
+        raise ZrayError(
+            f"the session directory {session} is too long for the Unix sockets zray "
+            f"binds in it ({len(longest)} characters, at most {_MAX_SOCKET_PATH}); set "
+            "TMPDIR to a shorter directory, e.g. TMPDIR=/tmp")
+
+
 @dataclass
 class LocalCluster:
     session: str
@@ -69,13 +82,7 @@ class LocalCluster:
         run = run_id()
         session = new_session_dir(run)
         endpoint = f"ipc://{session}/agent.sock"
-        longest = direct_endpoint(endpoint, new_worker_id()).removeprefix("ipc://")
-        if len(longest) > _MAX_SOCKET_PATH:
-            os.rmdir(session)
-            raise ZrayError(
-                f"the session directory {session} is too long for the Unix sockets zray "
-                f"binds in it ({len(longest)} characters, at most {_MAX_SOCKET_PATH}); set "
-                "TMPDIR to a shorter directory, e.g. TMPDIR=/tmp")
+        check_socket_room(session)
         # The arena's name has a secret part: the session directory's name is in a listing
         # anyone can read, and another user must not be able to create the arena first.
         placement = place_arena(f"{os.path.basename(session)}-{secrets.token_hex(8)}",

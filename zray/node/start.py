@@ -41,7 +41,7 @@ from zray.mesh.records import (
     nodes_here,
     token_path,
 )
-from zray.node.launcher import child_env, tail
+from zray.node.launcher import check_socket_room, child_env, tail
 from zray.node.sessions import (
     add_processes,
     claim,
@@ -72,6 +72,7 @@ def start_node(options: NodeOptions, config: Config) -> NodeRecord:
     port = _free_port(options.host) if options.port == 0 else _check_port(options)
     address = f"{options.host}:{port}"
     session = new_session_dir(run_id())
+    check_socket_room(session)
     arena = place_arena(f"{os.path.basename(session)}-{os.urandom(8).hex()}",
                         options.store_size, session)
     claim(session, arena.path)
