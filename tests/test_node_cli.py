@@ -177,3 +177,11 @@ def _agent_log(address: str) -> str:
 
 
 assert HOME  # (every node here keeps its records in the test run's own ZRAY_HOME)
+
+
+def test_a_session_directory_too_long_for_sockets_is_refused_at_start(tmp_path: str) -> None:
+    deep = os.path.join(str(tmp_path), "d" * 90)
+    os.makedirs(deep)
+    done = zray_cli("node", "start", "--head", "--port", "0", *SMALL, env={"TMPDIR": deep})
+    assert done.returncode == 1 and "too long for the Unix sockets" in done.stderr
+    assert os.listdir(deep) == []  # (nothing started, nothing left)
