@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +101,24 @@ def test_policy_gradient() -> None:
     assert match, out
     assert float(match.group(2)) > float(match.group(1)) + 1.0, out
     assert sum(rewards[-3:]) / 3 > 0.5, out  # most balls caught by the end
+
+
+@pytest.mark.timeout(180)
+def test_the_readme_cluster_section_runs_as_written() -> None:
+    """The commands of the README's "A cluster", one by one (on a free port, not 6380,
+    which something else on the machine may hold)."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## A cluster", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [line.split("#", 1)[0].strip() for line in block.strip().splitlines()]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    try:
+        for command in commands:
+            done = subprocess.run(command.replace("6380", port), shell=True, cwd=ROOT,
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
+            if command.startswith("python examples/cluster.py"):
+                assert "2 nodes, 4 CPUs" in done.stdout and "cluster OK" in done.stdout
+    finally:
+        subprocess.run("zray node stop", shell=True, capture_output=True, timeout=60)
