@@ -185,3 +185,47 @@ def test_a_session_directory_too_long_for_sockets_is_refused_at_start(tmp_path: 
     done = zray_cli("node", "start", "--head", "--port", "0", *SMALL, env={"TMPDIR": deep})
     assert done.returncode == 1 and "too long for the Unix sockets" in done.stderr
     assert os.listdir(deep) == []  # (nothing started, nothing left)
+
+
+def test_a_node_refuses_another_protocol_by_name(nodes_stopped: None) -> None:
+    head = start("--head", "--port", "0")
+    right = Credentials.from_token(open(token_path(head)).read().strip())
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        secure_client(sock, f"tcp://{head}", right)
+        sock.connect(f"tcp://{head}")
+        sock.send_multipart(p.encode(p.Hello(b"", "0.0.9", p.PROTOCOL_VERSION + 1)))
+        assert sock.poll(5000)
+        refused = p.decode(sock.recv_multipart())
+        assert isinstance(refused, p.Rejected) and "zray 0.0.9" in refused.reason
+        frame = bytearray(p.encode(p.Hello(b"", "9.9", 9))[0])
+        frame[0] = p.PROTOCOL_VERSION + 1  # a frame of another protocol altogether
+        sock.send(bytes(frame))
+        assert sock.poll(5000)
+        kind, text = sock.recv_multipart()
+        assert kind == b"zray-version-refused"
+        assert f"speaks protocol {p.PROTOCOL_VERSION}" in text.decode()
+    finally:
+        sock.close(linger=0)
+        context.term()
+
+
+def test_auto_joins_the_newest_cluster_and_an_address_chooses(nodes_stopped: None) -> None:
+    first = start("--head", "--port", "0")
+    second = start("--head", "--port", "0", "--host", "127.0.0.2")
+    script = textwrap.dedent("""
+        import zray
+        zray.init(address=None)
+        print(zray.nodes()[0]["NodeManagerAddress"])
+        zray.shutdown()
+    """)
+    for address, expected in (("auto", "127.0.0.2"), (first, "127.0.0.1")):
+        driver = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                                text=True, timeout=60,
+                                env={**os.environ, "ZRAY_ADDRESS": address})
+        assert driver.returncode == 0, driver.stderr
+        assert driver.stdout.split() == [expected]
+        if address == "auto":
+            assert f"joining the newest, {second}" in driver.stderr
