@@ -71,12 +71,18 @@ class Config:
     # A node publishes its free resources (for peers to choose where work goes) at most
     # this often.
     load_report_ms: int = 100
+    # Messages a node may have in flight to another, each way on each connection (credit
+    # windows, zray/mesh/window.py); below the mesh sockets' high-water mark of 1000.
+    mesh_window: int = 512
     # A cluster's node records its row (its heartbeat) at least this often.
     node_heartbeat_s: float = 1.0
     # How long joining a node (``node start --peers``, ``init(address=)``) waits for it.
     join_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
+        if not 2 <= self.mesh_window <= 900:
+            raise ValueError(f"mesh_window={self.mesh_window} must be between 2 and 900 (below "
+                             "the mesh sockets' high-water mark of 1000)")
         floor = 4 * max(self.inline_object_max_bytes, self.direct_arg_max_bytes, 256 * 1024)
         if self.max_frame_bytes < floor:
             raise ValueError(

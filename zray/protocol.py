@@ -515,6 +515,15 @@ class ClusterResized(Message):
     resources: dict
 
 
+@message(45)
+@dataclass(frozen=True, slots=True)
+class Credit(Message):
+    """Node to node: I have handled ``count`` more of your messages on this connection;
+    you may send as many more (zray/mesh/window.py). Outside the window itself."""
+
+    count: int
+
+
 @message(36)
 @dataclass(frozen=True, slots=True)
 class Processed(Message):

@@ -553,6 +553,9 @@ class Agent:
             self.objects.unpin(ref)
 
     def warn_infeasible(self, task: Task) -> None:
+        """Tell the task's driver that no node can ever run it (once per kind of task)."""
+        if self.member is not None and self.member.fits_somewhere(task.spec.resources):
+            return  # (a peer can: it goes there)
         key = f"{task.spec.name}:{sorted(task.spec.resources.items())}"
         if key not in self.warned:
             self.warned.add(key)
@@ -662,7 +665,9 @@ class Agent:
             "gcs": self.gcs.stats(),
             "address": self.address, "state": "ALIVE",
             "messages": {p.name_of(op): count for op, count in self.handled.items()},
-            "relayed": self.member.relay.counts if self.member else {},
+            "relayed": ({**self.member.relay.counts,
+                         "waiting for credit": self.member.relay.queued}
+                        if self.member else {}),
         }
 
     # --- output, broker, stopping ----------------------------------------------------

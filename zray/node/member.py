@@ -61,7 +61,8 @@ class ClusterMember:
         self.membership = Membership(context, gcs, node_id)
         self.relay = Relay(context, node_id, agent_endpoint, credentials, door.socket,
                            config.message_budget, read_store, release,
-                           lambda worker, frames, kind: send_direct(worker, frames, kind))
+                           lambda worker, frames, kind: send_direct(worker, frames, kind),
+                           config.mesh_window)
         self._load_reported = (0.0, dict(scheduler.available))
         self._turn = 0  # SPREAD's: the next node in turn
 
@@ -81,7 +82,7 @@ class ClusterMember:
                 got = self.door.on_frames(self.door.socket.recv_multipart())
                 if got is None:
                     pass
-                elif got[1][0][1:2] == bytes((p.QueryAgent.op,)):
+                elif got[1][0][1:2] == bytes((p.QueryAgent.op,)) and len(got[1]) == 1:
                     self._answer_query(*got)
                 else:
                     self._on_relayed_to_us(*got)
@@ -190,6 +191,10 @@ class ClusterMember:
             return False
         self._load_reported = (now, dict(self.scheduler.available))
         return True
+
+    def fits_somewhere(self, demand: dict[str, float]) -> bool:
+        """Whether a live peer could ever run this."""
+        return any(fits(demand, node.total) for node in self.membership.peers())
 
     def totals(self, own: dict[str, float], which: str = "total") -> dict[str, float]:
         return self.membership.totals(own, which)

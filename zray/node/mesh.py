@@ -35,11 +35,10 @@ class MeshDoor:
         self.socket = context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.socket.setsockopt(zmq.LINGER, 0)
-        # No high-water mark: what is in flight to a peer is bounded where it starts (an
-        # owner sends a lease at most so many tasks ahead; leases are few), and a send
-        # that blocked or dropped at a mark would stall this loop or lose an answer.
-        self.socket.setsockopt(zmq.SNDHWM, 0)
-        self.socket.setsockopt(zmq.RCVHWM, 0)
+        # What is in flight each way is bounded by credit windows (zray/mesh/window.py)
+        # below this mark, so a send never meets it: none blocks this loop, none is lost.
+        self.socket.setsockopt(zmq.SNDHWM, 1000)
+        self.socket.setsockopt(zmq.RCVHWM, 1000)
         secure_server(self.socket, host, credentials)
         self.gatekeeper = Gatekeeper(context, credentials)
         self.gatekeeper.watch(self.socket)

@@ -35,6 +35,7 @@ import zmq
 from zray import protocol as p
 from zray.exceptions import ZrayError
 from zray.mesh.auth import Credentials, secure_client
+from zray.mesh.window import ReceiveWindow, SendWindow
 from zray.node import failures
 from zray.node.launcher import direct_endpoint
 from zray.node.membership import NodeInfo
@@ -42,6 +43,8 @@ from zray.objects.serialization import serialize
 from zray.rate_limit import RateLimitedLog
 
 log = logging.getLogger("zray.relay")
+
+_HWM = 1000  # every mesh socket's high-water mark; credit windows stay below it
 
 
 @dataclass
@@ -57,17 +60,25 @@ class Relay:
                  credentials: Credentials, door: zmq.Socket, budget: int,
                  read_store: Callable[[int, int], bytes],
                  release: Callable[[bytes, bytes], None],
-                 send_worker: Callable[[bytes, list[bytes], str], None]) -> None:
+                 send_worker: Callable[[bytes, list[bytes], str], None],
+                 window: int = 512) -> None:
         """``door``: this node's mesh ROUTER (answers to peers go out on it);
         ``read_store(offset, size)``: bytes of this node's store; ``release(holder,
         object_id)``: let go of an object (a result copied out); ``send_worker(worker,
-        message, kind)``: to a worker of this node, on its "t" or "d" socket."""
+        message, kind)``: to a worker of this node, on its "t" or "d" socket; ``window``:
+        messages in flight each way on each connection."""
         self.context, self.node_id, self.agent_endpoint = context, node_id, agent_endpoint
         self.credentials, self.door, self.budget = credentials, door, budget
         self.read_store, self.release, self.send_worker = read_store, release, send_worker
         self.complaints = RateLimitedLog(log)
         self.counts: Counter[str] = Counter()  # messages relayed, by direction (zray status)
+        self.window = window
         self.links: dict[bytes, zmq.Socket] = {}  # peer node -> DEALER to its door
+        # Each direction of each connection has a credit window (zray/mesh/window.py).
+        self._link_out: dict[bytes, SendWindow] = {}  # peer node -> our sends to it
+        self._link_in: dict[bytes, ReceiveWindow] = {}  # peer node -> its answers to us
+        self._door_out: dict[bytes, SendWindow] = {}  # peer's identity -> our answers
+        self._door_in: dict[bytes, ReceiveWindow] = {}  # peer's identity -> its sends
         # Origin side: leases asked of peers for our owners, and the proxies of their
         # workers (t- and d-sockets here, read by us).
         self.leases: dict[bytes, RemoteLease] = {}
@@ -120,8 +131,15 @@ class Relay:
         (kind "owner": from the agent; "d": the frames, to its direct socket; "log": its
         drivers)."""
         out: list[tuple[bytes, str, p.Message | list[bytes]]] = []
+        node = next(n for n, s in self.links.items() if s is sock)
         while p.has_input(sock):
             frames = sock.recv_multipart()
+            if _is_credit(frames):
+                self._on_credit(self._link_out.get(node), frames)
+                continue
+            credit = self._link_in[node].handled()
+            if credit:
+                sock.send_multipart(p.encode(p.Credit(credit)))
             envelope = self._envelope(frames)
             if envelope is None:
                 continue
@@ -173,10 +191,9 @@ class Relay:
                 continue
             if any(a is not b for a, b in zip(inlined, messages, strict=True)):
                 frames = p.encode(p.one_or_batch(inlined))
-            link = self.links.get(node)
-            if link is not None:
+            if node in self._link_out:
                 self.counts["to peers"] += 1
-                link.send_multipart([*p.encode(p.Relayed(worker, kind)), *frames])
+                self._link_out[node].send([*p.encode(p.Relayed(worker, kind)), *frames])
 
     def _inline_arguments(self, msg: p.Message) -> p.Message:
         if not isinstance(msg, p.ExecuteTask) or all(loc[1] is not None for loc in msg.deps):
@@ -199,6 +216,15 @@ class Relay:
         """A relayed message that came to our door: sent on to a worker of ours here (as
         it is), or (owner, message) for the agent to handle (an owner's lease request or
         return)."""
+        if _is_credit(frames):
+            self._on_credit(self._door_out.get(identity), frames)
+            return None
+        window = self._door_in.get(identity)
+        if window is None:
+            window = self._door_in[identity] = ReceiveWindow(self.window)
+        credit = window.handled()
+        if credit:
+            self._door_raw(identity, p.encode(p.Credit(credit)))
         envelope = self._envelope(frames)
         if envelope is None:
             return None
@@ -237,10 +263,28 @@ class Relay:
 
     def _door_send(self, identity: bytes, owner: bytes, kind: str, frames: list) -> None:
         self.counts["to peers"] += 1
+        window = self._door_out.get(identity)
+        if window is None:
+            window = self._door_out[identity] = SendWindow(
+                self.window, lambda framed: self._door_raw(identity, framed))
+        window.send([*p.encode(p.Relayed(owner, kind)), *frames])
+
+    def _door_raw(self, identity: bytes, frames: list) -> None:
         try:
-            self.door.send_multipart([identity, *p.encode(p.Relayed(owner, kind)), *frames])
+            self.door.send_multipart([identity, *frames])
         except zmq.ZMQError as exc:  # its agent is gone (node failure: a later issue's)
-            self.complaints.warning("door", "could not relay to %s: %s", owner.hex()[:8], exc)
+            self.complaints.warning("door", "could not relay to %s: %s", identity.hex()[:8],
+                                    exc)
+
+    def _on_credit(self, window: SendWindow | None, frames: list[bytes]) -> None:
+        msg = self._message(frames)
+        if window is not None and isinstance(msg, p.Credit):
+            window.granted(msg.count)
+
+    @property
+    def queued(self) -> int:
+        """Messages waiting for credit, all peers together (zray status)."""
+        return sum(len(w.queued) for w in [*self._link_out.values(), *self._door_out.values()])
 
     def on_owner_proxy(self, sock: zmq.Socket) -> None:
         """A worker of ours answered an owner elsewhere: results in our store go inline."""
@@ -290,20 +334,23 @@ class Relay:
             sock = self.links[node.node_id] = self.context.socket(zmq.DEALER)
             sock.setsockopt(zmq.IDENTITY, self.node_id)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, 0)  # (bounded where it starts: see MeshDoor)
-            sock.setsockopt(zmq.RCVHWM, 0)
+            sock.setsockopt(zmq.SNDHWM, _HWM)  # (above the credit window: never reached)
+            sock.setsockopt(zmq.RCVHWM, _HWM)
             endpoint = f"tcp://{node.address}"
             secure_client(sock, endpoint, self.credentials)
             sock.connect(endpoint)
+            self._link_out[node.node_id] = SendWindow(self.window, sock.send_multipart)
+            self._link_in[node.node_id] = ReceiveWindow(self.window)
         return sock
 
     def _to_peer(self, node: NodeInfo, envelope: p.Relayed, msg: p.Message) -> None:
-        self.link_to(node).send_multipart([*p.encode(envelope), *p.encode(msg)])
+        self.link_to(node)
+        self._send_link(node.node_id, envelope, msg)
 
     def _send_link(self, node_id: bytes, envelope: p.Relayed, msg: p.Message) -> None:
-        sock = self.links.get(node_id)
-        if sock is not None:
-            sock.send_multipart([*p.encode(envelope), *p.encode(msg)])
+        window = self._link_out.get(node_id)
+        if window is not None:
+            window.send([*p.encode(envelope), *p.encode(msg)])
 
     def _envelope(self, frames: list[bytes]) -> p.Relayed | None:
         try:
@@ -348,6 +395,10 @@ class Relay:
             self._close(sock)
         for sock in self.links.values():
             sock.close(linger=0)
+
+
+def _is_credit(frames: list[bytes]) -> bool:
+    return len(frames) == 1 and frames[0][1:2] == bytes((p.Credit.op,))
 
 
 def _replace(msg: p.Message, **fields: object) -> p.Message:
