@@ -165,3 +165,92 @@ def test_a_second_driver_uses_a_named_detached_actor(three_nodes: Cluster) -> No
     assert other.stdout.split() == ["11"]
     assert zray.get(tally.add.remote(1)) == 12  # (the detached actor outlived that driver)
     zray.kill(tally)
+
+
+@zray.remote
+class Keeper:
+    def __init__(self, start: int) -> None:
+        self.total = start
+
+    def add(self, n: int) -> int:
+        self.total += n
+        return self.total
+
+    def node(self) -> str:
+        return zray.get_runtime_context().get_node_id()
+
+    def shout(self, text: str) -> None:
+        print(text)
+
+
+@zray.remote
+def add_from_a_task(n: int) -> tuple[str, int]:
+    keeper = zray.get_actor("keeper", namespace="keepers")  # (found through the GCS)
+    return zray.get_runtime_context().get_node_id(), zray.get(keeper.add.remote(n))
+
+
+def test_an_actor_is_placed_by_resources_and_called_from_everywhere(
+        three_nodes: Cluster, capfd: pytest.CaptureFixture[str]) -> None:
+    """An actor that needs the resource only the third node has lives there; the driver
+    and tasks on the other nodes call it, its state kept, each caller's calls in order."""
+    keeper = Keeper.options(resources={"special": 1}, name="keeper",
+                            namespace="keepers").remote(100)
+    assert zray.get(keeper.node.remote()) == three_nodes.worker_nodes[1].node_id
+    assert zray.get([keeper.add.remote(1) for _ in range(20)]) == list(range(101, 121))
+    big = zray.put(list(range(50_000)))  # an argument by ref, from this node's store
+    assert zray.get(keeper.add.remote(zray.get(big)[-1])) == 120 + 49_999
+    others = [n.node_id for n in (three_nodes.head_node, three_nodes.worker_nodes[0])]
+    from zray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    calls = [add_from_a_task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        node, soft=False)).remote(1) for node in others]
+    ran = zray.get(calls)
+    assert [node for node, _ in ran] == others
+    assert sorted(total for _, total in ran) == [120 + 49_999 + 1, 120 + 49_999 + 2]
+    zray.get(keeper.shout.remote("from the keeper"))
+    deadline, out = time.monotonic() + 10, ""
+    while "from the keeper" not in out and time.monotonic() < deadline:
+        out += capfd.readouterr().out
+    assert f"node={three_nodes.worker_nodes[1].address}" in out
+    with pytest.raises(zray.exceptions.ZrayError, match="cannot keep its hard affinity"):
+        add_from_a_task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            others[1], soft=False)).remote([keeper])  # (a handle nested in a value)
+    zray.kill(keeper)
+
+
+def test_actor_strategies(three_nodes: Cluster) -> None:
+    from zray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    for node in three_nodes.list_all_nodes():
+        pinned = Keeper.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            node.node_id, soft=False)).remote(0)
+        assert zray.get(pinned.node.remote()) == node.node_id
+    spread = [Keeper.options(scheduling_strategy="SPREAD").remote(0) for _ in range(3)]
+    assert len({zray.get(k.node.remote()) for k in spread}) == 3
+    nowhere = Keeper.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        "ab" * 8, soft=False)).remote(0)
+    with pytest.raises(zray.exceptions.ActorUnschedulableError, match="not a node"):
+        zray.get(nowhere.add.remote(1), timeout=30)
+
+
+def test_a_drivers_actor_elsewhere_ends_with_the_driver(three_nodes: Cluster) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    import psutil
+
+    other = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import os, zray
+        zray.init(address="auto")
+        @zray.remote(resources={"special": 1})
+        class Pid:
+            def pid(self):
+                return os.getpid()
+        print(zray.get(Pid.remote().pid.remote()))
+    """)], capture_output=True, text=True, timeout=60)  # (exits without shutdown)
+    assert other.returncode == 0, other.stderr
+    pid = int(other.stdout.split()[-1])
+    deadline = time.monotonic() + 20
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the actor outlived its driver"
+        time.sleep(0.05)

@@ -37,7 +37,7 @@ import zmq
 from zray import protocol as p
 from zray.actors.caller import ActorCaller
 from zray.config import Config
-from zray.exceptions import GetTimeoutError, NodeDiedError, ObjectStoreFullError
+from zray.exceptions import GetTimeoutError, NodeDiedError, ObjectStoreFullError, ZrayError
 from zray.ids import (
     TaskID,
     WorkerID,
@@ -451,6 +451,8 @@ class CoreClient:
             blob, deps, contained, keep_alive = encode_arguments(
                 name, args, kwargs, inline_max, self.config.max_refs_per_value,
                 self._put_serialized)
+        if fn is not None and not actor_id and direct_deps is None:
+            self._check_runs_here(name, options.strategy)
         job_id = self.context.job_id
         notice = p.SubmitTask(  # a direct task's arguments go to its worker, not the agent
             task_id, job_id, fn.function_id if fn else b"", name,
@@ -482,6 +484,18 @@ class CoreClient:
                 options.retry_filter, options.max_retries, options.resources, deps,
                 options.strategy))
         return task_id, refs
+
+    def _check_runs_here(self, name: str, strategy: dict[str, Any]) -> None:
+        """A task sent through the agent runs on this node in this version (its arguments
+        hold refs nested in values, or one is not ready here): a hard affinity to another
+        node is refused at once rather than broken."""
+        node = strategy.get("node")
+        if node and not strategy.get("soft") and node != self.node_id.hex():
+            raise ZrayError(
+                f"{name}: a task whose arguments hold refs or actor handles nested inside "
+                "values, or are not ready yet, runs on its submitter's node in this version, "
+                f"so it cannot keep its hard affinity to node {node[:16]}; pass those refs "
+                "as top-level arguments once ready, or use soft=True")
 
     def _dep_locations(self, deps: list[bytes], own_on_the_way: bool = True
                        ) -> list[p.Location | None] | None:

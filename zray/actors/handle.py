@@ -17,6 +17,7 @@ from zray.objects.serialization import record_contained_ref
 from zray.options import resolved, validate
 from zray.remote_function import task_options
 from zray.specs import FunctionDescriptor, TaskOptions
+from zray.util.scheduling_strategies import as_wire
 
 _NUM_RETURNS_ATTR = "__zray_num_returns__"
 
@@ -75,6 +76,7 @@ class ActorClass:
             "max_task_retries": _unlimited(resolved(options, "max_task_retries")),
             "max_concurrency": resolved(options, "max_concurrency")
             or (1000 if self._is_async else 1),
+            "strategy": as_wire(options.get("scheduling_strategy")),
         }
         actor_id, _ = client.submit(self._descriptor, f"{self._name}.__init__", args, kwargs,
                                     TaskOptions(0, resources, 0, b""),

@@ -45,6 +45,7 @@ class ActorManager:
         self.agent = agent
         self.directory = ActorDirectory()
         self.refused: dict[bytes, str] = {}  # actor id -> why its creation was refused
+        self.unschedulable: dict[bytes, str] = {}  # actor id -> why no node may hold it
         self.calls: dict[bytes, Actor] = {}  # task id of a queued or running call -> actor
         self.waits: dict[bytes, list[Task]] = {}  # object id -> creations/calls waiting on it
         self.starting: dict[int, Actor] = {}  # pid of a worker being started -> its actor
@@ -59,6 +60,11 @@ class ActorManager:
         options = task.spec.actor_options
         if not options.get("namespace"):  # as in Ray: the namespace of the creator's job
             options["namespace"] = self.agent.clients.namespaces.get(task.spec.job_id, "")
+        why = options.pop("unschedulable", "") or self._unplaceable(options.get("strategy"))
+        if why:  # (its calls fail with ActorUnschedulableError)
+            self.unschedulable[task.spec.actor_id] = f"{options['class_name']}: {why}"
+            self.agent.release_task_args(task)
+            return
         actor = self.directory.create(task)
         if isinstance(actor, str):
             self.refused[task.spec.actor_id] = actor
@@ -119,6 +125,17 @@ class ActorManager:
             actor.creation.move(new)
             self.agent.gcs.record_task(actor.creation)
 
+    def _unplaceable(self, strategy: dict[str, Any] | None) -> str:
+        """Why a private cluster's node may not hold an actor (a hard affinity to another
+        node); a cluster's agent decided before (zray/node/member.py)."""
+        node = (strategy or {}).get("node")
+        if self.agent.member is not None or node in (None, self.agent.node_id.hex()):
+            return ""
+        if strategy and strategy.get("soft"):
+            return ""
+        return (f"its NodeAffinitySchedulingStrategy names node {node[:16]}, not a node of "
+                "this cluster")
+
     def refused_reason(self, actor_id: bytes) -> str:
         return self.refused.pop(actor_id, "")
 
@@ -137,6 +154,10 @@ class ActorManager:
                 task, worker, report)):
             return  # a direct call's report overtook its notice
         actor = self.directory.actors.get(task.spec.actor_id)
+        why = self.unschedulable.get(task.spec.actor_id)
+        if actor is None and why:
+            self.agent.fail_with(task, failures.actor_unschedulable(why))
+            return
         if actor is None:
             cause = self.directory.death_cause(task.spec.actor_id)
             self.agent.fail_with(task, failures.actor_died(task.spec.name, cause))

@@ -44,6 +44,7 @@ from zray.node.member import ClusterMember
 from zray.node.mesh import MeshDoor
 from zray.node.object_manager import ObjectManager
 from zray.node.object_table import ObjectTable
+from zray.node.remote_actors import CannotForward
 from zray.node.scheduler import Scheduler, Task, TaskState
 from zray.node.sessions import end_session
 from zray.node.tasks import TaskManager
@@ -59,6 +60,11 @@ log = logging.getLogger("zray.agent")
 _REFRESH_PENDING_S = 1.0
 _REFRESH_PENDING_ROWS = 200
 _BURST = 512  # messages handled per pass of the agent's loop (a Batch counts its items)
+
+
+# Messages that may concern an actor on another node (zray/node/remote_actors.py).
+_FOR_OTHER_NODES = (p.SubmitTask, p.TaskDone, p.CallsReported, p.KillActor, p.CancelTask,
+                    p.RefsChanged)
 
 
 class Agent:
@@ -116,12 +122,10 @@ class Agent:
                                      where.publish)
             self.member = ClusterMember(
                 self.zmq, self.node_id, door, where, credentials, args.endpoint, config,
-                self.scheduler, self.leases, self._send_here,
-                lambda peer, msg, kind: self.peers.send(peer, msg, kind=kind),
-                lambda owner: [d.client_id for d in self.clients.drivers_of(
-                    self.clients.job_of(owner)) if d.log_to_driver],
+                self.scheduler, self.leases, self, self.objects, self.clients, self.functions,
+                self._send_here, lambda peer, msg, kind: self.peers.send(peer, msg, kind=kind),
                 lambda offset, size: bytes(self.mapping.view[offset:offset + size]),
-                self.objects.release, self._status)
+                self._status)
         self.owner_pidfd = os.pidfd_open(self.owner_pid) if self.owner_pid else -1
         self.ready_file = args.ready_file
         self.supervisor_pid = args.supervisor_pid  # a head's GCS, stopped after us
@@ -304,6 +308,22 @@ class Agent:
 
     def _handle(self, client_id: bytes, msg: p.Message) -> None:
         self.handled[msg.op] += 1
+        client = self.clients.get(client_id)
+        if (self.member is not None and isinstance(msg, _FOR_OTHER_NODES)
+                and client is not None and not client.remote):
+            try:
+                rest = self.member.intercept(client, msg)
+            except CannotForward as exc:
+                assert isinstance(msg, p.SubmitTask)
+                self.fail_with(Task(msg, client_id), exc.error)
+                return
+            if rest is None:
+                return  # (it went to another node)
+            msg = rest
+        self.handle(client_id, msg)
+
+    def handle(self, client_id: bytes, msg: p.Message) -> None:
+        """Handle a client's message (a remote client's too: zray/node/remote_actors.py)."""
         handler = self.handlers.get(type(msg))
         if handler is None:
             self.reject(client_id, msg, "the agent takes no such message from a client")
@@ -373,6 +393,14 @@ class Agent:
             client.worker.worker_id = client_id
             if not self.actors.claim_worker(client_id, msg.pid):
                 self.scheduler.worker_started(client_id)
+
+    def remote_client(self, client_id: bytes, msg: p.Register) -> None:
+        """A caller on another node, of an actor here: a client with no process here (its
+        agent relays for it, and says when it is gone)."""
+        if client_id not in self.clients:
+            client = Client(client_id, msg.kind, msg.pid, msg.job_id, msg.log_to_driver)
+            client.remote = True
+            self.clients.add(client, msg.namespace)
 
     def on_disconnect(self, client_id: bytes, msg: p.Disconnect) -> None:
         client = self.clients[client_id]
@@ -624,6 +652,9 @@ class Agent:
             namespace = msg.args.get("namespace") or self.clients.namespaces.get(
                 self.clients.job_of(client_id), "")
             body = self.actors.lookup(str(msg.args.get("name")), namespace)
+            elsewhere = (self.member.actors.lookup(str(msg.args.get("name")), namespace)
+                         if self.member is not None and "error" in body else None)
+            body = elsewhere or body
         elif msg.what == "actor_created":
             body = {"error": self.actors.refused_reason(bytes.fromhex(msg.args["actor_id"]))}
         elif msg.what == "gcs":  # each shard's link: rows queued, batches in flight, ...
@@ -681,9 +712,11 @@ class Agent:
         prefix = f"{name} pid={worker.pid}"
         if task is not None and self.member is not None:  # (an owner on another node's)
             self.member.output(task.submitter, prefix, stream, lines)
-        for driver in self.clients.drivers_of(task.spec.job_id if task else None):
+        job = (task.spec.job_id if task else actor.creation.spec.job_id if actor else None)
+        for driver in self.clients.drivers_of(job):
             if driver.log_to_driver:
-                self.send(driver.client_id, p.LogLines(prefix, stream, lines))
+                labelled = self.member.labelled(prefix) if driver.remote and self.member else prefix
+                self.send(driver.client_id, p.LogLines(labelled, stream, lines))
         # Kept with the session's logs too: what the workers printed, after the fact.
         mark = " [stderr]" if stream == "stderr" else ""
         self.workers_log.write("".join(f"({prefix}){mark} {line}\n" for line in lines))

@@ -24,6 +24,7 @@ class Client:
     worker: WorkerProcess | None = None
     functions: set[bytes] = field(default_factory=set)  # exported functions it has
     job_row: dict[str, Any] = field(default_factory=dict)  # a driver's job, as the GCS has it
+    remote: bool = False  # a caller on another node, of an actor here (its agent relays)
 
 
 class Clients:

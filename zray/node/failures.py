@@ -10,6 +10,7 @@ import pickletools
 from zray.exceptions import (
     ActorDiedError,
     ActorUnavailableError,
+    ActorUnschedulableError,
     ObjectLostError,
     OwnerDiedError,
     TaskCancelledError,
@@ -74,6 +75,10 @@ def actor_died(call: str, cause: str) -> bytes:
         f"the actor cannot run {call}(): it is dead because {cause}. Create a new actor, or "
         "give it max_restarts (and max_task_retries) to survive process deaths."
     ))
+
+
+def actor_unschedulable(why: str) -> bytes:
+    return _payload(ActorUnschedulableError(f"the actor can be placed on no node: {why}"))
 
 
 def owner_died(name: str, pid: int) -> bytes:

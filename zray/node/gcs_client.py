@@ -89,7 +89,8 @@ class GcsClient:
         self.record("actors", actor.actor_id, {
             "actor_id": actor.actor_id.hex(), "class_name": options.get("class_name"),
             "name": options.get("name"), "namespace": options.get("namespace"),
-            "state": actor.state.name, "pid": actor.worker_pid,
+            "state": actor.state.name, "pid": actor.worker_pid, "node_id": self._node_hex,
+            "methods": options.get("methods", []),
             "restarts_left": actor.restarts_left, "death_cause": actor.death_cause[:500]})
 
     def pump(self) -> None:

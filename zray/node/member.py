@@ -22,16 +22,27 @@ from typing import Any, Protocol
 import zmq
 
 from zray import protocol as p
+from zray.broker.follow import Follower
 from zray.broker.layout import GcsAddress
 from zray.config import Config
 from zray.mesh.auth import Credentials
+from zray.node.clients import Client, Clients
 from zray.node.membership import Membership, NodeInfo
 from zray.node.mesh import MeshDoor
+from zray.node.object_table import ObjectTable
 from zray.node.relay import Relay
+from zray.node.remote_actors import RemoteActors
 from zray.node.scheduler import Scheduler
 from zray.node.spill import Placement, choose_peer, fits, place
 
 _SPILL_SCAN = 64  # queued requests of one shape looked at per pass for spilling
+
+
+class ActorDesk(Protocol):
+    """The agent, as callers on other nodes use its actors: each a remote client."""
+
+    def remote_client(self, client_id: bytes, msg: p.Register) -> None: ...
+    def handle(self, client_id: bytes, msg: p.Message) -> None: ...
 
 
 class LeaseDesk(Protocol):
@@ -45,24 +56,27 @@ class LeaseDesk(Protocol):
 class ClusterMember:
     def __init__(self, context: zmq.Context, node_id: bytes, door: MeshDoor,
                  gcs: GcsAddress, credentials: Credentials, agent_endpoint: str,
-                 config: Config, scheduler: Scheduler, desk: LeaseDesk,
+                 config: Config, scheduler: Scheduler, desk: LeaseDesk, actor_desk: ActorDesk,
+                 objects: ObjectTable, clients: Clients, functions: dict[bytes, bytes],
                  send: Callable[[bytes, p.Message], None],
                  send_direct: Callable[[bytes, p.Message | list[bytes], str], None],
-                 drivers_of_owner: Callable[[bytes], list[bytes]],
                  read_store: Callable[[int, int], bytes],
-                 release: Callable[[bytes, bytes], None],
                  status: Callable[[], dict[str, object]]) -> None:
         """``status``: this node's, for ``zray status`` asking over the mesh."""
         self.node_id, self.door, self.config = node_id, door, config
-        self.scheduler, self.desk = scheduler, desk
+        self.scheduler, self.desk, self.actor_desk = scheduler, desk, actor_desk
+        self.objects, self.clients = objects, clients
         self._send, self._send_direct = send, send_direct
-        self._drivers_of_owner = drivers_of_owner
         self._status = status
         self.membership = Membership(context, gcs, node_id)
         self.relay = Relay(context, node_id, agent_endpoint, credentials, door.socket,
-                           config.message_budget, read_store, release,
+                           config.message_budget, read_store, objects.release,
                            lambda worker, frames, kind: send_direct(worker, frames, kind),
                            config.mesh_window)
+        self.actors = RemoteActors(self.relay, Follower(gcs, "actors", context=context),
+                                   objects, clients, read_store,
+                                   lambda: self.membership.nodes, config.message_budget,
+                                   functions)
         self._load_reported = (0.0, dict(scheduler.available))
         self._turn = 0  # SPREAD's: the next node in turn
 
@@ -71,7 +85,8 @@ class ClusterMember:
         return self.door.address
 
     def sockets(self) -> set[zmq.Socket]:
-        return {self.door.socket, *self.relay.sockets, *self.membership.sockets}
+        return {self.door.socket, *self.relay.sockets, *self.membership.sockets,
+                *self.actors.actor_rows.sockets}
 
     # --- the loop's events ----------------------------------------------------------
 
@@ -96,7 +111,10 @@ class ClusterMember:
                 relay.on_owner_proxy(sock)
             elif sock in self.membership.sockets:
                 self.membership.on_readable(sock)
+            else:
+                self.actors.actor_rows.on_readable(sock)
         self.membership.tick()
+        self.actors.actor_rows.tick()
 
     def _answer_query(self, identity: bytes, frames: list[bytes]) -> None:
         """``zray status`` (a holder of the token) asks this node how it is."""
@@ -114,8 +132,17 @@ class ClusterMember:
         got = self.relay.on_door(identity, frames)
         if got is None:
             return
-        owner, msg = got
-        if isinstance(msg, p.RequestLease):
+        owner, kind, msg = got
+        if kind == "actor":
+            if isinstance(msg, p.Register):
+                self.actor_desk.remote_client(owner, msg)
+            elif owner in self.clients:
+                self.actor_desk.handle(owner, msg)
+        elif kind == "object" and isinstance(msg, p.ObjectsReady) and owner in self.clients:
+            for object_id, data, _, _, is_error in msg.locations:
+                self.objects.put_inline(object_id, self.clients[owner].job_id, data, [], owner,
+                                        is_error)
+        elif isinstance(msg, p.RequestLease):
             self.desk.request(owner, msg)
         elif isinstance(msg, p.ReturnLease):
             self.desk.give_back(owner, msg)
@@ -129,9 +156,10 @@ class ClusterMember:
             self._send_direct(owner, msg, "d")
         elif isinstance(msg, list):
             return
-        elif kind == "log" and isinstance(msg, p.LogLines):
-            for driver in self._drivers_of_owner(owner):
-                self._send(driver, msg)
+        elif kind == "log" and isinstance(msg, p.LogLines) and owner in self.clients:
+            for driver in self.clients.drivers_of(self.clients.job_of(owner)):
+                if driver.log_to_driver:
+                    self._send(driver.client_id, msg)
         elif kind == "owner":
             self._send(owner, msg)
 
@@ -146,7 +174,44 @@ class ClusterMember:
         return self.relay.return_lease(owner, msg)
 
     def owner_gone(self, owner: bytes) -> None:
+        """A client of ours left (its leases and actor handles elsewhere end), or a
+        remote client did (its proxy here goes)."""
         self.relay.owner_gone(owner)
+        self.actors.client_gone(owner)
+        self.relay.remote_owner_gone(owner)
+
+    def intercept(self, client: Client, msg: p.Message) -> p.Message | None:
+        """What of a client's message is for another node goes there (an actor's creation
+        placed there, anything about an actor living there); the rest, or None, is ours."""
+        if isinstance(msg, p.SubmitTask) and msg.actor_options:
+            where, what = self.place_actor(msg)
+            if where == "peer":
+                options = msg.actor_options
+                if not options.get("namespace"):  # (as in Ray: the creator's job's)
+                    options["namespace"] = self.clients.namespaces.get(msg.job_id, "")
+                self.actors.create_there(client, msg, what)
+                return None
+            if where == "refuse":
+                msg.actor_options["unschedulable"] = what
+            return msg
+        return self.actors.intercept(client, msg)
+
+    def place_actor(self, msg: p.SubmitTask) -> Placement:
+        """Where an actor goes: by its strategy, else here while it fits, else the peer
+        with the most room (or one that can ever hold it)."""
+        strategy = msg.actor_options.get("strategy") or {}
+        if strategy:
+            self._turn += bool(strategy.get("spread"))
+            return place(strategy, msg.resources, self.node_id, self.scheduler.total,
+                         self.membership.nodes, self._turn)
+        demand = msg.resources
+        peer = choose_peer(demand, fits(demand, self.scheduler.available),
+                           fits(demand, self.scheduler.total), self.membership.peers(),
+                           self.relay.asked)
+        return ("peer", peer) if peer is not None else ("here", None)
+
+    def labelled(self, prefix: str) -> str:
+        return f"{prefix} node={self.address}"
 
     def output(self, owner: bytes, prefix: str, stream: str, lines: list[str]) -> None:
         """What a worker printed while running an owner's task: to the owner's drivers if
@@ -206,6 +271,7 @@ class ClusterMember:
                 for n in self.membership.nodes.values() if n.node_id != self.node_id]
 
     def close(self) -> None:
+        self.actors.actor_rows.close()
         self.relay.close()
         self.membership.close()
         self.door.close()

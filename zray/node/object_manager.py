@@ -32,6 +32,8 @@ class ObjectManager:
                 self.agent.gcs.record_object(entry, self.agent.node_id)
             self.agent.tasks.object_ready(object_id)
             self.agent.actors.object_ready(object_id)
+            if self.agent.member is not None:  # (an argument of a call elsewhere)
+                self.agent.member.actors.object_ready(object_id)
         by_client: dict[bytes, list[p.Location]] = {}
         for client_id, location in self.table.notify:
             by_client.setdefault(client_id, []).append(location)

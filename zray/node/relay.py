@@ -158,6 +158,8 @@ class Relay:
                 lease = self.leases.pop(msg.lease_id, None)
                 if lease is not None:
                     self._unproxy_worker(lease.worker)
+            elif isinstance(msg, p.ActorAddress) and msg.worker_id:  # (an actor's there)
+                self.proxy_worker(node, msg.worker_id)
             out.append((envelope.target, envelope.kind, msg))
         return out
 
@@ -167,13 +169,23 @@ class Relay:
             return False  # (returned meanwhile: the peer hears of it)
         self.asked[lease.node] -= 1
         lease.worker = msg.worker_id
-        if msg.worker_id not in self._worker_proxies:
-            socks = [self._bind(direct_endpoint(self.agent_endpoint, msg.worker_id, kind))
-                     for kind in ("t", "d")]
-            for sock, kind in zip(socks, ("t", "d"), strict=True):
-                self.proxies[sock] = (lease.node, msg.worker_id, kind)
-            self._worker_proxies[msg.worker_id] = socks
+        self.proxy_worker(lease.node, msg.worker_id)
         return True
+
+    def proxy_worker(self, node: bytes, worker: bytes) -> None:
+        """Bind, here, the task and direct sockets of ``node``'s worker: what our owners
+        send there is relayed to it."""
+        if worker in self._worker_proxies:
+            return
+        socks = [self._bind(direct_endpoint(self.agent_endpoint, worker, kind))
+                 for kind in ("t", "d")]
+        for sock, kind in zip(socks, ("t", "d"), strict=True):
+            self.proxies[sock] = (node, worker, kind)
+        self._worker_proxies[worker] = socks
+
+    def send_to_peer(self, node: bytes, owner: bytes, kind: str, msg: p.Message) -> None:
+        """Relay ``msg`` for ``owner`` to ``node`` (linked already: ``link_to``)."""
+        self._send_link(node, p.Relayed(owner, kind), msg)
 
     def on_proxy(self, sock: zmq.Socket) -> None:
         """What an owner sent a peer's worker: relayed there, with its arguments inline
@@ -212,10 +224,12 @@ class Relay:
 
     # --- peer side: owners elsewhere, our workers ---------------------------------------
 
-    def on_door(self, identity: bytes, frames: list[bytes]) -> tuple[bytes, p.Message] | None:
+    def on_door(self, identity: bytes,
+                frames: list[bytes]) -> tuple[bytes, str, p.Message] | None:
         """A relayed message that came to our door: sent on to a worker of ours here (as
-        it is), or (owner, message) for the agent to handle (an owner's lease request or
-        return)."""
+        it is), or (owner, kind, message) for the agent to handle: kind "lease" (an
+        owner's lease request or return), "actor" (a caller's message about an actor of
+        ours), "object" (an argument of its call)."""
         if _is_credit(frames):
             self._on_credit(self._door_out.get(identity), frames)
             return None
@@ -233,10 +247,10 @@ class Relay:
             self.send_worker(envelope.target, frames[1:], envelope.kind)
             return None
         msg = self._message(frames[1:])
-        if envelope.kind != "lease" or msg is None:
+        if envelope.kind not in ("lease", "actor", "object") or msg is None:
             return None
         owner = envelope.target
-        if isinstance(msg, p.RequestLease):
+        if isinstance(msg, (p.RequestLease, p.Register)):  # (an owner's first message)
             self.via[owner] = identity
             if owner not in self._owner_proxies:
                 sock = self._bind(direct_endpoint(self.agent_endpoint, owner, "d"))
@@ -244,7 +258,7 @@ class Relay:
                 self.by_owner_proxy[sock] = owner
         elif owner not in self.via:
             return None
-        return owner, msg
+        return owner, envelope.kind, msg
 
     def remote_owner_gone(self, owner: bytes) -> None:
         self.via.pop(owner, None)

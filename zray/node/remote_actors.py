@@ -1,0 +1,206 @@
+"""Actors on other nodes: placed by the same rules as tasks, called as if they were here.
+
+An actor lives on one node, its home, where its mailbox and worker are (zray/actors/).
+A caller on another node talks to its own agent as ever; that agent forwards what concerns
+the actor to the home's agent, which takes the caller for a client of its own (a remote
+client: no process of its own to watch, answers relayed back)::
+
+    caller --SubmitTask(actor_id), TaskDone reports, CallsReported, KillActor, CancelTask,
+             RefsChanged of the handle--> its agent --Relayed(caller, "actor")--> home agent
+    caller <--ActorAddress, answers-- its agent <==mesh== home agent, actor's worker
+    caller --direct calls--> t-W proxy at its agent ==mesh==> worker W (zray/node/relay.py)
+
+The arguments a call takes by ref are pushed to the home first (their values, inline: an
+ObjectsReady relayed as kind "object"), at once if they are ready here, else when they
+are; the home's mailbox waits for them, so calls still run in the order they were made.
+A call's answer comes straight to its caller; the caller's report of it is filed here (so
+the refs resolve here) and forwarded (the home's mailbox needs it). Named actors elsewhere
+are found through the GCS's actors table, followed here. No I/O but through the relay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from zray import protocol as p
+from zray.broker.follow import Follower
+from zray.exceptions import ZrayError
+from zray.ids import return_object_id, task_of
+from zray.node.clients import Client, Clients
+from zray.node.membership import NodeInfo
+from zray.node.object_table import ObjectTable
+from zray.node.relay import Relay
+from zray.objects.serialization import serialize
+
+
+@dataclass
+class _Home:
+    node: bytes
+    callers: set[bytes]  # our clients introduced to it
+
+
+class RemoteActors:
+    def __init__(self, relay: Relay, actor_rows: Follower, objects: ObjectTable,
+                 clients: Clients, read_store: Callable[[int, int], bytes],
+                 nodes: Callable[[], dict[bytes, NodeInfo]], budget: int,
+                 functions: dict[bytes, bytes]) -> None:
+        """``functions``: the agent's exported functions and classes, by id (a class goes
+        to the node its actor is created on)."""
+        self.relay, self.actor_rows = relay, actor_rows
+        self.objects, self.clients = objects, clients
+        self.read_store, self.nodes, self.budget = read_store, nodes, budget
+        self.functions = functions
+        self._exported: set[tuple[bytes, bytes]] = set()  # (function id, node)
+        self.homes: dict[bytes, _Home] = {}  # actor id -> where it lives (not here)
+        self.calls: dict[bytes, bytes] = {}  # task id of a call in flight -> actor id
+        self._introduced: set[tuple[bytes, bytes]] = set()  # (client, node)
+        self._pushes: dict[bytes, list[tuple[bytes, bytes]]] = {}  # dep -> (node, client)
+
+    # --- our clients' messages --------------------------------------------------------
+
+    def create_there(self, client: Client, msg: p.SubmitTask, node: NodeInfo) -> None:
+        """An actor's creation goes to ``node``, its home from now on."""
+        self.homes[msg.actor_id] = _Home(node.node_id, set())
+        self._forward(client, msg, node.node_id)
+
+    def intercept(self, client: Client, msg: p.Message) -> p.Message | None:
+        """What of ``msg`` is for an actor elsewhere goes there; the rest (or None) is
+        the agent's to handle."""
+        if isinstance(msg, p.SubmitTask) and msg.actor_id in self.homes:
+            home = self.homes[msg.actor_id]
+            for i in range(msg.num_returns):  # (the answer is filed here: callers here wait)
+                self.objects.expect(return_object_id(msg.task_id, i), msg.job_id,
+                                    client.client_id)
+            self.calls[msg.task_id] = msg.actor_id
+            self._forward(client, msg, home.node)
+            return None
+        if isinstance(msg, p.TaskDone) and msg.task_id in self.calls:
+            actor_id = self.calls.pop(msg.task_id)
+            for object_id, data, _, _, is_error in msg.results:
+                if data is not None:
+                    self.objects.put_inline(object_id, client.job_id, data, [],
+                                            client.client_id, is_error)
+            self._forward(client, msg, self.homes[actor_id].node)
+            return None
+        if isinstance(msg, (p.CallsReported, p.KillActor)) and msg.actor_id in self.homes:
+            self._forward(client, msg, self.homes[msg.actor_id].node)
+            return None
+        if isinstance(msg, p.CancelTask) and task_of(msg.object_id) in self.calls:
+            self._forward(client, msg, self.homes[self.calls[task_of(msg.object_id)]].node)
+            return None
+        if isinstance(msg, p.RefsChanged):
+            return self._split_refs(client, msg)
+        return msg
+
+    def _split_refs(self, client: Client, msg: p.RefsChanged) -> p.Message | None:
+        """Handles of actors elsewhere are counted at their home; the rest here."""
+        by_node: dict[bytes, tuple[list[bytes], list[bytes]]] = {}
+        for held, ids in ((0, msg.added), (1, msg.released)):
+            for object_id in ids:
+                home = self.homes.get(object_id)
+                if home is not None:
+                    by_node.setdefault(home.node, ([], []))[held].append(object_id)
+        if not by_node:
+            return msg
+        for node, (added, released) in by_node.items():
+            self._forward(client, p.RefsChanged(added, released), node)
+        moved = {i for added, released in by_node.values() for i in added + released}
+        rest = p.RefsChanged([i for i in msg.added if i not in moved],
+                             [i for i in msg.released if i not in moved])
+        return rest if rest.added or rest.released else None
+
+    def lookup(self, name: str, namespace: str) -> dict[str, object] | None:
+        """A live named actor elsewhere, from the GCS's actors table (None: none)."""
+        for key, fields in self.actor_rows.rows().items():
+            if (fields.get("name") == name and fields.get("namespace") == namespace
+                    and fields.get("state") not in ("DEAD", None) and fields.get("node_id")):
+                node = bytes.fromhex(fields["node_id"])
+                if node not in self.nodes():
+                    continue
+                self.homes.setdefault(key, _Home(node, set()))
+                return {"actor_id": key.hex(), "class_name": fields.get("class_name"),
+                        "methods": fields.get("methods", [])}
+        return None
+
+    def client_gone(self, client_id: bytes) -> None:
+        """Our client left: each home it talked to drops it (its handles, its calls; a
+        driver's non-detached actors end with it)."""
+        for client, node in [k for k in self._introduced if k[0] == client_id]:
+            self._introduced.discard((client, node))
+            self.relay.send_to_peer(node, client, "actor", p.Disconnect(False))
+
+    def object_ready(self, object_id: bytes) -> None:
+        """An argument of a call elsewhere is ready here: push it to the home."""
+        for node, client in self._pushes.pop(object_id, []):
+            self._push(node, client, object_id)
+
+    # --- forwarding -------------------------------------------------------------------
+
+    def _forward(self, client: Client, msg: p.Message, node: bytes) -> None:
+        info = self.nodes().get(node)
+        if info is None or not info.alive:
+            return  # (its home is gone: what follows is node failure's, a later issue's)
+        self.relay.link_to(info)
+        if (client.client_id, node) not in self._introduced:
+            self._introduced.add((client.client_id, node))
+            self.relay.send_to_peer(node, client.client_id, "actor", p.Register(
+                client.client_id, client.pid, client.kind, client.job_id,
+                client.log_to_driver, self.clients.namespaces.get(client.job_id, "")))
+        if isinstance(msg, p.SubmitTask):
+            fid = msg.function_id
+            if fid and fid in self.functions and (fid, node) not in self._exported:
+                self._exported.add((fid, node))
+                self.relay.send_to_peer(node, client.client_id, "actor", p.ExportFunction(
+                    fid, msg.name, self.functions[fid]))
+            msg = self._with_arguments(client, msg, node)
+        self.relay.send_to_peer(node, client.client_id, "actor", msg)
+
+    def _with_arguments(self, client: Client, msg: p.SubmitTask, node: bytes) -> p.SubmitTask:
+        """Push the call's ref arguments to the home (a direct call's went to the worker
+        in its message: its notice names none). Refs nested in arguments cannot follow."""
+        if msg.contained:
+            raise CannotForward(serialize(ZrayError(
+                f"{msg.name}: refs nested inside the arguments of a call to an actor on "
+                "another node cannot follow it in this version; pass them as top-level "
+                "arguments")).to_bytes())
+        if msg.direct:
+            return p.SubmitTask(*[[] if name in ("deps", "contained") else getattr(msg, name)
+                                  for name in _SUBMIT_FIELDS])
+        for dep in msg.deps:
+            if self.objects.is_ready(dep):
+                self._push(node, client.client_id, dep)
+            else:
+                self._pushes.setdefault(dep, []).append((node, client.client_id))
+        return msg
+
+    def _push(self, node: bytes, client: bytes, object_id: bytes) -> None:
+        entry = self.objects.get(object_id)
+        if entry is None:
+            return
+        data = entry.data if entry.data is not None else self.read_store(entry.offset,
+                                                                        entry.size)
+        if len(data) > self.budget:
+            data = _too_large(object_id, len(data), self.budget)
+            location: p.Location = (object_id, data, 0, len(data), True)
+        else:
+            location = (object_id, data, 0, len(data), entry.is_error)
+        self.relay.send_to_peer(node, client, "object", p.ObjectsReady([location]))
+
+
+_SUBMIT_FIELDS = [name for name in p.SubmitTask.__dataclass_fields__]
+
+
+class CannotForward(Exception):
+    """A call that cannot go to its actor's node: it fails with ``error`` (serialised)."""
+
+    def __init__(self, error: bytes) -> None:
+        super().__init__("cannot forward")
+        self.error = error
+
+
+def _too_large(object_id: bytes, size: int, budget: int) -> bytes:
+    return serialize(ZrayError(
+        f"object {object_id.hex()[:16]} ({size:,} bytes) is over {budget:,} bytes: too "
+        "large to send to an actor on another node in this version")).to_bytes()
+
