@@ -227,7 +227,7 @@ class Agent:
         if totals != self._told_totals:
             self._told_totals = totals
             for client in list(self.clients.by_id.values()):
-                if client.kind != "observer":
+                if client.kind != "observer" and not client.remote:
                     self._send_here(client.client_id, p.ClusterResized(totals))
 
     def on_request_lease(self, client_id: bytes, msg: p.RequestLease) -> None:
@@ -710,10 +710,11 @@ class Agent:
         actor = self.actors.directory.by_worker.get(worker.worker_id)
         name = actor.options["class_name"] if actor else task.spec.name if task else "worker"
         prefix = f"{name} pid={worker.pid}"
-        if task is not None and self.member is not None:  # (an owner on another node's)
-            self.member.output(task.submitter, prefix, stream, lines)
         job = (task.spec.job_id if task else actor.creation.spec.job_id if actor else None)
-        for driver in self.clients.drivers_of(job):
+        drivers = self.clients.drivers_of(job)  # (a driver elsewhere with an actor here too)
+        if task is not None and self.member is not None and not drivers:
+            self.member.output(task.submitter, prefix, stream, lines)  # (a lease's owner's)
+        for driver in drivers:
             if driver.log_to_driver:
                 labelled = self.member.labelled(prefix) if driver.remote and self.member else prefix
                 self.send(driver.client_id, p.LogLines(labelled, stream, lines))
