@@ -26,12 +26,12 @@ from zray.node.sessions import (
     live_sessions,
     newest,
 )
-from zray.version import __version__
+from zray.version import version
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zray", description="zray cluster tools")
-    parser.add_argument("--version", action="version", version=f"zray {__version__}")
+    parser.add_argument("--version", action="version", version=f"zray {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     inspect = sub.add_parser("inspect", help="list a GCS table (live, or from the logs)",
                              description=table_view.__doc__,

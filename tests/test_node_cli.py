@@ -21,7 +21,7 @@ import zray
 from zray import protocol as p
 from zray.mesh.auth import Credentials, new_token, secure_client, write_token
 from zray.mesh.records import token_path
-from zray.version import __version__
+from zray.version import version
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -146,7 +146,7 @@ def test_the_door_admits_only_the_clusters_credentials(nodes_stopped: None,
             sock.setsockopt(zmq.LINGER, 0)
             setup(sock)
             sock.connect(endpoint)
-            sock.send_multipart(p.encode(p.Hello(b"", __version__, p.PROTOCOL_VERSION)))
+            sock.send_multipart(p.encode(p.Hello(b"", version(), p.PROTOCOL_VERSION)))
         answered = {name for name, sock in sockets.items() if sock.poll(2000)}
         assert answered == {"the right token"}
         assert isinstance(p.decode(sockets["the right token"].recv_multipart()), p.Welcome)

@@ -1,8 +1,16 @@
-"""zray's version, one definition: the installed package's (pyproject.toml)."""
+"""zray's version, one definition: the installed package's (pyproject.toml).
 
-from importlib import metadata
+Read when asked (importlib.metadata is slow to import, and most processes never ask).
+"""
 
-try:
-    __version__ = metadata.version("zray")
-except metadata.PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "0+unknown"
+import functools
+
+
+@functools.cache
+def version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("zray")
+    except metadata.PackageNotFoundError:  # run from a source tree never installed
+        return "0+unknown"

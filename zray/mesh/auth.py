@@ -28,12 +28,12 @@ import logging
 import os
 import secrets
 import socket as stdlib_socket
+import struct
 import threading
 from dataclasses import dataclass
 
 import zmq
 from zmq.utils import z85
-from zmq.utils.monitor import parse_monitor_message
 
 from zray.exceptions import ZrayError
 from zray.rate_limit import RateLimitedLog
@@ -50,6 +50,14 @@ _USER = b"zray"
 _TOKEN_HEX_CHARS = 64
 _HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                        | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
+
+def monitor_event(frames: list[bytes]) -> tuple[int, int, str]:
+    """A socket monitor's message (libzmq's layout: a 16-bit event and a 32-bit value, then
+    the endpoint): (event, value, endpoint). Parsed here, not by pyzmq's helper, whose
+    module imports asyncio into every process that binds TCP."""
+    event, value = struct.unpack("<HI", frames[0][:6])
+    return event, value, frames[1].decode(errors="replace") if len(frames) > 1 else ""
 
 
 def new_token() -> str:
@@ -242,11 +250,10 @@ class Gatekeeper(threading.Thread):
         return f"mechanism {mechanism.decode(errors='replace')} is not accepted"
 
     def _on_monitor_event(self, frames: list[bytes]) -> None:
-        event = parse_monitor_message(frames)
-        if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        event, value, endpoint = monitor_event(frames)
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             return  # (logged by _answer, with the peer's address)
         self.refused += 1
         self._complaints.warning("handshake", "refused a connection on %s: its handshake "
                                  "failed (no credentials, or another security mechanism; "
-                                 "error %#x)", event["endpoint"].decode(errors="replace"),
-                                 event["value"])
+                                 "error %#x)", endpoint, value)

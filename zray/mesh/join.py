@@ -15,12 +15,11 @@ from __future__ import annotations
 import time
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from zray import protocol as p
 from zray.exceptions import ZrayError
-from zray.mesh.auth import Credentials, secure_client
-from zray.version import __version__
+from zray.mesh.auth import Credentials, monitor_event, secure_client
+from zray.version import version
 
 __all__ = ["VERSION_REFUSED", "hello", "parse_address"]
 
@@ -52,7 +51,7 @@ def hello(address: str, credentials: Credentials, timeout_s: float,
         sock.setsockopt(zmq.LINGER, 0)
         secure_client(sock, endpoint, credentials)
         sock.connect(endpoint)
-        sock.send_multipart(p.encode(p.Hello(node_id, __version__, p.PROTOCOL_VERSION)))
+        sock.send_multipart(p.encode(p.Hello(node_id, version(), p.PROTOCOL_VERSION)))
         return _answer(sock, monitor, address, timeout_s)
     finally:
         monitor.close(linger=0)
@@ -69,8 +68,8 @@ def _answer(sock: zmq.Socket, monitor: zmq.Socket, address: str,
     while (left := deadline - time.monotonic()) > 0:
         events = dict(poller.poll(int(left * 1000) + 1))
         if monitor in events:
-            event = parse_monitor_message(monitor.recv_multipart())
-            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            event, _, _ = monitor_event(monitor.recv_multipart())
+            if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 raise ZrayError(f"the node at {address} refused this cluster token (a wrong "
                                 "token: use the head's, from its ZRAY_HOME, with --token-file "
                                 "or ZRAY_TOKEN)")

@@ -25,26 +25,21 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from zray import protocol as p
 from zray.actors.manager import ActorManager
-from zray.broker.layout import GcsAddress
 from zray.config import Config
 from zray.ids import new_node_id, return_object_id, short, task_of
 from zray.leasing import Peers
-from zray.mesh.auth import load_credentials
 from zray.node import checks, failures
 from zray.node.clients import Client, Clients
 from zray.node.gcs_client import GcsClient
 from zray.node.leases import LeaseManager
-from zray.node.member import ClusterMember
-from zray.node.mesh import MeshDoor
 from zray.node.object_manager import ObjectManager
 from zray.node.object_table import ObjectTable
-from zray.node.remote_actors import CannotForward
 from zray.node.scheduler import Scheduler, Task, TaskState
 from zray.node.sessions import end_session
 from zray.node.tasks import TaskManager
@@ -52,6 +47,9 @@ from zray.node.worker_pool import WorkerPool, WorkerProcess, stop_process
 from zray.objects.store import Allocator, Mapping, create_arena
 from zray.protocol import has_input
 from zray.rate_limit import RateLimitedLog
+
+if TYPE_CHECKING:  # (a private cluster's agent never imports the cluster side)
+    from zray.node.member import ClusterMember
 
 log = logging.getLogger("zray.agent")
 
@@ -99,9 +97,7 @@ class Agent:
         self.pool = pool  # its first workers were started before the agent imported
         # A node of a cluster (zray node start) has a TCP door and peers; a private
         # cluster's agent talks over ipc only.
-        credentials = (load_credentials(args.token_file, config.encrypt_loopback)
-                       if args.token_file else None)
-        door = MeshDoor(self.zmq, args.listen, credentials) if credentials else None
+        door, credentials = _door(self.zmq, args, config) if args.token_file else (None, None)
         gcs = args.gcs.split(",")
         self.gcs = GcsClient(self.zmq, gcs, self.node_id, config, credentials)
         self.address = door.address if door else ""
@@ -117,6 +113,9 @@ class Agent:
         self.objects.other_pins = self.actors.pin  # handles inside objects keep actors alive
         self.member: ClusterMember | None = None
         if door is not None and credentials is not None:
+            from zray.broker.layout import GcsAddress
+            from zray.node.member import ClusterMember
+
             where = GcsAddress(gcs, args.gcs_publish.split(","), credentials)
             door.welcome = p.Welcome(self.node_id, args.cluster or self.address, gcs,
                                      where.publish)
@@ -311,12 +310,8 @@ class Agent:
         client = self.clients.get(client_id)
         if (self.member is not None and isinstance(msg, _FOR_OTHER_NODES)
                 and client is not None and not client.remote):
-            try:
-                rest = self.member.intercept(client, msg)
-            except CannotForward as exc:
-                assert isinstance(msg, p.SubmitTask)
-                self.fail_with(Task(msg, client_id), exc.error)
-                return
+            rest = self.member.intercept(client, msg, lambda task, error: self.fail_with(
+                Task(task, client_id), error))
             if rest is None:
                 return  # (it went to another node)
             msg = rest
@@ -743,6 +738,16 @@ class Agent:
                 stop_process(self.supervisor_pid, self.config.shutdown_timeout_s)
             if self.ends_session:
                 end_session(self.session, self.config.kept_sessions)
+
+
+def _door(context: zmq.Context, args: argparse.Namespace,
+          config: Config) -> tuple[Any, Any]:
+    """A cluster node's TCP door and the credentials it asks for."""
+    from zray.mesh.auth import load_credentials
+    from zray.node.mesh import MeshDoor
+
+    credentials = load_credentials(args.token_file, config.encrypt_loopback)
+    return MeshDoor(context, args.listen, credentials), credentials
 
 
 def _write_json(path: str, value: object) -> None:

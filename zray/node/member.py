@@ -31,7 +31,7 @@ from zray.node.membership import Membership, NodeInfo
 from zray.node.mesh import MeshDoor
 from zray.node.object_table import ObjectTable
 from zray.node.relay import Relay
-from zray.node.remote_actors import RemoteActors
+from zray.node.remote_actors import CannotForward, RemoteActors
 from zray.node.scheduler import Scheduler
 from zray.node.spill import Placement, choose_peer, fits, place
 
@@ -180,9 +180,11 @@ class ClusterMember:
         self.actors.client_gone(owner)
         self.relay.remote_owner_gone(owner)
 
-    def intercept(self, client: Client, msg: p.Message) -> p.Message | None:
+    def intercept(self, client: Client, msg: p.Message,
+                  fail: Callable[[p.SubmitTask, bytes], None]) -> p.Message | None:
         """What of a client's message is for another node goes there (an actor's creation
-        placed there, anything about an actor living there); the rest, or None, is ours."""
+        placed there, anything about an actor living there); the rest, or None, is ours.
+        ``fail(task, error)``: a call that cannot go fails so."""
         if isinstance(msg, p.SubmitTask) and msg.actor_options:
             where, what = self.place_actor(msg)
             if where == "peer":
@@ -194,7 +196,12 @@ class ClusterMember:
             if where == "refuse":
                 msg.actor_options["unschedulable"] = what
             return msg
-        return self.actors.intercept(client, msg)
+        try:
+            return self.actors.intercept(client, msg)
+        except CannotForward as exc:
+            assert isinstance(msg, p.SubmitTask)
+            fail(msg, exc.error)
+            return None
 
     def place_actor(self, msg: p.SubmitTask) -> Placement:
         """Where an actor goes: by its strategy, else here while it fits, else the peer

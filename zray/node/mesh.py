@@ -22,7 +22,7 @@ from zray.exceptions import ZrayError
 from zray.mesh.auth import Credentials, Gatekeeper, secure_server
 from zray.mesh.join import VERSION_REFUSED, parse_address
 from zray.rate_limit import RateLimitedLog
-from zray.version import __version__
+from zray.version import version
 
 log = logging.getLogger("zray.mesh")
 
@@ -61,7 +61,7 @@ class MeshDoor:
             return None
         if frames[1][0] != p.PROTOCOL_VERSION:
             self._send_raw(peer, [VERSION_REFUSED, (
-                f"this node (zray {__version__}) speaks protocol {p.PROTOCOL_VERSION}, yours "
+                f"this node (zray {version()}) speaks protocol {p.PROTOCOL_VERSION}, yours "
                 f"speaks {frames[1][0]}: run one zray version on every node").encode()])
             return None
         if frames[1][1] != p.Hello.op:
@@ -78,7 +78,7 @@ class MeshDoor:
     def _answer_hello(self, peer: bytes, hello: p.Hello) -> None:
         if hello.protocol != p.PROTOCOL_VERSION:
             reply: p.Message = p.Rejected(p.Hello.op, (
-                f"this node (zray {__version__}) speaks protocol {p.PROTOCOL_VERSION}, yours "
+                f"this node (zray {version()}) speaks protocol {p.PROTOCOL_VERSION}, yours "
                 f"(zray {hello.zray_version}) speaks {hello.protocol}"))
         elif self.welcome is None:
             reply = p.Rejected(p.Hello.op, "this node is still starting; try again")
