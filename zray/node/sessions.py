@@ -98,8 +98,11 @@ def end_session(session: str, kept_sessions: int) -> None:
             destination = ended_path(session)
             os.makedirs(destination, mode=0o700, exist_ok=True)
             for path in keep:  # private: the logs hold pickled functions
-                os.chmod(path, 0o600)
-                shutil.move(path, os.path.join(destination, os.path.basename(path)))
+                try:
+                    os.chmod(path, 0o600)
+                    shutil.move(path, os.path.join(destination, os.path.basename(path)))
+                except FileNotFoundError:  # a shard closing its log removed its -wal file
+                    continue
         _forget_old(ended, kept_sessions)
     except OSError as exc:  # the logs are lost; the session's sockets and files go all the same
         logging.getLogger(__name__).warning(
