@@ -307,18 +307,12 @@ class Agent:
 
     def _handle(self, client_id: bytes, msg: p.Message) -> None:
         self.handled[msg.op] += 1
-        client = self.clients.get(client_id)
-        if (self.member is not None and isinstance(msg, _FOR_OTHER_NODES)
-                and client is not None and not client.remote):
-            rest = self.member.intercept(client, msg, lambda task, error: self.fail_with(
-                Task(task, client_id), error))
-            if rest is None:
-                return  # (it went to another node)
-            msg = rest
-        self.handle(client_id, msg)
+        self.handle(client_id, msg, here=False)
 
-    def handle(self, client_id: bytes, msg: p.Message) -> None:
-        """Handle a client's message (a remote client's too: zray/node/remote_actors.py)."""
+    def handle(self, client_id: bytes, msg: p.Message, here: bool = True) -> None:
+        """Handle a client's message, checked; what of it concerns another node goes
+        there unless ``here`` (a remote client's, whose own agent decided that already:
+        zray/node/remote_actors.py)."""
         handler = self.handlers.get(type(msg))
         if handler is None:
             self.reject(client_id, msg, "the agent takes no such message from a client")
@@ -328,6 +322,12 @@ class Agent:
             self.reject(client_id, msg, reason)
             return
         try:
+            if not here and self.member is not None and isinstance(msg, _FOR_OTHER_NODES):
+                rest = self.member.intercept(self.clients[client_id], msg, lambda task, error:
+                                             self.fail_with(Task(task, client_id), error))
+                if rest is None:
+                    return  # (it went to another node)
+                msg = rest
             handler(client_id, msg)
         except Exception as exc:  # one message (untrusted, or a bug) must not stop the node
             log.debug("failed to handle %s", type(msg).__name__, exc_info=True)
