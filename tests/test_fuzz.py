@@ -688,6 +688,8 @@ def test_wrong_messages_get_an_error_reply(tmp_path: Any) -> None:
         # (the whole suite, CI) 3 s was seen to run out for the last few.
         deadline = time.monotonic() + 10.0
         for target, name, sock, _ in probes:
+            if silent(target, name):
+                continue  # (no answer is due: none is waited for)
             if not sock.poll(max(0, int((deadline - time.monotonic()) * 1000))):
                 unanswered.setdefault(target, []).append(name)
         cluster = zray.api._cluster
@@ -699,8 +701,5 @@ def test_wrong_messages_get_an_error_reply(tmp_path: Any) -> None:
         fuzzer.close()
         keep_log(tmp_path)
         stop_cluster()
-    unanswered = {target: [n for n in names if not silent(target, n)]
-                  for target, names in unanswered.items()}
-    unanswered = {target: names for target, names in unanswered.items() if names}
     assert not unanswered, "well-formed but wrong messages that got no reply:\n" + "\n".join(
         f"{target}: {', '.join(names)}" for target, names in unanswered.items())
