@@ -17,6 +17,7 @@ import sys
 import time
 from typing import Any
 
+from zray.broker.layout import GcsAddress
 from zray.broker.reader import TableView
 
 TABLES = ("tasks", "objects", "actors", "nodes", "jobs", "functions")
@@ -127,13 +128,13 @@ def print_task(rows: list[dict[str, Any]], prefix: str, as_json: bool) -> int:
     return 0
 
 
-def follow(session: str, shards: int, table: str, args: argparse.Namespace) -> int:
+def follow(gcs: GcsAddress, table: str, args: argparse.Namespace) -> int:
     """Print each change of ``table`` as the shards publish it (zray/broker/follow.py): a
     line per row changed, with the columns of the table."""
     from zray.broker.follow import Follower
-    from zray.broker.layout import gcs_address
 
-    follower = Follower(gcs_address(session, shards), table)
+    shards = len(gcs.shards)
+    follower = Follower(gcs, table)
     until = time.monotonic() + args.follow_for if args.follow_for else None
     said = False
     try:

@@ -16,7 +16,8 @@ import sys
 from zray_cli import inspect as table_view
 from zray_cli import node as node_command
 
-from zray.broker.reader import TableView, read_session, read_wal, shard_count
+from zray.broker.layout import GcsAddress
+from zray.broker.reader import TableView, read_live, read_session, read_wal, shard_count
 from zray.config import Config
 from zray.exceptions import ZrayError
 from zray.node.sessions import (
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--session", help="session directory (default: the newest running "
                        "cluster's, else the newest ended one's in ZRAY_HOME)")
     where.add_argument("--wal", help="read this write-ahead log file (post-mortem)")
+    where.add_argument("--address", help="a node of a running cluster (HOST:PORT): read "
+                       "its GCS over the network (elsewhere: set ZRAY_TOKEN)")
     timeline = sub.add_parser("timeline", help="write the tasks of a session as a Chrome "
                               "trace (open it in Perfetto)")
     timeline.add_argument("-o", "--output", default="timeline.json", help="the trace file")
@@ -128,11 +131,11 @@ def _inspect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for note in view.notes:  # (stdout stays parseable)
         print(f"zray inspect: {note}", file=sys.stderr)
     if args.follow:
-        if args.table == "task" or args.wal or not view.shards:
+        if args.table == "task" or view.gcs is None:
             print("zray inspect: --follow follows a table of a running session",
                   file=sys.stderr)
             return 1
-        return table_view.follow(view.session, view.shards, table, args)
+        return table_view.follow(view.gcs, table, args)
     if args.table == "task":
         code = table_view.print_task(rows, args.id, args.json)
     elif args.json:
@@ -162,10 +165,35 @@ def _read(args: argparse.Namespace, table: str) -> TableView:
     limit = args.limit if args.limit and not filtered and args.table != "task" else None
     if args.wal:
         return read_wal(args.wal, table, limit, history)
+    if args.address:
+        return read_live(_cluster_gcs(args.address), table, limit, args.address)
     session, what = _session(args.session)
     view = read_session(session, table, limit, history)
     view.notes.insert(0, f"read {what} {session}")
     return view
+
+
+def _cluster_gcs(address: str) -> GcsAddress:
+    """Where the GCS of the cluster at ``address`` is: from this machine's records, else
+    from the node itself (a Hello, with the token of ZRAY_TOKEN)."""
+    from zray.mesh.auth import Credentials, check_token, load_credentials
+    from zray.mesh.join import hello
+    from zray.mesh.records import find_cluster
+
+    config = Config.from_env()
+    try:
+        cluster = find_cluster(address)
+    except ConnectionError:
+        token = os.environ.get("ZRAY_TOKEN", "").strip()
+        if not token:
+            raise ZrayError(f"no cluster of this machine's has a node at {address}; to read a "
+                            "cluster elsewhere, set ZRAY_TOKEN to its token") from None
+        check_token(token, "ZRAY_TOKEN")
+        credentials = Credentials.from_token(token, config.encrypt_loopback)
+        welcome = hello(address, credentials, config.join_timeout_s)
+        return GcsAddress(welcome.gcs, welcome.gcs_publish, credentials)
+    return GcsAddress(cluster.gcs, cluster.gcs_publish,
+                      load_credentials(cluster.token_path(), config.encrypt_loopback))
 
 
 def _session(given: str | None) -> tuple[str, str]:

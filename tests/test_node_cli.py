@@ -81,6 +81,12 @@ def test_start_join_drive_and_stop_from_the_command_line(nodes_stopped: None) ->
     states = {json.loads(line)["address"]: json.loads(line)["state"]
               for line in rows.stdout.splitlines()}
     assert states == {head: "ALIVE", peer: "ALIVE"}  # the driver left the cluster running
+    elsewhere = zray_cli("inspect", "nodes", "--json", "--address", peer, env={
+        "ZRAY_HOME": os.path.join(HOME, "elsewhere"),  # (no records: as on another machine)
+        "ZRAY_TOKEN": open(token_path(head)).read().strip()})
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert {json.loads(line)["address"] for line in elsewhere.stdout.splitlines()} == {
+        head, peer}
     status = zray_cli("status", "--json")
     assert status.returncode == 0, status.stderr
     nodes = {node["address"]: node for node in json.loads(status.stdout)["nodes"]}
@@ -175,8 +181,6 @@ def _agent_log(address: str) -> str:
         time.sleep(0.05)
     return text
 
-
-assert HOME  # (every node here keeps its records in the test run's own ZRAY_HOME)
 
 
 def test_a_session_directory_too_long_for_sockets_is_refused_at_start(tmp_path: str) -> None:

@@ -35,6 +35,7 @@ class TableView:
     kept_tasks: int = 0  # rows of the tasks table, all of them (``rows`` may be limited)
     session: str = ""  # where it was read from (a session directory), and its shards
     shards: int = 0
+    gcs: GcsAddress | None = None  # a live GCS read (what --follow follows)
 
 
 def shard_count(session: str) -> int:
@@ -51,8 +52,8 @@ def read_session(session: str, table: str, limit: int | None,
         if os.path.exists(os.path.join(session, "agent.sock")):
             return TableView([], notes=["the session's GCS is still starting: nothing yet"])
         raise ZrayError(f"no write-ahead log in {session}: is it a zray session directory?")
-    view = TableView([], session=session, shards=shards)
     gcs = gcs_address(session, shards)
+    view = TableView([], session=session, shards=shards, gcs=gcs)
     replies = [_read_shard(session, gcs, index, table, limit, max_task_history, view)
                for index in range(shards)]
     view.notes += given_up(session)
@@ -62,6 +63,18 @@ def read_session(session: str, table: str, limit: int | None,
         nodes = read_session(session, "nodes", None, max_task_history)
         recorded = sum(int(fields.get("tasks_recorded", 0)) for _, fields, _ in nodes.rows)
         view.dropped_tasks = max(view.dropped_tasks, recorded - view.kept_tasks)
+    return view
+
+
+def read_live(gcs: GcsAddress, table: str, limit: int | None, where: str) -> TableView:
+    """The table from a running GCS over its sockets alone (a cluster whose head runs on
+    another machine: no session directory, no logs here)."""
+    reply = query(gcs.shards, table, limit, timeout_s=5.0, credentials=gcs.credentials)
+    view = TableView(_decoded(reply.rows, table), dropped_tasks=reply.dropped_tasks,
+                     bad_rows=reply.bad_rows, shards=len(gcs.shards), gcs=gcs,
+                     notes=[f"read the running GCS of the cluster at {where}"])
+    view.unread = len(reply.unanswered)
+    view.notes += [f"no answer from {why}" for why in reply.unanswered]
     return view
 
 
