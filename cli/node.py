@@ -18,7 +18,7 @@ from zray.config import Config
 from zray.exceptions import ZrayError
 from zray.mesh.join import parse_address
 from zray.node.resources import default_store_size, node_resources
-from zray.node.start import NodeOptions, start_node, stop_nodes
+from zray.node.start import NodeOptions, start_node, stop_node_group, stop_nodes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     print(node.address, flush=True)
     if args.block:
         _block_until_interrupted()
-        stop_nodes(config)  # (every node here: --block is for one-node-per-machine use)
+        stop_node_group([node], config)  # (this node: others started here run on)
     return 0
 
 

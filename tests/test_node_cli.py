@@ -15,12 +15,13 @@ from collections.abc import Iterator
 
 import pytest
 import zmq
-from conftest import HOME, assert_no_leaks
+from conftest import HOME, RUN_ID, assert_no_leaks
 
 import zray
 from zray import protocol as p
 from zray.mesh.auth import Credentials, new_token, secure_client, write_token
 from zray.mesh.records import token_path
+from zray.node.sessions import arenas, live_sessions
 from zray.version import version
 
 pytestmark = pytest.mark.timeout(120)
@@ -106,6 +107,7 @@ def test_joining_nothing_or_with_a_wrong_token_fails_clearly(nodes_stopped: None
                       env={"ZRAY_JOIN_TIMEOUT_S": "2", "ZRAY_TOKEN": new_token()})
     assert silent.returncode == 1 and "no zray node answers" in silent.stderr
     assert time.monotonic() - began < 10
+    assert not live_sessions(RUN_ID) and not arenas(RUN_ID)  # (a failed start leaves none)
     head = start("--head", "--port", "0")
     wrong = os.path.join(str(tmp_path), "wrong.token")
     write_token(wrong, new_token())

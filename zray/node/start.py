@@ -45,6 +45,7 @@ from zray.node.launcher import check_socket_room, child_env, tail
 from zray.node.sessions import (
     add_processes,
     claim,
+    end_session,
     new_session_dir,
     process_alive,
     reap_dead_sessions,
@@ -71,12 +72,13 @@ def start_node(options: NodeOptions, config: Config) -> NodeRecord:
     reap_dead_sessions(config.kept_sessions)
     port = _free_port(options.host) if options.port == 0 else _check_port(options)
     address = f"{options.host}:{port}"
-    session = new_session_dir(run_id())
+    run = run_id()  # (the session's name and every process it starts carry it)
+    session = new_session_dir(run)
     check_socket_room(session)
     arena = place_arena(f"{os.path.basename(session)}-{os.urandom(8).hex()}",
                         options.store_size, session)
     claim(session, arena.path)
-    env = child_env(config, os.environ.get("ZRAY_RUN_ID") or run_id())
+    env = child_env(config, run)
     started: list[int] = []
     try:
         if options.head:
@@ -104,10 +106,12 @@ def start_node(options: NodeOptions, config: Config) -> NodeRecord:
         add_processes(session, started)
         ready = _await_file(os.path.join(session, "node.json"), agent, config,
                             "the node agent", os.path.join(session, "agent.log"))
-    except BaseException:
+    except BaseException:  # nothing of it stays: its processes, arena and files go
         for pid in reversed(started):
             stop_process(pid, config.shutdown_timeout_s)
-        reap_dead_sessions(config.kept_sessions)
+        if os.path.exists(arena.path):
+            os.unlink(arena.path)
+        end_session(session, config.kept_sessions)
         raise
     if options.head:
         ClusterRecord(address, gcs, publish, time.time()).save()
