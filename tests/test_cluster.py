@@ -70,6 +70,21 @@ def test_tasks_spread_over_three_nodes(three_nodes: Cluster) -> None:
     print("share of tasks per node:", shares)
     assert len(counts) == 3, shares
     assert all(0.20 <= share <= 0.47 for share in shares.values()), shares
+    # The GCS's rows say where each ran (the state API and the timeline of a driver that
+    # joined read the cluster's running GCS).
+    from zray.util.state import list_tasks
+
+    deadline = time.monotonic() + 20
+    while True:
+        rows = [r for r in list_tasks(filters=[("name", "=", "where")], limit=10_000)
+                if r["state"] == "FINISHED"]
+        if len(rows) >= 3000 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    recorded = collections.Counter(row["node_id"] for row in rows)
+    assert set(recorded) == set(counts), (recorded, counts)
+    slices = [e for e in zray.timeline() if e["ph"] == "X" and e["name"] == "where"]
+    assert len({e["pid"] for e in slices}) == 3
 
 
 def test_a_task_needing_a_resource_runs_where_it_is(three_nodes: Cluster) -> None:

@@ -22,12 +22,15 @@ from zray.node.resources import default_store_size, node_resources
 
 if TYPE_CHECKING:
     from zray.actors.handle import ActorHandle
+    from zray.broker.reader import TableView
     from zray.core import CoreClient
+    from zray.mesh.records import ClusterRecord
     from zray.objects.refs import ObjectRef
     from zray.runtime_context import RuntimeContext
 
 _lock = threading.RLock()
-_cluster: LocalCluster | None = None
+_cluster: LocalCluster | None = None  # this driver's private cluster, or
+_joined: ClusterRecord | None = None  # the cluster it joined
 _config = Config()
 
 # Ray keyword arguments that mean nothing to zray: accepted, so ported code runs unchanged.
@@ -98,7 +101,9 @@ def _join(address: str, namespace: str | None, log_to_driver: bool) -> None:
     from zray import core
     from zray.mesh.records import find_cluster, local_node
 
-    node = local_node(find_cluster(address))
+    global _joined
+    _joined = find_cluster(address)
+    node = local_node(_joined)
     client = _connect(node.endpoint, namespace, log_to_driver,
                       lambda: "" if node.alive() else f"the node at {node.address} stopped")
     core.set_current(client)
@@ -126,7 +131,7 @@ def _connect(endpoint: str, namespace: str | None, log_to_driver: bool,
 
 def shutdown() -> None:
     """Stop the private cluster: no process, socket or shared-memory file stays behind."""
-    global _cluster
+    global _cluster, _joined
     with _lock:
         client = _current()
         if client is None:
@@ -138,6 +143,7 @@ def shutdown() -> None:
         if _cluster is not None:
             _cluster.stop()
             _cluster = None
+        _joined = None
 
 
 def is_initialized() -> bool:
@@ -302,13 +308,28 @@ def timeline(filename: str | None = None) -> list[dict[str, Any]] | None:
     events, or written to ``filename`` (then None). Open it in Perfetto."""
     from zray import tracing as trace
 
-    client_for_call()  # (raises if zray is not initialised)
-    assert _cluster is not None
-    events = trace.events(_cluster.session, _config.max_task_history)
+    events = trace.events_of([fields for _, fields, _ in read_table("tasks").rows])
     if filename is None:
         return events
     trace.write(events, filename)
     return None
+
+
+def read_table(table: str) -> TableView:
+    """A GCS table of this driver's cluster: its private cluster's (live, or from the
+    logs), or the running GCS of the cluster it joined."""
+    from zray.broker.reader import read_live, read_session
+
+    client_for_call()  # (raises if zray is not initialised)
+    if _cluster is not None:
+        return read_session(_cluster.session, table, None, _config.max_task_history)
+    assert _joined is not None
+    from zray.broker.layout import GcsAddress
+    from zray.mesh.auth import load_credentials
+
+    gcs = GcsAddress(_joined.gcs, _joined.gcs_publish,
+                     load_credentials(_joined.token_path(), _config.encrypt_loopback))
+    return read_live(gcs, table, None, _joined.address)
 
 
 def _check_timeout(timeout: float | None) -> None:

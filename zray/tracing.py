@@ -19,8 +19,12 @@ _ENDS = ("FINISHED", "FAILED")
 
 def events(session: str, max_task_history: int = 10**9) -> list[dict[str, Any]]:
     """The trace events of every task the session's GCS holds (live, or from its logs)."""
-    rows = [fields for _, fields, _ in read_session(session, "tasks", None,
-                                                    max_task_history).rows]
+    return events_of([fields for _, fields, _ in read_session(session, "tasks", None,
+                                                              max_task_history).rows])
+
+
+def events_of(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The trace events of these task rows (oldest first)."""
     nodes: dict[str, int] = {}
     slices: dict[str, dict[str, Any]] = {}
     trace: list[dict[str, Any]] = []

@@ -166,8 +166,10 @@ class Supervisor:
                       f"given up. Its log: {self.session}/gcs.log; its write-ahead log: "
                       f"{wal_path(self.session, shard.index)}")
             log.error("%s", reason)
-            with open(failed_path(self.session, shard.index), "w") as f:
+            path = failed_path(self.session, shard.index)
+            with open(path + ".new", "w") as f:  # (whole, or not there: readers poll it)
                 f.write(reason + "\n")
+            os.replace(path + ".new", path)
             return
         wait = min(_BACKOFF_S[0] * 2 ** (shard.deaths - 1), _BACKOFF_S[1])
         log.warning("broker shard %d (pid %d) %s; restarting it in %.1fs", shard.index,

@@ -166,7 +166,7 @@ class _TaskRow:
             args = ",".join(f'"{dep.hex()}"' for dep in spec.deps)  # (top-level ref args)
             task.row_head = (
                 f'{{"task_id":"{spec.task_id.hex()}","name":{_json_str(spec.name)},'
-                f'"job_id":"{spec.job_id.hex()}","node_id":"{self.node}",'
+                f'"job_id":"{spec.job_id.hex()}",'
                 f'"parent_task_id":"{spec.parent.hex()}","submitted":{task.submitted!r},'
                 f'"arg_ids":[{args}],')
         times = ",".join(f'"{state}":{us}' for state, us in task.times.items())
@@ -182,7 +182,8 @@ class _TaskRow:
             reason = self.why_pending(task)
             if reason:
                 extra += f',"pending_reason":{_json_str(reason)}'
-        return (f'{task.row_head}"state":"{task.state.name}","attempt":{task.attempt},'
+        return (f'{task.row_head}"node_id":"{task.ran_on or self.node}",'
+                f'"state":"{task.state.name}","attempt":{task.attempt},'
                 f'"times":{{{times}}}{extra}}}')
 
 

@@ -123,6 +123,8 @@ class LeaseManager:
         del self.direct[msg.task_id]
         task.attempt = msg.attempt
         task.pid = msg.pid or task.pid
+        if self.agent.member is not None:
+            task.ran_on = self.agent.member.relay.ran_on(msg.task_id)
         if task.state is TaskState.QUEUED:  # (no TaskStarted: it was short)
             task.move(TaskState.RUNNING, time.time() - msg.seconds)
         task.move(TaskState.FAILED if failures.any_error(msg.results) else TaskState.FINISHED)

@@ -26,7 +26,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -45,6 +45,7 @@ from zray.rate_limit import RateLimitedLog
 log = logging.getLogger("zray.relay")
 
 _HWM = 1000  # every mesh socket's high-water mark; credit windows stay below it
+_SENT_KEPT = 100_000  # tasks sent to peers whose node is remembered for their GCS row
 
 
 @dataclass
@@ -84,6 +85,8 @@ class Relay:
         self.leases: dict[bytes, RemoteLease] = {}
         self.asked = Counter[bytes]()  # peer -> lease requests not answered yet
         self.proxies: dict[zmq.Socket, tuple[bytes, bytes, str]] = {}  # -> node, worker, kind
+        self._sent_to: OrderedDict[bytes, str] = OrderedDict()  # task id -> peer (hex)
+        self._sending_to = ""
         self._worker_proxies: dict[bytes, list[zmq.Socket]] = {}
         # Peer side: owners elsewhere holding leases on our workers, by the door identity
         # of their agent, and the proxies of their direct sockets (here).
@@ -191,6 +194,7 @@ class Relay:
         """What an owner sent a peer's worker: relayed there, with its arguments inline
         (re-encoded only if one was in our store)."""
         node, worker, kind = self.proxies[sock]
+        self._sending_to = node.hex()
         while p.has_input(sock):
             frames = sock.recv_multipart()[1:]
             try:
@@ -207,7 +211,13 @@ class Relay:
                 self.counts["to peers"] += 1
                 self._link_out[node].send([*p.encode(p.Relayed(worker, kind)), *frames])
 
+    def ran_on(self, task_id: bytes) -> str:
+        """The peer (hex id) a task of our owners was sent to run on, or ""."""
+        return self._sent_to.pop(task_id, "")
+
     def _inline_arguments(self, msg: p.Message) -> p.Message:
+        if isinstance(msg, p.ExecuteTask):
+            self._note_sent(msg.task_id)
         if not isinstance(msg, p.ExecuteTask) or all(loc[1] is not None for loc in msg.deps):
             return msg
         deps = [self._inline(loc) for loc in msg.deps]
@@ -215,6 +225,11 @@ class Relay:
             raise ZrayError(f"the arguments of {msg.name} are over {self.budget:,} bytes: "
                             "too large to send to another node in this version")
         return _replace(msg, deps=deps)
+
+    def _note_sent(self, task_id: bytes) -> None:
+        self._sent_to[task_id] = self._sending_to
+        if len(self._sent_to) > _SENT_KEPT:  # (those whose report never came: the oldest)
+            self._sent_to.popitem(last=False)
 
     def _inline(self, location: p.Location) -> p.Location:
         object_id, data, offset, size, is_error = location

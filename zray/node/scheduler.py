@@ -60,6 +60,7 @@ class Task:
     # every task, floats cost more)
     times: dict[str, int] = field(init=False)
     pid: int = 0  # the worker process it ran in last (for the GCS)
+    ran_on: str = ""  # the node it ran on, if not this one (a lease on a peer's worker)
     error: str = ""  # what it raised, "Type: message" (the GCS row)
     # How its GCS row is laid out (zray/node/gcs_client.py), once the GCS has been told of
     # it, and the start of the row, which never changes

@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from zray.broker.reader import read_session
-
 Filter = tuple[str, str, Any]
 
 
@@ -68,12 +66,8 @@ def _list(table: str, filters: list[Filter] | None, limit: int,
     if unknown:
         raise TypeError(f"unknown argument(s): {', '.join(sorted(unknown))}")
     if ray_options.get("address") not in (None, "auto"):
-        raise ValueError("address=: the state API reads this driver's cluster (clusters of "
-                         "several machines come with `zray node start`)")
-    api.client_for_call()  # (raises if zray is not initialised)
-    cluster = api._cluster
-    assert cluster is not None
-    view = read_session(cluster.session, table, None, api._config.max_task_history)
+        raise ValueError("address=: the state API reads this driver's cluster")
+    view = api.read_table(table)
     rows = [dict(fields) for _, fields, _ in view.rows]
     for key, op, value in filters or []:
         if op not in ("=", "!="):
