@@ -111,6 +111,8 @@ def start_node(options: NodeOptions, config: Config) -> NodeRecord:
             stop_process(pid, config.shutdown_timeout_s)
         if os.path.exists(arena.path):
             os.unlink(arena.path)
+        if options.head:
+            _unlink(token_path(address))
         end_session(session, config.kept_sessions)
         raise
     if options.head:
