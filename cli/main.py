@@ -176,7 +176,7 @@ def _read(args: argparse.Namespace, table: str) -> TableView:
 def _cluster_gcs(address: str) -> GcsAddress:
     """Where the GCS of the cluster at ``address`` is: from this machine's records, else
     from the node itself (a Hello, with the token of ZRAY_TOKEN)."""
-    from zray.mesh.auth import Credentials, check_token, load_credentials
+    from zray.mesh.auth import Credentials, check_token
     from zray.mesh.join import hello
     from zray.mesh.records import find_cluster
 
@@ -192,8 +192,7 @@ def _cluster_gcs(address: str) -> GcsAddress:
         credentials = Credentials.from_token(token, config.encrypt_loopback)
         welcome = hello(address, credentials, config.join_timeout_s)
         return GcsAddress(welcome.gcs, welcome.gcs_publish, credentials)
-    return GcsAddress(cluster.gcs, cluster.gcs_publish,
-                      load_credentials(cluster.token_path(), config.encrypt_loopback))
+    return cluster.gcs_address(config.encrypt_loopback)
 
 
 def _session(given: str | None) -> tuple[str, str]:

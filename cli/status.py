@@ -101,12 +101,12 @@ def cluster_status(address: str, timeout_s: float = 5.0) -> dict[str, Any]:
     table; each live one asked over the mesh how it is now."""
     from zray.broker.link import query
     from zray.config import Config
-    from zray.mesh.auth import load_credentials
     from zray.mesh.records import find_cluster, nodes_here
 
     cluster = find_cluster(address)
-    credentials = load_credentials(cluster.token_path(), Config.from_env().encrypt_loopback)
-    rows = query(cluster.gcs, "nodes", timeout_s=timeout_s, credentials=credentials).rows
+    gcs = cluster.gcs_address(Config.from_env().encrypt_loopback)
+    credentials = gcs.credentials
+    rows = query(gcs.shards, "nodes", timeout_s=timeout_s, credentials=credentials).rows
     nodes = []
     for _, fields_json, _, _ in rows:
         row = json.loads(fields_json)
@@ -122,14 +122,11 @@ def cluster_status(address: str, timeout_s: float = 5.0) -> dict[str, Any]:
 
 
 def _ask_node(address: str, credentials: Any, timeout_s: float) -> dict[str, Any]:
-    from zray.mesh.auth import secure_client
+    from zray.mesh.auth import secure_dealer
 
     context = zmq.Context()
-    sock = context.socket(zmq.DEALER)
+    sock = secure_dealer(context, f"tcp://{address}", credentials)
     try:
-        sock.setsockopt(zmq.LINGER, 0)
-        secure_client(sock, f"tcp://{address}", credentials)
-        sock.connect(f"tcp://{address}")
         sock.send_multipart(p.encode(p.QueryAgent(1, "status", {})))
         return dict(json.loads(_answer(sock, p.AgentReply, timeout_s).body_json))
     finally:

@@ -224,6 +224,7 @@ def test_an_actor_is_placed_by_resources_and_called_from_everywhere(
     zray.get(keeper.shout.remote("from the keeper"))
     deadline, out = time.monotonic() + 10, ""
     while "from the keeper" not in out and time.monotonic() < deadline:
+        time.sleep(0.02)
         out += capfd.readouterr().out
     assert f"node={three_nodes.worker_nodes[1].address}" in out
     with pytest.raises(zray.exceptions.ZrayError, match="cannot keep its hard affinity"):

@@ -19,7 +19,7 @@ from conftest import HOME, RUN_ID, assert_no_leaks
 
 import zray
 from zray import protocol as p
-from zray.mesh.auth import Credentials, new_token, secure_client, write_token
+from zray.mesh.auth import Credentials, new_token, secure_client, secure_dealer, write_token
 from zray.mesh.records import token_path
 from zray.node.sessions import arenas, live_sessions
 from zray.version import version
@@ -197,11 +197,8 @@ def test_a_node_refuses_another_protocol_by_name(nodes_stopped: None) -> None:
     head = start("--head", "--port", "0")
     right = Credentials.from_token(open(token_path(head)).read().strip())
     context = zmq.Context()
-    sock = context.socket(zmq.DEALER)
+    sock = secure_dealer(context, f"tcp://{head}", right)
     try:
-        sock.setsockopt(zmq.LINGER, 0)
-        secure_client(sock, f"tcp://{head}", right)
-        sock.connect(f"tcp://{head}")
         sock.send_multipart(p.encode(p.Hello(b"", "0.0.9", p.PROTOCOL_VERSION + 1)))
         assert sock.poll(5000)
         refused = p.decode(sock.recv_multipart())

@@ -324,12 +324,8 @@ def read_table(table: str) -> TableView:
     if _cluster is not None:
         return read_session(_cluster.session, table, None, _config.max_task_history)
     assert _joined is not None
-    from zray.broker.layout import GcsAddress
-    from zray.mesh.auth import load_credentials
-
-    gcs = GcsAddress(_joined.gcs, _joined.gcs_publish,
-                     load_credentials(_joined.token_path(), _config.encrypt_loopback))
-    return read_live(gcs, table, None, _joined.address)
+    return read_live(_joined.gcs_address(_config.encrypt_loopback), table, None,
+                     _joined.address)
 
 
 def _check_timeout(timeout: float | None) -> None:

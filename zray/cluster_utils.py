@@ -90,14 +90,10 @@ class Cluster:
 
     def wait_for_nodes(self, timeout: float = 30) -> None:
         """Return once every node added is alive in the GCS; TimeoutError if not."""
-        from zray.broker.layout import GcsAddress
         from zray.broker.link import query
-        from zray.mesh.auth import load_credentials
         from zray.mesh.records import find_cluster
 
-        cluster = find_cluster(self.address)
-        gcs = GcsAddress(cluster.gcs, cluster.gcs_publish,
-                         load_credentials(cluster.token_path(), self.config.encrypt_loopback))
+        gcs = find_cluster(self.address).gcs_address(self.config.encrypt_loopback)
         wanted = {node.node_id for node in self.list_all_nodes()}
         deadline = time.monotonic() + timeout
         while True:

@@ -392,6 +392,12 @@ def batch(messages: list[Message]) -> Batch:
     return Batch([(m.op, _values_of(m)) for m in messages])
 
 
+def is_message(frames: list[bytes], cls: type[Message]) -> bool:
+    """Whether ``frames`` (after any routing frame) hold a ``cls`` of this protocol, by its
+    header alone (what to decode, or pass on undecoded)."""
+    return bool(frames) and frames[0][:2] == _HEADERS[cls.op]
+
+
 def name_of(op: int) -> str:
     """The name of the message with op code ``op``."""
     cls = _BY_OP.get(op)

@@ -23,7 +23,7 @@ from typing import Any
 import zmq
 
 from zray.broker.layout import GcsAddress
-from zray.mesh.auth import secure_client
+from zray.mesh.auth import secure_client, secure_dealer
 from zray.protocol import (
     ProtocolError,
     Query,
@@ -145,11 +145,8 @@ class Follower:
         if shard.asker is not None:
             self._by_socket.pop(shard.asker, None)
             shard.asker.close(linger=0)
-        shard.asker = self.context.socket(zmq.DEALER)
-        shard.asker.setsockopt(zmq.LINGER, 0)
-        endpoint = self.gcs.shards[shard.index]
-        secure_client(shard.asker, endpoint, self.gcs.credentials)
-        shard.asker.connect(endpoint)
+        shard.asker = secure_dealer(self.context, self.gcs.shards[shard.index],
+                                    self.gcs.credentials)
         shard.asker.send_multipart(encode(Query(1, self.table, 0, b"")))
         shard.asked_at = time.monotonic()
         self._by_socket[shard.asker] = shard

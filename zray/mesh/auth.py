@@ -39,7 +39,7 @@ from zray.exceptions import ZrayError
 from zray.rate_limit import RateLimitedLog
 
 __all__ = ["Credentials", "Gatekeeper", "is_loopback", "load_credentials", "new_token",
-           "read_token",
+           "read_token", "secure_dealer",
            "secure_client", "secure_server", "write_token"]
 
 log = logging.getLogger("zray.auth")
@@ -158,6 +158,17 @@ def secure_client(sock: zmq.Socket, endpoint: str, credentials: Credentials | No
     else:
         sock.setsockopt(zmq.PLAIN_USERNAME, _USER)
         sock.setsockopt(zmq.PLAIN_PASSWORD, credentials.plain_password)
+
+
+def secure_dealer(context: zmq.Context, endpoint: str,
+                  credentials: Credentials | None) -> zmq.Socket:
+    """A DEALER connected to ``endpoint`` with the credentials it asks for (LINGER 0:
+    what is unsent when it closes is dropped)."""
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    secure_client(sock, endpoint, credentials)
+    sock.connect(endpoint)
+    return sock
 
 
 class Gatekeeper(threading.Thread):

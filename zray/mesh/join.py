@@ -37,8 +37,7 @@ def parse_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def hello(address: str, credentials: Credentials, timeout_s: float,
-          node_id: bytes = b"") -> p.Welcome:
+def hello(address: str, credentials: Credentials, timeout_s: float) -> p.Welcome:
     """Say Hello to the node at ``address``; its Welcome, or a ZrayError saying why not."""
     host, port = parse_address(address)
     endpoint = f"tcp://{host}:{port}"
@@ -51,7 +50,7 @@ def hello(address: str, credentials: Credentials, timeout_s: float,
         sock.setsockopt(zmq.LINGER, 0)
         secure_client(sock, endpoint, credentials)
         sock.connect(endpoint)
-        sock.send_multipart(p.encode(p.Hello(node_id, version(), p.PROTOCOL_VERSION)))
+        sock.send_multipart(p.encode(p.Hello(b"", version(), p.PROTOCOL_VERSION)))
         return _answer(sock, monitor, address, timeout_s)
     finally:
         monitor.close(linger=0)

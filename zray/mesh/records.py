@@ -21,8 +21,12 @@ import json
 import os
 import sys
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from zray.node.sessions import process_alive, process_identity, zray_home
+
+if TYPE_CHECKING:
+    from zray.broker.layout import GcsAddress
 
 __all__ = ["ClusterRecord", "NodeRecord", "find_cluster", "local_node", "nodes_here",
            "token_path"]
@@ -40,6 +44,14 @@ class ClusterRecord:
 
     def token_path(self) -> str:
         return token_path(self.address)
+
+    def gcs_address(self, encrypt_loopback: bool = False) -> GcsAddress:
+        """Where its GCS is, with the credentials of its token."""
+        from zray.broker.layout import GcsAddress
+        from zray.mesh.auth import load_credentials
+
+        return GcsAddress(self.gcs, self.gcs_publish,
+                          load_credentials(self.token_path(), encrypt_loopback))
 
 
 @dataclass

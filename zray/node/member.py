@@ -97,7 +97,7 @@ class ClusterMember:
                 got = self.door.on_frames(self.door.socket.recv_multipart())
                 if got is None:
                     pass
-                elif got[1][0][1:2] == bytes((p.QueryAgent.op,)) and len(got[1]) == 1:
+                elif p.is_message(got[1], p.QueryAgent):
                     self._answer_query(*got)
                 else:
                     self._on_relayed_to_us(*got)

@@ -64,7 +64,7 @@ class MeshDoor:
                 f"this node (zray {version()}) speaks protocol {p.PROTOCOL_VERSION}, yours "
                 f"speaks {frames[1][0]}: run one zray version on every node").encode()])
             return None
-        if frames[1][1] != p.Hello.op:
+        if not p.is_message(frames[1:], p.Hello):
             return peer, frames[1:]
         try:
             msg = p.decode(frames[1:])

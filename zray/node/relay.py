@@ -86,7 +86,6 @@ class Relay:
         self.asked = Counter[bytes]()  # peer -> lease requests not answered yet
         self.proxies: dict[zmq.Socket, tuple[bytes, bytes, str]] = {}  # -> node, worker, kind
         self._sent_to: OrderedDict[bytes, str] = OrderedDict()  # task id -> peer (hex)
-        self._sending_to = ""
         self._worker_proxies: dict[bytes, list[zmq.Socket]] = {}
         # Peer side: owners elsewhere holding leases on our workers, by the door identity
         # of their agent, and the proxies of their direct sockets (here).
@@ -103,7 +102,8 @@ class Relay:
     def ask_lease(self, node: NodeInfo, owner: bytes, msg: p.RequestLease) -> None:
         self.leases[msg.lease_id] = RemoteLease(node.node_id, owner, dict(msg.resources))
         self.asked[node.node_id] += 1
-        self._to_peer(node, p.Relayed(owner, "lease"), msg)
+        self.link_to(node)
+        self._send_link(node.node_id, p.Relayed(owner, "lease"), p.encode(msg))
 
     def return_lease(self, owner: bytes, msg: p.ReturnLease) -> bool:
         """An owner gives back a lease: True if it was one of a peer's (sent there)."""
@@ -112,7 +112,7 @@ class Relay:
             return False
         if not lease.worker:
             self.asked[lease.node] -= 1
-        self._send_link(lease.node, p.Relayed(owner, "lease"), msg)
+        self._send_link(lease.node, p.Relayed(owner, "lease"), p.encode(msg))
         self._unproxy_worker(lease.worker)
         return True
 
@@ -127,7 +127,7 @@ class Relay:
                 self._unproxy_worker(lease.worker)
                 nodes.add(lease.node)
         for node in nodes:
-            self._send_link(node, p.Relayed(owner, "lease"), p.Disconnect(False))
+            self._send_link(node, p.Relayed(owner, "lease"), p.encode(p.Disconnect(False)))
 
     def on_link(self, sock: zmq.Socket) -> list[tuple[bytes, str, p.Message | list[bytes]]]:
         """Answers from a peer's agent: (owner, kind, message) for the agent to pass on
@@ -137,7 +137,7 @@ class Relay:
         node = next(n for n, s in self.links.items() if s is sock)
         while p.has_input(sock):
             frames = sock.recv_multipart()
-            if _is_credit(frames):
+            if p.is_message(frames, p.Credit):
                 self._on_credit(self._link_out.get(node), frames)
                 continue
             credit = self._link_in[node].handled()
@@ -188,48 +188,41 @@ class Relay:
 
     def send_to_peer(self, node: bytes, owner: bytes, kind: str, msg: p.Message) -> None:
         """Relay ``msg`` for ``owner`` to ``node`` (linked already: ``link_to``)."""
-        self._send_link(node, p.Relayed(owner, kind), msg)
+        self._send_link(node, p.Relayed(owner, kind), p.encode(msg))
 
     def on_proxy(self, sock: zmq.Socket) -> None:
         """What an owner sent a peer's worker: relayed there, with its arguments inline
         (re-encoded only if one was in our store)."""
         node, worker, kind = self.proxies[sock]
-        self._sending_to = node.hex()
         while p.has_input(sock):
-            frames = sock.recv_multipart()[1:]
             try:
-                msg = p.decode(frames)
-                messages = p.unbatch(msg) if isinstance(msg, p.Batch) else [msg]
-                inlined = [self._inline_arguments(m) for m in messages]
+                frames = _rewritten(sock.recv_multipart()[1:],
+                                    lambda msg: self._inline_arguments(msg, node))
             except (p.ProtocolError, ZrayError) as exc:
                 self.complaints.warning("proxy", "dropped a message for worker %s: %s",
                                         worker.hex()[:8], exc)
                 continue
-            if any(a is not b for a, b in zip(inlined, messages, strict=True)):
-                frames = p.encode(p.one_or_batch(inlined))
-            if node in self._link_out:
-                self.counts["to peers"] += 1
-                self._link_out[node].send([*p.encode(p.Relayed(worker, kind)), *frames])
+            self._send_link(node, p.Relayed(worker, kind), frames)
 
     def ran_on(self, task_id: bytes) -> str:
         """The peer (hex id) a task of our owners was sent to run on, or ""."""
         return self._sent_to.pop(task_id, "")
 
-    def _inline_arguments(self, msg: p.Message) -> p.Message:
-        if isinstance(msg, p.ExecuteTask):
-            self._note_sent(msg.task_id)
-        if not isinstance(msg, p.ExecuteTask) or all(loc[1] is not None for loc in msg.deps):
+    def _inline_arguments(self, msg: p.Message, node: bytes) -> p.Message:
+        """An ExecuteTask for ``node``'s worker, with its arguments in our store inline
+        (noted as sent there, for the task's GCS row)."""
+        if not isinstance(msg, p.ExecuteTask):
+            return msg
+        self._sent_to[msg.task_id] = node.hex()
+        if len(self._sent_to) > _SENT_KEPT:  # (those whose report never came: the oldest)
+            self._sent_to.popitem(last=False)
+        if all(loc[1] is not None for loc in msg.deps):
             return msg
         deps = [self._inline(loc) for loc in msg.deps]
         if sum(len(loc[1]) for loc in deps) > self.budget:
             raise ZrayError(f"the arguments of {msg.name} are over {self.budget:,} bytes: "
                             "too large to send to another node in this version")
         return _replace(msg, deps=deps)
-
-    def _note_sent(self, task_id: bytes) -> None:
-        self._sent_to[task_id] = self._sending_to
-        if len(self._sent_to) > _SENT_KEPT:  # (those whose report never came: the oldest)
-            self._sent_to.popitem(last=False)
 
     def _inline(self, location: p.Location) -> p.Location:
         object_id, data, offset, size, is_error = location
@@ -245,7 +238,7 @@ class Relay:
         it is), or (owner, kind, message) for the agent to handle: kind "lease" (an
         owner's lease request or return), "actor" (a caller's message about an actor of
         ours), "object" (an argument of its call)."""
-        if _is_credit(frames):
+        if p.is_message(frames, p.Credit):
             self._on_credit(self._door_out.get(identity), frames)
             return None
         window = self._door_in.get(identity)
@@ -320,17 +313,13 @@ class Relay:
         owner = self.by_owner_proxy[sock]
         identity = self.via.get(owner)
         while p.has_input(sock):
-            frames = sock.recv_multipart()[1:]
             try:
-                msg = p.decode(frames)
-                messages = p.unbatch(msg) if isinstance(msg, p.Batch) else [msg]
+                frames = _rewritten(sock.recv_multipart()[1:],
+                                    lambda msg: self._inline_results(owner, msg))
             except p.ProtocolError as exc:
                 self.complaints.warning("answer", "dropped an answer for %s: %s",
                                         owner.hex()[:8], exc)
                 continue
-            inlined = [self._inline_results(owner, m) for m in messages]
-            if any(a is not b for a, b in zip(inlined, messages, strict=True)):
-                frames = p.encode(p.one_or_batch(inlined))
             if identity is not None:
                 self._door_send(identity, owner, "d", frames)
 
@@ -372,14 +361,12 @@ class Relay:
             self._link_in[node.node_id] = ReceiveWindow(self.window)
         return sock
 
-    def _to_peer(self, node: NodeInfo, envelope: p.Relayed, msg: p.Message) -> None:
-        self.link_to(node)
-        self._send_link(node.node_id, envelope, msg)
-
-    def _send_link(self, node_id: bytes, envelope: p.Relayed, msg: p.Message) -> None:
+    def _send_link(self, node_id: bytes, envelope: p.Relayed, frames: list[bytes]) -> None:
+        """To a peer we are linked to (``link_to``), within its credit window."""
         window = self._link_out.get(node_id)
         if window is not None:
-            window.send([*p.encode(envelope), *p.encode(msg)])
+            self.counts["to peers"] += 1
+            window.send([*p.encode(envelope), *frames])
 
     def _envelope(self, frames: list[bytes]) -> p.Relayed | None:
         try:
@@ -426,8 +413,16 @@ class Relay:
             sock.close(linger=0)
 
 
-def _is_credit(frames: list[bytes]) -> bool:
-    return len(frames) == 1 and frames[0][1:2] == bytes((p.Credit.op,))
+def _rewritten(frames: list[bytes],
+               change: Callable[[p.Message], p.Message]) -> list[bytes]:
+    """The frames of a message (or Batch) with ``change`` applied to each message in it:
+    the frames as they were if it changed none (no re-encoding on the common path)."""
+    msg = p.decode(frames)
+    messages = p.unbatch(msg) if isinstance(msg, p.Batch) else [msg]
+    changed = [change(one) for one in messages]
+    if all(a is b for a, b in zip(changed, messages, strict=True)):
+        return frames
+    return p.encode(p.one_or_batch(changed))
 
 
 def _replace(msg: p.Message, **fields: object) -> p.Message:

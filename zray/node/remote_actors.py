@@ -20,6 +20,7 @@ are found through the GCS's actors table, followed here. No I/O but through the 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -165,8 +166,7 @@ class RemoteActors:
                 "another node cannot follow it in this version; pass them as top-level "
                 "arguments")).to_bytes())
         if msg.direct:
-            return p.SubmitTask(*[[] if name in ("deps", "contained") else getattr(msg, name)
-                                  for name in _SUBMIT_FIELDS])
+            return dataclasses.replace(msg, deps=[], contained=[])
         for dep in msg.deps:
             if self.objects.is_ready(dep):
                 self._push(node, client.client_id, dep)
@@ -186,9 +186,6 @@ class RemoteActors:
         else:
             location = (object_id, data, 0, len(data), entry.is_error)
         self.relay.send_to_peer(node, client, "object", p.ObjectsReady([location]))
-
-
-_SUBMIT_FIELDS = [name for name in p.SubmitTask.__dataclass_fields__]
 
 
 class CannotForward(Exception):

@@ -156,10 +156,7 @@ class Scheduler:
     def fail(self, task: Task) -> None:
         """A task that never ran fails (e.g. an argument is an error)."""
         task.move(TaskState.FAILED)
-        self.tasks.pop(task.spec.task_id, None)
-        queue = self._queue_of(task)
-        if task in queue:
-            queue.remove(task)
+        self.withdraw(task)
 
     def withdraw(self, task: Task) -> None:
         """A queued task leaves this node (it goes to another): forgotten here."""
