@@ -64,3 +64,32 @@ def test_a_waiting_submitter_learns_the_agent_died(pair) -> None:
 
     with pytest.raises(NodeDiedError):
         sender.wait_for_room(dead)
+
+
+def test_a_ref_let_go_while_releases_wait_and_taken_again_stays_held(pair) -> None:
+    """A release held back behind a deferred message, then the same object taken again
+    before it went: the agent must go on counting this process as a holder (it used to
+    get "added" and then the stale "released": it could free an object still held, and
+    the process forgot where the object was while it waited for it)."""
+    sender, agent = pair
+    forgotten: list[bytes] = []
+    sender._on_released = forgotten.extend
+    refs = sender._refs
+    oid = b"o" * 20
+    refs.borrowed(oid)
+    sender.flush()  # "added" goes
+    refs.dropped(oid)
+    sender.defer(p.Blocked(b"t"), soon=False)
+    sender.flush(now=0.0)  # not due yet: the release is held back with the batch
+    refs.borrowed(oid)  # taken again
+    sender.send(p.Subscribe([oid], True))
+    sender.flush()
+    held = set()
+    while agent.poll(200):
+        msg = p.decode(agent.recv_multipart()[1:])
+        for one in p.unbatch(msg) if isinstance(msg, p.Batch) else [msg]:
+            if isinstance(one, p.RefsChanged):
+                held |= set(one.added)
+                held -= set(one.released)
+    assert held == {oid}
+    assert forgotten == []

@@ -162,10 +162,15 @@ class AgentSender:
         """Send the added edges now; return them, and the released ones (held back so far
         included), which the caller sends or holds back."""
         added, released = self._refs.drain()
+        if self._held_released:
+            held, self._held_released = self._held_released, []
+            again = set(held).intersection(added)
+            if again:  # let go, held back, taken again: the agent never heard it went
+                added = [i for i in added if i not in again]
+                held = [i for i in held if i not in again]
+            released = held + released
         if added:
             p.send(self._socket, p.RefsChanged(added, []))
-        if self._held_released:
-            released, self._held_released = self._held_released + released, []
         return added, released
 
     def _send_deferred_locked(self) -> None:
