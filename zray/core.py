@@ -127,6 +127,7 @@ class CoreClient:
         self.leasing: DirectSubmitter | None = None  # once registered (it needs the CPUs)
         self._cond = threading.Condition()  # guards _replies
         self.objects = LocalObjects(self.refs)
+        self.objects.fetch = lambda ids: self.tx.send(p.Subscribe(ids, True))
         self._replies: dict[int, p.Message] = {}
         self._request_ids = itertools.count(1)
         self._exported: set[bytes] = set()
@@ -607,8 +608,14 @@ class CoreClient:
         return (list(itertools.compress(refs, is_ready)),
                 list(itertools.compress(refs, map(operator.not_, is_ready))))
 
+    def fetch(self, ids: list[bytes]) -> None:
+        """Wait until these objects, ready on other nodes, have a copy here (a task's
+        arguments: its worker is not blocked, the copy is on its way)."""
+        self._await(ids, len(set(ids)), None, for_get=True, lends_cpu=False)
+
     def _await(self, ids: list[bytes], count: int, timeout: float | None,
-               raise_on_timeout: bool = True, for_get: bool = False) -> None:
+               raise_on_timeout: bool = True, for_get: bool = False,
+               lends_cpu: bool = True) -> None:
         """Block until ``count`` of ``ids`` are ready; a waiting worker lends out its CPU."""
         waiter, missing, to_subscribe = self.objects.start_wait(ids, count)
         if waiter is None:
@@ -618,7 +625,7 @@ class CoreClient:
             self.tx.send(p.Subscribe(to_subscribe, for_get))
         else:
             self.tx.flush_for_wait()  # what we wait for may need one of those
-        blocked = self.kind == "worker" and self.context.name != "idle"
+        blocked = lends_cpu and self.kind == "worker" and self.context.name != "idle"
         if blocked:
             self.tx.send(p.Blocked(self.context.task_id))
         try:

@@ -20,7 +20,8 @@ by ``zray.objects.serialization``.
 
 Object locations travel as the tuple ``Location = (object_id, data, offset, size, is_error)``:
 ``data`` holds the serialised value when it is inline, else None and the value lives at
-``offset`` in the node's mmap store.
+``offset`` in the node's mmap store; an ``offset`` of -1 with no data means "ready on
+another node": its reader asks its own agent, which pulls a copy (zray/node/transfer.py).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any, ClassVar, TypeVar
 
 import zmq
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 Location = tuple  # (object_id: bytes, data: bytes | None, offset: int, size: int, is_error: bool)
 
@@ -496,7 +497,8 @@ class Relayed(Message):
     ``target`` (zray/node/relay.py): ``kind`` "lease" (an owner's lease request or
     return, to the agent of the worker's node), "t" or "d" (to a worker's task or direct
     socket, there), "owner" or "d" (back to the owner: from its agent, or to its direct
-    socket), "log" (output for the drivers of the owner's job)."""
+    socket), "log" (output for the drivers of the owner's job), "objects" (node to node:
+    pulls, chunks and ref counts of objects, ``target`` empty)."""
 
     target: bytes
     kind: str
@@ -528,6 +530,52 @@ class Credit(Message):
     you may send as many more (zray/mesh/window.py). Outside the window itself."""
 
     count: int
+
+
+@message(46)
+@dataclass(frozen=True, slots=True)
+class PullObject(Message):
+    """Node to node: send me ``size`` bytes of this object from ``offset`` (a chunk of a
+    copy I am making; zray/node/transfer.py)."""
+
+    object_id: bytes
+    offset: int
+    size: int
+
+
+@message(47)
+@dataclass(frozen=True, slots=True)
+class ObjectChunk(Message):
+    """Node to node, the answer to a PullObject: ``data`` is the object's bytes from
+    ``offset`` of ``total``; the first chunk also names the refs the value holds (lent to
+    the puller with it). ``error`` (text): there is no such object here."""
+
+    object_id: bytes
+    offset: int
+    total: int
+    data: bytes
+    is_error: bool
+    contained: list
+    error: str
+
+
+@message(48)
+@dataclass(frozen=True, slots=True)
+class Unborrow(Message):
+    """Node to node: of the refs to these objects you handed my node, I give back this
+    many each (nothing here holds them any more; zray/node/object_table.py)."""
+
+    object_ids: list
+    counts: list
+
+
+@message(49)
+@dataclass(frozen=True, slots=True)
+class ForgetCopies(Message):
+    """Node to node: these objects, of which you pulled a copy from me, are freed here:
+    drop your copy once nothing of yours uses it."""
+
+    object_ids: list
 
 
 @message(36)

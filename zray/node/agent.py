@@ -123,8 +123,7 @@ class Agent:
                 self.zmq, self.node_id, door, where, credentials, args.endpoint, config,
                 self.scheduler, self.leases, self, self.objects, self.clients, self.functions,
                 self._send_here, lambda peer, msg, kind: self.peers.send(peer, msg, kind=kind),
-                lambda offset, size: bytes(self.mapping.view[offset:offset + size]),
-                self._status)
+                lambda: self.mapping.view, self._status)
         self.owner_pidfd = os.pidfd_open(self.owner_pid) if self.owner_pid else -1
         self.ready_file = args.ready_file
         self.supervisor_pid = args.supervisor_pid  # a head's GCS, stopped after us
@@ -323,8 +322,7 @@ class Agent:
             return
         try:
             if not here and self.member is not None and isinstance(msg, _FOR_OTHER_NODES):
-                rest = self.member.intercept(self.clients[client_id], msg, lambda task, error:
-                                             self.fail_with(Task(task, client_id), error))
+                rest = self.member.intercept(self.clients[client_id], msg)
                 if rest is None:
                     return  # (it went to another node)
                 msg = rest
@@ -458,6 +456,9 @@ class Agent:
         for ref in msg.contained:
             self.objects.pin(ref)
         missing = {d for d in msg.deps if not self.objects.is_ready(d)} - set(lost)
+        if not msg.direct:  # (it waits here for them: those on other nodes are pulled)
+            for dep in missing:
+                self.objects.want(dep)
         self.gcs.record_task(task)
         if lost:
             self.fail_with(task, failures.object_lost(lost[0], msg.name))
@@ -694,6 +695,7 @@ class Agent:
             "relayed": ({**self.member.relay.counts,
                          "waiting for credit": self.member.relay.queued}
                         if self.member else {}),
+            "transfers": self.member.transfers.status() if self.member else {},
         }
 
     # --- output, broker, stopping ----------------------------------------------------

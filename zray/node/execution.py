@@ -72,7 +72,21 @@ def _enter(client: CoreClient, task: p.ExecuteTask) -> float:
 
 def resolve_args(client: CoreClient, task: p.ExecuteTask) -> tuple[list[Any], dict[str, Any]]:
     args, kwargs = deserialize(task.args)
-    return resolve_arguments(args, kwargs, [client.objects.value_of(loc) for loc in task.deps])
+    far = [loc[0] for loc in task.deps if loc[1] is None and loc[2] < 0]
+    if not far:
+        return resolve_arguments(args, kwargs, [client.objects.value_of(loc) for loc in task.deps])
+    # Lent by another node: ours pulls them. Held meanwhile, as refs are: a release of
+    # the same object by the last task (a view it made) must not cancel this fetch.
+    for object_id in far:
+        client.refs.borrowed(object_id)
+    try:
+        client.fetch(far)
+        values = [client.objects.value_of(client.objects.location(loc[0]) if loc[1] is None
+                                          and loc[2] < 0 else loc) for loc in task.deps]
+    finally:
+        for object_id in far:
+            client.refs.dropped(object_id)
+    return resolve_arguments(args, kwargs, values)
 
 
 def split_returns(task: p.ExecuteTask, result: Any) -> list[Any]:

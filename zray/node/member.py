@@ -7,9 +7,13 @@ the other nodes, and the leases it relays.
     this agent --DEALER per peer--> their doors (Relay.links: our owners' leases)
     GCS shards --PUB nodes--> Membership (zray/node/membership.py): who is up, their load
 
+Objects cross between stores as its Transfers pull them (zray/node/transfer.py), lent and
+given back as the ObjectTable counts them.
+
 The agent hands it what it needs, no more: its scheduler's queues (to spill lease
-requests, zray/node/spill.py), a desk for leases asked by owners elsewhere, ways to send to
-its own clients and workers. A private cluster's agent has no member.
+requests, zray/node/spill.py), a desk for leases asked by owners elsewhere, its objects and
+store, ways to send to its own clients and workers. A private cluster's agent has no
+member.
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ from zray.node.membership import Membership, NodeInfo
 from zray.node.mesh import MeshDoor
 from zray.node.object_table import ObjectTable
 from zray.node.relay import Relay
-from zray.node.remote_actors import CannotForward, RemoteActors
+from zray.node.remote_actors import RemoteActors
 from zray.node.scheduler import Scheduler
 from zray.node.spill import Placement, choose_peer, fits, place
+from zray.node.transfer import Transfers
 
 _SPILL_SCAN = 64  # queued requests of one shape looked at per pass for spilling
 
@@ -60,9 +65,10 @@ class ClusterMember:
                  objects: ObjectTable, clients: Clients, functions: dict[bytes, bytes],
                  send: Callable[[bytes, p.Message], None],
                  send_direct: Callable[[bytes, p.Message | list[bytes], str], None],
-                 read_store: Callable[[int, int], bytes],
+                 store: Callable[[], memoryview],
                  status: Callable[[], dict[str, object]]) -> None:
-        """``status``: this node's, for ``zray status`` asking over the mesh."""
+        """``store()``: this node's store, writable; ``status``: this node's, for ``zray
+        status`` asking over the mesh."""
         self.node_id, self.door, self.config = node_id, door, config
         self.scheduler, self.desk, self.actor_desk = scheduler, desk, actor_desk
         self.objects, self.clients = objects, clients
@@ -70,13 +76,12 @@ class ClusterMember:
         self._status = status
         self.membership = Membership(context, gcs, node_id)
         self.relay = Relay(context, node_id, agent_endpoint, credentials, door.socket,
-                           config.message_budget, read_store, objects.release,
-                           lambda worker, frames, kind: send_direct(worker, frames, kind),
+                           objects, lambda worker, frames, kind: send_direct(worker, frames, kind),
                            config.mesh_window)
         self.actors = RemoteActors(self.relay, Follower(gcs, "actors", context=context),
-                                   objects, clients, read_store,
-                                   lambda: self.membership.nodes, config.message_budget,
-                                   functions)
+                                   objects, clients, lambda: self.membership.nodes, functions)
+        self.transfers = Transfers(objects, store, self._to_node, self.relay.answer_node,
+                                   config.inline_object_max_bytes)
         self._load_reported = (0.0, dict(scheduler.available))
         self._turn = 0  # SPREAD's: the next node in turn
 
@@ -138,10 +143,15 @@ class ClusterMember:
                 self.actor_desk.remote_client(owner, msg)
             elif owner in self.clients:
                 self.actor_desk.handle(owner, msg)
+        elif kind == "objects":  # (``owner`` is the node that sent it)
+            self._on_objects(owner, msg)
         elif kind == "object" and isinstance(msg, p.ObjectsReady) and owner in self.clients:
-            for object_id, data, _, _, is_error in msg.locations:
-                self.objects.put_inline(object_id, self.clients[owner].job_id, data, [], owner,
-                                        is_error)
+            job_id = self.clients[owner].job_id
+            for object_id, data, _, size, is_error in msg.locations:
+                if data is None:  # (lent: pulled when the call needs it)
+                    self.objects.borrowed(object_id, identity, job_id, size, is_error)
+                else:
+                    self.objects.put_inline(object_id, job_id, data, [], b"", is_error)
         elif isinstance(msg, p.RequestLease):
             self.desk.request(owner, msg)
         elif isinstance(msg, p.ReturnLease):
@@ -150,9 +160,60 @@ class ClusterMember:
             self.desk.client_gone(owner, 0)
             self.relay.remote_owner_gone(owner)
 
+    def _on_objects(self, node: bytes, msg: p.Message) -> None:
+        """A node's pull, a chunk it sends back, refs it gives back, copies it freed."""
+        if isinstance(msg, p.PullObject):
+            self.transfers.on_pull(node, msg)
+        elif isinstance(msg, p.ObjectChunk):
+            self.transfers.on_chunk(node, msg)
+        elif isinstance(msg, p.Unborrow):
+            for object_id, count in zip(msg.object_ids, msg.counts, strict=False):
+                self.objects.unborrow(node, object_id, count)
+        elif isinstance(msg, p.ForgetCopies):
+            for object_id in msg.object_ids:
+                self.objects.forget(object_id)
+
+    def objects_changed(self, ready: list[bytes], freed: bool) -> None:
+        """After the agent's objects changed: serve pulls that waited for the ``ready``
+        ones, start the pulls now wanted (and those that found the store full, if some
+        was ``freed``), give back refs nothing here uses, tell the nodes with copies of
+        what we freed."""
+        for object_id in ready:
+            self.transfers.object_ready(object_id)
+        self.transfers.start()
+        if freed:
+            self.transfers.retry_waiting()
+        table = self.objects
+        if table.unborrows:
+            by_node: dict[bytes, tuple[list[bytes], list[int]]] = {}
+            for node, object_id, count in table.unborrows:
+                ids, counts = by_node.setdefault(node, ([], []))
+                ids.append(object_id)
+                counts.append(count)
+            table.unborrows.clear()
+            for node, (ids, counts) in by_node.items():
+                self._to_node(node, p.Unborrow(ids, counts))
+        if table.forgets:
+            forgotten: dict[bytes, list[bytes]] = {}
+            for node, object_id in table.forgets:
+                forgotten.setdefault(node, []).append(object_id)
+            table.forgets.clear()
+            for node, ids in forgotten.items():
+                self._to_node(node, p.ForgetCopies(ids))
+
+    def _to_node(self, node: bytes, msg: p.Message) -> None:
+        info = self.membership.nodes.get(node)
+        if info is None or not info.alive:
+            return  # (gone: what it held of ours is node failure's, a later issue's)
+        self.relay.link_to(info)
+        self.relay.send_to_peer(node, b"", "objects", msg)
+
     def _on_relayed_back(self, owner: bytes, kind: str, msg: p.Message | list[bytes]) -> None:
-        """A peer's agent answers one of our owners."""
-        if kind == "d":
+        """A peer's agent answers one of our owners (or, kind "objects", sends us what
+        we pulled: ``owner`` is then that node)."""
+        if kind == "objects" and not isinstance(msg, list):
+            self._on_objects(owner, msg)
+        elif kind == "d":
             self._send_direct(owner, msg, "d")
         elif isinstance(msg, list):
             return
@@ -180,11 +241,9 @@ class ClusterMember:
         self.actors.client_gone(owner)
         self.relay.remote_owner_gone(owner)
 
-    def intercept(self, client: Client, msg: p.Message,
-                  fail: Callable[[p.SubmitTask, bytes], None]) -> p.Message | None:
+    def intercept(self, client: Client, msg: p.Message) -> p.Message | None:
         """What of a client's message is for another node goes there (an actor's creation
-        placed there, anything about an actor living there); the rest, or None, is ours.
-        ``fail(task, error)``: a call that cannot go fails so."""
+        placed there, anything about an actor living there); the rest, or None, is ours."""
         if isinstance(msg, p.SubmitTask) and msg.actor_options:
             where, what = self.place_actor(msg)
             if where == "peer":
@@ -196,12 +255,7 @@ class ClusterMember:
             if where == "refuse":
                 msg.actor_options["unschedulable"] = what
             return msg
-        try:
-            return self.actors.intercept(client, msg)
-        except CannotForward as exc:
-            assert isinstance(msg, p.SubmitTask)
-            fail(msg, exc.error)
-            return None
+        return self.actors.intercept(client, msg)
 
     def place_actor(self, msg: p.SubmitTask) -> Placement:
         """Where an actor goes: by its strategy, else here while it fits, else the peer

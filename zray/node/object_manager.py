@@ -24,16 +24,19 @@ class ObjectManager:
         self.table = agent.objects
 
     def deliver(self) -> None:
-        """Send what the last messages caused: ready objects, unhandled-error notices."""
+        """Send what the last messages caused: ready objects, unhandled-error notices,
+        and in a cluster pulls, copies served and refs given back."""
+        ready = []
         while self.table.became_ready:
             object_id = self.table.became_ready.pop()
+            ready.append(object_id)
             entry = self.table.get(object_id)
             if entry is not None and entry.listed:
                 self.agent.gcs.record_object(entry, self.agent.node_id)
             self.agent.tasks.object_ready(object_id)
             self.agent.actors.object_ready(object_id)
-            if self.agent.member is not None:  # (an argument of a call elsewhere)
-                self.agent.member.actors.object_ready(object_id)
+        if self.agent.member is not None:
+            self.agent.member.objects_changed(ready, bool(self.table.freed))
         by_client: dict[bytes, list[p.Location]] = {}
         for client_id, location in self.table.notify:
             by_client.setdefault(client_id, []).append(location)
@@ -62,7 +65,7 @@ class ObjectManager:
                 break
             if entry.data is None or entry.is_error:  # (errors travel inline; a repeat)
                 continue
-            offset = self.table.allocator.allocate(entry.size)
+            offset = self.table.allocate(entry.size)
             if offset is None:
                 break
             self.agent.mapping.view[offset : offset + entry.size] = entry.data

@@ -11,6 +11,17 @@ Lifecycle (an illegal move raises and changes nothing)::
     PENDING --(task result or seal)--> READY
     PENDING --create--> CREATING --seal--> READY        (store objects)
     new --put (inline)--> READY
+    new/PENDING --lent by a node--> REMOTE --pull--> CREATING --last chunk--> READY (a copy)
+
+Across nodes (zray/node/transfer.py moves the bytes), an agent counts for the processes of
+its node, as Ray's owners count their borrowers. A node that hands a ref to another node
+(a task's argument, a result, a ref inside a copy) *lends* it: ``borrowers[node] += 1``,
+which keeps the object alive here. The node that receives it notes ``lenders[node] += 1``;
+once nothing of its own uses the object (no holder, pin or borrower of its own), it gives
+back what it received (Unborrow with the counts, as ``unborrows``): counts, not a flag,
+so a lend that crosses a give-back in flight is never lost. A copy pulled from elsewhere
+(``home``) stays cached after that, until its home says it freed the object (``forget``,
+sent to the nodes in ``copies``) or the store needs the room.
 """
 
 from __future__ import annotations
@@ -27,13 +38,15 @@ Location = tuple  # (object_id, data, offset, size, is_error), see zray.protocol
 
 
 class ObjState(enum.Enum):
+    REMOTE = "REMOTE"  # ready on another node (``home``), no copy here
     PENDING = "PENDING"  # a task will produce it
     CREATING = "CREATING"  # a block is allocated, the writer has not sealed it yet
     READY = "READY"
 
 
 _ALLOWED = {
-    ObjState.PENDING: {ObjState.CREATING, ObjState.READY},
+    ObjState.REMOTE: {ObjState.CREATING, ObjState.READY},
+    ObjState.PENDING: {ObjState.CREATING, ObjState.READY, ObjState.REMOTE},
     ObjState.CREATING: {ObjState.CREATING, ObjState.READY},
     ObjState.READY: set(),
 }
@@ -54,6 +67,12 @@ class ObjectEntry:
     subscribers: set[Client] = field(default_factory=set)
     delivered: bool = False
     writer: Client = b""  # who is writing its store block (CREATING)
+    # Across nodes (see the module's doc); None until used: most objects never leave.
+    home: bytes = b""  # the node it came from: REMOTE, or a copy (b"": made here)
+    cached: bool = False  # a copy kept for reuse after nothing here uses it
+    lenders: dict[bytes, int] | None = None  # node -> refs it lent us, not given back
+    borrowers: dict[bytes, int] | None = None  # node -> refs we lent it, not given back
+    copies: set[bytes] | None = None  # nodes that pulled a copy from here
 
     def location(self) -> Location:
         return (self.object_id, self.data, self.offset, self.size, self.is_error)
@@ -63,7 +82,12 @@ class ObjectEntry:
         """Whether the GCS lists it (``zray inspect objects``): what holds store memory,
         and errors. Small values are not: a row (and its delete) per task result would
         cost the agent and the broker more than the task itself."""
-        return self.offset >= 0 or self.is_error
+        return (self.offset >= 0 and not self.home) or self.is_error
+
+    @property
+    def used_here(self) -> bool:
+        """Whether anything keeps it: a process, a task or value here, another node."""
+        return bool(self.holders or self.pins > 0 or self.borrowers)
 
     def move(self, state: ObjState) -> None:
         if state not in _ALLOWED[self.state]:
@@ -88,6 +112,9 @@ class ObjectTable:
         self.notify: list[tuple[Client, Location]] = []  # drained by the agent after each event
         self.freed: list[Freed] = []
         self.became_ready: list[bytes] = []
+        self.to_pull: list[bytes] = []  # REMOTE objects something here now waits for
+        self.unborrows: list[tuple[bytes, bytes, int]] = []  # (node, object id, count)
+        self.forgets: list[tuple[bytes, bytes]] = []  # (node, object id)
         # Pins of ids that are not objects (actor handles inside values): (id, +1/-1) ->
         # whether the id was known there.
         self.other_pins: Callable[[bytes, int], bool] = lambda _id, _delta: False
@@ -104,7 +131,8 @@ class ObjectTable:
         entry = self.entries.get(object_id)
         if entry is None:
             entry = self.entries[object_id] = ObjectEntry(object_id, job_id)
-            entry.holders.add(holder)
+            if holder:
+                entry.holders.add(holder)
         if entry.state is ObjState.READY:
             return  # a retried task produced it again: the first value stands
         if entry.state is ObjState.CREATING:  # its writer died; this (an error) replaces it
@@ -118,7 +146,7 @@ class ObjectTable:
         entry = self.entries.get(object_id)
         if entry is not None and entry.state is ObjState.READY:
             return -2
-        offset = self.allocator.allocate(size)
+        offset = self.allocate(size)
         if offset is None:
             return -1
         if entry is None:
@@ -149,7 +177,8 @@ class ObjectTable:
     # --- reading and counting --------------------------------------------------------
 
     def subscribe(self, client: Client, object_id: bytes, for_get: bool) -> bool:
-        """Notify ``client`` when the object is ready; False if it does not exist.
+        """Notify ``client`` when the object is ready here (a copy pulled first if it is
+        elsewhere); False if it does not exist.
 
         ``for_get``: the value will be read, so an error in it counts as handled."""
         entry = self.entries.get(object_id)
@@ -160,7 +189,110 @@ class ObjectTable:
             self.notify.append((client, entry.location()))
         else:
             entry.subscribers.add(client)
+            self.want(object_id)
         return True
+
+    def want(self, object_id: bytes) -> None:
+        """Something here waits for this object: if it is elsewhere, pull a copy."""
+        entry = self.entries.get(object_id)
+        if entry is not None and entry.state is ObjState.REMOTE:
+            self.to_pull.append(object_id)
+
+    # --- across nodes ----------------------------------------------------------------
+
+    def lend(self, object_id: bytes, node: bytes) -> bool:
+        """We hand a ref to ``node``: the object stays while it has not given it back.
+        False if there is no such object here."""
+        entry = self.entries.get(object_id)
+        if entry is None:
+            return False
+        if entry.borrowers is None:
+            entry.borrowers = {}
+        entry.borrowers[node] = entry.borrowers.get(node, 0) + 1
+        return True
+
+    def borrowed(self, object_id: bytes, node: bytes, job_id: bytes, size: int,
+                 is_error: bool = False, holder: Client = b"") -> ObjectEntry:
+        """``node`` handed us a ref: an object we do not have yet is REMOTE, there.
+        ``holder``: a process here that holds it from now on."""
+        entry = self.entries.get(object_id)
+        if entry is None:
+            entry = self.entries[object_id] = ObjectEntry(object_id, job_id, size=size)
+            entry.state = ObjState.REMOTE
+            entry.home = node
+        elif entry.state is ObjState.PENDING:  # (a result we expected: made there)
+            entry.move(ObjState.REMOTE)
+            entry.home, entry.size, entry.is_error = node, size, is_error
+        if entry.lenders is None:
+            entry.lenders = {}
+        entry.lenders[node] = entry.lenders.get(node, 0) + 1
+        if holder:
+            entry.holders.add(holder)
+        return entry
+
+    def unborrow(self, node: bytes, object_id: bytes, count: int) -> None:
+        entry = self.entries.get(object_id)
+        if entry is None or not entry.borrowers or node not in entry.borrowers:
+            return
+        left = entry.borrowers[node] - count
+        if left > 0:
+            entry.borrowers[node] = left
+        else:
+            del entry.borrowers[node]
+        self._maybe_free(entry)
+
+    def copied_to(self, object_id: bytes, node: bytes) -> None:
+        entry = self.entries.get(object_id)
+        if entry is not None:
+            if entry.copies is None:
+                entry.copies = set()
+            entry.copies.add(node)
+
+    def forget(self, object_id: bytes) -> None:
+        """Its home freed it: our copy goes once nothing here uses it."""
+        entry = self.entries.get(object_id)
+        if entry is not None and entry.cached:
+            entry.cached = False
+            self._maybe_free(entry)
+
+    def start_copy(self, object_id: bytes, size: int) -> int | None:
+        """A block for a copy being pulled (None: the store is full even without unused
+        copies); the object is pinned until ``copied``."""
+        entry = self.entries.get(object_id)
+        if entry is None or entry.state is not ObjState.REMOTE:
+            return None
+        offset = self.allocate(size)
+        if offset is not None:
+            entry.move(ObjState.CREATING)
+            entry.offset, entry.size = offset, size
+        return offset
+
+    def copied(self, object_id: bytes, data: bytes | None, is_error: bool,
+               contained: list[bytes]) -> None:
+        """A pull is complete (``data``: a small value, kept inline; else its block is
+        written): READY here, cached for reuse."""
+        entry = self.entries.get(object_id)
+        if entry is None or entry.state is ObjState.READY:
+            return
+        if data is not None:
+            if entry.state is ObjState.CREATING:
+                self.allocator.free(entry.offset)
+            entry.data, entry.offset, entry.size = data, -1, len(data)
+        entry.is_error, entry.cached = is_error, True
+        self._ready(entry, contained)
+
+    def allocate(self, size: int) -> int | None:
+        """A store block, dropping unused cached copies (oldest first) if it must."""
+        offset = self.allocator.allocate(size)
+        if offset is not None:
+            return offset
+        for entry in [e for e in self.entries.values() if e.cached and not e.used_here]:
+            entry.cached = False
+            self._maybe_free(entry)
+            offset = self.allocator.allocate(size)
+            if offset is not None:
+                return offset
+        return None
 
     def add_holder(self, client: Client, object_id: bytes) -> None:
         entry = self.entries.get(object_id)
@@ -216,11 +348,20 @@ class ObjectTable:
         return True
 
     def _maybe_free(self, entry: ObjectEntry) -> None:
-        if entry.holders or entry.pins > 0:
+        if entry.holders or entry.pins > 0 or entry.borrowers:
             return
-        if entry.state is not ObjState.READY:
+        if entry.lenders:  # (nothing here uses it: what was lent goes back)
+            for node, count in entry.lenders.items():
+                self.unborrows.append((node, entry.object_id, count))
+            entry.lenders = None
+        if entry.state is ObjState.REMOTE:
+            del self.entries[entry.object_id]
+            return
+        if entry.state is not ObjState.READY or entry.cached:
             return  # still being made: freed once it is sealed with no one left
         del self.entries[entry.object_id]
+        for node in entry.copies or ():
+            self.forgets.append((node, entry.object_id))
         if entry.offset >= 0:
             self.allocator.free(entry.offset)
         unhandled = entry.data if entry.is_error and not entry.delivered else None

@@ -10,11 +10,12 @@ side's process would have had, and relays what arrives on them over the mesh::
     owner <-LeaseGranted, LeaseLost, ReturnIdleLeases-- this agent <==mesh== peer agent
     owner --ReturnLease--> this agent ==mesh==> peer agent
 
-Values cross inline: an argument in this node's store is read into the relayed task, a
-result in the peer's store into the relayed answer (and freed there), each within the
-message budget. Moving objects between stores, and direct TCP paths that skip the agents,
-are the next issue's; until then a larger value, or a result holding refs, fails its task
-with an error that says so.
+Values in a store stay there: an argument in this node's store is lent to the peer (its
+location becomes "elsewhere", offset -1), which pins it for the task and pulls a copy
+(zray/node/transfer.py) while the worker asks for it; a result in the peer's store is lent
+back to this node the same way, and pulled when someone here reads it. Small values travel
+inline in the messages, as on one node. Direct TCP paths that skip the agents are a later
+step.
 
 Mesh frames: ``[Relayed(target, kind)] + frames of the message``; this node's DEALER to a
 peer's door has this node's id as identity, so the peer's answers come back on it.
@@ -33,13 +34,11 @@ from dataclasses import dataclass
 import zmq
 
 from zray import protocol as p
-from zray.exceptions import ZrayError
 from zray.mesh.auth import Credentials, secure_client
 from zray.mesh.window import ReceiveWindow, SendWindow
-from zray.node import failures
 from zray.node.launcher import direct_endpoint
 from zray.node.membership import NodeInfo
-from zray.objects.serialization import serialize
+from zray.node.object_table import ObjectTable
 from zray.rate_limit import RateLimitedLog
 
 log = logging.getLogger("zray.relay")
@@ -58,19 +57,16 @@ class RemoteLease:
 
 class Relay:
     def __init__(self, context: zmq.Context, node_id: bytes, agent_endpoint: str,
-                 credentials: Credentials, door: zmq.Socket, budget: int,
-                 read_store: Callable[[int, int], bytes],
-                 release: Callable[[bytes, bytes], None],
+                 credentials: Credentials, door: zmq.Socket, objects: ObjectTable,
                  send_worker: Callable[[bytes, list[bytes], str], None],
                  window: int = 512) -> None:
-        """``door``: this node's mesh ROUTER (answers to peers go out on it);
-        ``read_store(offset, size)``: bytes of this node's store; ``release(holder,
-        object_id)``: let go of an object (a result copied out); ``send_worker(worker,
-        message, kind)``: to a worker of this node, on its "t" or "d" socket; ``window``:
-        messages in flight each way on each connection."""
+        """``door``: this node's mesh ROUTER (answers to peers go out on it); ``objects``:
+        this node's, for the refs that cross (lent, borrowed, pinned for a task);
+        ``send_worker(worker, message, kind)``: to a worker of this node, on its "t" or
+        "d" socket; ``window``: messages in flight each way on each connection."""
         self.context, self.node_id, self.agent_endpoint = context, node_id, agent_endpoint
-        self.credentials, self.door, self.budget = credentials, door, budget
-        self.read_store, self.release, self.send_worker = read_store, release, send_worker
+        self.credentials, self.door, self.objects = credentials, door, objects
+        self.send_worker = send_worker
         self.complaints = RateLimitedLog(log)
         self.counts: Counter[str] = Counter()  # messages relayed, by direction (zray status)
         self.window = window
@@ -90,6 +86,9 @@ class Relay:
         # Peer side: owners elsewhere holding leases on our workers, by the door identity
         # of their agent, and the proxies of their direct sockets (here).
         self.via: dict[bytes, bytes] = {}
+        # Arguments borrowed for peers' tasks on our workers, pinned until the answer
+        # passes: task id -> (owner, object ids).
+        self._task_pins: dict[bytes, tuple[bytes, list[bytes]]] = {}
         self._owner_proxies: dict[bytes, zmq.Socket] = {}
         self.by_owner_proxy: dict[zmq.Socket, bytes] = {}
 
@@ -148,11 +147,14 @@ class Relay:
                 continue
             self.counts["from peers"] += 1
             if envelope.kind == "d":  # (a worker's answers: passed on as they are)
+                self._borrow_results(node, self._message(frames[1:]))
                 out.append((envelope.target, "d", frames[1:]))
                 continue
             msg = self._message(frames[1:])
             if msg is None:
                 continue
+            if envelope.kind == "owner":  # (an answer the peer's agent filed first)
+                self._borrow_results(node, msg)
             if isinstance(msg, p.LeaseGranted):
                 if not self._granted(msg):
                     continue
@@ -163,8 +165,23 @@ class Relay:
                     self._unproxy_worker(lease.worker)
             elif isinstance(msg, p.ActorAddress) and msg.worker_id:  # (an actor's there)
                 self.proxy_worker(node, msg.worker_id)
+            elif envelope.kind == "objects":
+                envelope = p.Relayed(node, "objects")  # (for us, from that node)
             out.append((envelope.target, envelope.kind, msg))
         return out
+
+    def _borrow_results(self, node: bytes, msg: p.Message | None) -> None:
+        """Answers from ``node`` for our owners: their results in its store, and the refs
+        inside them, are lent to us (pulled when read here)."""
+        messages = p.unbatch(msg) if isinstance(msg, p.Batch) else [msg]
+        for done in messages:
+            if not isinstance(done, p.TaskDone):
+                continue
+            for object_id, data, offset, size, is_error in done.results:
+                if data is None and offset < 0:
+                    self.objects.borrowed(object_id, node, b"", size, is_error, done.owner)
+            for ref in done.contained:
+                self.objects.borrowed(ref, node, b"", 0)
 
     def _granted(self, msg: p.LeaseGranted) -> bool:
         lease = self.leases.get(msg.lease_id)
@@ -197,8 +214,8 @@ class Relay:
         while p.has_input(sock):
             try:
                 frames = _rewritten(sock.recv_multipart()[1:],
-                                    lambda msg: self._inline_arguments(msg, node))
-            except (p.ProtocolError, ZrayError) as exc:
+                                    lambda msg: self._lend_arguments(msg, node))
+            except p.ProtocolError as exc:
                 self.complaints.warning("proxy", "dropped a message for worker %s: %s",
                                         worker.hex()[:8], exc)
                 continue
@@ -208,9 +225,9 @@ class Relay:
         """The peer (hex id) a task of our owners was sent to run on, or ""."""
         return self._sent_to.pop(task_id, "")
 
-    def _inline_arguments(self, msg: p.Message, node: bytes) -> p.Message:
-        """An ExecuteTask for ``node``'s worker, with its arguments in our store inline
-        (noted as sent there, for the task's GCS row)."""
+    def _lend_arguments(self, msg: p.Message, node: bytes) -> p.Message:
+        """An ExecuteTask for ``node``'s worker, its arguments in our store lent to that
+        node (noted as sent there, for the task's GCS row)."""
         if not isinstance(msg, p.ExecuteTask):
             return msg
         self._sent_to[msg.task_id] = node.hex()
@@ -218,17 +235,38 @@ class Relay:
             self._sent_to.popitem(last=False)
         if all(loc[1] is not None for loc in msg.deps):
             return msg
-        deps = [self._inline(loc) for loc in msg.deps]
-        if sum(len(loc[1]) for loc in deps) > self.budget:
-            raise ZrayError(f"the arguments of {msg.name} are over {self.budget:,} bytes: "
-                            "too large to send to another node in this version")
-        return _replace(msg, deps=deps)
+        return _replace(msg, deps=[self.lent(loc, node) for loc in msg.deps])
 
-    def _inline(self, location: p.Location) -> p.Location:
+    def lent(self, location: p.Location, node: bytes) -> p.Location:
+        """``location`` as ``node`` sees it once we lend it there: inline values as they
+        are, values in our store "elsewhere" (offset -1)."""
         object_id, data, offset, size, is_error = location
         if data is not None:
             return location
-        return (object_id, self.read_store(offset, size), 0, size, is_error)
+        self.objects.lend(object_id, node)  # (gone already: its puller learns it is lost)
+        return (object_id, None, -1, size, is_error)
+
+    def _borrow_arguments(self, node: bytes, frames: list[bytes]) -> None:
+        """Tasks from ``node`` for our workers: the arguments it lent us are pinned until
+        each task's answer passes, and pulled here at once."""
+        msg = self._message(frames)
+        for task in p.unbatch(msg) if isinstance(msg, p.Batch) else [msg]:
+            if not isinstance(task, p.ExecuteTask):
+                continue
+            lent = [loc for loc in task.deps if loc[1] is None]
+            if not lent:
+                continue
+            self._unpin_task(task.task_id)  # (sent again: the pins of its last sending)
+            for object_id, _, _, size, is_error in lent:
+                self.objects.borrowed(object_id, node, task.job_id, size, is_error)
+                self.objects.pin(object_id)
+                self.objects.want(object_id)
+            self._task_pins[task.task_id] = (task.owner, [loc[0] for loc in lent])
+
+    def _unpin_task(self, task_id: bytes) -> None:
+        _, pinned = self._task_pins.pop(task_id, (b"", []))
+        for object_id in pinned:
+            self.objects.unpin(object_id)
 
     # --- peer side: owners elsewhere, our workers ---------------------------------------
 
@@ -252,11 +290,15 @@ class Relay:
             return None
         self.counts["from peers"] += 1
         if envelope.kind in ("t", "d"):
+            if envelope.kind == "t":
+                self._borrow_arguments(identity, frames[1:])
             self.send_worker(envelope.target, frames[1:], envelope.kind)
             return None
         msg = self._message(frames[1:])
-        if envelope.kind not in ("lease", "actor", "object") or msg is None:
+        if envelope.kind not in ("lease", "actor", "object", "objects") or msg is None:
             return None
+        if envelope.kind == "objects":  # (node to node: the target is the sender)
+            return identity, "objects", msg
         owner = envelope.target
         if isinstance(msg, (p.RequestLease, p.Register)):  # (an owner's first message)
             self.via[owner] = identity
@@ -269,6 +311,8 @@ class Relay:
         return owner, envelope.kind, msg
 
     def remote_owner_gone(self, owner: bytes) -> None:
+        for task_id in [t for t, (o, _) in self._task_pins.items() if o == owner]:
+            self._unpin_task(task_id)
         self.via.pop(owner, None)
         sock = self._owner_proxies.pop(owner, None)
         if sock is not None:
@@ -280,8 +324,12 @@ class Relay:
         identity = self.via.get(owner)
         if identity is None:
             return False
-        self._door_send(identity, owner, kind, p.encode(msg))
+        self._door_send(identity, owner, kind, p.encode(self._lend_results(owner, msg)))
         return True
+
+    def answer_node(self, identity: bytes, msg: p.Message) -> None:
+        """To the node whose agent is connected to our door as ``identity``."""
+        self._door_send(identity, b"", "objects", p.encode(msg))
 
     def _door_send(self, identity: bytes, owner: bytes, kind: str, frames: list) -> None:
         self.counts["to peers"] += 1
@@ -315,7 +363,7 @@ class Relay:
         while p.has_input(sock):
             try:
                 frames = _rewritten(sock.recv_multipart()[1:],
-                                    lambda msg: self._inline_results(owner, msg))
+                                    lambda msg: self._lend_results(owner, msg))
             except p.ProtocolError as exc:
                 self.complaints.warning("answer", "dropped an answer for %s: %s",
                                         owner.hex()[:8], exc)
@@ -323,26 +371,26 @@ class Relay:
             if identity is not None:
                 self._door_send(identity, owner, "d", frames)
 
-    def _inline_results(self, owner: bytes, msg: p.Message) -> p.Message:
-        if not isinstance(msg, p.TaskDone) or (
-                not msg.contained and all(loc[1] is not None for loc in msg.results)):
+    def _lend_results(self, owner: bytes, msg: p.Message) -> p.Message:
+        """An answer of our worker to ``owner`` elsewhere: the task's arguments are let
+        go here; its results in our store, and the refs inside them, are lent to the
+        owner's node (the owner's hold on them here becomes that node's)."""
+        if isinstance(msg, p.NotStarted):
+            for task_id in msg.task_ids:
+                self._unpin_task(task_id)
+        if not isinstance(msg, p.TaskDone):
             return msg
-        results, size = [], 0
-        for location in msg.results:
-            inline = self._inline(location)
-            if location[1] is None:
-                self.release(owner, location[0])  # (copied out: this store keeps none)
-            size += len(inline[1])
-            results.append(inline)
-        if msg.contained or size > self.budget:
-            why = ("its results hold refs" if msg.contained else
-                   f"its results are {size:,} bytes (over {self.budget:,})")
-            error = serialize(ZrayError(
-                f"task {msg.task_id.hex()[:8]} ran on another node, and {why}: this version "
-                "moves values between nodes only inline; run it where its caller is "
-                "(NodeAffinitySchedulingStrategy) or return a smaller value")).to_bytes()
-            results = failures.as_results(msg.task_id, len(msg.results), error)
-        return _replace(msg, results=results, contained=[])
+        self._unpin_task(msg.task_id)
+        node = self.via.get(owner, b"")
+        for ref in msg.contained:
+            self.objects.lend(ref, node)
+        if all(loc[1] is not None for loc in msg.results):
+            return msg
+        results = [self.lent(loc, node) for loc in msg.results]
+        for object_id, data, *_ in msg.results:
+            if data is None:
+                self.objects.release(owner, object_id)
+        return _replace(msg, results=results)
 
     # --- the mesh -------------------------------------------------------------------
 

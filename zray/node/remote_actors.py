@@ -10,9 +10,11 @@ client: no process of its own to watch, answers relayed back)::
     caller <--ActorAddress, answers-- its agent <==mesh== home agent, actor's worker
     caller --direct calls--> t-W proxy at its agent ==mesh==> worker W (zray/node/relay.py)
 
-The arguments a call takes by ref are pushed to the home first (their values, inline: an
-ObjectsReady relayed as kind "object"), at once if they are ready here, else when they
-are; the home's mailbox waits for them, so calls still run in the order they were made.
+The refs a call takes (top-level or nested in its arguments) go to the home first, in an
+ObjectsReady relayed as kind "object": a small ready value inline, anything else lent
+(its location "elsewhere": the home pulls it when the call needs it, from here, once it
+is ready here; zray/node/transfer.py). The home's mailbox waits for them, so calls still
+run in the order they were made.
 A call's answer comes straight to its caller; the caller's report of it is filed here (so
 the refs resolve here) and forwarded (the home's mailbox needs it). Named actors elsewhere
 are found through the GCS's actors table, followed here. No I/O but through the relay.
@@ -26,13 +28,11 @@ from dataclasses import dataclass
 
 from zray import protocol as p
 from zray.broker.follow import Follower
-from zray.exceptions import ZrayError
 from zray.ids import return_object_id, task_of
 from zray.node.clients import Client, Clients
 from zray.node.membership import NodeInfo
-from zray.node.object_table import ObjectTable
+from zray.node.object_table import ObjectTable, ObjState
 from zray.node.relay import Relay
-from zray.objects.serialization import serialize
 
 
 @dataclass
@@ -43,20 +43,18 @@ class _Home:
 
 class RemoteActors:
     def __init__(self, relay: Relay, actor_rows: Follower, objects: ObjectTable,
-                 clients: Clients, read_store: Callable[[int, int], bytes],
-                 nodes: Callable[[], dict[bytes, NodeInfo]], budget: int,
+                 clients: Clients, nodes: Callable[[], dict[bytes, NodeInfo]],
                  functions: dict[bytes, bytes]) -> None:
         """``functions``: the agent's exported functions and classes, by id (a class goes
         to the node its actor is created on)."""
         self.relay, self.actor_rows = relay, actor_rows
         self.objects, self.clients = objects, clients
-        self.read_store, self.nodes, self.budget = read_store, nodes, budget
+        self.nodes = nodes
         self.functions = functions
         self._exported: set[tuple[bytes, bytes]] = set()  # (function id, node)
         self.homes: dict[bytes, _Home] = {}  # actor id -> where it lives (not here)
         self.calls: dict[bytes, bytes] = {}  # task id of a call in flight -> actor id
         self._introduced: set[tuple[bytes, bytes]] = set()  # (client, node)
-        self._pushes: dict[bytes, list[tuple[bytes, bytes]]] = {}  # dep -> (node, client)
 
     # --- our clients' messages --------------------------------------------------------
 
@@ -131,11 +129,6 @@ class RemoteActors:
             self._introduced.discard((client, node))
             self.relay.send_to_peer(node, client, "actor", p.Disconnect(False))
 
-    def object_ready(self, object_id: bytes) -> None:
-        """An argument of a call elsewhere is ready here: push it to the home."""
-        for node, client in self._pushes.pop(object_id, []):
-            self._push(node, client, object_id)
-
     # --- forwarding -------------------------------------------------------------------
 
     def _forward(self, client: Client, msg: p.Message, node: bytes) -> None:
@@ -158,46 +151,23 @@ class RemoteActors:
         self.relay.send_to_peer(node, client.client_id, "actor", msg)
 
     def _with_arguments(self, client: Client, msg: p.SubmitTask, node: bytes) -> p.SubmitTask:
-        """Push the call's ref arguments to the home (a direct call's went to the worker
-        in its message: its notice names none). Refs nested in arguments cannot follow."""
-        if msg.contained:
-            raise CannotForward(serialize(ZrayError(
-                f"{msg.name}: refs nested inside the arguments of a call to an actor on "
-                "another node cannot follow it in this version; pass them as top-level "
-                "arguments")).to_bytes())
+        """Send the home the refs the call takes, before the call (a direct call's went to
+        the worker in its message: its notice names none)."""
         if msg.direct:
             return dataclasses.replace(msg, deps=[], contained=[])
-        for dep in msg.deps:
-            if self.objects.is_ready(dep):
-                self._push(node, client.client_id, dep)
-            else:
-                self._pushes.setdefault(dep, []).append((node, client.client_id))
+        for object_id in [*msg.deps, *msg.contained]:
+            self._push(node, client.client_id, object_id)
         return msg
 
     def _push(self, node: bytes, client: bytes, object_id: bytes) -> None:
+        """A small value ready here goes inline; anything else is lent (a value holding
+        refs too: pulling it lends those)."""
         entry = self.objects.get(object_id)
         if entry is None:
-            return
-        data = entry.data if entry.data is not None else self.read_store(entry.offset,
-                                                                        entry.size)
-        if len(data) > self.budget:
-            data = _too_large(object_id, len(data), self.budget)
-            location: p.Location = (object_id, data, 0, len(data), True)
+            return  # (the home fails the call: it lost an argument)
+        if entry.state is ObjState.READY and entry.data is not None and not entry.contained:
+            location = entry.location()
         else:
-            location = (object_id, data, 0, len(data), entry.is_error)
+            self.objects.lend(object_id, node)
+            location = (object_id, None, -1, entry.size, entry.is_error)
         self.relay.send_to_peer(node, client, "object", p.ObjectsReady([location]))
-
-
-class CannotForward(Exception):
-    """A call that cannot go to its actor's node: it fails with ``error`` (serialised)."""
-
-    def __init__(self, error: bytes) -> None:
-        super().__init__("cannot forward")
-        self.error = error
-
-
-def _too_large(object_id: bytes, size: int, budget: int) -> bytes:
-    return serialize(ZrayError(
-        f"object {object_id.hex()[:16]} ({size:,} bytes) is over {budget:,} bytes: too "
-        "large to send to an actor on another node in this version")).to_bytes()
-

@@ -2,7 +2,9 @@
 and the zero-copy views it holds into the node's store.
 
 The I/O thread files locations as the agent sends them and wakes the waiters; user threads
-wait on their own ``Waiter`` (one event each: a ready object wakes only the calls that
+wait on their own ``Waiter``. A location "elsewhere" (a result made on another node) is
+not ready here: it is kept for passing the ref on, and a reader asks the agent, which
+pulls a copy (``fetch``). (one event each: a ready object wakes only the calls that
 wait for it). A view is a read-only window on the store's mapping, shared by every ``get``
 of the object in this process, and counted as a reference until it is collected: its
 exporter is a ctypes array over the mapping, because every buffer carved from it (numpy
@@ -15,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from zray.exceptions import TaskError
@@ -47,6 +50,8 @@ class LocalObjects:
         self.mapping: Mapping | None = None
         self._lock = threading.Lock()
         self._ready: dict[bytes, Location] = {}
+        self._elsewhere: dict[bytes, Location] = {}  # ready on another node only
+        self.fetch: Callable[[list[bytes]], None] = lambda ids: None  # ask the agent
         self._subscribed: set[bytes] = set()
         # The blocked calls, one per thread at most: a ready object is checked against
         # each (few), where registering each call under every id it waits for would cost
@@ -61,20 +66,32 @@ class LocalObjects:
         return self._ready[object_id]
 
     def get_location(self, object_id: bytes) -> Location | None:
-        return self._ready.get(object_id)
+        """Where it is, here or "elsewhere" (to pass it on), or None: not known ready."""
+        return self._ready.get(object_id) or self._elsewhere.get(object_id)
 
     def file(self, locations: list[Location]) -> None:
-        """Locations the agent sent for objects we asked about; wake who waits for them."""
+        """Locations the agent sent for objects we asked about; wake who waits for them.
+        One ready elsewhere is fetched at once if someone waits for it, else when read."""
+        fetch = []
         with self._lock:
             for location in locations:
                 object_id = location[0]
-                if object_id in self._subscribed:
+                if object_id in self._subscribed and location[1] is None and location[2] < 0:
+                    self._elsewhere[object_id] = location
+                    if any(object_id in waiter.ids for waiter in self._waiters):
+                        fetch.append(object_id)
+                    else:  # (the next wait for it asks the agent)
+                        self._subscribed.discard(object_id)
+                elif object_id in self._subscribed:
+                    self._elsewhere.pop(object_id, None)
                     new = object_id not in self._ready
                     self._ready[object_id] = location
                     if new:
                         for waiter in self._waiters:
                             if object_id in waiter.ids:
                                 waiter.one_ready()
+        if fetch:
+            self.fetch(fetch)
 
     def expect(self, object_ids: list[bytes]) -> None:
         """Results of our direct tasks and actor calls: their workers send them here."""
@@ -92,6 +109,7 @@ class LocalObjects:
         with self._lock:
             for object_id in object_ids:
                 self._ready.pop(object_id, None)
+                self._elsewhere.pop(object_id, None)
                 self._subscribed.discard(object_id)
 
     def start_wait(self, ids: list[bytes], count: int

@@ -1,0 +1,169 @@
+"""Objects across nodes: made on one node, pulled in chunks by the nodes that read them,
+counted across nodes until the last reference anywhere goes (zray/node/transfer.py,
+zray/node/object_table.py). Three real nodes on loopback, each with its own store.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import assert_no_leaks
+
+import zray
+from cli.status import node_status
+from zray.cluster_utils import Cluster, ClusterNode
+from zray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+pytestmark = pytest.mark.timeout(120)
+
+MB = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        cluster.connect()
+        yield cluster
+    finally:
+        cluster.shutdown()
+    assert_no_leaks()
+
+
+def on(node: ClusterNode) -> NodeAffinitySchedulingStrategy:
+    return NodeAffinitySchedulingStrategy(node.node_id, soft=False)
+
+
+def status(node: ClusterNode) -> dict[str, Any]:
+    return node_status(node.record.session)
+
+
+def store_use(cluster: Cluster) -> list[int]:
+    return [status(node)["store"]["bytes_in_use"] for node in cluster.list_all_nodes()]
+
+
+def received(node: ClusterNode) -> int:
+    return int(status(node)["transfers"].get("bytes_received", 0))
+
+
+def wait_for_baseline(cluster: Cluster, baseline: list[int], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while (use := store_use(cluster)) != baseline:
+        assert time.monotonic() < deadline, f"stores hold {use}, not {baseline}"
+        time.sleep(0.1)
+
+
+@zray.remote
+def make(n: int) -> np.ndarray:
+    return np.arange(n, dtype=np.float64)
+
+
+@zray.remote
+def total(array: np.ndarray) -> tuple[str, float]:
+    return zray.get_runtime_context().get_node_id(), float(array.sum())
+
+
+@zray.remote
+class Keeper:
+    def __init__(self) -> None:
+        self.kept: list[Any] = []
+
+    def keep(self, box: list[Any]) -> int:
+        self.kept.extend(box)  # (refs nested in the argument: held in the actor's state)
+        return len(self.kept)
+
+    def sum_kept(self) -> float:
+        return float(sum(zray.get(ref).sum() for ref in self.kept))
+
+    def drop(self) -> None:
+        self.kept.clear()
+
+    def add(self, array: np.ndarray) -> float:
+        self.total = getattr(self, "total", 0.0) + float(array.sum())
+        return self.total
+
+
+def test_an_array_made_on_one_node_is_summed_on_another_and_read_here(
+        cluster: Cluster) -> None:
+    """20 MB made on node 1, summed on node 2, read by the driver on the head; every
+    store back to where it was once the ref goes."""
+    head, one, two = cluster.list_all_nodes()
+    baseline = store_use(cluster)
+    before = received(two)
+    array = make.options(scheduling_strategy=on(one)).remote(2_500_000)
+    where, value = zray.get(total.options(scheduling_strategy=on(two)).remote(array))
+    expected = float(np.arange(2_500_000, dtype=np.float64).sum())
+    assert (where, value) == (two.node_id, expected)
+    assert received(two) - before >= 20 * MB
+    local = zray.get(array)
+    assert local.shape == (2_500_000,) and float(local.sum()) == expected
+    assert not local.flags.writeable  # (zero-copy: a view of this node's store)
+    del local, array
+    wait_for_baseline(cluster, baseline)
+
+
+def test_a_drivers_put_is_read_on_other_nodes_once_each(cluster: Cluster) -> None:
+    """A 50 MB put read by 100 tasks on another node at once: that node fetches it once."""
+    head, one, two = cluster.list_all_nodes()
+    baseline = store_use(cluster)
+    before = received(one)
+    data = np.ones(50 * MB // 8)
+    ref = zray.put(data)
+    results = zray.get([total.options(scheduling_strategy=on(one)).remote(ref)
+                        for _ in range(100)])
+    assert results == [(one.node_id, float(len(data)))] * 100
+    got = received(one) - before
+    assert 50 * MB <= got < 51 * MB, f"node 1 received {got:,} bytes for one 50 MB object"
+    del ref, results
+    wait_for_baseline(cluster, baseline)
+
+
+def test_an_actor_elsewhere_called_from_tasks_on_two_other_nodes(cluster: Cluster) -> None:
+    head, one, two = cluster.list_all_nodes()
+    baseline = store_use(cluster)
+
+    @zray.remote
+    def call(n: int) -> float:
+        keeper = zray.get_actor("adder", namespace="adders")  # (found through the GCS)
+        return zray.get(keeper.add.remote(np.full(1_000_000, float(n))))
+
+    keeper = Keeper.options(scheduling_strategy=on(two), name="adder",
+                            namespace="adders").remote()
+    assert zray.get(keeper.add.remote(np.zeros(1))) == 0.0
+    firsts = [call.options(scheduling_strategy=on(node)).remote(n)
+              for node, n in ((head, 1), (one, 2))]
+    partial = sorted(zray.get(firsts))
+    assert partial[-1] == 3_000_000.0  # (both calls' 8 MB arguments reached its state)
+    assert zray.get(keeper.add.remote(np.zeros(10))) == 3_000_000.0
+    zray.kill(keeper)
+    wait_for_baseline(cluster, baseline)  # (the arguments the calls were lent: freed)
+
+
+def test_refs_nested_in_objects_and_actor_state_are_freed_when_dropped(
+        cluster: Cluster) -> None:
+    head, one, two = cluster.list_all_nodes()
+    baseline = store_use(cluster)
+    inner = zray.put(np.ones(1_000_000))  # 8 MB, held only through the box below
+    box = zray.put([inner])
+    keeper = Keeper.options(scheduling_strategy=on(one)).remote()
+    assert zray.get(keeper.keep.remote(box)) == 1
+    del inner, box
+    assert zray.get(keeper.sum_kept.remote()) == 1_000_000.0  # (its node pulls the array)
+    time.sleep(0.5)
+    assert store_use(cluster)[0] > baseline[0]  # (the actor's ref keeps it on the head)
+    zray.get(keeper.drop.remote())
+    wait_for_baseline(cluster, baseline)
+    zray.kill(keeper)
+
+
+def test_status_counts_what_crossed(cluster: Cluster) -> None:
+    transfers = status(cluster.list_all_nodes()[1])["transfers"]
+    assert transfers["bytes_received"] > 0 and transfers["pulls_started"] > 0
+    assert transfers["pulling"] == 0
