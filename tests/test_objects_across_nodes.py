@@ -66,6 +66,11 @@ def make(n: int) -> np.ndarray:
 
 
 @zray.remote
+def scale(array: np.ndarray, factor: float) -> np.ndarray:
+    return array * factor
+
+
+@zray.remote
 def total(array: np.ndarray) -> tuple[str, float]:
     return zray.get_runtime_context().get_node_id(), float(array.sum())
 
@@ -105,7 +110,11 @@ def test_an_array_made_on_one_node_is_summed_on_another_and_read_here(
     local = zray.get(array)
     assert local.shape == (2_500_000,) and float(local.sum()) == expected
     assert not local.flags.writeable  # (zero-copy: a view of this node's store)
-    del local, array
+    # A driver's array there and a result made of it back: the owner's report of a
+    # result left on another node is filed here (it unpins the argument).
+    doubled = scale.options(scheduling_strategy=on(two)).remote(array, 2.0)
+    assert float(zray.get(doubled).sum()) == 2 * expected
+    del local, array, doubled
     wait_for_baseline(cluster, baseline)
 
 

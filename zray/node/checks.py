@@ -97,7 +97,8 @@ def _task_done(msg: p.TaskDone) -> str:
                 and type(location[0]) is bytes and len(location[0]) == OBJECT_ID_BYTES
                 and (location[1] is None or type(location[1]) in (bytes, memoryview))
                 and type(location[2]) is int and type(location[3]) is int
-                and location[2] >= 0 and location[3] >= 0 and type(location[4]) is bool):
+                and location[2] >= -1 and location[3] >= 0 and type(location[4]) is bool):
+            # (offset -1: ready on another node; see zray.protocol)
             return "results: not a list of (object id, data, offset, size, is_error)"
     return _text(msg.error)
 
