@@ -172,6 +172,21 @@ def test_refs_nested_in_objects_and_actor_state_are_freed_when_dropped(
     zray.kill(keeper)
 
 
+@zray.remote
+def boxed() -> list[Any]:
+    return [zray.put(np.ones(1_000_000)), zray.put(5)]
+
+
+def test_refs_made_on_another_node_and_returned_inside_a_result(cluster: Cluster) -> None:
+    head, one, two = cluster.list_all_nodes()
+    baseline = store_use(cluster)
+    box = zray.get(boxed.options(scheduling_strategy=on(one)).remote(), timeout=30)
+    assert float(zray.get(box[0], timeout=30).sum()) == 1_000_000.0
+    assert zray.get(box[1], timeout=30) == 5
+    del box
+    wait_for_baseline(cluster, baseline)
+
+
 def test_status_counts_what_crossed(cluster: Cluster) -> None:
     transfers = status(cluster.list_all_nodes()[1])["transfers"]
     assert transfers["bytes_received"] > 0 and transfers["pulls_started"] > 0

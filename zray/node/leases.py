@@ -111,9 +111,13 @@ class LeaseManager:
         notice), or from the worker that ran it when its results hold refs."""
         task = self.direct.get(msg.task_id)
         if task is None:
-            from_worker = client_id != msg.owner  # (the owner's own come after its notice)
-            if from_worker and msg.owner in self.agent.clients:  # else nobody waits for it
+            if client_id == msg.owner:
+                return  # (the owner's own come after its notice)
+            owner = self.agent.clients.get(msg.owner)
+            if owner is not None and not owner.remote:  # (else nobody here waits for it)
                 self.early.keep(client_id, msg)
+            elif self.agent.member is not None:  # its owner is on another node, which
+                self.agent.member.to_owner(msg.owner, msg)  # the refs inside are lent to
             return
         if msg.attempt < task.attempt:
             return  # a stale attempt
