@@ -97,16 +97,18 @@ class Keeper:
 
 def test_an_array_made_on_one_node_is_summed_on_another_and_read_here(
         cluster: Cluster) -> None:
-    """20 MB made on node 1, summed on node 2, read by the driver on the head; every
-    store back to where it was once the ref goes."""
+    """20 MB made on node 1, summed on node 2 (pulled from node 1, not through the
+    head), read by the driver on the head; every store back to where it was once the ref
+    goes."""
     head, one, two = cluster.list_all_nodes()
     baseline = store_use(cluster)
-    before = received(two)
+    before = [received(node) for node in (head, two)]
     array = make.options(scheduling_strategy=on(one)).remote(2_500_000)
     where, value = zray.get(total.options(scheduling_strategy=on(two)).remote(array))
     expected = float(np.arange(2_500_000, dtype=np.float64).sum())
     assert (where, value) == (two.node_id, expected)
-    assert received(two) - before >= 20 * MB
+    assert received(two) - before[1] >= 20 * MB
+    assert received(head) == before[0]
     local = zray.get(array)
     assert local.shape == (2_500_000,) and float(local.sum()) == expected
     assert not local.flags.writeable  # (zero-copy: a view of this node's store)
@@ -116,6 +118,16 @@ def test_an_array_made_on_one_node_is_summed_on_another_and_read_here(
     assert float(zray.get(doubled).sum()) == 2 * expected
     del local, array, doubled
     wait_for_baseline(cluster, baseline)
+
+
+def test_a_task_runs_where_its_largest_argument_is(cluster: Cluster) -> None:
+    head, one, two = cluster.list_all_nodes()
+    array = make.options(scheduling_strategy=on(two)).remote(2_500_000)
+    assert zray.wait([array], fetch_local=False, timeout=30)[0] == [array]  # (not pulled)
+    before = [received(node) for node in cluster.list_all_nodes()]
+    assert zray.get(total.remote(array))[0] == two.node_id  # (no strategy: locality)
+    assert [received(node) for node in cluster.list_all_nodes()] == before
+    del array
 
 
 def test_a_drivers_put_is_read_on_other_nodes_once_each(cluster: Cluster) -> None:

@@ -248,7 +248,10 @@ def put(value: Any) -> ObjectRef:
 def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1,
          timeout: float | None = None, fetch_local: bool = True
          ) -> tuple[list[ObjectRef], list[ObjectRef]]:
-    """``(ready, not_ready)``: both in input order; at most ``num_returns`` ready."""
+    """``(ready, not_ready)``: both in input order; at most ``num_returns`` ready.
+    ``fetch_local``: ready means a copy is on this node (pulled meanwhile), as in Ray;
+    False: made anywhere (a result of this process's own task, made on another node,
+    is not pulled)."""
     from zray.objects.refs import ObjectRef
 
     # Checked with C-speed loops: wait() is called in loops over long lists of refs.
@@ -262,7 +265,7 @@ def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1,
         raise ValueError(f"num_returns={num_returns!r} must be an int between 0 and the number "
                          f"of refs ({len(object_refs)})")
     _check_timeout(timeout)
-    return client_for_call().wait(list(object_refs), num_returns, timeout)
+    return client_for_call().wait(list(object_refs), num_returns, timeout, fetch_local)
 
 
 def get_gpu_ids() -> list[int]:

@@ -592,15 +592,16 @@ class CoreClient:
             self.tx.send(p.Subscribe(errors, True))
         return [self.objects.value_of(location) for location in locations]
 
-    def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None
-             ) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None,
+             fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:
         ids = list(map(object_id_of, refs))
         if len(set(ids)) != len(ids):
             raise ValueError("zray.wait() got the same ObjectRef more than once; pass each "
                              "ref once")
-        self._await(ids, num_returns, timeout, raise_on_timeout=False)
+        self._await(ids, num_returns, timeout, raise_on_timeout=False,
+                    fetch_local=fetch_local)
         # C-speed loops only: wait() is called in loops over long lists of refs.
-        is_ready = list(map(self.objects.ready_among(ids).__contains__, ids))
+        is_ready = list(map(self.objects.ready_among(ids, fetch_local).__contains__, ids))
         if sum(is_ready) > num_returns:  # the first ones in input order count as ready
             ready_so_far = list(itertools.accumulate(map(int, is_ready)))
             extra = bisect.bisect_left(ready_so_far, num_returns + 1)  # first one too many
@@ -615,9 +616,10 @@ class CoreClient:
 
     def _await(self, ids: list[bytes], count: int, timeout: float | None,
                raise_on_timeout: bool = True, for_get: bool = False,
-               lends_cpu: bool = True) -> None:
-        """Block until ``count`` of ``ids`` are ready; a waiting worker lends out its CPU."""
-        waiter, missing, to_subscribe = self.objects.start_wait(ids, count)
+               lends_cpu: bool = True, fetch_local: bool = True) -> None:
+        """Block until ``count`` of ``ids`` are ready (here, or anywhere if not
+        ``fetch_local``); a waiting worker lends out its CPU."""
+        waiter, missing, to_subscribe = self.objects.start_wait(ids, count, fetch_local)
         if waiter is None:
             return
         self.actor_calls.flush()  # what we wait for may be among them

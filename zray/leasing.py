@@ -416,8 +416,10 @@ class DirectSubmitter:
         lease_id = self._worker_id + next(self._lease_ids).to_bytes(8, "big")
         self._pending_keys[lease_id] = key
         self._requested[key] = self._requested.get(key, 0) + 1
+        stored = sorted((loc for loc in task.deps if loc is not None and loc[1] is None),
+                        key=lambda loc: loc[3], reverse=True)
         self._send_to_agent(p.RequestLease(lease_id, task.job_id, task.name, task.resources,
-                                           task.strategy))
+                                           task.strategy, [loc[0] for loc in stored[:4]]))
 
     def _send(self, lease: Lease, tasks: list[DirectTask]) -> None:
         have = self._sent_functions.setdefault(lease.worker, set())

@@ -341,6 +341,7 @@ class RequestLease(Message):
     name: str
     resources: dict
     strategy: dict  # {} default, {"spread": True}, {"node": hex id, "soft": bool}
+    near: list  # ids of the first task's largest arguments in a store: run where they are
 
 
 @message(25)
@@ -548,7 +549,8 @@ class PullObject(Message):
 class ObjectChunk(Message):
     """Node to node, the answer to a PullObject: ``data`` is the object's bytes from
     ``offset`` of ``total``; the first chunk also names the refs the value holds (lent to
-    the puller with it). ``error`` (text): there is no such object here."""
+    the puller with it). ``error`` (text): there is no such object here. ``redirect``: I
+    have no copy; pull it from that node (where I borrowed it from)."""
 
     object_id: bytes
     offset: int
@@ -557,6 +559,7 @@ class ObjectChunk(Message):
     is_error: bool
     contained: list
     error: str
+    redirect: bytes
 
 
 @message(48)

@@ -33,7 +33,7 @@ from zray.mesh.auth import Credentials
 from zray.node.clients import Client, Clients
 from zray.node.membership import Membership, NodeInfo
 from zray.node.mesh import MeshDoor
-from zray.node.object_table import ObjectTable
+from zray.node.object_table import ObjectTable, ObjState
 from zray.node.relay import Relay
 from zray.node.remote_actors import RemoteActors
 from zray.node.scheduler import Scheduler
@@ -298,13 +298,30 @@ class ClusterMember:
                 self.scheduler.withdraw(lease)
                 spec = lease.spec
                 self.relay.ask_lease(peer, lease.submitter, p.RequestLease(
-                    spec.task_id, spec.job_id, spec.name, spec.resources, {}))
+                    spec.task_id, spec.job_id, spec.name, spec.resources, {}, []))
 
     def place(self, msg: p.RequestLease) -> Placement:
-        """Where a lease request of one of our owners goes, by its strategy."""
+        """Where a lease request of one of our owners goes: by its strategy, else to the
+        node that holds most of its first task's arguments (if not this one, and it can
+        run it), else here."""
         self._turn += bool(msg.strategy.get("spread"))
-        return place(msg.strategy, msg.resources, self.node_id, self.scheduler.total,
+        strategy = msg.strategy or self._near(msg.near, msg.resources)
+        return place(strategy, msg.resources, self.node_id, self.scheduler.total,
                      self.membership.nodes, self._turn)
+
+    def _near(self, object_ids: list[bytes], demand: dict[str, float]) -> dict[str, object]:
+        """A soft affinity to the node holding the most bytes of these objects, or {}."""
+        held: dict[bytes, int] = {}
+        for object_id in object_ids:
+            entry = self.objects.get(object_id)
+            if entry is not None:
+                node = self.node_id if entry.state is not ObjState.REMOTE else entry.home
+                held[node] = held.get(node, 0) + entry.size
+        best = max(held, key=held.__getitem__, default=self.node_id)
+        info = self.membership.nodes.get(best)
+        if best == self.node_id or info is None or not fits(demand, info.total):
+            return {}
+        return {"node": best.hex(), "soft": True}
 
     def ask_peer(self, node: NodeInfo, owner: bytes, msg: p.RequestLease) -> None:
         self.relay.ask_lease(node, owner, msg)

@@ -5,8 +5,9 @@ task's argument, a result made there, a ref inside a copy) asks that node, its `
 for the bytes: PullObject(offset, size), a chunk at a time, at most ``ahead`` chunks in
 flight, each written into a block of its own store as it arrives; the last one makes the
 copy READY (and cached: it serves the next reader here too). One pull per object per node,
-whatever number of readers wait for it. The home serves from its store, or pulls first if
-it has no copy itself, or waits if its object is still being made::
+whatever number of readers wait for it. The home serves from its store, or sends the
+puller on to the node it borrowed the object from if it has no copy itself, or waits if
+its object is still being made (or on its way to it)::
 
     puller --Relayed("objects") + PullObject(id, 0, chunk)--> home's door
     puller <--ObjectChunk(id, 0, total, bytes, contained)--  (the refs it holds: lent)
@@ -84,6 +85,10 @@ class Transfers:
         pull = self.pulls.get(msg.object_id)
         if pull is None or node != pull.home:
             return
+        if msg.redirect and msg.redirect != pull.home:  # (it has no copy: where it has one)
+            pull.home = msg.redirect
+            self.send(pull.home, p.PullObject(msg.object_id, 0, self.chunk))
+            return
         if msg.error:
             self.counts["pulls failed"] += 1
             self._finish(msg.object_id, failures.object_lost(msg.object_id, "a transfer"),
@@ -146,7 +151,11 @@ class Transfers:
         entry = self.table.get(msg.object_id)
         if entry is None:
             self.answer(identity, p.ObjectChunk(msg.object_id, msg.offset, 0, b"", False, [],
-                                                "no such object here"))
+                                                "no such object here", b""))
+            return
+        if entry.state is ObjState.REMOTE and entry.home != identity:
+            self.answer(identity, p.ObjectChunk(msg.object_id, 0, 0, b"", False, [], "",
+                                                entry.home))
             return
         if entry.state is not ObjState.READY:  # (on its way here, or being made)
             self.parked.setdefault(msg.object_id, []).append((identity, msg))
@@ -166,7 +175,7 @@ class Transfers:
             self.counts["objects sent"] += 1
         self.counts["bytes sent"] += len(data)
         self.answer(identity, p.ObjectChunk(msg.object_id, msg.offset, entry.size, data,
-                                            entry.is_error, contained, ""))
+                                            entry.is_error, contained, "", b""))
 
     def object_ready(self, object_id: bytes) -> None:
         """Serve who asked for it while it was not ready here."""

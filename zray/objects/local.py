@@ -31,12 +31,13 @@ Location = tuple[Any, ...]  # (object_id, data, offset, size, is_error), see zra
 class Waiter:
     """One blocked get/wait: woken once ``remaining`` more of its ``ids`` are ready."""
 
-    __slots__ = ("ids", "remaining", "event")
+    __slots__ = ("ids", "remaining", "event", "fetch_local")
 
-    def __init__(self, ids: set[bytes], remaining: int) -> None:
+    def __init__(self, ids: set[bytes], remaining: int, fetch_local: bool = True) -> None:
         self.ids = ids
         self.remaining = remaining
         self.event = threading.Event()
+        self.fetch_local = fetch_local  # False: ready on another node counts as ready
 
     def one_ready(self) -> None:
         self.remaining -= 1
@@ -59,8 +60,9 @@ class LocalObjects:
         self._waiters: list[Waiter] = []
         self._views: weakref.WeakValueDictionary[bytes, Any] = weakref.WeakValueDictionary()
 
-    def ready_among(self, ids: list[bytes]) -> set[bytes]:
-        return self._ready.keys() & ids
+    def ready_among(self, ids: list[bytes], fetch_local: bool = True) -> set[bytes]:
+        ready = self._ready.keys() & ids
+        return ready if fetch_local else ready | (self._elsewhere.keys() & ids)
 
     def location(self, object_id: bytes) -> Location:
         return self._ready[object_id]
@@ -77,11 +79,16 @@ class LocalObjects:
             for location in locations:
                 object_id = location[0]
                 if object_id in self._subscribed and location[1] is None and location[2] < 0:
+                    new = object_id not in self._elsewhere
                     self._elsewhere[object_id] = location
-                    if any(object_id in waiter.ids for waiter in self._waiters):
+                    waiters = [w for w in self._waiters if object_id in w.ids]
+                    if any(w.fetch_local for w in waiters):
                         fetch.append(object_id)
                     else:  # (the next wait for it asks the agent)
                         self._subscribed.discard(object_id)
+                    for waiter in waiters:
+                        if new and not waiter.fetch_local:
+                            waiter.one_ready()
                 elif object_id in self._subscribed:
                     self._elsewhere.pop(object_id, None)
                     new = object_id not in self._ready
@@ -112,17 +119,20 @@ class LocalObjects:
                 self._elsewhere.pop(object_id, None)
                 self._subscribed.discard(object_id)
 
-    def start_wait(self, ids: list[bytes], count: int
+    def start_wait(self, ids: list[bytes], count: int, fetch_local: bool = True
                    ) -> tuple[Waiter | None, list[bytes], list[bytes]]:
-        """Register a wait for ``count`` of ``ids``: (waiter or None if already satisfied,
-        the ids not ready, the ids to ask the agent about)."""
+        """Register a wait for ``count`` of ``ids`` (``fetch_local``: ready here, else
+        ready anywhere): (waiter or None if already satisfied, the ids not ready, the ids
+        to ask the agent about)."""
         unique = set(ids)
         with self._lock:
             missing = unique.difference(self._ready)
+            if not fetch_local:
+                missing.difference_update(self._elsewhere)
             remaining = count - (len(unique) - len(missing))
             if remaining <= 0:
                 return None, [], []
-            waiter = Waiter(missing, remaining)
+            waiter = Waiter(missing, remaining, fetch_local)
             self._waiters.append(waiter)
             to_subscribe = list(missing.difference(self._subscribed))
             self._subscribed.update(to_subscribe)
