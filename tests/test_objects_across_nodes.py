@@ -203,3 +203,20 @@ def test_status_counts_what_crossed(cluster: Cluster) -> None:
     transfers = status(cluster.list_all_nodes()[1])["transfers"]
     assert transfers["bytes_received"] > 0 and transfers["pulls_started"] > 0
     assert transfers["pulling"] == 0
+
+
+def test_a_node_that_leaves_gives_back_what_it_borrowed(cluster: Cluster) -> None:
+    """Its results can no longer be pulled (ObjectLostError, not a hang; rebuilding them
+    is node failure's); what it borrowed from the head is freed there when dropped."""
+    baseline = store_use(cluster)
+    extra = cluster.add_node(num_cpus=1)
+    made_there = make.options(scheduling_strategy=on(extra)).remote(1_000_000)
+    assert zray.wait([made_there], fetch_local=False, timeout=30)[0] == [made_there]
+    kept = zray.put(np.ones(1_000_000))
+    keeper = Keeper.options(scheduling_strategy=on(extra)).remote()
+    assert zray.get(keeper.keep.remote([kept])) == 1  # (its node borrows it)
+    cluster.remove_node(extra)
+    with pytest.raises(zray.exceptions.ObjectLostError):
+        zray.get(made_there, timeout=30)
+    del made_there, kept
+    wait_for_baseline(cluster, baseline)

@@ -84,6 +84,7 @@ class ClusterMember:
                                    config.inline_object_max_bytes)
         self._load_reported = (0.0, dict(scheduler.available))
         self._turn = 0  # SPREAD's: the next node in turn
+        self._gone: set[bytes] = set()  # nodes seen to have left
 
     @property
     def address(self) -> str:
@@ -120,6 +121,7 @@ class ClusterMember:
                 self.actors.actor_rows.on_readable(sock)
         self.membership.tick()
         self.actors.actor_rows.tick()
+        self._see_nodes_gone()
 
     def _answer_query(self, identity: bytes, frames: list[bytes]) -> None:
         """``zray status`` (a holder of the token) asks this node how it is."""
@@ -201,12 +203,23 @@ class ClusterMember:
             for node, ids in forgotten.items():
                 self._to_node(node, p.ForgetCopies(ids))
 
-    def _to_node(self, node: bytes, msg: p.Message) -> None:
+    def _to_node(self, node: bytes, msg: p.Message) -> bool:
+        """Send to a node's door: False if it is not a live node of the cluster."""
         info = self.membership.nodes.get(node)
-        if info is None or not info.alive:
-            return  # (gone: what it held of ours is node failure's, a later issue's)
+        if info is None or not info.alive or not info.address:
+            return False
         self.relay.link_to(info)
         self.relay.send_to_peer(node, b"", "objects", msg)
+        return True
+
+    def _see_nodes_gone(self) -> None:
+        """Nodes that left (a clean stop; a crash is a later issue's): our objects they
+        borrowed are given back, our pulls from them fail."""
+        gone = {n for n, info in self.membership.nodes.items() if not info.alive}
+        for node in gone - self._gone:
+            self.objects.node_gone(node)
+            self.transfers.node_gone(node)
+        self._gone = gone
 
     def _on_relayed_back(self, owner: bytes, kind: str, msg: p.Message | list[bytes]) -> None:
         """A peer's agent answers one of our owners (or, kind "objects", sends us what

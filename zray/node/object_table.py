@@ -255,6 +255,18 @@ class ObjectTable:
             entry.cached = False
             self._maybe_free(entry)
 
+    def node_gone(self, node: bytes) -> None:
+        """A node left the cluster: what it borrowed is given back, it keeps no copies,
+        and nothing is owed to it."""
+        for entry in list(self.entries.values()):
+            if entry.copies:
+                entry.copies.discard(node)
+            if entry.lenders:
+                entry.lenders.pop(node, None)
+            if entry.borrowers and node in entry.borrowers:
+                del entry.borrowers[node]
+                self._maybe_free(entry)
+
     def start_copy(self, object_id: bytes, size: int) -> int | None:
         """A block for a copy being pulled (None: the store is full even without unused
         copies); the object is pinned until ``copied``."""
@@ -278,7 +290,7 @@ class ObjectTable:
             if entry.state is ObjState.CREATING:
                 self.allocator.free(entry.offset)
             entry.data, entry.offset, entry.size = data, -1, len(data)
-        entry.is_error, entry.cached = is_error, True
+        entry.is_error, entry.cached = is_error, not is_error  # (a lost one: not kept)
         self._ready(entry, contained)
 
     def allocate(self, size: int) -> int | None:

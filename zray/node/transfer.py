@@ -45,10 +45,11 @@ class _Pull:
 
 class Transfers:
     def __init__(self, table: ObjectTable, view: Callable[[], memoryview],
-                 send: Callable[[bytes, p.Message], None],
+                 send: Callable[[bytes, p.Message], bool],
                  answer: Callable[[bytes, p.Message], None],
                  inline_max: int, chunk_bytes: int = CHUNK_BYTES, ahead: int = AHEAD) -> None:
-        """``view()``: this node's store, writable; ``send(node, msg)``: to a node;
+        """``view()``: this node's store, writable; ``send(node, msg)``: to a node (False:
+        it is gone);
         ``answer(identity, msg)``: to a node that asked us; ``inline_max``: a copy at most
         so big is kept inline, as a small value made here would be."""
         self.table, self.view, self.send, self.answer = table, view, send, answer
@@ -70,8 +71,21 @@ class Transfers:
             self.table.pin(object_id)  # (nothing gives it back while it is on its way)
             self.pulls[object_id] = _Pull(entry.home)
             self.counts["pulls started"] += 1
-            self.send(entry.home, p.PullObject(object_id, 0, self.chunk))
+            if not self.send(entry.home, p.PullObject(object_id, 0, self.chunk)):
+                self._lost(object_id, entry.home)
         self.table.to_pull.clear()
+
+    def node_gone(self, node: bytes) -> None:
+        """A node left: what we were pulling from it is lost; what it asked, dropped."""
+        for object_id in [i for i, pull in self.pulls.items() if pull.home == node]:
+            self._lost(object_id, node)
+        for object_id, asked in list(self.parked.items()):
+            self.parked[object_id] = [(who, msg) for who, msg in asked if who != node]
+
+    def _lost(self, object_id: bytes, node: bytes) -> None:
+        self.counts["pulls failed"] += 1
+        self._finish(object_id, failures.object_lost(
+            object_id, f"a pull from node {node.hex()[:16]}, which left the cluster"), True, [])
 
     def retry_waiting(self) -> None:
         """Pulls that found the store full try again (from their first chunk)."""
@@ -87,7 +101,8 @@ class Transfers:
             return
         if msg.redirect and msg.redirect != pull.home:  # (it has no copy: where it has one)
             pull.home = msg.redirect
-            self.send(pull.home, p.PullObject(msg.object_id, 0, self.chunk))
+            if not self.send(pull.home, p.PullObject(msg.object_id, 0, self.chunk)):
+                self._lost(msg.object_id, pull.home)
             return
         if msg.error:
             self.counts["pulls failed"] += 1
@@ -131,6 +146,7 @@ class Transfers:
         return True
 
     def _ask_more(self, object_id: bytes, pull: _Pull) -> None:
+        """Keep ``ahead`` chunks in flight (a node that left is seen by ``node_gone``)."""
         in_flight = pull.asked - pull.received
         while pull.asked < pull.total and in_flight < self.ahead * self.chunk:
             size = min(self.chunk, pull.total - pull.asked)
