@@ -3,6 +3,7 @@ nothing is lost or reordered when a window is full (zray/mesh/window.py)."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -49,13 +50,14 @@ def test_output_of_100000_lines_crosses_a_window_of_2_whole_and_in_order(
             return n
 
         assert zray.get(chatter.remote(100_000)) == 100_000
-        numbers: list[int] = []
-        deadline = time.monotonic() + 60
-        while len(numbers) < 100_000 and time.monotonic() < deadline:
-            out = capfd.readouterr().out
-            numbers += [int(line.rsplit(" ", 1)[1]) for line in out.splitlines()
-                        if ") line " in line]
-            time.sleep(0.05)
+        # The answer may come before the lines (straight from the worker's node), and a
+        # capture read while they are written loses some: read once, when all are in.
+        deadline, size = time.monotonic() + 60, -1
+        while size != os.fstat(1).st_size and time.monotonic() < deadline:
+            size = os.fstat(1).st_size
+            time.sleep(0.5)
+        numbers = [int(line.rsplit(" ", 1)[1]) for line in capfd.readouterr().out.splitlines()
+                   if ") line " in line]
         assert numbers == list(range(100_000))
     finally:
         cluster.shutdown()

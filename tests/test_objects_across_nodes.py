@@ -122,12 +122,14 @@ def test_an_array_made_on_one_node_is_summed_on_another_and_read_here(
 
 def test_a_task_runs_where_its_largest_argument_is(cluster: Cluster) -> None:
     head, one, two = cluster.list_all_nodes()
+    baseline = store_use(cluster)
     array = make.options(scheduling_strategy=on(two)).remote(2_500_000)
     assert zray.wait([array], fetch_local=False, timeout=30)[0] == [array]  # (not pulled)
     before = [received(node) for node in cluster.list_all_nodes()]
     assert zray.get(total.remote(array))[0] == two.node_id  # (no strategy: locality)
     assert [received(node) for node in cluster.list_all_nodes()] == before
     del array
+    wait_for_baseline(cluster, baseline)
 
 
 def test_a_drivers_put_is_read_on_other_nodes_once_each(cluster: Cluster) -> None:
@@ -199,6 +201,30 @@ def test_refs_made_on_another_node_and_returned_inside_a_result(cluster: Cluster
     wait_for_baseline(cluster, baseline)
 
 
+def relayed(cluster: Cluster, kinds: tuple[str, ...] = ("t", "d")) -> int:
+    """Messages the agents relayed of these kinds: tasks to a worker, answers back."""
+    return sum(status(node)["relayed"].get(f"sent {kind}", 0) for kind in kinds
+               for node in cluster.list_all_nodes())
+
+
+def test_tasks_and_actor_calls_on_other_nodes_go_straight_to_their_workers(
+        cluster: Cluster) -> None:
+    """The direct paths over TCP: the driver sends tasks to a worker of another node and
+    calls an actor on a third, and the answers come back, with no agent relaying them."""
+    head, one, two = cluster.list_all_nodes()
+    keeper = Keeper.options(scheduling_strategy=on(two)).remote()
+    assert zray.get(keeper.add.remote(np.ones(3))) == 3.0
+    zray.get(total.options(scheduling_strategy=on(one)).remote(np.zeros(1)))
+    before = relayed(cluster)
+    ran = zray.get([total.options(scheduling_strategy=on(one)).remote(np.full(10, i))
+                    for i in range(200)])
+    assert ran == [(one.node_id, 10.0 * i) for i in range(200)]
+    sums = [zray.get(keeper.add.remote(np.ones(3))) for _ in range(100)]
+    assert sums == [3.0 * (i + 2) for i in range(100)]  # (its state, in call order)
+    assert relayed(cluster) == before  # (the agents hear of them: notices and reports)
+    zray.kill(keeper)
+
+
 def test_status_counts_what_crossed(cluster: Cluster) -> None:
     transfers = status(cluster.list_all_nodes()[1])["transfers"]
     assert transfers["bytes_received"] > 0 and transfers["pulls_started"] > 0
@@ -210,6 +236,10 @@ def test_a_node_that_leaves_gives_back_what_it_borrowed(cluster: Cluster) -> Non
     is node failure's); what it borrowed from the head is freed there when dropped."""
     baseline = store_use(cluster)
     extra = cluster.add_node(num_cpus=1)
+    deadline = time.monotonic() + 20  # (the head's agent knows it: it places the work)
+    while extra.node_id not in {n["NodeID"] for n in zray.nodes() if n["Alive"]}:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     made_there = make.options(scheduling_strategy=on(extra)).remote(1_000_000)
     assert zray.wait([made_there], fetch_local=False, timeout=30)[0] == [made_there]
     kept = zray.put(np.ones(1_000_000))

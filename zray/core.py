@@ -49,6 +49,7 @@ from zray.ids import (
 )
 from zray.leasing import DirectSubmitter, DirectTask, Peers
 from zray.malloc import keep_large_blocks_warm
+from zray.mesh.direct import DirectTcp
 from zray.node.inbox import TaskInbox
 from zray.node.launcher import direct_endpoint
 from zray.objects.arguments import check_ref_count, encode_arguments
@@ -119,6 +120,9 @@ class CoreClient:
         self._direct.setsockopt(zmq.LINGER, 0)
         self._direct.setsockopt(zmq.RCVHWM, 0)
         self._direct.bind(direct_endpoint(endpoint, self.worker_id))
+        self.mesh: DirectTcp | None = None  # a cluster node's: the TCP paths across nodes
+        self._direct_tcp: zmq.Socket | None = None  # answers from workers elsewhere
+        self.owner_nodes: dict[bytes, bytes] = {}  # an owner elsewhere -> its node
         # A context of its own, so a worker about to exit can wait for its answers to go
         # (deliver_before_exit) without closing the sockets its other threads use.
         self._peers_zmq = p.bounded_context(config.max_frame_bytes)
@@ -186,6 +190,8 @@ class CoreClient:
             raise NodeDiedError(f"the node agent answered {type(reply).__name__} to Register")
         self.node_id, self.resources = reply.node_id, reply.resources
         self.objects.mapping = Mapping(reply.store_path, reply.store_size)
+        if reply.mesh:
+            self._listen_on_tcp(reply.mesh)
         self._agent_pidfd = os.pidfd_open(reply.agent_pid)
         self.leasing = DirectSubmitter(self.worker_id, self.peers, self.tx.send,
                                        lambda msg: self.tx.defer(msg, soon=False, wake=False,
@@ -196,6 +202,30 @@ class CoreClient:
                                        self.config.lease_idle_ms / 1000)
         self._io = threading.Thread(target=self._io_loop, name="zray-io", daemon=True)
         self._io.start()
+
+    def _listen_on_tcp(self, mesh: dict[str, str]) -> None:
+        """In a cluster: bind our direct sockets on TCP too (zray/mesh/direct.py), and
+        tell the agent where (a worker: owners elsewhere get it with their lease)."""
+        self.mesh = DirectTcp(self._zmq, mesh["host"], mesh["token"],
+                              self.config.encrypt_loopback)
+        sock = self._direct_tcp = self._zmq.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        addresses = {"d": self.mesh.bind(sock)}
+        if self.inbox is not None:
+            addresses["t"] = self.mesh.bind(self.inbox.tcp_socket())
+        self.mesh.start()
+        self.peers.secure(self.mesh.credentials,
+                          p.Introduce(self.worker_id, self.node_id, {"d": addresses["d"]}))
+        if self.kind == "worker":
+            self.tx.send(p.Listening(addresses))
+
+    def introduced(self, msg: p.Introduce) -> None:
+        """An owner on another node (its first message on a TCP connection to us)."""
+        address = msg.addresses.get("d")
+        if isinstance(address, str) and address.startswith("tcp://"):
+            self.owner_nodes[msg.client_id] = msg.node_id
+            self.peers.route(msg.client_id, "d", address)
 
     def _barrier(self) -> None:
         """Round trip to the agent after flushing refs: notices it owes us arrive first."""
@@ -222,6 +252,10 @@ class CoreClient:
         self.peers.close()
         self._peers_zmq.term()
         self._direct.close()
+        if self._direct_tcp is not None:
+            self._direct_tcp.close()
+        if self.mesh is not None:
+            self.mesh.close()
         if self.inbox is not None:
             self.inbox.close()
         self._tx.close()
@@ -245,6 +279,8 @@ class CoreClient:
         poller = zmq.Poller()
         poller.register(self._rx, zmq.POLLIN)
         poller.register(self._direct, zmq.POLLIN)
+        if self._direct_tcp is not None:
+            poller.register(self._direct_tcp, zmq.POLLIN)
         poller.register(self._agent_pidfd, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         last_chores = 0.0
@@ -259,7 +295,9 @@ class CoreClient:
                 # Answers first: a notice from the agent that their worker died comes after
                 # whatever that worker sent us (ActorCaller.moved, DirectSubmitter).
                 if self._direct in events:
-                    self._take_direct()
+                    self._take_direct(self._direct)
+                if self._direct_tcp is not None and self._direct_tcp in events:
+                    self._take_direct(self._direct_tcp)
                 while self._rx in events and has_input(self._rx):
                     self._dispatch(self._rx.recv_multipart(), from_agent=True)
                 now = time.monotonic()
@@ -284,13 +322,13 @@ class CoreClient:
                 entry[3] = True  # (sent, not deferred: a deferred message would send the
                 self.tx.send(p.TaskStarted(task_id, attempt, started))  # answer via the agent)
 
-    def _take_direct(self) -> None:
-        """Every message waiting on the direct socket; the answers among them are taken
+    def _take_direct(self, sock: zmq.Socket) -> None:
+        """Every message waiting on a direct socket; the answers among them are taken
         together (a lease then gets its next tasks in one message, not one per answer)."""
         answers: list[p.TaskDone] = []
         while True:
             try:  # (NOBLOCK until Again: cheaper than asking the socket before each one)
-                frames = self._direct.recv_multipart(zmq.NOBLOCK)
+                frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
             try:
@@ -300,12 +338,14 @@ class CoreClient:
                 continue
             if isinstance(msg, p.TaskDone):
                 answers.append(msg)
+            elif isinstance(msg, p.Introduce) and sock is self._direct_tcp:
+                self.introduced(msg)
             elif isinstance(msg, _DIRECT_MESSAGES):
                 self._dispatch_message(msg, from_agent=False)
             else:  # (anyone may write to this socket: a peer of ours never sends these)
                 self._complaints.warning("direct", "rejected a %s on the direct socket",
                                          type(msg).__name__)
-                p.send_rejected(self._direct, frames[0], msg,
+                p.send_rejected(sock, frames[0], msg,
                                 "a direct socket takes answers, NotStarted and cancels")
         if answers:
             try:
@@ -609,9 +649,13 @@ class CoreClient:
         return (list(itertools.compress(refs, is_ready)),
                 list(itertools.compress(refs, map(operator.not_, is_ready))))
 
-    def fetch(self, ids: list[bytes]) -> None:
+    def fetch(self, ids: list[bytes], node: bytes = b"") -> None:
         """Wait until these objects, ready on other nodes, have a copy here (a task's
-        arguments: its worker is not blocked, the copy is on its way)."""
+        arguments: its worker is not blocked, the copy is on its way). ``node``: where
+        they are, if our agent may not know (a task sent to us over TCP)."""
+        if node:
+            self.objects.expect(ids)  # (subscribed by the Fetch)
+            self.tx.send(p.Fetch(ids, node))
         self._await(ids, len(set(ids)), None, for_get=True, lends_cpu=False)
 
     def _await(self, ids: list[bytes], count: int, timeout: float | None,

@@ -42,6 +42,7 @@ from typing import Any
 import zmq
 
 from zray import protocol as p
+from zray.mesh.auth import Credentials, secure_client
 from zray.node import failures
 from zray.node.launcher import direct_endpoint
 
@@ -57,14 +58,38 @@ class Peers:
     """Send-only DEALERs to other processes' direct sockets, one per peer, made on first
     use; the least recently used beyond ``_MAX_PEER_SOCKETS`` are closed (a peer may have
     exited unannounced, and zmq would keep reconnecting to it). Any thread may send: sends
-    are serialised by one lock."""
+    are serialised by one lock.
+
+    A peer on another node is reached over TCP once ``route``d (zray/mesh/direct.py): its
+    address came with a lease or an actor's address, or in its Introduce; each new TCP
+    connection starts with our own Introduce."""
 
     def __init__(self, context: zmq.Context, worker_id: bytes, agent_endpoint: str) -> None:
         self._context = context
         self._identity = worker_id + b"d"
         self._agent_endpoint = agent_endpoint
         self._sockets: OrderedDict[tuple[bytes, str], zmq.Socket] = OrderedDict()
+        self._routes: dict[tuple[bytes, str], str] = {}  # (peer, kind) -> tcp address
+        self._credentials: Credentials | None = None
+        self._introduce: list[bytes] = []
         self._lock = threading.Lock()
+
+    def secure(self, credentials: Credentials, introduce: p.Introduce) -> None:
+        """This process is a cluster node's: TCP routes use these credentials."""
+        self._credentials, self._introduce = credentials, p.encode(introduce)
+
+    def route(self, peer: bytes, kind: str, address: str) -> None:
+        """Reach ``peer``'s ``kind`` socket at ``address`` (TCP) from now on."""
+        with self._lock:
+            if self._routes.get((peer, kind)) == address:
+                return
+            self._routes[peer, kind] = address
+            sock = self._sockets.pop((peer, kind), None)
+        if sock is not None:
+            sock.close()
+
+    def routed(self, peer: bytes, kind: str = "d") -> bool:
+        return (peer, kind) in self._routes
 
     def send(self, peer: bytes, msg: p.Message | list[bytes], kind: str = "d") -> None:
         """Send ``msg`` (or the frames of one, encoded already) to ``peer``'s socket."""
@@ -75,7 +100,13 @@ class Peers:
                 sock.setsockopt(zmq.IDENTITY, self._identity)
                 sock.setsockopt(zmq.LINGER, 1000)  # an evicted socket still delivers
                 sock.setsockopt(zmq.SNDHWM, 0)
-                sock.connect(direct_endpoint(self._agent_endpoint, peer, kind))
+                endpoint = self._routes.get((peer, kind))
+                if endpoint is None:
+                    sock.connect(direct_endpoint(self._agent_endpoint, peer, kind))
+                else:
+                    secure_client(sock, endpoint, self._credentials)
+                    sock.connect(endpoint)
+                    sock.send_multipart(self._introduce)
                 if len(self._sockets) > _MAX_PEER_SOCKETS:
                     self._sockets.popitem(last=False)[1].close()
             else:
@@ -89,6 +120,8 @@ class Peers:
         """The peer exited: drop its sockets (messages still queued for it are lost)."""
         with self._lock:
             socks = [self._sockets.pop((peer, kind), None) for kind in ("d", "t")]
+            for kind in ("d", "t"):
+                self._routes.pop((peer, kind), None)
         for sock in socks:
             if sock is not None:
                 sock.close(linger=0)
@@ -257,6 +290,8 @@ class DirectSubmitter:
             if key is None:
                 return
             self._requested[key] -= 1
+            for kind, address in msg.addresses.items():  # (a worker on another node)
+                self._peers.route(msg.worker_id, kind, address)
             lease = self.leases[msg.lease_id] = Lease(msg.lease_id, key, msg.worker_id,
                                                       list(msg.gpu_ids), msg.remote)
             lease.idle_since = time.monotonic()

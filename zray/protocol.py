@@ -117,6 +117,7 @@ class Registered(Message):
     store_path: str
     store_size: int
     resources: dict
+    mesh: dict = dataclasses.field(default_factory=dict)  # a cluster's node: host, token
 
 
 @message(3)
@@ -183,6 +184,7 @@ class TaskDone(Message):
     pid: int  # the worker process that ran it (0: it never ran)
     error: str  # "Type: message" of the exception it raised ("" if none), for the GCS row
     started: float  # when it started, by the worker's wall clock (0.0: it never ran)
+    node: bytes = b""  # the node it ran on, if not its owner's: results left there
 
 
 @message(7)
@@ -351,6 +353,7 @@ class LeaseGranted(Message):
     worker_id: bytes  # send ExecuteTask to its task socket (launcher.direct_endpoint "t")
     gpu_ids: list
     remote: bool  # a worker of another node (its agents relay: send more tasks ahead)
+    addresses: dict = dataclasses.field(default_factory=dict)  # its TCP sockets: "t", "d"
 
 
 @message(26)
@@ -433,6 +436,7 @@ class ActorAddress(Message):
     actor_id: bytes
     worker_id: bytes
     gpu_ids: list
+    addresses: dict = dataclasses.field(default_factory=dict)  # its TCP sockets: "t", "d"
 
 
 @message(37)
@@ -579,6 +583,47 @@ class ForgetCopies(Message):
     drop your copy once nothing of yours uses it."""
 
     object_ids: list
+
+
+@message(50)
+@dataclass(frozen=True, slots=True)
+class Listening(Message):
+    """Worker to its agent: my sockets on TCP, for owners and callers on other nodes
+    (``addresses``: "t" tasks, "d" answers and cancels)."""
+
+    addresses: dict
+
+
+@message(51)
+@dataclass(frozen=True, slots=True)
+class Introduce(Message):
+    """Owner to a worker of another node, first on a TCP connection: answer me at
+    ``addresses["d"]``; objects I lend you are on node ``node_id``."""
+
+    client_id: bytes
+    node_id: bytes
+    addresses: dict
+
+
+@message(52)
+@dataclass(frozen=True, slots=True)
+class Fetch(Message):
+    """Worker to its agent: send me these objects once here; they are on ``node`` (its
+    owner's, which sent the task over TCP), to pull from."""
+
+    object_ids: list
+    node: bytes
+
+
+@message(53)
+@dataclass(frozen=True, slots=True)
+class LendObjects(Message):
+    """Worker to its agent: these results of mine go to ``holder`` on node ``node``:
+    lend them to that node (before the answer leaves)."""
+
+    object_ids: list
+    node: bytes
+    holder: bytes
 
 
 @message(36)

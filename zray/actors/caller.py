@@ -147,6 +147,8 @@ class ActorCaller:
         restarting), and the agent waits to hear which calls it had we got answers for:
         their reports went before this (answers are taken before the agent's messages,
         CoreClient._io_loop), and the calls we never sent it are named."""
+        for kind, address in msg.addresses.items():  # (an actor on another node)
+            self._peers.route(msg.worker_id, kind, address)
         unsent = self._move(msg.actor_id, msg.worker_id, list(msg.gpu_ids))
         if not msg.worker_id:
             self._tx.send(p.CallsReported(msg.actor_id, unsent))

@@ -192,8 +192,11 @@ class ActorManager:
                 call.move(TaskState.RUNNING)
                 if call.submitter not in actor.callers:  # it may send the next ones itself
                     actor.callers.add(call.submitter)
-                    self.agent.send(call.submitter, p.ActorAddress(actor.actor_id, actor.worker,
-                                                                   actor.gpu_ids))
+                    worker = self.agent.clients.get(actor.worker)
+                    self.agent.send(call.submitter, p.ActorAddress(
+                        actor.actor_id, actor.worker, actor.gpu_ids,
+                        worker.addresses_for(self.agent.clients.get(call.submitter))
+                        if worker is not None else {}))
                 self.agent.send_execute(call, actor.worker, actor.gpu_ids)
             if actor.state is not ActorState.ALIVE:
                 break

@@ -112,7 +112,12 @@ class Agent:
         self.actors = ActorManager(self)
         self.objects.other_pins = self.actors.pin  # handles inside objects keep actors alive
         self.member: ClusterMember | None = None
+        self.mesh_for_clients: dict[str, str] = {}  # where they bind TCP, with what token
         if door is not None and credentials is not None:
+            from zray.mesh.auth import read_token
+
+            self.mesh_for_clients = {"host": door.address.rsplit(":", 1)[0],
+                                     "token": read_token(args.token_file)}
             from zray.broker.layout import GcsAddress
             from zray.node.member import ClusterMember
 
@@ -146,6 +151,8 @@ class Agent:
             p.CancelTask: self.on_cancel, p.RequestLease: self.on_request_lease,
             p.ReturnLease: self.on_return_lease, p.CallsReported: self.actors.calls_reported,
             p.TaskStarted: self.leases.started,
+            p.Listening: self.on_listening, p.Fetch: self.object_manager.on_fetch,
+            p.LendObjects: self.object_manager.on_lend,
         }
         self.scheduler.starting = len(pool.by_pid)
 
@@ -380,12 +387,23 @@ class Agent:
         if msg.kind == "driver":
             self._record_job(client, "RUNNING")
         self.send(client_id, p.Registered(self.node_id, os.getpid(), self.store_path,
-                                          self.store_size, self.cluster_resources()))
+                                          self.store_size, self.cluster_resources(),
+                                          self.mesh_for_clients))
         if pooled:
             client.worker = self.pool.by_pid[msg.pid]
             client.worker.worker_id = client_id
             if not self.actors.claim_worker(client_id, msg.pid):
                 self.scheduler.worker_started(client_id)
+
+    def on_listening(self, client_id: bytes, msg: p.Listening) -> None:
+        """A worker's TCP sockets: owners and callers elsewhere get them (direct paths)."""
+        client = self.clients[client_id]
+        if client.kind != "worker" or self.member is None or not msg.addresses or not all(
+                type(v) is str and v.startswith("tcp://") for v in msg.addresses.values()):
+            self.reject(client_id, msg, "only a worker of a cluster's node listens on TCP, "
+                                        "at tcp:// addresses")
+            return
+        client.addresses = dict(msg.addresses)
 
     def remote_client(self, client_id: bytes, msg: p.Register) -> None:
         """A caller on another node, of an actor here: a client with no process here (its
@@ -591,9 +609,7 @@ class Agent:
         # death must not be taken for a crash of a task that finished.
         while has_input(self.router):
             self._on_frames(self.router.recv_multipart())
-        for fd, (owner, what) in list(self.pool.by_fd.items()):
-            if owner is worker and what != "exit":
-                self._forward_output(worker, what, self.pool.read_lines(fd))
+        self.flush_output(worker)
         how = self.pool.reap(worker)
         self.clients.running_on.pop(worker.pid, None)
         client = self.clients.get(worker.worker_id)
@@ -699,6 +715,14 @@ class Agent:
         }
 
     # --- output, broker, stopping ----------------------------------------------------
+
+    def flush_output(self, worker: WorkerProcess) -> None:
+        """Forward what the worker printed and we have not read yet, now: before it goes,
+        or its task's lease does (the owner, answered straight from another node, can
+        give the lease back before we read the end of its output)."""
+        for fd, (owner, what) in list(self.pool.by_fd.items()):
+            if owner is worker and what != "exit":
+                self._forward_output(worker, what, self.pool.read_lines(fd))
 
     def _forward_output(self, worker: WorkerProcess, stream: str, lines: list[str]) -> None:
         if not lines:

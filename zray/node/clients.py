@@ -25,6 +25,11 @@ class Client:
     functions: set[bytes] = field(default_factory=set)  # exported functions it has
     job_row: dict[str, Any] = field(default_factory=dict)  # a driver's job, as the GCS has it
     remote: bool = False  # a caller on another node, of an actor here (its agent relays)
+    addresses: dict[str, str] = field(default_factory=dict)  # a worker's TCP sockets
+
+    def addresses_for(self, other: Client | None) -> dict[str, str]:
+        """This worker's TCP sockets if ``other`` (an owner, a caller) is on another node."""
+        return self.addresses if other is None or other.remote else {}
 
 
 class Clients:

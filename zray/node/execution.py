@@ -7,6 +7,7 @@ TaskDone that pins them has been sent.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import time
@@ -72,17 +73,21 @@ def _enter(client: CoreClient, task: p.ExecuteTask) -> float:
 
 def resolve_args(client: CoreClient, task: p.ExecuteTask) -> tuple[list[Any], dict[str, Any]]:
     args, kwargs = deserialize(task.args)
-    far = [loc[0] for loc in task.deps if loc[1] is None and loc[2] < 0]
+    # A stored argument is on another node if it says so (offset -1), or if the task's
+    # owner is on another node (it sent its own store's offsets, over TCP).
+    home = client.owner_nodes.get(task.owner, b"")
+    far = [loc[0] for loc in task.deps if loc[1] is None and (loc[2] < 0 or home)]
     if not far:
         return resolve_arguments(args, kwargs, [client.objects.value_of(loc) for loc in task.deps])
-    # Lent by another node: ours pulls them. Held meanwhile, as refs are: a release of
-    # the same object by the last task (a view it made) must not cancel this fetch.
+    # Ours pulls them. Held meanwhile, as refs are: a release of the same object by the
+    # last task (a view it made) must not cancel this fetch.
     for object_id in far:
         client.refs.borrowed(object_id)
     try:
-        client.fetch(far)
-        values = [client.objects.value_of(client.objects.location(loc[0]) if loc[1] is None
-                                          and loc[2] < 0 else loc) for loc in task.deps]
+        client.fetch(far, home)
+        fetched = set(far)
+        values = [client.objects.value_of(client.objects.location(loc[0])
+                                          if loc[0] in fetched else loc) for loc in task.deps]
     finally:
         for object_id in far:
             client.refs.dropped(object_id)
@@ -152,8 +157,23 @@ def hand_in(client: CoreClient, outcome: Outcome) -> None:
     finish_lines()
     if not done.owner or done.contained or client.tx.agent_first():
         client.tx.send(done)
+    elif client.peers.routed(done.owner):  # (an owner on another node, over TCP)
+        client.peers.send(done.owner, _lent_to_owner(client, done))
     else:
         client.peers.send(done.owner, done)
+
+
+def _lent_to_owner(client: CoreClient, done: p.TaskDone) -> p.TaskDone:
+    """The answer for an owner on another node: results in our store stay here, lent to
+    its node (our agent hears first), "elsewhere" to it (offset -1, on our node)."""
+    stored = [loc[0] for loc in done.results if loc[1] is None and loc[2] >= 0]
+    if stored:
+        client.tx.send(p.LendObjects(stored, client.owner_nodes.get(done.owner, b""),
+                                     done.owner))
+        done = dataclasses.replace(done, results=[
+            (loc[0], None, -1, loc[3], loc[4]) if loc[1] is None else loc
+            for loc in done.results])
+    return dataclasses.replace(done, node=client.node_id)
 
 
 def _error_text(exc: BaseException) -> str:

@@ -43,6 +43,7 @@ _BLOCKED_CHECK_S = 0.01  # how often a blocked task's worker sends back tasks th
 class TaskInbox:
     def __init__(self, client: CoreClient, context: zmq.Context, agent_endpoint: str) -> None:
         self._client = client
+        self._client_context = context
         self.socket = context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.RCVHWM, 0)
@@ -53,6 +54,7 @@ class TaskInbox:
         self._poller.register(self.socket, zmq.POLLIN)
         self._poller.register(self._wake_r, zmq.POLLIN)
         self._pending: deque[p.ExecuteTask] = deque()  # sent on a lease, not started
+        self._sockets = [self.socket]  # (and, in a cluster, one on TCP: tcp_socket)
         self._complaints = RateLimitedLog(log)
 
     # --- from the I/O thread ---------------------------------------------------------
@@ -97,27 +99,42 @@ class TaskInbox:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
 
+    def tcp_socket(self) -> zmq.Socket:
+        """A second task socket, for owners on other nodes (the caller binds it on TCP)."""
+        sock = self._sockets[-1] if len(self._sockets) > 1 else None
+        if sock is None:
+            sock = self._client_context.socket(zmq.ROUTER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVHWM, 0)
+            self._sockets.append(sock)
+            self._poller.register(sock, zmq.POLLIN)
+        return sock
+
     def close(self) -> None:
-        self.socket.close()
+        for sock in self._sockets:
+            sock.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
 
     def _receive(self) -> None:
-        while has_input(self.socket):
-            frames = self.socket.recv_multipart(copy=False)
-            try:
-                msg = p.decode(p.received(frames[1:]))
-                tasks = p.unbatch(msg) if isinstance(msg, p.Batch) else [msg]
-            except p.ProtocolError as exc:
-                self._complaints.warning("malformed", "dropped a malformed task message: %s",
-                                         exc)
-                continue
-            if not isinstance(msg, (p.ExecuteTask, p.Batch)):  # (anyone may write here)
-                self._complaints.warning("other", "rejected a %s on the task socket",
-                                         type(msg).__name__)
-                p.send_rejected(self.socket, frames[0].bytes, msg,
-                                "a task socket takes ExecuteTask")
-                continue
+        for sock in self._sockets:
+            while has_input(sock):
+                self._take(sock, sock.recv_multipart(copy=False))
+
+    def _take(self, sock: zmq.Socket, frames: list[zmq.Frame]) -> None:
+        try:
+            msg = p.decode(p.received(frames[1:]))
+            tasks = p.unbatch(msg) if isinstance(msg, p.Batch) else [msg]
+        except p.ProtocolError as exc:
+            self._complaints.warning("malformed", "dropped a malformed task message: %s", exc)
+            return
+        if isinstance(msg, p.Introduce) and sock is not self.socket:
+            self._client.introduced(msg)  # (an owner on another node: its first message)
+        elif not isinstance(msg, (p.ExecuteTask, p.Batch)):  # (anyone may write here)
+            self._complaints.warning("other", "rejected a %s on the task socket",
+                                     type(msg).__name__)
+            p.send_rejected(sock, frames[0].bytes, msg, "a task socket takes ExecuteTask")
+        else:
             self._pending.extend(t for t in tasks if isinstance(t, p.ExecuteTask))
 
     def _bounce(self) -> None:

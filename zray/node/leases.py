@@ -59,8 +59,10 @@ class LeaseManager:
         process = self.agent.clients[worker_id].worker
         if process is not None:  # its output is shown as the lease's function's
             self.agent.clients.running_on[process.pid] = lease
-        self.agent.send(lease.submitter, p.LeaseGranted(lease.spec.task_id, worker_id,
-                                                        lease.gpu_ids, False))
+        worker = self.agent.clients[worker_id]
+        self.agent.send(lease.submitter, p.LeaseGranted(
+            lease.spec.task_id, worker_id, lease.gpu_ids, False,
+            worker.addresses_for(self.agent.clients.get(lease.submitter))))
 
     def refuse(self, client_id: bytes, msg: p.RequestLease, why: str) -> None:
         """No node may ever grant it: its owner fails the tasks waiting for it."""
@@ -80,6 +82,7 @@ class LeaseManager:
             self.agent.pool.kill(process)  # its exit ends the lease (LeaseLost, ignored)
             return
         if process is not None:
+            self.agent.flush_output(process)  # (its lines are its task's owner's)
             self.agent.clients.running_on.pop(process.pid, None)
         self.scheduler.task_done(lease, retry=False)
 
@@ -127,7 +130,13 @@ class LeaseManager:
         del self.direct[msg.task_id]
         task.attempt = msg.attempt
         task.pid = msg.pid or task.pid
-        if self.agent.member is not None:
+        if msg.node:  # (its results are there: lent to us)
+            task.ran_on = msg.node.hex()
+            for object_id, data, offset, size, is_error in msg.results:
+                if data is None and offset < 0:
+                    self.agent.objects.borrowed(object_id, msg.node, task.spec.job_id, size,
+                                                is_error, client_id)
+        elif self.agent.member is not None:
             task.ran_on = self.agent.member.relay.ran_on(msg.task_id)
         if task.state is TaskState.QUEUED:  # (no TaskStarted: it was short)
             task.move(TaskState.RUNNING, time.time() - msg.seconds)

@@ -180,12 +180,13 @@ class ClusterMember:
         ones, start the pulls now wanted (and those that found the store full, if some
         was ``freed``), give back refs nothing here uses, tell the nodes with copies of
         what we freed."""
-        for object_id in ready:
+        table = self.objects
+        for object_id in [*ready, *table.made_elsewhere]:
             self.transfers.object_ready(object_id)
+        table.made_elsewhere.clear()
         self.transfers.start()
         if freed:
             self.transfers.retry_waiting()
-        table = self.objects
         if table.unborrows:
             by_node: dict[bytes, tuple[list[bytes], list[int]]] = {}
             for node, object_id, count in table.unborrows:

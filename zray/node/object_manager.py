@@ -94,6 +94,25 @@ class ObjectManager:
     def on_seal(self, client_id: bytes, msg: p.SealObject) -> None:
         self.table.seal(msg.object_id, msg.contained, msg.is_error)
 
+    def on_fetch(self, client_id: bytes, msg: p.Fetch) -> None:
+        """A worker needs these arguments of a task sent to it over TCP from ``msg.node``:
+        subscribed, and pulled from there if we have no copy."""
+        job_id = self.agent.clients[client_id].job_id
+        for object_id in msg.object_ids:
+            self.table.elsewhere(object_id, msg.node, job_id)
+        self.on_subscribe(client_id, p.Subscribe(msg.object_ids, True))
+
+    def on_lend(self, client_id: bytes, msg: p.LendObjects) -> None:
+        """A worker's results go to an owner on another node: lent to that node."""
+        member = self.agent.member
+        if member is None or msg.node not in member.membership.nodes:
+            self.agent.reject(client_id, msg, f"node {msg.node.hex()[:16]} is not a node of "
+                                              "this cluster")
+            return
+        for object_id in msg.object_ids:
+            if self.table.lend(object_id, msg.node):
+                self.table.release(msg.holder, object_id)
+
     def on_refs(self, client_id: bytes, msg: p.RefsChanged) -> None:
         for object_id in msg.added:
             if not self.agent.actors.holds(client_id, object_id, True):

@@ -70,6 +70,7 @@ class ObjectEntry:
     # Across nodes (see the module's doc); None until used: most objects never leave.
     home: bytes = b""  # the node it came from: REMOTE, or a copy (b"": made here)
     cached: bool = False  # a copy kept for reuse after nothing here uses it
+    wanted: bool = False  # something here waits to read it: pulled if it is made elsewhere
     lenders: dict[bytes, int] | None = None  # node -> refs it lent us, not given back
     borrowers: dict[bytes, int] | None = None  # node -> refs we lent it, not given back
     copies: set[bytes] | None = None  # nodes that pulled a copy from here
@@ -113,6 +114,7 @@ class ObjectTable:
         self.freed: list[Freed] = []
         self.became_ready: list[bytes] = []
         self.to_pull: list[bytes] = []  # REMOTE objects something here now waits for
+        self.made_elsewhere: list[bytes] = []  # results expected here, found REMOTE
         self.unborrows: list[tuple[bytes, bytes, int]] = []  # (node, object id, count)
         self.forgets: list[tuple[bytes, bytes]] = []  # (node, object id)
         # Pins of ids that are not objects (actor handles inside values): (id, +1/-1) ->
@@ -197,6 +199,8 @@ class ObjectTable:
         entry = self.entries.get(object_id)
         if entry is not None and entry.state is ObjState.REMOTE:
             self.to_pull.append(object_id)
+        elif entry is not None and entry.state is ObjState.PENDING:
+            entry.wanted = True
 
     # --- across nodes ----------------------------------------------------------------
 
@@ -208,7 +212,12 @@ class ObjectTable:
             return False
         if entry.borrowers is None:
             entry.borrowers = {}
-        entry.borrowers[node] = entry.borrowers.get(node, 0) + 1
+        count = entry.borrowers.get(node, 0) + 1
+        if count:
+            entry.borrowers[node] = count
+        else:  # (its give-back came first)
+            del entry.borrowers[node]
+            self._maybe_free(entry)
         return True
 
     def borrowed(self, object_id: bytes, node: bytes, job_id: bytes, size: int,
@@ -223,6 +232,9 @@ class ObjectTable:
         elif entry.state is ObjState.PENDING:  # (a result we expected: made there)
             entry.move(ObjState.REMOTE)
             entry.home, entry.size, entry.is_error = node, size, is_error
+            self.made_elsewhere.append(object_id)
+            if entry.wanted:
+                self.to_pull.append(object_id)
         if entry.lenders is None:
             entry.lenders = {}
         entry.lenders[node] = entry.lenders.get(node, 0) + 1
@@ -230,15 +242,27 @@ class ObjectTable:
             entry.holders.add(holder)
         return entry
 
+    def elsewhere(self, object_id: bytes, node: bytes, job_id: bytes) -> None:
+        """An object we have no entry for is on ``node`` (to pull from; its owner's node
+        counts it, not us)."""
+        if object_id not in self.entries:
+            entry = self.entries[object_id] = ObjectEntry(object_id, job_id)
+            entry.state, entry.home = ObjState.REMOTE, node
+
     def unborrow(self, node: bytes, object_id: bytes, count: int) -> None:
+        """``node`` gives back ``count`` refs we lent it. Counts may go below zero for a
+        while: a give-back that overtook its lend (a worker tells us of a lend as its
+        answer leaves, on another connection)."""
         entry = self.entries.get(object_id)
-        if entry is None or not entry.borrowers or node not in entry.borrowers:
+        if entry is None:
             return
-        left = entry.borrowers[node] - count
-        if left > 0:
+        if entry.borrowers is None:
+            entry.borrowers = {}
+        left = entry.borrowers.get(node, 0) - count
+        if left:
             entry.borrowers[node] = left
         else:
-            del entry.borrowers[node]
+            entry.borrowers.pop(node, None)
         self._maybe_free(entry)
 
     def copied_to(self, object_id: bytes, node: bytes) -> None:

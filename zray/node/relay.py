@@ -68,7 +68,9 @@ class Relay:
         self.credentials, self.door, self.objects = credentials, door, objects
         self.send_worker = send_worker
         self.complaints = RateLimitedLog(log)
-        self.counts: Counter[str] = Counter()  # messages relayed, by direction (zray status)
+        # Messages relayed (zray status): by direction, and sent by kind ("sent t": tasks
+        # for a worker there, "sent d": its answers back, "sent actor", "sent lease", ...).
+        self.counts: Counter[str] = Counter()
         self.window = window
         self.links: dict[bytes, zmq.Socket] = {}  # peer node -> DEALER to its door
         # Each direction of each connection has a credit window (zray/mesh/window.py).
@@ -158,13 +160,15 @@ class Relay:
             if isinstance(msg, p.LeaseGranted):
                 if not self._granted(msg):
                     continue
+                if not msg.addresses:  # (no direct path to it: through us)
+                    self.proxy_worker(node, msg.worker_id)
                 msg = _replace(msg, remote=True)
             elif isinstance(msg, p.LeaseLost):
                 lease = self.leases.pop(msg.lease_id, None)
                 if lease is not None:
                     self._unproxy_worker(lease.worker)
-            elif isinstance(msg, p.ActorAddress) and msg.worker_id:  # (an actor's there)
-                self.proxy_worker(node, msg.worker_id)
+            elif isinstance(msg, p.ActorAddress) and msg.worker_id and not msg.addresses:
+                self.proxy_worker(node, msg.worker_id)  # (an actor's there: through us)
             elif envelope.kind == "objects":
                 envelope = p.Relayed(node, "objects")  # (for us, from that node)
             out.append((envelope.target, envelope.kind, msg))
@@ -189,7 +193,6 @@ class Relay:
             return False  # (returned meanwhile: the peer hears of it)
         self.asked[lease.node] -= 1
         lease.worker = msg.worker_id
-        self.proxy_worker(lease.node, msg.worker_id)
         return True
 
     def proxy_worker(self, node: bytes, worker: bytes) -> None:
@@ -333,6 +336,7 @@ class Relay:
 
     def _door_send(self, identity: bytes, owner: bytes, kind: str, frames: list) -> None:
         self.counts["to peers"] += 1
+        self.counts[f"sent {kind}"] += 1
         window = self._door_out.get(identity)
         if window is None:
             window = self._door_out[identity] = SendWindow(
@@ -414,6 +418,7 @@ class Relay:
         window = self._link_out.get(node_id)
         if window is not None:
             self.counts["to peers"] += 1
+            self.counts[f"sent {envelope.kind}"] += 1
             window.send([*p.encode(envelope), *frames])
 
     def _envelope(self, frames: list[bytes]) -> p.Relayed | None:

@@ -54,6 +54,7 @@ class RemoteActors:
         self._exported: set[tuple[bytes, bytes]] = set()  # (function id, node)
         self.homes: dict[bytes, _Home] = {}  # actor id -> where it lives (not here)
         self.calls: dict[bytes, bytes] = {}  # task id of a call in flight -> actor id
+        self._pinned: dict[bytes, list[bytes]] = {}  # direct call -> its arguments here
         self._introduced: set[tuple[bytes, bytes]] = set()  # (client, node)
 
     # --- our clients' messages --------------------------------------------------------
@@ -72,14 +73,23 @@ class RemoteActors:
                 self.objects.expect(return_object_id(msg.task_id, i), msg.job_id,
                                     client.client_id)
             self.calls[msg.task_id] = msg.actor_id
+            if msg.direct:  # (its arguments went to the worker: pulled from here until the
+                for dep in msg.deps:  # caller reports the answer)
+                    self.objects.pin(dep)
+                self._pinned[msg.task_id] = list(msg.deps)
             self._forward(client, msg, home.node)
             return None
         if isinstance(msg, p.TaskDone) and msg.task_id in self.calls:
             actor_id = self.calls.pop(msg.task_id)
-            for object_id, data, _, _, is_error in msg.results:
+            for object_id, data, offset, size, is_error in msg.results:
                 if data is not None:
                     self.objects.put_inline(object_id, client.job_id, data, [],
                                             client.client_id, is_error)
+                elif offset < 0 and msg.node:  # (left on the actor's node, lent to us)
+                    self.objects.borrowed(object_id, msg.node, client.job_id, size, is_error,
+                                          client.client_id)
+            for dep in self._pinned.pop(msg.task_id, []):
+                self.objects.unpin(dep)
             self._forward(client, msg, self.homes[actor_id].node)
             return None
         if isinstance(msg, (p.CallsReported, p.KillActor)) and msg.actor_id in self.homes:

@@ -173,9 +173,8 @@ class Transfers:
             self.answer(identity, p.ObjectChunk(msg.object_id, 0, 0, b"", False, [], "",
                                                 entry.home))
             return
-        if entry.state is not ObjState.READY:  # (on its way here, or being made)
-            self.parked.setdefault(msg.object_id, []).append((identity, msg))
-            self.table.want(msg.object_id)
+        if entry.state is not ObjState.READY:  # (on its way here, or being made, here or
+            self.parked.setdefault(msg.object_id, []).append((identity, msg))  # elsewhere)
             return
         if entry.data is not None:
             data = entry.data[msg.offset:msg.offset + msg.size]
@@ -194,7 +193,8 @@ class Transfers:
                                             entry.is_error, contained, "", b""))
 
     def object_ready(self, object_id: bytes) -> None:
-        """Serve who asked for it while it was not ready here."""
+        """Serve who asked for it while it was not ready here (or send them on, if it
+        turned out to be made elsewhere)."""
         for identity, msg in self.parked.pop(object_id, []):
             self.on_pull(identity, msg)
 
