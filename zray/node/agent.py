@@ -785,6 +785,10 @@ def _write_json(path: str, value: object) -> None:
 def run_agent(args: argparse.Namespace, pool: WorkerPool) -> None:
     """Run the agent until its driver leaves or it is told to stop (see zray/node/boot.py)."""
     logging.basicConfig(level=logging.INFO, format="[agent] %(levelname)s %(message)s")
+    if args.token_file:  # (a cluster's node moves objects in 8 MiB chunks: kept warm)
+        from zray.malloc import keep_large_blocks_warm
+
+        keep_large_blocks_warm()
     agent = Agent(args, Config.from_env(), pool)
     signal.signal(signal.SIGTERM, lambda *_: setattr(agent, "running", False))
     try:
