@@ -1,9 +1,13 @@
-"""Leases on other nodes' workers, relayed by the two nodes' agents.
+"""Leases on other nodes' workers, asked through the two nodes' agents.
 
 An owner asks its agent for a lease; when no worker here is free and a peer has room
-(zray/node/spill.py), the agent asks the peer's agent for it instead. Owner and worker
-code do not change: each agent binds, in its own session directory, the sockets the other
-side's process would have had, and relays what arrives on them over the mesh::
+(zray/node/spill.py), the agent asks the peer's agent for it instead. The grant carries
+the worker's TCP sockets, and owner and worker then talk straight to each other
+(zray/mesh/direct.py): only the lease's request, grant, loss and return pass here. A
+worker with no TCP socket (none yet: it just started) is reached through the agents
+instead, owner and worker code unchanged: each agent binds, in its own session
+directory, the sockets the other side's process would have had, and relays what arrives
+on them over the mesh::
 
     owner --ExecuteTask--> t-W.sock (proxy, here)  ==mesh==>  peer agent --> worker W
     owner <--TaskDone----- this agent  <==mesh==  d-X.sock (proxy, at the peer) <-- worker W
@@ -14,8 +18,8 @@ Values in a store stay there: an argument in this node's store is lent to the pe
 location becomes "elsewhere", offset -1), which pins it for the task and pulls a copy
 (zray/node/transfer.py) while the worker asks for it; a result in the peer's store is lent
 back to this node the same way, and pulled when someone here reads it. Small values travel
-inline in the messages, as on one node. Direct TCP paths that skip the agents are a later
-step.
+inline in the messages, as on one node. (On the direct paths the worker's agent fetches
+its arguments from the owner's node, and the worker lends its results there itself.)
 
 Mesh frames: ``[Relayed(target, kind)] + frames of the message``; this node's DEALER to a
 peer's door has this node's id as identity, so the peer's answers come back on it.
