@@ -150,6 +150,12 @@ def print_cluster(status: dict[str, Any]) -> None:
         print(f"  messages:       {messages or 'none yet'}")
         if node["relayed"]:
             print("  relayed:        " + ", ".join(f"{k} {v}" for k, v in node["relayed"].items()))
+        moved = node.get("transfers") or {}
+        if moved.get("pulls_started") or moved.get("objects_sent"):
+            print(f"  objects moved:  {moved.get('bytes_received', 0) / 2**20:,.1f} MiB in "
+                  f"({moved.get('objects_received', 0)} objects), "
+                  f"{moved.get('bytes_sent', 0) / 2**20:,.1f} MiB out "
+                  f"({moved.get('objects_sent', 0)}), {moved.get('pulling', 0)} pulling")
     for reason in status["given_up_shards"]:
         print(f"! {reason}")
 

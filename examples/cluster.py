@@ -9,6 +9,8 @@
 import collections
 import time
 
+import numpy
+
 import zray
 from zray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -17,6 +19,16 @@ from zray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 def where(i):
     time.sleep(0.005)  # a short piece of work
     return zray.get_runtime_context().get_node_id()
+
+
+@zray.remote
+def make():
+    return numpy.ones(2_500_000)
+
+
+@zray.remote
+def summed(array):
+    return float(array.sum())
 
 
 zray.init(address="auto")  # the cluster running on this machine (ZRAY_ADDRESS, or a HOST:PORT)
@@ -33,5 +45,12 @@ last = sorted(nodes, key=nodes.get)[-1]
 pinned = where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(last, soft=False))
 assert set(zray.get([pinned.remote(i) for i in range(10)])) == {last}
 print(f"pinned to {nodes[last]}: ok")
+
+# A 20 MB array made on one node and summed on another: pulled there, once, in chunks.
+first = sorted(nodes, key=nodes.get)[0]
+array = make.options(scheduling_strategy=NodeAffinitySchedulingStrategy(first, False)).remote()
+total = summed.options(scheduling_strategy=NodeAffinitySchedulingStrategy(last, False))
+assert zray.get(total.remote(array)) == 2_500_000.0
+print(f"20 MB made on {nodes[first]}, summed on {nodes[last]}: ok")
 zray.shutdown()  # the cluster keeps running: `zray node stop` stops it
 print("cluster OK")
