@@ -4,7 +4,8 @@
 inspect task ID`` shows one task's history (cli/inspect.py): live from the shards of a
 running cluster, or post-mortem from their write-ahead logs when it is down. ``zray
 microbenchmark`` runs zray/bench.py's workloads (``python -m zray.bench --backend ray`` runs
-the same ones on an installed Ray); ``--gcs``: zray/bench_gcs.py.
+the same ones on an installed Ray); ``--gcs``: zray/bench_gcs.py; ``--nodes N``:
+zray/bench_cluster.py.
 """
 
 from __future__ import annotations
@@ -65,7 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--gcs", action="store_true", help="instead: what the GCS costs "
                        "(its logs on and off) and how far behind it runs")
     bench.add_argument("--shards", type=int, default=2, help="with --gcs: GCS shards")
+    bench.add_argument("--nodes", type=int, help="instead: round trips and transfers "
+                       "across N nodes of this machine, beside the same on one")
     args = parser.parse_args(argv)
+    if args.command == "microbenchmark" and args.nodes:
+        from zray import bench_cluster
+
+        return bench_cluster.main(["--nodes", str(args.nodes)] + ["--quick"] * args.quick
+                                  + ["--json"] * args.json)
     if args.command == "microbenchmark" and args.gcs:
         from zray import bench_gcs
 

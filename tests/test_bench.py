@@ -47,3 +47,16 @@ def test_the_gcs_benchmark_reports_throughput_rows_and_lag():
         assert all(rate > 0 for rate in run["rows_per_s_per_shard"])
         assert 0 <= run["lag_p50_ms"] <= run["lag_p99_ms"] < 5000
     assert report["throughput_on_over_off"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_the_cluster_benchmark_reports_round_trips_and_a_transfer():
+    out = subprocess.run([sys.executable, "-m", "zray_cli.main", "microbenchmark", "--nodes",
+                          "2", "--quick", "--json"], capture_output=True, text=True, timeout=110)
+    assert out.returncode == 0, out.stderr
+    rows = {row["workload"]: row for row in map(json.loads, out.stdout.splitlines())}
+    for where in ("this node", "another node"):
+        for what in ("task on {}, round trip", "actor on {}, call round trip"):
+            row = rows[what.format(where)]
+            assert 0 < row["median_us"] <= row["p99_us"]
+    assert rows["32 MiB from another node"]["warm_GBps"] > 0
