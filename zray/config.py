@@ -74,12 +74,18 @@ class Config:
     # Messages a node may have in flight to another, each way on each connection (credit
     # windows, zray/mesh/window.py); below the mesh sockets' high-water mark of 1000.
     mesh_window: int = 512
-    # A cluster's node records its row (its heartbeat) at least this often.
+    # A cluster's node records its row (its heartbeat) at least this often; the GCS declares
+    # a node silent for node_timeout_s dead (a DEAD row, final: zray/broker/liveness.py).
+    # Ray's default is about as long (health checks every 3 s, 5 missed).
     node_heartbeat_s: float = 1.0
+    node_timeout_s: float = 15.0
     # How long joining a node (``node start --peers``, ``init(address=)``) waits for it.
     join_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
+        if self.node_timeout_s < 3 * self.node_heartbeat_s:
+            raise ValueError(f"node_timeout_s={self.node_timeout_s} must be at least three "
+                             f"heartbeats (node_heartbeat_s={self.node_heartbeat_s})")
         if not 2 <= self.mesh_window <= 900:
             raise ValueError(f"mesh_window={self.mesh_window} must be between 2 and 900 (below "
                              "the mesh sockets' high-water mark of 1000)")

@@ -36,6 +36,7 @@ from types import FrameType
 
 import zmq
 
+from zray.broker.liveness import Liveness
 from zray.broker.tables import TABLES, Row, StoredRow, Tables, check_row, shard_of
 from zray.broker.wal import MemoryLog, WriteAheadLog
 from zray.config import Config
@@ -60,6 +61,7 @@ log = logging.getLogger("zray.broker.shard")
 # Compaction runs only once the log is this many times longer than the live rows it holds,
 # so a shard whose live rows alone exceed wal_compact_rows does not compact on every batch.
 _COMPACT_MIN_RATIO = 2
+_OURS = b"gcs"  # the sender of the rows a shard writes itself (nodes' deaths), in its log
 _BEAT_S = 1.0  # how often each table's last message number is published again
 
 
@@ -79,6 +81,8 @@ class BrokerShard:
         self.rows_stored = 0  # since this process started
         self.tables = Tables(max_task_history=max(1, config.max_task_history // shards))
         self.bad_rows = self.wal.replay(self.tables)
+        self.liveness = Liveness(config.node_timeout_s)  # (zray/broker/liveness.py)
+        self.liveness.replayed(self.tables, time.monotonic())
         self._stored = dict(self.wal.applied)  # node -> last batch seq, pending ones too
         self._pending: list[tuple[bytes, TableBatch, list[Row]]] = []
         self.context = bounded_context(config.max_frame_bytes)
@@ -135,6 +139,7 @@ class BrokerShard:
             if time.monotonic() - beat >= _BEAT_S:
                 beat = time.monotonic()
                 self._heartbeat()
+                self._declare_dead()
             if self._wake_r in events:
                 os.read(self._wake_r, 512)  # a signal; its handler has run
             if self.parent_fd is not None and self.parent_fd in events:
@@ -197,12 +202,33 @@ class BrokerShard:
             log.error("%d batches not stored: %s", len(pending), exc)
             self._stored = dict(self.wal.applied)
             return
+        now = time.monotonic()
         for identity, batch, rows in pending:
             self.rows_stored += len(rows)
             self.tables.apply(rows, at)
+            self.liveness.stored(rows, now)
             self._publish(rows, at)
             self._send(identity, BatchAck(batch.seq))
         self._maybe_compact()
+
+    def _declare_dead(self) -> None:
+        """Nodes silent past node_timeout_s get their DEAD row, stored as ours."""
+        rows = self.liveness.expired(self.tables, time.monotonic())
+        if not rows:
+            return
+        seq = self.wal.applied.get(_OURS, 0) + 1
+        at = time.time()
+        try:
+            self.wal.append([(rows, at, _OURS, seq)])
+        except ZrayError as exc:  # (the next beat declares them again)
+            log.error("could not store %d nodes' deaths: %s", len(rows), exc)
+            self.liveness.replayed(self.tables, time.monotonic() - self.config.node_timeout_s)
+            return
+        for _, key, fields, _ in rows:
+            log.warning("node %s declared dead: %s", key.hex()[:12],
+                        json.loads(fields or "{}").get("death"))
+        self.tables.apply(rows, at)
+        self._publish(rows, at)
 
     def _bind_publisher(self, endpoint: str) -> zmq.Socket:
         sock = self.context.socket(zmq.PUB)
@@ -245,7 +271,8 @@ class BrokerShard:
                     [table.encode(), self.epoch + number.to_bytes(8, "big"), b""], zmq.NOBLOCK)
 
     def _own_rows(self, batch: TableBatch) -> list[Row]:
-        """The batch's well-formed rows of this shard's keys; others are logged, skipped."""
+        """The batch's well-formed rows of this shard's keys (not bringing a dead node
+        back); others are logged, skipped."""
         rows = []
         for row in _valid_rows(batch):
             if shard_of(row[1], self.shards) == self.index:
@@ -255,7 +282,7 @@ class BrokerShard:
                                         "key %s, which belongs to shard %d", batch.seq,
                                         batch.node_id.hex(), row[1].hex(),
                                         shard_of(row[1], self.shards))
-        return rows
+        return self.liveness.admit(rows, self.tables, batch.node_id)
 
     def _on_query(self, identity: bytes, query: Query) -> None:
         self._commit()  # what came before it is stored (and acknowledged) first

@@ -180,6 +180,12 @@ class Agent:
                 self._on_fd(fd)
             if self.member is not None:
                 self._guarded(self.member.on_events, events)
+                if self.member.membership.fenced:  # (the GCS declared us dead)
+                    log.error("this node was declared dead by the cluster (silent past "
+                              "node_timeout_s=%gs): stopping its workers and exiting",
+                              self.config.node_timeout_s)
+                    self.running = False
+                    break
             # At most _BURST messages per pass: under a steady flood the router always has
             # input, and the passes' other duties (sends to workers, GCS rows and acks) must
             # still run, or their queues grow without bound.

@@ -135,7 +135,13 @@ class ClusterMember:
         self.door.send(identity, p.AgentReply(msg.request_id, json.dumps(body)))
 
     def _on_relayed_to_us(self, identity: bytes, frames: list[bytes]) -> None:
-        """A peer's agent relays its owner's lease request or return (or its end)."""
+        """A peer's agent relays its owner's lease request or return (or its end); not a
+        node the cluster declared dead (its late messages are dropped)."""
+        known = self.membership.nodes.get(identity)
+        if known is not None and not known.alive:
+            self.relay.complaints.warning("fenced", "dropped a message from node %s, which "
+                                          "the cluster declared dead", identity.hex()[:12])
+            return
         got = self.relay.on_door(identity, frames)
         if got is None:
             return

@@ -50,6 +50,13 @@ class Membership:
     def tick(self) -> None:
         self.follower.tick()
 
+    @property
+    def fenced(self) -> bool:
+        """Whether the GCS declared this node dead (it was silent too long): it must stop,
+        whatever it is doing (zray/broker/liveness.py)."""
+        own = self.nodes.get(self.node_id)
+        return own is not None and not own.alive
+
     def peers(self) -> list[NodeInfo]:
         """The other nodes alive, with an address to reach them at."""
         return [n for n in self.nodes.values()

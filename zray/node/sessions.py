@@ -131,6 +131,15 @@ def add_processes(session: str, pids: list[int]) -> None:
         _write_owner(session, owner)
 
 
+def hand_over(session: str, pids: list[int]) -> None:
+    """The session is these processes' alone now (a node started, its starter may live
+    on, as a test or a Cluster's driver does): once they are all gone it is dead."""
+    owner = _read_owner(session)
+    if owner is not None:
+        owner["processes"] = [process_identity(pid) for pid in pids]
+        _write_owner(session, owner)
+
+
 def reap_dead_sessions(kept_sessions: int) -> list[str]:
     """End every session of this user whose processes are all gone (a process group killed
     with SIGKILL leaves its session directory and its arena): keep its logs in ZRAY_HOME,

@@ -46,6 +46,7 @@ from zray.node.sessions import (
     add_processes,
     claim,
     end_session,
+    hand_over,
     new_session_dir,
     process_alive,
     reap_dead_sessions,
@@ -106,6 +107,7 @@ def start_node(options: NodeOptions, config: Config) -> NodeRecord:
         add_processes(session, started)
         ready = _await_file(os.path.join(session, "node.json"), agent, config,
                             "the node agent", os.path.join(session, "agent.log"))
+        hand_over(session, started)
     except BaseException:  # nothing of it stays: its processes, arena and files go
         for pid in reversed(started):
             stop_process(pid, config.shutdown_timeout_s)

@@ -1,0 +1,108 @@
+"""Nodes that die: the GCS declares a node silent past ``node_timeout_s`` dead, for every
+node at once (zray/broker/liveness.py); a node declared dead while it still runs stops
+when it learns it (fencing). The rest of node failure (resubmission, lineage, actors
+restarted elsewhere) is issue 16's next steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+from conftest import assert_no_leaks
+
+import zray
+from zray.cluster_utils import Cluster
+
+pytestmark = pytest.mark.timeout(120)
+
+TIMEOUT_S = 3.0  # (the default is 15 s; 6 heartbeats of 0.5 s, which 2 loaded cores keep)
+
+
+@pytest.fixture
+def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    monkeypatch.setenv("ZRAY_NODE_TIMEOUT_S", str(TIMEOUT_S))
+    monkeypatch.setenv("ZRAY_NODE_HEARTBEAT_S", "0.5")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        cluster.connect()
+        yield cluster
+    finally:
+        cluster.shutdown()
+    assert_no_leaks()
+
+
+def alive_nodes() -> set[str]:
+    return {n["NodeID"] for n in zray.nodes() if n["Alive"]}
+
+
+def node_row(node_id: str) -> dict[str, object]:
+    from zray.util.state import list_nodes
+
+    rows = [r for r in list_nodes(limit=100) if r.get("node_id") == node_id]
+    return rows[0] if rows else {}
+
+
+def wait_until(condition, timeout: float, what: str) -> float:  # type: ignore[no-untyped-def]
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, f"{what} within {timeout}s"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def test_a_killed_node_is_declared_dead_after_the_timeout(cluster: Cluster) -> None:
+    node = cluster.worker_nodes[0]
+    wait_until(lambda: node.node_id in alive_nodes(), 20, "the node is known")
+    killed = time.time()
+    cluster.remove_node(node, allow_graceful=False)  # SIGKILL its agent
+    took = wait_until(lambda: node.node_id not in alive_nodes(), 4 * TIMEOUT_S + 5,
+                      "the killed node is declared dead")
+    print(f"declared dead {took:.1f}s after the kill (node_timeout_s={TIMEOUT_S})")
+    assert took >= TIMEOUT_S * 0.8  # (not before its heartbeats could have been missed)
+    row = node_row(node.node_id)
+    assert row.get("state") == "DEAD" and float(row["died"]) >= killed  # type: ignore[arg-type]
+    assert "no heartbeat" in str(row.get("death"))
+    assert cluster.head_node is not None and cluster.head_node.node_id in alive_nodes()
+
+
+def test_a_node_declared_dead_while_it_runs_stops(cluster: Cluster) -> None:
+    """SIGSTOP past the timeout, then SIGCONT: the node learns from its own row that it was
+    declared dead, stops its workers and exits; its late rows do not bring it back."""
+    node = cluster.worker_nodes[0]
+    wait_until(lambda: node.node_id in alive_nodes(), 20, "the node is known")
+    agent = node.record.agent[0]
+    os.kill(agent, signal.SIGSTOP)
+    try:
+        wait_until(lambda: node.node_id not in alive_nodes(), 4 * TIMEOUT_S + 5,
+                   "the stopped node is declared dead")
+    finally:
+        os.kill(agent, signal.SIGCONT)
+    wait_until(lambda: not os.path.exists(f"/proc/{agent}") or _zombie(agent), 30,
+               "the fenced agent exits")
+    time.sleep(1.0)
+    assert node.node_id not in alive_nodes()
+    assert node_row(node.node_id).get("state") == "DEAD"
+    cluster.remove_node(node, allow_graceful=False)  # (forgets what is left of it)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_the_timeout_must_cover_several_heartbeats() -> None:
+    from zray.config import Config
+
+    with pytest.raises(ValueError, match="node_timeout_s"):
+        Config(node_heartbeat_s=1.0, node_timeout_s=2.0)
+    assert json.dumps(Config().node_timeout_s) == "15.0"
