@@ -26,7 +26,8 @@ COLUMNS = {
               "worker_pid", "error_type"),
     "objects": ("object_id", "size", "where", "is_error", "job_id", "node_id"),
     "actors": ("actor_id", "class_name", "name", "state", "pid", "restarts_left"),
-    "nodes": ("node_id", "state", "address", "pid", "resources", "started", "tasks_recorded"),
+    "nodes": ("node_id", "state", "address", "pid", "resources", "started", "died",
+              "tasks_recorded"),
     "jobs": ("job_id", "state", "driver_pid", "namespace", "start_time", "end_time"),
     "functions": ("key", "name"),
 }
@@ -166,7 +167,7 @@ def _cell(column: str, row: dict[str, Any], wide: bool) -> str:
     value = row.get(column)
     if value is None or value == "":
         return "-"
-    if column in ("submitted", "started", "start_time", "end_time"):
+    if column in ("submitted", "started", "start_time", "end_time", "died"):
         return _clock(float(value))
     if column == "size":
         return _size(int(value))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Any
 
 import zmq
@@ -141,8 +142,12 @@ def print_cluster(status: dict[str, Any]) -> None:
           f"{len(nodes) - len(alive)} gone")
     for node in nodes:
         if node.get("state") != "ALIVE" or "store" not in node:
+            died = node.get("died") or node.get("end_time")
+            when = (" since " + time.strftime("%H:%M:%S", time.localtime(float(died)))
+                    if isinstance(died, (int, float)) else "")
+            why = node.get("error") or node.get("death") or ""
             print(f"node {node.get('node_id', '?')[:8]}  {node.get('address', '')}  "
-                  f"{node.get('state')}  {node.get('error', '')}")
+                  f"{node.get('state')}{when}  {why}".rstrip())
             continue
         print_status(node, f"at {node['address']}")
         messages = ", ".join(f"{name} {count}" for name, count in sorted(

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -70,6 +72,12 @@ def test_a_killed_node_is_declared_dead_after_the_timeout(cluster: Cluster) -> N
     assert row.get("state") == "DEAD" and float(row["died"]) >= killed  # type: ignore[arg-type]
     assert "no heartbeat" in str(row.get("death"))
     assert cluster.head_node is not None and cluster.head_node.node_id in alive_nodes()
+    for command in (["status"], ["inspect", "nodes"]):
+        shown = subprocess.run([sys.executable, "-m", "zray_cli.main", *command, "--address",
+                                cluster.address], capture_output=True, text=True, timeout=60)
+        line = next(line for line in shown.stdout.splitlines() if node.node_id[:8] in line)
+        assert "DEAD" in line, shown.stdout
+        assert time.strftime("%H:%M", time.localtime(float(row["died"]))) in line  # type: ignore[arg-type]
 
 
 def test_a_node_declared_dead_while_it_runs_stops(cluster: Cluster) -> None:
