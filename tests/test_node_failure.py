@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from conftest import assert_no_leaks
@@ -114,3 +115,39 @@ def test_the_timeout_must_cover_several_heartbeats() -> None:
     with pytest.raises(ValueError, match="node_timeout_s"):
         Config(node_heartbeat_s=1.0, node_timeout_s=2.0)
     assert json.dumps(Config().node_timeout_s) == "15.0"
+
+
+@zray.remote
+def first_attempt_hangs(path: str) -> str:
+    """Appends its node to ``path``; its first attempt then hangs (until its node dies)."""
+    node = zray.get_runtime_context().get_node_id()
+    with open(path, "a") as f:
+        f.write(node + "\n")
+    with open(path) as f:
+        if len(f.read().splitlines()) == 1:
+            time.sleep(120)
+    return node
+
+
+def test_a_task_running_on_a_dead_node_is_retried_elsewhere_or_fails(
+        cluster: Cluster, tmp_path: Any) -> None:
+    """As Ray: one attempt counted, run again on a node alive, within max_retries; with
+    none left, NodeDiedError naming the task."""
+    from zray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    head, node = cluster.head_node, cluster.worker_nodes[0]
+    assert head is not None
+    there = NodeAffinitySchedulingStrategy(node.node_id, soft=True)
+    retried, failed = tmp_path / "retried", tmp_path / "failed"
+    ref = first_attempt_hangs.options(scheduling_strategy=there, max_retries=1,
+                                      num_cpus=0.5).remote(str(retried))
+    doomed = first_attempt_hangs.options(scheduling_strategy=there, max_retries=0,
+                                         num_cpus=0.4).remote(str(failed))
+    wait_until(lambda: retried.exists() and failed.exists(), 30, "both started there")
+    killed = time.monotonic()
+    cluster.remove_node(node, allow_graceful=False)
+    assert zray.get(ref, timeout=60) == head.node_id
+    print(f"a resubmitted task's result {time.monotonic() - killed:.1f}s after the kill")
+    assert retried.read_text().splitlines() == [node.node_id, head.node_id]
+    with pytest.raises(zray.exceptions.NodeDiedError, match="first_attempt_hangs"):
+        zray.get(doomed, timeout=60)

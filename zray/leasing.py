@@ -384,6 +384,8 @@ class DirectSubmitter:
                     task.retries_left -= 1
                     task.attempt += 1
                     queue.appendleft(task)
+                elif msg.node_died:
+                    self._fail(task, failures.node_died(task.name, msg.how, task.max_retries))
                 else:
                     self._fail(task, failures.worker_crashed(task.name, msg.pid, msg.how,
                                                              task.max_retries))

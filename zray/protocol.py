@@ -373,6 +373,7 @@ class LeaseLost(Message):
     lease_id: bytes
     pid: int
     how: str
+    node_died: bool = False  # the worker's whole node: its tasks fail with NodeDiedError
 
 
 @message(28)

@@ -244,17 +244,12 @@ class Agent:
     def on_request_lease(self, client_id: bytes, msg: p.RequestLease) -> None:
         """Here, on the peer the strategy names, or refused (a dead or unknown node)."""
         if self.member is not None:
-            where, what = self.member.place(msg)
-        elif msg.strategy.get("node") not in (None, self.node_id.hex()):
-            where, what = ("here", None) if msg.strategy.get("soft") else (
-                "refuse", f"its NodeAffinitySchedulingStrategy names node "
-                          f"{msg.strategy['node'][:16]}, not a node of this cluster")
-        else:
-            where, what = "here", None
-        if where == "peer" and self.member is not None:
-            self.member.ask_peer(what, client_id, msg)
-        elif where == "refuse":
-            self.leases.refuse(client_id, msg, what)
+            self.member.request_lease(client_id, msg)
+        elif msg.strategy.get("node") not in (None, self.node_id.hex()) and not \
+                msg.strategy.get("soft"):
+            self.leases.refuse(client_id, msg, f"its NodeAffinitySchedulingStrategy names "
+                                               f"node {msg.strategy['node'][:16]}, not a "
+                                               "node of this cluster")
         else:
             self.leases.request(client_id, msg)
 

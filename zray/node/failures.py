@@ -11,6 +11,7 @@ from zray.exceptions import (
     ActorDiedError,
     ActorUnavailableError,
     ActorUnschedulableError,
+    NodeDiedError,
     ObjectLostError,
     OwnerDiedError,
     TaskCancelledError,
@@ -35,6 +36,13 @@ def any_error(results: list[tuple[object, ...]]) -> bool:
 
 def _payload(error: Exception) -> bytes:
     return serialize(error).to_bytes()
+
+
+def node_died(name: str, how: str, max_retries: int) -> bytes:
+    return _payload(NodeDiedError(
+        f"task {name}() was running on a node that died ({how}), and it was already retried "
+        f"{max_retries} time(s) (max_retries={max_retries}); raise max_retries to run it "
+        "elsewhere when a node dies"))
 
 
 def worker_crashed(name: str, pid: int, how: str, max_retries: int) -> bytes:

@@ -31,7 +31,7 @@ from zray.broker.layout import GcsAddress
 from zray.config import Config
 from zray.mesh.auth import Credentials
 from zray.node.clients import Client, Clients
-from zray.node.membership import Membership, NodeInfo
+from zray.node.membership import Membership
 from zray.node.mesh import MeshDoor
 from zray.node.object_table import ObjectTable, ObjState
 from zray.node.relay import Relay
@@ -56,6 +56,7 @@ class LeaseDesk(Protocol):
     def request(self, client_id: bytes, msg: p.RequestLease) -> None: ...
     def give_back(self, client_id: bytes, msg: p.ReturnLease) -> None: ...
     def client_gone(self, client_id: bytes, pid: int) -> None: ...
+    def refuse(self, client_id: bytes, msg: p.RequestLease, why: str) -> None: ...
 
 
 class ClusterMember:
@@ -226,7 +227,29 @@ class ClusterMember:
         for node in gone - self._gone:
             self.objects.node_gone(node)
             self.transfers.node_gone(node)
+            told, owners = self.relay.node_gone(node)
+            for owner, msg in told:
+                if isinstance(msg, p.RequestLease):
+                    self.request_lease(owner, msg)  # (placed again, elsewhere)
+                else:
+                    self._send(owner, msg)
+            for owner in owners:  # (its processes are gone with it)
+                if owner in self.clients:
+                    self.actor_desk.handle(owner, p.Disconnect(False))
+                self.desk.client_gone(owner, 0)
+                self.relay.remote_owner_gone(owner)
         self._gone = gone
+
+    def request_lease(self, owner: bytes, msg: p.RequestLease) -> None:
+        """A lease request of one of our owners: here, on the peer its strategy or its
+        arguments name, or refused (a dead or unknown node)."""
+        where, what = self.place(msg)
+        if where == "peer":
+            self.relay.ask_lease(what, owner, msg)
+        elif where == "refuse":
+            self.desk.refuse(owner, msg, what)
+        else:
+            self.desk.request(owner, msg)
 
     def _on_relayed_back(self, owner: bytes, kind: str, msg: p.Message | list[bytes]) -> None:
         """A peer's agent answers one of our owners (or, kind "objects", sends us what
@@ -342,9 +365,6 @@ class ClusterMember:
         if best == self.node_id or info is None or not fits(demand, info.total):
             return {}
         return {"node": best.hex(), "soft": True}
-
-    def ask_peer(self, node: NodeInfo, owner: bytes, msg: p.RequestLease) -> None:
-        self.relay.ask_lease(node, owner, msg)
 
     def load_changed(self, now: float) -> bool:
         """Whether our free resources changed since we last said (at most every

@@ -55,7 +55,7 @@ _SENT_KEPT = 100_000  # tasks sent to peers whose node is remembered for their G
 class RemoteLease:
     node: bytes  # the peer whose worker it is
     owner: bytes
-    resources: dict[str, float]
+    request: p.RequestLease
     worker: bytes = b""  # once granted
 
 
@@ -105,7 +105,7 @@ class Relay:
     # --- origin side: our owners' leases on peers' workers ----------------------------
 
     def ask_lease(self, node: NodeInfo, owner: bytes, msg: p.RequestLease) -> None:
-        self.leases[msg.lease_id] = RemoteLease(node.node_id, owner, dict(msg.resources))
+        self.leases[msg.lease_id] = RemoteLease(node.node_id, owner, msg)
         self.asked[node.node_id] += 1
         self.link_to(node)
         self._send_link(node.node_id, p.Relayed(owner, "lease"), p.encode(msg))
@@ -120,6 +120,24 @@ class Relay:
         self._send_link(lease.node, p.Relayed(owner, "lease"), p.encode(msg))
         self._unproxy_worker(lease.worker)
         return True
+
+    def node_gone(self, node: bytes) -> tuple[list[tuple[bytes, p.Message]], list[bytes]]:
+        """A peer died: (what our owners must hear of their leases there: LeaseLost for
+        those granted, their RequestLease again for those not granted yet; the owners
+        of that node that held leases here or called our actors)."""
+        told: list[tuple[bytes, p.Message]] = []
+        for lease_id, lease in list(self.leases.items()):
+            if lease.node != node:
+                continue
+            del self.leases[lease_id]
+            if lease.worker:
+                self._unproxy_worker(lease.worker)
+                told.append((lease.owner, p.LeaseLost(lease_id, 0, f"node {node.hex()[:16]} "
+                                                      "died", True)))
+            else:
+                self.asked[node] -= 1
+                told.append((lease.owner, lease.request))
+        return told, [owner for owner, identity in self.via.items() if identity == node]
 
     def owner_gone(self, owner: bytes) -> None:
         """A process of ours left: its leases on peers end there too."""
