@@ -54,7 +54,8 @@ class RemoteActors:
         self._exported: set[tuple[bytes, bytes]] = set()  # (function id, node)
         self.homes: dict[bytes, _Home] = {}  # actor id -> where it lives (not here)
         self.calls: dict[bytes, bytes] = {}  # task id of a call in flight -> actor id
-        self._pinned: dict[bytes, list[bytes]] = {}  # direct call -> its arguments here
+        # A direct call -> (its caller, its arguments here, pinned until it reports)
+        self._pinned: dict[bytes, tuple[bytes, list[bytes]]] = {}
         self._introduced: set[tuple[bytes, bytes]] = set()  # (client, node)
 
     # --- our clients' messages --------------------------------------------------------
@@ -76,7 +77,7 @@ class RemoteActors:
             if msg.direct:  # (its arguments went to the worker: pulled from here until the
                 for dep in msg.deps:  # caller reports the answer)
                     self.objects.pin(dep)
-                self._pinned[msg.task_id] = list(msg.deps)
+                self._pinned[msg.task_id] = (client.client_id, list(msg.deps))
             self._forward(client, msg, home.node)
             return None
         if isinstance(msg, p.TaskDone) and msg.task_id in self.calls:
@@ -88,8 +89,7 @@ class RemoteActors:
                 elif offset < 0 and msg.node:  # (left on the actor's node, lent to us)
                     self.objects.borrowed(object_id, msg.node, client.job_id, size, is_error,
                                           client.client_id)
-            for dep in self._pinned.pop(msg.task_id, []):
-                self.objects.unpin(dep)
+            self._unpin(msg.task_id)
             self._forward(client, msg, self.homes[actor_id].node)
             return None
         if isinstance(msg, (p.CallsReported, p.KillActor)) and msg.actor_id in self.homes:
@@ -132,9 +132,15 @@ class RemoteActors:
                         "methods": fields.get("methods", [])}
         return None
 
+    def _unpin(self, task_id: bytes) -> None:
+        for dep in self._pinned.pop(task_id, (b"", []))[1]:
+            self.objects.unpin(dep)
+
     def client_gone(self, client_id: bytes) -> None:
         """Our client left: each home it talked to drops it (its handles, its calls; a
         driver's non-detached actors end with it)."""
+        for task_id in [t for t, (caller, _) in self._pinned.items() if caller == client_id]:
+            self._unpin(task_id)
         for client, node in [k for k in self._introduced if k[0] == client_id]:
             self._introduced.discard((client, node))
             self.relay.send_to_peer(node, client, "actor", p.Disconnect(False))
@@ -174,7 +180,7 @@ class RemoteActors:
         refs too: pulling it lends those)."""
         entry = self.objects.get(object_id)
         if entry is None:
-            return  # (the home fails the call: it lost an argument)
+            return  # (an actor handle, counted by the actors; or lost: the home says so)
         if entry.state is ObjState.READY and entry.data is not None and not entry.contained:
             location = entry.location()
         else:
