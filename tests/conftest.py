@@ -11,6 +11,7 @@ on the machine (a developer's demo, another test run) have another and are left 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -18,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -121,3 +123,22 @@ def task_rows(session: str) -> list[dict]:
     from zray.broker.reader import read_session
 
     return [fields for _, fields, _ in read_session(session, "tasks", None, 10**9).rows]
+
+
+@contextlib.contextmanager
+def local_cluster(*nodes: dict[str, Any]) -> Iterator[Any]:
+    """A zray.cluster_utils.Cluster on this machine: a head of 1 CPU and one more node for
+    each of ``nodes`` (add_node's arguments), this process connected as its driver; all
+    stopped after, and nothing left behind."""
+    from zray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        for node in nodes:
+            cluster.add_node(**node)
+        cluster.wait_for_nodes()
+        cluster.connect()
+        yield cluster
+    finally:
+        cluster.shutdown()
+    assert_no_leaks()

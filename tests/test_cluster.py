@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import assert_no_leaks
+from conftest import local_cluster
 
 import zray
 from zray.cluster_utils import Cluster
@@ -21,16 +21,8 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture(scope="module")
 def three_nodes() -> Iterator[Cluster]:
     """A head and two nodes of 1 CPU each; the second has a custom resource."""
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    try:
-        cluster.add_node(num_cpus=1)
-        cluster.add_node(num_cpus=1, resources={"special": 1})
-        cluster.wait_for_nodes()
-        cluster.connect()
+    with local_cluster({"num_cpus": 1}, {"num_cpus": 1, "resources": {"special": 1}}) as cluster:
         yield cluster
-    finally:
-        cluster.shutdown()
-    assert_no_leaks()
 
 
 @zray.remote
@@ -104,7 +96,7 @@ def test_output_of_a_task_elsewhere_reaches_the_driver_naming_its_node(
     assert f"node={three_nodes.worker_nodes[1].address}" in line, line
 
 
-def test_large_values_cross_nodes_inline(three_nodes: Cluster) -> None:
+def test_an_argument_crosses_nodes_and_a_part_of_it_comes_back(three_nodes: Cluster) -> None:
     import numpy as np
 
     @zray.remote(resources={"special": 1})

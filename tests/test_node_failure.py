@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import assert_no_leaks
+from conftest import local_cluster
 
 import zray
 from zray.cluster_utils import Cluster
@@ -30,15 +30,8 @@ TIMEOUT_S = 3.0  # (the default is 15 s; 6 heartbeats of 0.5 s, which 2 loaded c
 def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
     monkeypatch.setenv("ZRAY_NODE_TIMEOUT_S", str(TIMEOUT_S))
     monkeypatch.setenv("ZRAY_NODE_HEARTBEAT_S", "0.5")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    try:
-        cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        cluster.connect()
+    with local_cluster({"num_cpus": 1}) as cluster:
         yield cluster
-    finally:
-        cluster.shutdown()
-    assert_no_leaks()
 
 
 def alive_nodes() -> set[str]:

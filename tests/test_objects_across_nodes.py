@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import assert_no_leaks
+from conftest import local_cluster
 
 import zray
 from cli.status import node_status
@@ -25,16 +25,8 @@ MB = 1_000_000
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    try:
-        cluster.add_node(num_cpus=1)
-        cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        cluster.connect()
+    with local_cluster({"num_cpus": 1}, {"num_cpus": 1}) as cluster:
         yield cluster
-    finally:
-        cluster.shutdown()
-    assert_no_leaks()
 
 
 def on(node: ClusterNode) -> NodeAffinitySchedulingStrategy:
