@@ -144,3 +144,57 @@ def test_a_task_running_on_a_dead_node_is_retried_elsewhere_or_fails(
     assert retried.read_text().splitlines() == [node.node_id, head.node_id]
     with pytest.raises(zray.exceptions.NodeDiedError, match="first_attempt_hangs"):
         zray.get(doomed, timeout=60)
+
+
+DRIVER = """
+import os, sys, time, zray
+from zray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+zray.init(address=sys.argv[1])
+there = NodeAffinitySchedulingStrategy(sys.argv[2], soft=False)
+
+@zray.remote
+class Pid:
+    def pid(self):
+        return os.getpid()
+
+@zray.remote
+def nap(path):
+    with open(path, "a") as f:
+        f.write("started\\n")
+    time.sleep(1.0)
+
+kept = Pid.options(scheduling_strategy=there, name="kept", namespace="survivors",
+                   lifetime="detached").remote()
+mine = Pid.options(scheduling_strategy=there).remote()
+pending = [nap.options(scheduling_strategy=there).remote(sys.argv[3]) for _ in range(20)]
+print(zray.get(kept.pid.remote()), zray.get(mine.pid.remote()), flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_driver_killed_ends_its_work_on_every_node_but_detached_actors(
+        cluster: Cluster, tmp_path: Any) -> None:
+    import psutil
+
+    node = cluster.worker_nodes[0]
+    started = tmp_path / "started"
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, cluster.address, node.node_id,
+                               str(started)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert driver.stdout is not None
+        kept_pid, mine_pid = map(int, driver.stdout.readline().split())
+        wait_until(started.exists, 30, "its tasks started")
+    finally:
+        driver.kill()
+        driver.wait()
+    # Its actor on the other node stops; its tasks not started there never start.
+    wait_until(lambda: not psutil.pid_exists(mine_pid) or psutil.Process(mine_pid).status()
+               == psutil.STATUS_ZOMBIE, 20, "its actor on the other node stops")
+    time.sleep(2.0)  # (the one running when it died may finish: 1 s)
+    ran = len(started.read_text().splitlines())
+    time.sleep(2.0)
+    assert len(started.read_text().splitlines()) == ran < 20
+    # The detached one lives on, found by name by a new driver.
+    kept = zray.get_actor("kept", namespace="survivors")
+    assert zray.get(kept.pid.remote(), timeout=30) == kept_pid
+    zray.kill(kept)

@@ -331,8 +331,8 @@ class Relay:
                 sock = self._bind(direct_endpoint(self.agent_endpoint, owner, "d"))
                 self._owner_proxies[owner] = sock
                 self.by_owner_proxy[sock] = owner
-        elif owner not in self.via:
-            return None
+        elif owner not in self.via and not isinstance(msg, p.Disconnect):
+            return None  # (a Disconnect may come for each kind: the first one ends its via)
         return owner, envelope.kind, msg
 
     def remote_owner_gone(self, owner: bytes) -> None:
