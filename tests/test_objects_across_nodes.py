@@ -223,15 +223,21 @@ def test_status_counts_what_crossed(cluster: Cluster) -> None:
     assert transfers["pulling"] == 0
 
 
+def added_node(cluster: Cluster) -> ClusterNode:
+    """A fourth node, once the head's agent knows it (it places the work)."""
+    extra = cluster.add_node(num_cpus=1)
+    deadline = time.monotonic() + 20
+    while extra.node_id not in {n["NodeID"] for n in zray.nodes() if n["Alive"]}:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return extra
+
+
 def test_a_node_that_leaves_gives_back_what_it_borrowed(cluster: Cluster) -> None:
     """Its results can no longer be pulled (ObjectLostError, not a hang; rebuilding them
     is node failure's); what it borrowed from the head is freed there when dropped."""
     baseline = store_use(cluster)
-    extra = cluster.add_node(num_cpus=1)
-    deadline = time.monotonic() + 20  # (the head's agent knows it: it places the work)
-    while extra.node_id not in {n["NodeID"] for n in zray.nodes() if n["Alive"]}:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    extra = added_node(cluster)
     made_there = make.options(scheduling_strategy=on(extra)).remote(1_000_000)
     assert zray.wait([made_there], fetch_local=False, timeout=30)[0] == [made_there]
     kept = zray.put(np.ones(1_000_000))
@@ -242,3 +248,16 @@ def test_a_node_that_leaves_gives_back_what_it_borrowed(cluster: Cluster) -> Non
         zray.get(made_there, timeout=30)
     del made_there, kept
     wait_for_baseline(cluster, baseline)
+
+
+@zray.remote
+def put_there() -> list[Any]:
+    return [zray.put(np.ones(1_000_000))]
+
+
+def test_a_put_made_on_a_node_that_leaves_is_owner_died(cluster: Cluster) -> None:
+    extra = added_node(cluster)
+    (inner,) = zray.get(put_there.options(scheduling_strategy=on(extra)).remote(), timeout=30)
+    cluster.remove_node(extra)
+    with pytest.raises(zray.exceptions.OwnerDiedError, match="put by a process"):
+        zray.get(inner, timeout=30)

@@ -18,7 +18,7 @@ from zray.exceptions import (
     WorkerCrashedError,
     ZrayError,
 )
-from zray.ids import return_object_id, short
+from zray.ids import is_put_object, return_object_id, short
 from zray.objects.serialization import deserialize, pickled_part, serialize
 from zray.objects.store import Allocator
 
@@ -95,6 +95,21 @@ def owner_died(name: str, pid: int) -> bytes:
         "finished, so its result is lost. A task's result lives as long as the process "
         "that called .remote(); keep it alive until its results are read."
     ))
+
+
+def lost_with_node(object_id: bytes, node: bytes) -> bytes:
+    """An object whose only copy was on a node that left: a put's owner went with it (as
+    in Ray, OwnerDiedError); a task's result is lost (rebuilding it from its lineage is
+    still to come)."""
+    where = f"node {node.hex()[:16]}, which left the cluster"
+    if is_put_object(object_id):
+        return _payload(OwnerDiedError(
+            f"object {short(object_id)} was put by a process on {where}: its owner died "
+            "with its only copy. Return values instead of refs to puts made in tasks, or "
+            "keep a copy on a node that lives (zray.get it here first)."))
+    return _payload(ObjectLostError(
+        f"object {short(object_id)} had its only copy on {where}; it cannot be rebuilt in "
+        "this version (retry the task that made it)"))
 
 
 def cancelled(name: str) -> bytes:

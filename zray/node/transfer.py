@@ -84,8 +84,7 @@ class Transfers:
 
     def _lost(self, object_id: bytes, node: bytes) -> None:
         self.counts["pulls failed"] += 1
-        self._finish(object_id, failures.object_lost(
-            object_id, f"a pull from node {node.hex()[:16]}, which left the cluster"), True, [])
+        self._finish(object_id, failures.lost_with_node(object_id, node), True, [])
 
     def retry_waiting(self) -> None:
         """Pulls that found the store full try again (from their first chunk)."""
