@@ -198,3 +198,34 @@ def test_a_driver_killed_ends_its_work_on_every_node_but_detached_actors(
     kept = zray.get_actor("kept", namespace="survivors")
     assert zray.get(kept.pid.remote(), timeout=30) == kept_pid
     zray.kill(kept)
+
+
+@zray.remote
+class Counter:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def add(self) -> int:
+        self.count += 1
+        return self.count
+
+    def hang(self) -> None:
+        time.sleep(120)
+
+
+def test_calls_to_an_actor_on_a_dead_node_fail_with_actor_died(cluster: Cluster) -> None:
+    """Restarting it on a node alive is still to come: until then its callers hear at
+    once, in flight or later, that it died with its node (no hang)."""
+    from zray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = cluster.worker_nodes[0]
+    counter = Counter.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        node.node_id, soft=False)).remote()
+    assert zray.get([counter.add.remote() for _ in range(3)]) == [1, 2, 3]  # (direct, TCP)
+    in_flight = counter.hang.remote()
+    time.sleep(0.5)
+    cluster.remove_node(node, allow_graceful=False)
+    with pytest.raises(zray.exceptions.ActorDiedError, match="died"):
+        zray.get(in_flight, timeout=4 * TIMEOUT_S + 10)
+    with pytest.raises(zray.exceptions.ActorDiedError, match="died"):
+        zray.get(counter.add.remote(), timeout=10)

@@ -80,7 +80,8 @@ class ClusterMember:
                            objects, lambda worker, frames, kind: send_direct(worker, frames, kind),
                            config.mesh_window)
         self.actors = RemoteActors(self.relay, Follower(gcs, "actors", context=context),
-                                   objects, clients, lambda: self.membership.nodes, functions)
+                                   objects, clients, lambda: self.membership.nodes, functions,
+                                   send)
         self.transfers = Transfers(objects, store, self._to_node, self.relay.answer_node,
                                    config.inline_object_max_bytes)
         self._load_reported = (0.0, dict(scheduler.available))
@@ -228,7 +229,7 @@ class ClusterMember:
             self.objects.node_gone(node)
             self.transfers.node_gone(node)
             told, owners = self.relay.node_gone(node)
-            for owner, msg in told:
+            for owner, msg in [*told, *self.actors.home_died(node)]:
                 if isinstance(msg, p.RequestLease):
                     self.request_lease(owner, msg)  # (placed again, elsewhere)
                 else:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from zray import protocol as p
 from zray.broker.follow import Follower
 from zray.ids import return_object_id, task_of
+from zray.node import failures
 from zray.node.clients import Client, Clients
 from zray.node.membership import NodeInfo
 from zray.node.object_table import ObjectTable, ObjState
@@ -38,22 +39,33 @@ from zray.node.relay import Relay
 @dataclass
 class _Home:
     node: bytes
-    callers: set[bytes]  # our clients introduced to it
+    callers: set[bytes]  # our clients that called it
+
+
+@dataclass
+class _Call:
+    actor_id: bytes
+    caller: bytes
+    name: str
+    num_returns: int
 
 
 class RemoteActors:
     def __init__(self, relay: Relay, actor_rows: Follower, objects: ObjectTable,
                  clients: Clients, nodes: Callable[[], dict[bytes, NodeInfo]],
-                 functions: dict[bytes, bytes]) -> None:
+                 functions: dict[bytes, bytes], send: Callable[[bytes, p.Message], None]
+                 ) -> None:
         """``functions``: the agent's exported functions and classes, by id (a class goes
-        to the node its actor is created on)."""
+        to the node its actor is created on); ``send(client, msg)``: to a client of ours."""
+        self.send = send
         self.relay, self.actor_rows = relay, actor_rows
         self.objects, self.clients = objects, clients
         self.nodes = nodes
         self.functions = functions
         self._exported: set[tuple[bytes, bytes]] = set()  # (function id, node)
         self.homes: dict[bytes, _Home] = {}  # actor id -> where it lives (not here)
-        self.calls: dict[bytes, bytes] = {}  # task id of a call in flight -> actor id
+        self.calls: dict[bytes, _Call] = {}  # calls in flight, by task id
+        self.dead: dict[bytes, str] = {}  # actor id -> why (its node died)
         # A direct call -> (its caller, its arguments here, pinned until it reports)
         self._pinned: dict[bytes, tuple[bytes, list[bytes]]] = {}
         self._introduced: set[tuple[bytes, bytes]] = set()  # (client, node)
@@ -68,12 +80,20 @@ class RemoteActors:
     def intercept(self, client: Client, msg: p.Message) -> p.Message | None:
         """What of ``msg`` is for an actor elsewhere goes there; the rest (or None) is
         the agent's to handle."""
+        if isinstance(msg, p.SubmitTask) and msg.actor_id in self.dead and \
+                not msg.actor_options:  # (its node died: the call fails here)
+            self.send(client.client_id, self._fail(
+                _Call(msg.actor_id, client.client_id, msg.name, msg.num_returns), msg.task_id,
+                msg.job_id))
+            return None
         if isinstance(msg, p.SubmitTask) and msg.actor_id in self.homes:
             home = self.homes[msg.actor_id]
+            home.callers.add(client.client_id)
             for i in range(msg.num_returns):  # (the answer is filed here: callers here wait)
                 self.objects.expect(return_object_id(msg.task_id, i), msg.job_id,
                                     client.client_id)
-            self.calls[msg.task_id] = msg.actor_id
+            self.calls[msg.task_id] = _Call(msg.actor_id, client.client_id, msg.name,
+                                            msg.num_returns)
             if msg.direct:  # (its arguments went to the worker: pulled from here until the
                 for dep in msg.deps:  # caller reports the answer)
                     self.objects.pin(dep)
@@ -81,7 +101,7 @@ class RemoteActors:
             self._forward(client, msg, home.node)
             return None
         if isinstance(msg, p.TaskDone) and msg.task_id in self.calls:
-            actor_id = self.calls.pop(msg.task_id)
+            actor_id = self.calls.pop(msg.task_id).actor_id
             for object_id, data, offset, size, is_error in msg.results:
                 if data is not None:
                     self.objects.put_inline(object_id, client.job_id, data, [],
@@ -96,7 +116,8 @@ class RemoteActors:
             self._forward(client, msg, self.homes[msg.actor_id].node)
             return None
         if isinstance(msg, p.CancelTask) and task_of(msg.object_id) in self.calls:
-            self._forward(client, msg, self.homes[self.calls[task_of(msg.object_id)]].node)
+            self._forward(client, msg,
+                          self.homes[self.calls[task_of(msg.object_id)].actor_id].node)
             return None
         if isinstance(msg, p.RefsChanged):
             return self._split_refs(client, msg)
@@ -125,7 +146,8 @@ class RemoteActors:
             if (fields.get("name") == name and fields.get("namespace") == namespace
                     and fields.get("state") not in ("DEAD", None) and fields.get("node_id")):
                 node = bytes.fromhex(fields["node_id"])
-                if node not in self.nodes():
+                info = self.nodes().get(node)
+                if info is None or not info.alive:
                     continue
                 self.homes.setdefault(key, _Home(node, set()))
                 return {"actor_id": key.hex(), "class_name": fields.get("class_name"),
@@ -135,6 +157,30 @@ class RemoteActors:
     def _unpin(self, task_id: bytes) -> None:
         for dep in self._pinned.pop(task_id, (b"", []))[1]:
             self.objects.unpin(dep)
+
+    def home_died(self, node: bytes) -> list[tuple[bytes, p.Message]]:
+        """``node`` died, and the actors living there with it (restarting them elsewhere
+        is still to come): their calls in flight fail with ActorDiedError, as any later
+        one will; their callers stop calling their workers. What to send to whom."""
+        told: list[tuple[bytes, p.Message]] = []
+        for actor_id, home in [(a, h) for a, h in self.homes.items() if h.node == node]:
+            del self.homes[actor_id]
+            self.dead[actor_id] = f"its node {node.hex()[:16]} died"
+            told += [(caller, p.ActorAddress(actor_id, b"", [])) for caller in home.callers]
+        for task_id, call in [(t, c) for t, c in self.calls.items() if c.actor_id in self.dead]:
+            del self.calls[task_id]
+            told.append((call.caller, self._fail(call, task_id, b"")))
+        return told
+
+    def _fail(self, call: _Call, task_id: bytes, job_id: bytes) -> p.TaskDone:
+        """The call's results are its actor's death, here; its caller's answer."""
+        self._unpin(task_id)
+        error = failures.actor_died(call.name, self.dead[call.actor_id])
+        results = failures.as_results(task_id, max(1, call.num_returns), error)
+        for i in range(call.num_returns):
+            self.objects.put_inline(return_object_id(task_id, i), job_id, error, [],
+                                    call.caller, True)
+        return p.TaskDone(task_id, 0, results, [], False, b"", 0.0, 0, "", 0.0)
 
     def client_gone(self, client_id: bytes) -> None:
         """Our client left: each home it talked to drops it (its handles, its calls; a
