@@ -222,8 +222,10 @@ class ClusterMember:
         return True
 
     def _see_nodes_gone(self) -> None:
-        """Nodes that left (a clean stop; a crash is a later issue's): our objects they
-        borrowed are given back, our pulls from them fail."""
+        """Nodes that left (a clean stop, or declared dead by the GCS): our objects they
+        borrowed are given back and our pulls from them fail; our owners' leases there are
+        lost (or asked again elsewhere, if not granted yet), calls to actors there fail;
+        their owners' leases and actor handles here end."""
         gone = {n for n, info in self.membership.nodes.items() if not info.alive}
         for node in gone - self._gone:
             self.objects.node_gone(node)

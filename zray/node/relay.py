@@ -368,7 +368,7 @@ class Relay:
     def _door_raw(self, identity: bytes, frames: list) -> None:
         try:
             self.door.send_multipart([identity, *frames])
-        except zmq.ZMQError as exc:  # its agent is gone (node failure: a later issue's)
+        except zmq.ZMQError as exc:  # its agent is gone (its death is seen through the GCS)
             self.complaints.warning("door", "could not relay to %s: %s", identity.hex()[:8],
                                     exc)
 

@@ -196,7 +196,7 @@ class RemoteActors:
     def _forward(self, client: Client, msg: p.Message, node: bytes) -> None:
         info = self.nodes().get(node)
         if info is None or not info.alive:
-            return  # (its home is gone: what follows is node failure's, a later issue's)
+            return  # (its home is gone: home_died fails what was sent there)
         self.relay.link_to(info)
         if (client.client_id, node) not in self._introduced:
             self._introduced.add((client.client_id, node))
