@@ -229,3 +229,35 @@ def test_calls_to_an_actor_on_a_dead_node_fail_with_actor_died(cluster: Cluster)
         zray.get(in_flight, timeout=4 * TIMEOUT_S + 10)
     with pytest.raises(zray.exceptions.ActorDiedError, match="died"):
         zray.get(counter.add.remote(), timeout=10)
+
+
+@zray.remote
+def node_of(i: int) -> str:
+    return zray.get_runtime_context().get_node_id()
+
+
+def test_a_gcs_shard_killed_under_work_restarts_and_nothing_is_lost(cluster: Cluster) -> None:
+    """The head's supervisor restarts the shard on the same ports; it replays its log;
+    the nodes' links send again what it had not stored, no node is taken for dead, and
+    work goes on meanwhile."""
+    import psutil
+
+    from zray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    from zray.util.state import list_tasks
+
+    head, node = cluster.head_node, cluster.worker_nodes[0]
+    assert head is not None
+    supervisor = psutil.Process(head.record.others[0][0])
+    (shard,) = supervisor.children()
+    there = node_of.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id,
+                                                                               soft=False))
+    before = zray.get([there.remote(i) for i in range(100)])
+    shard.kill()
+    during = zray.get([there.remote(i) for i in range(100)], timeout=60)
+    assert before == during == [node.node_id] * 100
+    wait_until(lambda: [p.pid for p in supervisor.children()] not in ([], [shard.pid]), 30,
+               "the shard restarts")
+    time.sleep(2 * TIMEOUT_S)  # (no node is declared dead: a restart gives a whole timeout)
+    assert alive_nodes() == {head.node_id, node.node_id}
+    wait_until(lambda: len(list_tasks(filters=[("name", "=", "node_of")], limit=1000)) == 200,
+               30, "every task's row is stored")
