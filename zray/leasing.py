@@ -286,10 +286,9 @@ class DirectSubmitter:
 
     def on_granted(self, msg: p.LeaseGranted) -> None:
         with self.lock:
-            key = self._pending_keys.pop(msg.lease_id, None)
+            key = self._answered_locked(msg.lease_id)
             if key is None:
                 return
-            self._requested[key] -= 1
             for kind, address in msg.addresses.items():  # (a worker on another node)
                 self._peers.route(msg.worker_id, kind, address)
             lease = self.leases[msg.lease_id] = Lease(msg.lease_id, key, msg.worker_id,
@@ -339,10 +338,9 @@ class DirectSubmitter:
     def on_refused(self, msg: p.LeaseRefused) -> None:
         """No node may grant the lease: every task waiting for one of its kind fails."""
         with self.lock:
-            key = self._pending_keys.pop(msg.lease_id, None)
+            key = self._answered_locked(msg.lease_id)
             if key is None:
                 return
-            self._requested[key] -= 1
             queue = self._queues.get(key, deque())
             while queue:
                 self._fail(queue.popleft(), msg.error)
@@ -398,6 +396,14 @@ class DirectSubmitter:
                 self._return(lease)
 
     # --- under the lock --------------------------------------------------------------
+
+    def _answered_locked(self, lease_id: bytes) -> ClassKey | None:
+        """The agent answered a lease request (granted or refused): its kind, or None if
+        it was not ours to wait for (any more)."""
+        key = self._pending_keys.pop(lease_id, None)
+        if key is not None:
+            self._requested[key] -= 1
+        return key
 
     def _pump(self, key: ClassKey) -> None:
         """Send queued tasks of ``key`` to its leases with room; ask for more leases."""
@@ -497,5 +503,5 @@ class DirectSubmitter:
         results = failures.as_results(task.task_id, task.num_returns, error)
         self._file_results(results)
         self._results_here(results)
-        self._report(p.TaskDone(task.task_id, task.attempt, results, [], False,
-                                self._worker_id, 0.0, 0, "", 0.0))
+        self._report(failures.unrun_answer(task.task_id, task.attempt, results,
+                                           self._worker_id))

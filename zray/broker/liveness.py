@@ -62,6 +62,12 @@ class Liveness:
         return dead
 
 
+    def not_declared(self, rows: list[Row], now: float) -> None:
+        """Their DEAD rows could not be stored: declared again at the next check."""
+        for _, key, _, _ in rows:
+            self._seen[key] = now - self.timeout_s
+
+
 def _heartbeating(fields_json: str) -> bool:
     """An ALIVE node of a cluster (one with an address: a private cluster's single
     node records no heartbeats, and lives and dies with its driver)."""

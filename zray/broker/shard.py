@@ -222,7 +222,7 @@ class BrokerShard:
             self.wal.append([(rows, at, _OURS, seq)])
         except ZrayError as exc:  # (the next beat declares them again)
             log.error("could not store %d nodes' deaths: %s", len(rows), exc)
-            self.liveness.replayed(self.tables, time.monotonic() - self.config.node_timeout_s)
+            self.liveness.not_declared(rows, time.monotonic())
             return
         for _, key, fields, _ in rows:
             log.warning("node %s declared dead: %s", key.hex()[:12],

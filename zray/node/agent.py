@@ -569,8 +569,8 @@ class Agent:
         results = failures.as_results(task.spec.task_id, task.spec.num_returns, error)
         if task.spec.actor_id and not task.spec.actor_options:  # its caller waits for the
             # actor's answer, not ours: it gets one in its place, by task id
-            self.send(task.submitter, p.TaskDone(task.spec.task_id, task.attempt, results, [],
-                                                 False, b"", 0.0, 0, "", 0.0))
+            self.send(task.submitter, failures.unrun_answer(task.spec.task_id, task.attempt,
+                                                            results))
         self.finish_task(task, results, [], why or failures.describe(error))
 
     def finish_task(self, task: Task, results: list[p.Location], contained: list[bytes],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pickletools
 
+from zray import protocol as p
 from zray.exceptions import (
     ActorDiedError,
     ActorUnavailableError,
@@ -27,6 +28,13 @@ def as_results(task_id: bytes, num_returns: int, error: bytes) -> list[tuple[obj
     """Every result of the task is ``error`` (the Locations of a task that fails unrun)."""
     return [(return_object_id(task_id, i), error, 0, len(error), True)
             for i in range(num_returns)]
+
+
+def unrun_answer(task_id: bytes, attempt: int, results: list[tuple[object, ...]],
+                 owner: bytes = b"") -> p.TaskDone:
+    """The answer of a task that ends without (another) run, its ``results`` errors: what
+    its caller waits for in place of a worker's."""
+    return p.TaskDone(task_id, attempt, results, [], False, owner, 0.0, 0, "", 0.0)
 
 
 def any_error(results: list[tuple[object, ...]]) -> bool:

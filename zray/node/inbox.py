@@ -100,14 +100,13 @@ class TaskInbox:
                 return False
 
     def tcp_socket(self) -> zmq.Socket:
-        """A second task socket, for owners on other nodes (the caller binds it on TCP)."""
-        sock = self._sockets[-1] if len(self._sockets) > 1 else None
-        if sock is None:
-            sock = self._client_context.socket(zmq.ROUTER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.RCVHWM, 0)
-            self._sockets.append(sock)
-            self._poller.register(sock, zmq.POLLIN)
+        """A second task socket, for owners on other nodes (the caller binds it on TCP,
+        once)."""
+        sock = self._client_context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        self._sockets.append(sock)
+        self._poller.register(sock, zmq.POLLIN)
         return sock
 
     def close(self) -> None:

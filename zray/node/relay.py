@@ -32,7 +32,7 @@ import dataclasses
 import logging
 import os
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import zmq
@@ -233,17 +233,11 @@ class Relay:
         self._send_link(node, p.Relayed(owner, kind), p.encode(msg))
 
     def on_proxy(self, sock: zmq.Socket) -> None:
-        """What an owner sent a peer's worker: relayed there, with its arguments inline
-        (re-encoded only if one was in our store)."""
+        """What an owner sent a peer's worker: relayed there, its arguments in our store
+        lent to that node (re-encoded only then)."""
         node, worker, kind = self.proxies[sock]
-        while p.has_input(sock):
-            try:
-                frames = _rewritten(sock.recv_multipart()[1:],
-                                    lambda msg: self._lend_arguments(msg, node))
-            except p.ProtocolError as exc:
-                self.complaints.warning("proxy", "dropped a message for worker %s: %s",
-                                        worker.hex()[:8], exc)
-                continue
+        for frames in self._read_rewritten(sock, lambda msg: self._lend_arguments(msg, node),
+                                           f"a message for worker {worker.hex()[:8]}"):
             self._send_link(node, p.Relayed(worker, kind), frames)
 
     def ran_on(self, task_id: bytes) -> str:
@@ -383,19 +377,24 @@ class Relay:
         return sum(len(w.queued) for w in [*self._link_out.values(), *self._door_out.values()])
 
     def on_owner_proxy(self, sock: zmq.Socket) -> None:
-        """A worker of ours answered an owner elsewhere: results in our store go inline."""
+        """A worker of ours answered an owner elsewhere: its results in our store are lent
+        to the owner's node."""
         owner = self.by_owner_proxy[sock]
         identity = self.via.get(owner)
-        while p.has_input(sock):
-            try:
-                frames = _rewritten(sock.recv_multipart()[1:],
-                                    lambda msg: self._lend_results(owner, msg))
-            except p.ProtocolError as exc:
-                self.complaints.warning("answer", "dropped an answer for %s: %s",
-                                        owner.hex()[:8], exc)
-                continue
+        for frames in self._read_rewritten(sock, lambda msg: self._lend_results(owner, msg),
+                                           f"an answer for {owner.hex()[:8]}"):
             if identity is not None:
                 self._door_send(identity, owner, "d", frames)
+
+    def _read_rewritten(self, sock: zmq.Socket, change: Callable[[p.Message], p.Message],
+                        what: str) -> Iterator[list[bytes]]:
+        """Each message waiting on a proxy, with ``change`` applied (see ``_rewritten``);
+        a malformed one is dropped, saying it was ``what``."""
+        while p.has_input(sock):
+            try:
+                yield _rewritten(sock.recv_multipart()[1:], change)
+            except p.ProtocolError as exc:
+                self.complaints.warning("proxy", "dropped %s: %s", what, exc)
 
     def _lend_results(self, owner: bytes, msg: p.Message) -> p.Message:
         """An answer of our worker to ``owner`` elsewhere: the task's arguments are let

@@ -180,7 +180,7 @@ class RemoteActors:
         for i in range(call.num_returns):
             self.objects.put_inline(return_object_id(task_id, i), job_id, error, [],
                                     call.caller, True)
-        return p.TaskDone(task_id, 0, results, [], False, b"", 0.0, 0, "", 0.0)
+        return failures.unrun_answer(task_id, 0, results)
 
     def client_gone(self, client_id: bytes) -> None:
         """Our client left: each home it talked to drops it (its handles, its calls; a

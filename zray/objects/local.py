@@ -2,10 +2,10 @@
 and the zero-copy views it holds into the node's store.
 
 The I/O thread files locations as the agent sends them and wakes the waiters; user threads
-wait on their own ``Waiter``. A location "elsewhere" (a result made on another node) is
-not ready here: it is kept for passing the ref on, and a reader asks the agent, which
-pulls a copy (``fetch``). (one event each: a ready object wakes only the calls that
-wait for it). A view is a read-only window on the store's mapping, shared by every ``get``
+wait on their own ``Waiter`` (one event each: a ready object wakes only the calls that
+wait for it). A location "elsewhere" (a result made on another node) is not ready here:
+it is kept for passing the ref on, and a reader asks the agent, which pulls a copy
+(``fetch``). A view is a read-only window on the store's mapping, shared by every ``get``
 of the object in this process, and counted as a reference until it is collected: its
 exporter is a ctypes array over the mapping, because every buffer carved from it (numpy
 arrays, Arrow buffers) keeps that one object alive, and it can carry a weakref finalizer.
