@@ -26,10 +26,14 @@ pytestmark = pytest.mark.timeout(120)
 TIMEOUT_S = 3.0  # (the default is 15 s; 6 heartbeats of 0.5 s, which 2 loaded cores keep)
 
 
-@pytest.fixture
-def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+@pytest.fixture(autouse=True)
+def short_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ZRAY_NODE_TIMEOUT_S", str(TIMEOUT_S))
     monkeypatch.setenv("ZRAY_NODE_HEARTBEAT_S", "0.5")
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
     with local_cluster({"num_cpus": 1}) as cluster:
         yield cluster
 
@@ -212,6 +216,14 @@ class Counter:
     def hang(self) -> None:
         time.sleep(120)
 
+    def slow_add(self, path: str) -> int:
+        ran(path, zray.get_runtime_context().get_node_id())
+        time.sleep(1.0)
+        return self.add()
+
+    def node(self) -> str:
+        return zray.get_runtime_context().get_node_id()
+
 
 def test_calls_to_an_actor_on_a_dead_node_fail_with_actor_died(cluster: Cluster) -> None:
     """Restarting it on a node alive is still to come: until then its callers hear at
@@ -229,6 +241,33 @@ def test_calls_to_an_actor_on_a_dead_node_fail_with_actor_died(cluster: Cluster)
         zray.get(in_flight, timeout=4 * TIMEOUT_S + 10)
     with pytest.raises(zray.exceptions.ActorDiedError, match="died"):
         zray.get(counter.add.remote(), timeout=10)
+
+
+def test_an_actor_on_a_dead_node_restarts_on_a_node_alive(tmp_path: Any) -> None:
+    """As Ray: within max_restarts, on a node that fits it, its __init__ run again; the
+    call it was running when its node died runs again there (max_task_retries); its name
+    finds it; calls made while it restarts wait for it."""
+    from zray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    starts = tmp_path / "starts"
+    with local_cluster({"num_cpus": 1}, {"num_cpus": 1}) as cluster:
+        doomed = cluster.worker_nodes[0]
+        counter = Counter.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(doomed.node_id, soft=True),
+            max_restarts=1, max_task_retries=-1, name="survivor").remote()
+        assert zray.get([counter.add.remote() for _ in range(3)]) == [1, 2, 3]
+        assert zray.get(counter.node.remote()) == doomed.node_id
+        in_flight = counter.slow_add.remote(str(starts))
+        wait_until(starts.exists, 30, "the slow call started")
+        cluster.remove_node(doomed, allow_graceful=False)
+        later = counter.add.remote()  # (made before the node is known dead)
+        assert zray.get(in_flight, timeout=4 * TIMEOUT_S + 30) == 1  # (a new incarnation)
+        assert zray.get(later, timeout=30) == 2  # (after the call made before it)
+        home = zray.get(counter.node.remote(), timeout=30)
+        assert home != doomed.node_id and home in alive_nodes()
+        assert starts.read_text().splitlines() == [doomed.node_id, home]
+        found = zray.get_actor("survivor")
+        assert zray.get(found.add.remote(), timeout=30) == 3
 
 
 @zray.remote
@@ -261,3 +300,59 @@ def test_a_gcs_shard_killed_under_work_restarts_and_nothing_is_lost(cluster: Clu
     assert alive_nodes() == {head.node_id, node.node_id}
     wait_until(lambda: len(list_tasks(filters=[("name", "=", "node_of")], limit=1000)) == 200,
                30, "every task's row is stored")
+
+
+def ran(path: str, what: str) -> None:
+    with open(path, "a") as f:  # (O_APPEND: one line per run, whoever writes)
+        f.write(what + "\n")
+
+
+@zray.remote
+def leaf(i: int, path: str, ballast: bytes = b"") -> Any:
+    import numpy as np
+
+    ran(path, f"leaf {i}")
+    return np.full(131_072, float(i))  # 1 MiB: kept in the store of the node that made it
+
+
+@zray.remote
+def add(a: Any, b: Any, path: str) -> Any:
+    ran(path, "add")
+    return a + b
+
+
+def test_results_lost_with_their_node_are_rebuilt_from_lineage(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As Ray: a result whose only copy died with its node is made again by running its
+    task (same id), and first its arguments' tasks if they are gone too; with no retries
+    left, ObjectReconstructionFailedMaxAttemptsExceededError; with its lineage dropped
+    (over max_lineage_bytes, oldest first), ...LineageEvictedError."""
+    from zray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    runs, once = str(tmp_path / "runs"), str(tmp_path / "once")
+    monkeypatch.setenv("ZRAY_MAX_LINEAGE_BYTES", "100000")
+    with local_cluster({"num_cpus": 1}, {"num_cpus": 1}) as cluster:
+        doomed = cluster.worker_nodes[0]
+        there = NodeAffinitySchedulingStrategy(doomed.node_id, soft=True)
+        evicted = leaf.options(scheduling_strategy=there).remote(0, once, b"x" * 150_000)
+        a, b = (leaf.options(scheduling_strategy=there).remote(i, runs) for i in (1, 2))
+        total = add.options(scheduling_strategy=there).remote(a, b, runs)
+        del a, b  # (freed once `add` has run: to rebuild `total`, they are rebuilt first)
+        fragile = leaf.options(scheduling_strategy=there, max_retries=0).remote(7, once)
+        zray.wait([total, fragile, evicted], num_returns=3, fetch_local=False, timeout=30)
+        assert sorted(open(runs).read().splitlines()) == ["add", "leaf 1", "leaf 2"]
+        cluster.remove_node(doomed, allow_graceful=False)
+        wait_until(lambda: doomed.node_id not in alive_nodes(), 4 * TIMEOUT_S + 5,
+                   "the node is declared dead")
+        assert zray.get(total, timeout=60).tolist() == [3.0] * 131_072
+        assert sorted(open(runs).read().splitlines()) == ["add"] * 2 + ["leaf 1"] * 2 + [
+            "leaf 2"] * 2
+        with pytest.raises(zray.exceptions.ObjectReconstructionFailedMaxAttemptsExceededError,
+                           match="max_retries"):
+            zray.get(fragile, timeout=30)
+        with pytest.raises(zray.exceptions.ObjectReconstructionFailedLineageEvictedError,
+                           match="max_lineage_bytes"):
+            zray.get(evicted, timeout=30)
+        assert sorted(open(once).read().splitlines()) == ["leaf 0", "leaf 7"]  # (not again)
+        assert isinstance(zray.exceptions.ObjectReconstructionFailedError(),
+                          zray.exceptions.ObjectLostError)

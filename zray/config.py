@@ -55,6 +55,10 @@ class Config:
     lease_idle_ms: int = 20
     # Retries for a task whose worker died, unless the task says otherwise.
     default_max_retries: int = 3
+    # What an owner keeps of its finished tasks (their arguments, mostly) to run them again
+    # when a node that held their only result dies; the oldest go first past this (Ray's
+    # RAY_max_lineage_bytes, with its default).
+    max_lineage_bytes: int = 1 << 30
     # Ended sessions whose logs stay in ZRAY_HOME (zray/node/sessions.py), newest first.
     kept_sessions: int = 10
     # Whether the GCS shards write their tables to their SQLite logs (off: in memory only,

@@ -48,8 +48,10 @@ from zray.ids import (
     task_of,
 )
 from zray.leasing import DirectSubmitter, DirectTask, Peers
+from zray.lineage import Lineage
 from zray.malloc import keep_large_blocks_warm
 from zray.mesh.direct import DirectTcp
+from zray.node import failures
 from zray.node.inbox import TaskInbox
 from zray.node.launcher import direct_endpoint
 from zray.objects.arguments import check_ref_count, encode_arguments
@@ -144,9 +146,10 @@ class CoreClient:
         self._io: threading.Thread | None = None
         self._agent_pidfd = -1
         self._wake_r, self._wake_w = os.pipe()  # close() wakes the I/O thread at once
+        self.lineage = Lineage(config.max_lineage_bytes)
         self.tx = AgentSender(self._tx, self.refs, config.batch_window_ms / 1000,
                               config.poll_interval_ms, lambda: os.write(self._wake_w, b"d"),
-                              self.objects.forget)
+                              self._released)
         self.actor_calls = ActorCaller(self.worker_id, self.peers, self.tx,
                                         config.batch_window_ms / 1000)
 
@@ -199,7 +202,7 @@ class CoreClient:
                                        self.objects.file,
                                        self.objects.get_location,
                                        self.resources.get("CPU", 1.0),
-                                       self.config.lease_idle_ms / 1000)
+                                       self.config.lease_idle_ms / 1000, self.lineage)
         self._io = threading.Thread(target=self._io_loop, name="zray-io", daemon=True)
         self._io.start()
 
@@ -406,6 +409,8 @@ class CoreClient:
             self.actor_calls.moved(msg)
         elif isinstance(msg, p.Processed):
             self.tx.processed(msg.count)
+        elif isinstance(msg, p.Rebuild) and from_agent:
+            self._rebuild(msg)
         elif isinstance(msg, p.NotStarted) and self.leasing is not None:
             self.leasing.on_not_started(msg)
         elif isinstance(msg, p.LogLines):
@@ -434,6 +439,19 @@ class CoreClient:
                 for_leases.append(done)
         if for_leases and self.leasing is not None:
             self.leasing.on_done(for_leases, from_agent)
+
+    def _released(self, object_ids: list[bytes]) -> None:
+        """This process let go of these objects: forgotten here, and their lineage."""
+        self.objects.forget(object_ids)
+        self.lineage.released(object_ids)
+
+    def _rebuild(self, msg: p.Rebuild) -> None:
+        if self.leasing is not None:
+            self.leasing.on_rebuild(msg)
+        elif not msg.task_id:  # (a process that leases nothing keeps no lineage)
+            for object_id in msg.object_ids:
+                self.tx.send(p.Unrebuildable([object_id], failures.cannot_rebuild(
+                    object_id, "", "")))
 
     def _fail(self, reason: str) -> None:
         if self._on_agent_death is not None:

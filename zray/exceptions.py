@@ -20,6 +20,9 @@ __all__ = [
     "GetTimeoutError",
     "ObjectLostError",
     "OwnerDiedError",
+    "ObjectReconstructionFailedError",
+    "ObjectReconstructionFailedMaxAttemptsExceededError",
+    "ObjectReconstructionFailedLineageEvictedError",
     "ObjectStoreFullError",
     "TaskCancelledError",
     "NodeDiedError",
@@ -139,6 +142,19 @@ class ObjectLostError(ZrayError):
 
 class OwnerDiedError(ObjectLostError):
     """The process that submitted the task making this object died before it finished."""
+
+
+class ObjectReconstructionFailedError(ObjectLostError):
+    """An object whose only copy was lost could not be rebuilt from its lineage."""
+
+
+class ObjectReconstructionFailedMaxAttemptsExceededError(ObjectReconstructionFailedError):
+    """Rebuilding it would run its task more often than its ``max_retries`` allow."""
+
+
+class ObjectReconstructionFailedLineageEvictedError(ObjectReconstructionFailedError):
+    """Its task's lineage was dropped to keep the owner's lineage under
+    ``max_lineage_bytes``."""
 
 
 class ObjectStoreFullError(ZrayError):

@@ -42,6 +42,8 @@ from typing import Any
 import zmq
 
 from zray import protocol as p
+from zray.ids import task_of
+from zray.lineage import Lineage
 from zray.mesh.auth import Credentials, secure_client
 from zray.node import failures
 from zray.node.launcher import direct_endpoint
@@ -210,8 +212,11 @@ class DirectSubmitter:
     def __init__(self, worker_id: bytes, peers: Peers, send_to_agent: Callable[[p.Message], None],
                  report_to_agent: Callable[[p.Message], None],
                  file_results: Callable[[list[Any]], None],
-                 locate: Callable[[bytes], Any], total_cpus: float, lease_idle_s: float) -> None:
+                 locate: Callable[[bytes], Any], total_cpus: float, lease_idle_s: float,
+                 lineage: Lineage) -> None:
         self.lock = threading.Lock()
+        self.lineage = lineage  # finished tasks kept to rebuild lost results
+        self.rebuilt = 0  # tasks run again to rebuild a lost result
         self._worker_id = worker_id
         self._peers = peers
         self._send_to_agent = send_to_agent
@@ -237,6 +242,7 @@ class DirectSubmitter:
     def submit(self, task: DirectTask) -> None:
         """Queue the task; one taking results of ours not back yet waits for them here
         (so a chain of tasks never goes through the agent to wait)."""
+        self.lineage.submitted(task.task_id, task.num_returns, task.dep_ids)
         with self.lock:
             self.tasks[task.task_id] = task
             for i, object_id in enumerate(task.dep_ids):
@@ -318,6 +324,7 @@ class DirectSubmitter:
             self._queues[task.key].appendleft(task)
         else:
             del self.tasks[task.task_id]
+            self.lineage.finished(task, not task.cancelled and not failures.any_error(msg.results))
             self._file_results(msg.results)
             self._results_here(msg.results)
             if msg.retryable:  # the worker left the decision to us: final
@@ -389,6 +396,30 @@ class DirectSubmitter:
                                                              task.max_retries))
             self._pump(lease.key)
 
+    def on_rebuild(self, msg: p.Rebuild) -> None:
+        """Results of ours lost with a node are needed (no ``task_id``): run their tasks
+        again. Or the agent answers a task run again: these of its arguments are gone
+        too, so they are rebuilt first; then it goes."""
+        with self.lock:
+            if not msg.task_id:
+                for object_id in msg.object_ids:
+                    self._rebuild(object_id)
+                return
+            task = self.tasks.get(msg.task_id)
+            if task is None or msg.task_id not in task.missing:
+                return
+            task.missing.discard(msg.task_id)
+            for object_id in msg.object_ids:
+                if object_id not in task.missing:
+                    task.missing.add(object_id)
+                    self._waiting.setdefault(object_id, []).append(task)
+            for object_id in msg.object_ids:
+                self._rebuild(object_id)
+            if task.missing or msg.task_id not in self.tasks:
+                return
+            self._queues.setdefault(task.key, deque()).append(task)
+            self._pump(task.key)
+
     def expire_idle(self, now: float) -> None:
         with self.lock:
             for lease in [lease for lease in self.leases.values()
@@ -428,6 +459,40 @@ class DirectSubmitter:
         while requested < min(len(queue), cap):
             self._request(key, queue[0])
             requested += 1
+
+    def _rebuild(self, object_id: bytes) -> None:
+        """Run the task that made ``object_id`` again, from our lineage, if we may (else
+        its error is the object's value, here and at the agent). It waits for the agent
+        to say which of its arguments are gone too (its own id in ``missing``)."""
+        task_id = task_of(object_id)
+        if task_id in self.tasks:  # (on its way again already)
+            return
+        task, evicted = self.lineage.find(task_id)
+        if task is None or task.retries_left <= 0:
+            why = "evicted" if evicted else "attempts" if task is not None else ""
+            error = failures.cannot_rebuild(object_id, task.name if task else "", why)
+            self._send_to_agent(p.Unrebuildable([object_id], error))
+            location = (object_id, error, 0, len(error), True)
+            self._file_results([location])
+            self._results_here([location])
+            return
+        task.retries_left -= 1
+        task.attempt += 1
+        task.missing = {task_id}
+        self.tasks[task_id] = task
+        self.rebuilt += 1
+        for i, dep in enumerate(task.dep_ids):
+            if task_of(dep) in self.tasks:  # (being rebuilt too)
+                task.deps[i] = None
+        self._send_to_agent(p.SubmitTask(
+            task_id, task.job_id, task.function_id, task.name, b"", task.dep_ids, [],
+            task.num_returns, task.resources, task.max_retries, task.retry_filter, b"", {},
+            True, b"", b"", True))
+        for queue in self._queues.values():  # tasks queued here that take it wait again
+            for waiting in [t for t in queue if object_id in t.dep_ids]:
+                queue.remove(waiting)
+                waiting.missing.add(object_id)
+                self._waiting.setdefault(object_id, []).append(waiting)
 
     def _results_here(self, locations: list[Any]) -> None:
         """Our results were filed: tasks waiting for them may go."""
@@ -500,6 +565,7 @@ class DirectSubmitter:
     def _fail(self, task: DirectTask, error: bytes) -> None:
         """The task ends with ``error`` without (another) run: here and at the agent."""
         self.tasks.pop(task.task_id, None)
+        self.lineage.finished(task, False)
         results = failures.as_results(task.task_id, task.num_returns, error)
         self._file_results(results)
         self._results_here(results)

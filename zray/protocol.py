@@ -37,7 +37,7 @@ from typing import Any, ClassVar, TypeVar
 
 import zmq
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 Location = tuple  # (object_id: bytes, data: bytes | None, offset: int, size: int, is_error: bool)
 
@@ -148,6 +148,9 @@ class SubmitTask(Message):
     # and pins, and expects the results
     sent_to: bytes  # a direct actor call: the actor's worker it went to (b"" otherwise)
     parent: bytes  # the task (or driver) that submitted it: the GCS row, the timeline's flows
+    # Its owner runs it again to rebuild a result lost with a node: the agent answers with
+    # Rebuild, naming the arguments that are gone too, before the owner sends it to a worker.
+    rebuild: bool = False
 
 
 @message(5)
@@ -625,6 +628,27 @@ class LendObjects(Message):
     object_ids: list
     node: bytes
     holder: bytes
+
+
+@message(54)
+@dataclass(frozen=True, slots=True)
+class Rebuild(Message):
+    """Agent to owner: these results of your tasks had their only copy on a node that
+    died, and something needs them: run their tasks again (from your lineage). With a
+    ``task_id``: the answer to that task's SubmitTask(rebuild=True), naming its arguments
+    that are gone too (none: it may go)."""
+
+    task_id: bytes
+    object_ids: list
+
+
+@message(55)
+@dataclass(frozen=True, slots=True)
+class Unrebuildable(Message):
+    """Owner to its agent: these objects cannot be rebuilt; ``error`` is their value."""
+
+    object_ids: list
+    error: bytes
 
 
 @message(36)

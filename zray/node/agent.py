@@ -153,6 +153,7 @@ class Agent:
             p.TaskStarted: self.leases.started,
             p.Listening: self.on_listening, p.Fetch: self.object_manager.on_fetch,
             p.LendObjects: self.object_manager.on_lend,
+            p.Unrebuildable: self.object_manager.on_unrebuildable,
         }
         self.scheduler.starting = len(pool.by_pid)
 
@@ -466,7 +467,11 @@ class Agent:
         """Pin what the task reads, then hand it to the tasks or the actors."""
         task = Task(msg, client_id)
         for i in range(msg.num_returns):
-            self.objects.expect(return_object_id(msg.task_id, i), msg.job_id, client_id)
+            self.objects.expect(return_object_id(msg.task_id, i), msg.job_id, client_id,
+                                msg.rebuild)
+        if msg.rebuild:  # (its owner waits for this answer before it sends it to a worker)
+            gone = [d for d in msg.deps if self.objects.rebuilding(d, msg.job_id)]
+            self.send(client_id, p.Rebuild(msg.task_id, gone))
         if self._known(msg.task_id):  # a retried parent submitted it again (same lineage,
             if msg.actor_options:      # same id): one copy runs, both submitters hold it
                 self.actors.holds(client_id, msg.actor_id, True)

@@ -14,6 +14,9 @@ from zray.exceptions import (
     ActorUnschedulableError,
     NodeDiedError,
     ObjectLostError,
+    ObjectReconstructionFailedError,
+    ObjectReconstructionFailedLineageEvictedError,
+    ObjectReconstructionFailedMaxAttemptsExceededError,
     OwnerDiedError,
     TaskCancelledError,
     WorkerCrashedError,
@@ -106,9 +109,9 @@ def owner_died(name: str, pid: int) -> bytes:
 
 
 def lost_with_node(object_id: bytes, node: bytes) -> bytes:
-    """An object whose only copy was on a node that left: a put's owner went with it (as
-    in Ray, OwnerDiedError); a task's result is lost (rebuilding it from its lineage is
-    still to come)."""
+    """An object whose only copy was on a node that left, and which no owner here can
+    rebuild: a put's owner went with it (as in Ray, OwnerDiedError); a task's result whose
+    owner is elsewhere (its owner's node rebuilds its own copy, not this one)."""
     where = f"node {node.hex()[:16]}, which left the cluster"
     if is_put_object(object_id):
         return _payload(OwnerDiedError(
@@ -116,8 +119,36 @@ def lost_with_node(object_id: bytes, node: bytes) -> bytes:
             "with its only copy. Return values instead of refs to puts made in tasks, or "
             "keep a copy on a node that lives (zray.get it here first)."))
     return _payload(ObjectLostError(
-        f"object {short(object_id)} had its only copy on {where}; it cannot be rebuilt in "
-        "this version (retry the task that made it)"))
+        f"object {short(object_id)} had its only copy on {where}, and this node does not "
+        "own it (its owner's node rebuilds it): pass the ref from its owner again, or run "
+        "the task that made it again"))
+
+
+def owner_gone_with_lineage(object_id: bytes) -> bytes:
+    return _payload(OwnerDiedError(
+        f"object {short(object_id)} had its only copy on a node that died, and the process "
+        "that owns it (it submitted its task, and keeps its lineage) exited, so nothing "
+        "can rebuild it. Keep the submitting process alive while its results are needed."))
+
+
+def cannot_rebuild(object_id: bytes, name: str, why: str) -> bytes:
+    """An owner's answer for a lost result it cannot rebuild: Ray's errors, by ``why``:
+    "evicted" (its lineage was dropped), "attempts" (no retries left), else not its task
+    or one whose results are not rebuilt (an actor's call, a put)."""
+    what = f"object {short(object_id)} ({name or 'a result'}) had its only copy on a node that died"
+    if why == "evicted":
+        return _payload(ObjectReconstructionFailedLineageEvictedError(
+            f"{what}, and its task's lineage was dropped to keep the owner's lineage under "
+            "max_lineage_bytes, so it cannot be rebuilt. Raise max_lineage_bytes "
+            "(ZRAY_MAX_LINEAGE_BYTES), or keep fewer results alive at once."))
+    if why == "attempts":
+        return _payload(ObjectReconstructionFailedMaxAttemptsExceededError(
+            f"{what}, and rebuilding it would run {name}() more often than its max_retries "
+            "allow. Raise max_retries to rebuild it again."))
+    return _payload(ObjectReconstructionFailedError(
+        f"{what}; only the results of plain tasks are rebuilt from lineage (not puts, actor "
+        "calls, or tasks of another owner). Keep a copy on a node that lives (zray.get it "
+        "in the driver), or make it again."))
 
 
 def cancelled(name: str) -> bytes:

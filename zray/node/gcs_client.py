@@ -91,7 +91,10 @@ class GcsClient:
             "name": options.get("name"), "namespace": options.get("namespace"),
             "state": actor.state.name, "pid": actor.worker_pid, "node_id": self._node_hex,
             "methods": options.get("methods", []),
-            "restarts_left": actor.restarts_left, "death_cause": actor.death_cause[:500]})
+            "restarts_left": actor.restarts_left, "death_cause": actor.death_cause[:500],
+            # (for the nodes of its callers, if its node dies: zray/node/remote_actors.py)
+            "max_task_retries": actor.max_task_retries,
+            "creator_node": options.get("creator_node", "")})
 
     def pump(self) -> None:
         """Take acknowledgements; send queued rows every ``gcs_flush_ms`` (so a key updated

@@ -81,7 +81,7 @@ class ClusterMember:
                            config.mesh_window)
         self.actors = RemoteActors(self.relay, Follower(gcs, "actors", context=context),
                                    objects, clients, lambda: self.membership.nodes, functions,
-                                   send)
+                                   send, actor_desk.handle)
         self.transfers = Transfers(objects, store, self._to_node, self.relay.answer_node,
                                    config.inline_object_max_bytes)
         self._load_reported = (0.0, dict(scheduler.available))
@@ -124,6 +124,8 @@ class ClusterMember:
         self.membership.tick()
         self.actors.actor_rows.tick()
         self._see_nodes_gone()
+        if self.actors.restarting:
+            self.actors.rows_changed()
 
     def _answer_query(self, identity: bytes, frames: list[bytes]) -> None:
         """``zray status`` (a holder of the token) asks this node how it is."""
@@ -231,7 +233,8 @@ class ClusterMember:
             self.objects.node_gone(node)
             self.transfers.node_gone(node)
             told, owners = self.relay.node_gone(node)
-            for owner, msg in [*told, *self.actors.home_died(node)]:
+            to_callers, creations = self.actors.home_died(node)
+            for owner, msg in [*told, *to_callers]:
                 if isinstance(msg, p.RequestLease):
                     self.request_lease(owner, msg)  # (placed again, elsewhere)
                 else:
@@ -241,6 +244,10 @@ class ClusterMember:
                     self.actor_desk.handle(owner, p.Disconnect(False))
                 self.desk.client_gone(owner, 0)
                 self.relay.remote_owner_gone(owner)
+            for client, creation in creations:  # (its actors that restart: elsewhere)
+                where, what = self.place_actor(creation)
+                self.actors.replaced(client, creation, what if where == "peer" else None,
+                                     what if where == "refuse" else "")
         self._gone = gone
 
     def request_lease(self, owner: bytes, msg: p.RequestLease) -> None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from zray import protocol as p
 from zray.node import failures
+from zray.node.object_table import ObjState
 
 if TYPE_CHECKING:
     from zray.node.agent import Agent
@@ -37,6 +38,7 @@ class ObjectManager:
             self.agent.actors.object_ready(object_id)
         if self.agent.member is not None:
             self.agent.member.objects_changed(ready, bool(self.table.freed))
+        self._ask_rebuilds()
         by_client: dict[bytes, list[p.Location]] = {}
         for client_id, location in self.table.notify:
             by_client.setdefault(client_id, []).append(location)
@@ -49,6 +51,33 @@ class ObjectManager:
             if freed.unhandled_error is not None:
                 self.agent.notice(freed.job_id, "", freed.unhandled_error)
         self.table.freed.clear()
+
+    def _ask_rebuilds(self) -> None:
+        """Lost results now needed: their owners run their tasks again; one whose owner
+        is not a process of this node any more is lost for good."""
+        by_owner: dict[bytes, list[bytes]] = {}
+        for owner, object_id in self.table.to_rebuild:
+            by_owner.setdefault(owner, []).append(object_id)
+        self.table.to_rebuild.clear()
+        for owner, object_ids in by_owner.items():
+            client = self.agent.clients.get(owner)
+            if client is not None and not client.remote:
+                self.agent.send(owner, p.Rebuild(b"", object_ids))
+                continue
+            for object_id in object_ids:
+                entry = self.table.get(object_id)
+                error = failures.owner_gone_with_lineage(object_id)
+                if entry is not None:
+                    self.table.put_inline(object_id, entry.job_id, error, [], b"", True)
+        if self.table.became_ready:  # (errors filed just now)
+            self.deliver()
+
+    def on_unrebuildable(self, client_id: bytes, msg: p.Unrebuildable) -> None:
+        """An owner cannot rebuild these (no lineage, no retries left): ``error`` stands."""
+        for object_id in msg.object_ids:
+            entry = self.table.get(object_id)
+            if entry is not None and entry.state is not ObjState.READY:
+                self.table.put_inline(object_id, entry.job_id, msg.error, [], b"", True)
 
     def arguments(self, deps: list[bytes]) -> list[p.Location]:
         """The Locations of a task's arguments, for its ExecuteTask (each now counted as

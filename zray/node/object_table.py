@@ -12,6 +12,7 @@ Lifecycle (an illegal move raises and changes nothing)::
     PENDING --create--> CREATING --seal--> READY        (store objects)
     new --put (inline)--> READY
     new/PENDING --lent by a node--> REMOTE --pull--> CREATING --last chunk--> READY (a copy)
+    REMOTE/CREATING --its home died--> PENDING, lost --wanted--> rebuilt by its owner
 
 Across nodes (zray/node/transfer.py moves the bytes), an agent counts for the processes of
 its node, as Ray's owners count their borrowers. A node that hands a ref to another node
@@ -22,6 +23,11 @@ back what it received (Unborrow with the counts, as ``unborrows``): counts, not 
 so a lend that crosses a give-back in flight is never lost. A copy pulled from elsewhere
 (``home``) stays cached after that, until its home says it freed the object (``forget``,
 sent to the nodes in ``copies``) or the store needs the room.
+
+A task's result whose only copy was on a node that died is *lost*: back to PENDING, and
+once something here needs it (a read, a task, a node's pull), its owner is asked to run
+the task again (``to_rebuild``), which makes it anew under the same id (lineage
+reconstruction; the owner keeps the lineage, zray/lineage.py).
 """
 
 from __future__ import annotations
@@ -45,9 +51,9 @@ class ObjState(enum.Enum):
 
 
 _ALLOWED = {
-    ObjState.REMOTE: {ObjState.CREATING, ObjState.READY},
+    ObjState.REMOTE: {ObjState.CREATING, ObjState.READY, ObjState.PENDING},
     ObjState.PENDING: {ObjState.CREATING, ObjState.READY, ObjState.REMOTE},
-    ObjState.CREATING: {ObjState.CREATING, ObjState.READY},
+    ObjState.CREATING: {ObjState.CREATING, ObjState.READY, ObjState.PENDING, ObjState.REMOTE},
     ObjState.READY: set(),
 }
 
@@ -74,6 +80,8 @@ class ObjectEntry:
     lenders: dict[bytes, int] | None = None  # node -> refs it lent us, not given back
     borrowers: dict[bytes, int] | None = None  # node -> refs we lent it, not given back
     copies: set[bytes] | None = None  # nodes that pulled a copy from here
+    owner: Client = b""  # the process here whose task makes it (it can rebuild it)
+    lost: bool = False  # its only copy died with a node; not asked to be rebuilt yet
 
     def location(self) -> Location:
         return (self.object_id, self.data, self.offset, self.size, self.is_error)
@@ -117,16 +125,22 @@ class ObjectTable:
         self.made_elsewhere: list[bytes] = []  # results expected here, found REMOTE
         self.unborrows: list[tuple[bytes, bytes, int]] = []  # (node, object id, count)
         self.forgets: list[tuple[bytes, bytes]] = []  # (node, object id)
+        self.to_rebuild: list[tuple[Client, bytes]] = []  # (owner, lost object now needed)
+        self.gone: set[bytes] = set()  # nodes that left the cluster
         # Pins of ids that are not objects (actor handles inside values): (id, +1/-1) ->
         # whether the id was known there.
         self.other_pins: Callable[[bytes, int], bool] = lambda _id, _delta: False
 
     # --- making objects --------------------------------------------------------------
 
-    def expect(self, object_id: bytes, job_id: bytes, holder: Client) -> None:
-        """A task was submitted: its return object will exist; the submitter holds it."""
+    def expect(self, object_id: bytes, job_id: bytes, holder: Client,
+               rebuild: bool = False) -> None:
+        """A task was submitted: its return object will exist; the submitter holds it
+        (unless the task runs again to ``rebuild`` it: then it holds what it held)."""
         entry = self.entries.setdefault(object_id, ObjectEntry(object_id, job_id))
-        entry.holders.add(holder)
+        entry.owner = entry.owner or holder
+        if not rebuild:
+            entry.holders.add(holder)
 
     def put_inline(self, object_id: bytes, job_id: bytes, data: bytes, contained: list[bytes],
                    holder: Client, is_error: bool = False) -> None:
@@ -195,12 +209,35 @@ class ObjectTable:
         return True
 
     def want(self, object_id: bytes) -> None:
-        """Something here waits for this object: if it is elsewhere, pull a copy."""
+        """Something here waits for this object: if it is elsewhere, pull a copy; if it
+        was lost, have it rebuilt."""
         entry = self.entries.get(object_id)
         if entry is not None and entry.state is ObjState.REMOTE:
             self.to_pull.append(object_id)
         elif entry is not None and entry.state is ObjState.PENDING:
             entry.wanted = True
+            self.rebuild_if_lost(object_id)
+
+    def rebuild_if_lost(self, object_id: bytes) -> None:
+        """Something needs this object: if it was lost, its owner is asked to rebuild it."""
+        entry = self.entries.get(object_id)
+        if entry is not None and entry.lost:
+            entry.lost = False
+            self.to_rebuild.append((entry.owner, object_id))
+
+    def rebuilding(self, object_id: bytes, job_id: bytes) -> bool:
+        """A task runs again to rebuild a result and takes this argument: whether the
+        argument must be rebuilt first (lost with a node, or freed since: made anew,
+        PENDING, for the task to wait for)."""
+        entry = self.entries.get(object_id)
+        if entry is None:
+            self.entries[object_id] = ObjectEntry(object_id, job_id)
+            return True
+        if entry.lost:
+            entry.lost = False
+            entry.wanted = True
+            return True
+        return False
 
     # --- across nodes ----------------------------------------------------------------
 
@@ -231,10 +268,12 @@ class ObjectTable:
             entry.home = node
         elif entry.state is ObjState.PENDING:  # (a result we expected: made there)
             entry.move(ObjState.REMOTE)
-            entry.home, entry.size, entry.is_error = node, size, is_error
+            entry.home, entry.size, entry.is_error, entry.lost = node, size, is_error, False
             self.made_elsewhere.append(object_id)
             if entry.wanted:
                 self.to_pull.append(object_id)
+        elif entry.state is ObjState.REMOTE and entry.home in self.gone:
+            entry.home = node  # (where it was died: this node has it)
         if entry.lenders is None:
             entry.lenders = {}
         entry.lenders[node] = entry.lenders.get(node, 0) + 1
@@ -245,9 +284,12 @@ class ObjectTable:
     def elsewhere(self, object_id: bytes, node: bytes, job_id: bytes) -> None:
         """An object we have no entry for is on ``node`` (to pull from; its owner's node
         counts it, not us)."""
-        if object_id not in self.entries:
+        entry = self.entries.get(object_id)
+        if entry is None:
             entry = self.entries[object_id] = ObjectEntry(object_id, job_id)
             entry.state, entry.home = ObjState.REMOTE, node
+        elif entry.state is ObjState.REMOTE and entry.home in self.gone:
+            entry.home = node  # (where it was died: its owner's node rebuilds it)
 
     def unborrow(self, node: bytes, object_id: bytes, count: int) -> None:
         """``node`` gives back ``count`` refs we lent it. Counts may go below zero for a
@@ -281,15 +323,44 @@ class ObjectTable:
 
     def node_gone(self, node: bytes) -> None:
         """A node left the cluster: what it borrowed is given back, it keeps no copies,
-        and nothing is owed to it."""
+        and nothing is owed to it. What we have only there is lost: a result of a task
+        of ours is rebuilt when needed; one lent to us is pulled from another node that
+        lent it, if any (its owner's rebuilds it)."""
+        self.gone.add(node)
         for entry in list(self.entries.values()):
             if entry.copies:
                 entry.copies.discard(node)
             if entry.lenders:
                 entry.lenders.pop(node, None)
+            if entry.home == node and entry.state is not ObjState.READY:
+                self._home_gone(entry)
+                if entry.lost:
+                    self._maybe_free(entry)
             if entry.borrowers and node in entry.borrowers:
                 del entry.borrowers[node]
                 self._maybe_free(entry)
+
+    def _home_gone(self, entry: ObjectEntry) -> None:
+        if entry.owner and not is_put_object(entry.object_id):
+            self._abort_copy(entry, ObjState.PENDING)
+            entry.home, entry.lost = b"", True
+            if entry.subscribers or entry.wanted:
+                self.want(entry.object_id)
+        elif entry.lenders:  # (a copy on its way from there starts again: Transfers)
+            entry.home = next(iter(entry.lenders))
+
+    def _abort_copy(self, entry: ObjectEntry, state: ObjState) -> None:
+        """Drop a copy that was on its way here (its block), into ``state``."""
+        if entry.state is ObjState.CREATING:
+            self.allocator.free(entry.offset)
+            entry.offset = -1
+        entry.move(state)
+
+    def restart_copy(self, object_id: bytes) -> None:
+        """A copy on its way here from a node that left is pulled again from ``home``."""
+        entry = self.entries.get(object_id)
+        if entry is not None and entry.state is ObjState.CREATING:
+            self._abort_copy(entry, ObjState.REMOTE)
 
     def start_copy(self, object_id: bytes, size: int) -> int | None:
         """A block for a copy being pulled (None: the store is full even without unused
@@ -390,7 +461,7 @@ class ObjectTable:
             for node, count in entry.lenders.items():
                 self.unborrows.append((node, entry.object_id, count))
             entry.lenders = None
-        if entry.state is ObjState.REMOTE:
+        if entry.state is ObjState.REMOTE or entry.lost:
             del self.entries[entry.object_id]
             return
         if entry.state is not ObjState.READY or entry.cached:

@@ -18,6 +18,15 @@ run in the order they were made.
 A call's answer comes straight to its caller; the caller's report of it is filed here (so
 the refs resolve here) and forwarded (the home's mailbox needs it). Named actors elsewhere
 are found through the GCS's actors table, followed here. No I/O but through the relay.
+
+When an actor's home dies, its actors restart on a node alive if their row (the GCS's)
+still allows restarts (``restarts_left``) and the node that created them lives: that node
+kept the creation and places it again, with one restart fewer; every node with callers
+holds their calls (``restarting``) until the row names the new home. Calls the dead home
+had are in doubt, as when a worker dies (zray/actors/manager.py): once a caller has
+reported the answers it got (CallsReported), its other calls run again at the new home,
+first and in order, within the actor's ``max_task_retries``, or fail with
+ActorUnavailableError.
 """
 
 from __future__ import annotations
@@ -48,16 +57,30 @@ class _Call:
     caller: bytes
     name: str
     num_returns: int
+    client: Client | None = None  # the caller, and its notice: to run it again elsewhere
+    notice: p.SubmitTask | None = None
+    in_doubt: bool = False  # sent to a home that died: run again, or fail, once reported
+
+
+@dataclass
+class _Restart:
+    """An actor whose home died, until the GCS's row names its new one."""
+
+    old: bytes  # the home that died
+    unreported: set[bytes]  # callers here whose CallsReported has not come yet
+    queue: list[tuple[Client, p.Message]] = dataclasses.field(default_factory=list)
 
 
 class RemoteActors:
     def __init__(self, relay: Relay, actor_rows: Follower, objects: ObjectTable,
                  clients: Clients, nodes: Callable[[], dict[bytes, NodeInfo]],
-                 functions: dict[bytes, bytes], send: Callable[[bytes, p.Message], None]
-                 ) -> None:
+                 functions: dict[bytes, bytes], send: Callable[[bytes, p.Message], None],
+                 here: Callable[[bytes, p.Message], None]) -> None:
         """``functions``: the agent's exported functions and classes, by id (a class goes
-        to the node its actor is created on); ``send(client, msg)``: to a client of ours."""
-        self.send = send
+        to the node its actor is created on); ``send(client, msg)``: to a client of ours;
+        ``here(client, msg)``: a client's message for this agent's own actors (one that
+        restarted here)."""
+        self.send, self.here = send, here
         self.relay, self.actor_rows = relay, actor_rows
         self.objects, self.clients = objects, clients
         self.nodes = nodes
@@ -69,12 +92,18 @@ class RemoteActors:
         # A direct call -> (its caller, its arguments here, pinned until it reports)
         self._pinned: dict[bytes, tuple[bytes, list[bytes]]] = {}
         self._introduced: set[tuple[bytes, bytes]] = set()  # (client, node)
+        self.creations: dict[bytes, tuple[Client, p.SubmitTask]] = {}  # ours, placed there
+        self.restarting: dict[bytes, _Restart] = {}  # by actor id
 
     # --- our clients' messages --------------------------------------------------------
 
     def create_there(self, client: Client, msg: p.SubmitTask, node: NodeInfo) -> None:
-        """An actor's creation goes to ``node``, its home from now on."""
-        self.homes[msg.actor_id] = _Home(node.node_id, set())
+        """An actor's creation goes to ``node``, its home from now on (kept here: it is
+        created again elsewhere if that node dies)."""
+        msg.actor_options["creator_node"] = self.relay.node_id.hex()
+        home = self.homes.setdefault(msg.actor_id, _Home(node.node_id, set()))
+        home.node = node.node_id
+        self.creations[msg.actor_id] = (client, msg)
         self._forward(client, msg, node.node_id)
 
     def intercept(self, client: Client, msg: p.Message) -> p.Message | None:
@@ -93,12 +122,15 @@ class RemoteActors:
                 self.objects.expect(return_object_id(msg.task_id, i), msg.job_id,
                                     client.client_id)
             self.calls[msg.task_id] = _Call(msg.actor_id, client.client_id, msg.name,
-                                            msg.num_returns)
+                                            msg.num_returns, client, msg)
             if msg.direct:  # (its arguments went to the worker: pulled from here until the
                 for dep in msg.deps:  # caller reports the answer)
                     self.objects.pin(dep)
                 self._pinned[msg.task_id] = (client.client_id, list(msg.deps))
-            self._forward(client, msg, home.node)
+            self._to_home(client, msg, msg.actor_id)
+            return None
+        if isinstance(msg, p.CallsReported) and msg.actor_id in self.restarting:
+            self._settle(client, msg)
             return None
         if isinstance(msg, p.TaskDone) and msg.task_id in self.calls:
             actor_id = self.calls.pop(msg.task_id).actor_id
@@ -110,10 +142,11 @@ class RemoteActors:
                     self.objects.borrowed(object_id, msg.node, client.job_id, size, is_error,
                                           client.client_id)
             self._unpin(msg.task_id)
-            self._forward(client, msg, self.homes[actor_id].node)
+            if actor_id in self.homes and actor_id not in self.restarting:
+                self._forward(client, msg, self.homes[actor_id].node)
             return None
         if isinstance(msg, (p.CallsReported, p.KillActor)) and msg.actor_id in self.homes:
-            self._forward(client, msg, self.homes[msg.actor_id].node)
+            self._to_home(client, msg, msg.actor_id)
             return None
         if isinstance(msg, p.CancelTask) and task_of(msg.object_id) in self.calls:
             self._forward(client, msg,
@@ -158,24 +191,138 @@ class RemoteActors:
         for dep in self._pinned.pop(task_id, (b"", []))[1]:
             self.objects.unpin(dep)
 
-    def home_died(self, node: bytes) -> list[tuple[bytes, p.Message]]:
-        """``node`` died, and the actors living there with it (restarting them elsewhere
-        is still to come): their calls in flight fail with ActorDiedError, as any later
-        one will; their callers stop calling their workers. What to send to whom."""
+    def home_died(self, node: bytes) -> tuple[list[tuple[bytes, p.Message]],
+                                              list[tuple[Client, p.SubmitTask]]]:
+        """``node`` died, and the actors living there with it: those that may restart
+        wait for their new home (their calls in flight in doubt), the others are dead:
+        their calls fail with ActorDiedError, as any later one will. Their callers stop
+        calling their workers. Returns what to send to whom, and the creations of ours
+        to place again."""
         told: list[tuple[bytes, p.Message]] = []
+        again: list[tuple[Client, p.SubmitTask]] = []
+        rows = self.actor_rows.rows()
         for actor_id, home in [(a, h) for a, h in self.homes.items() if h.node == node]:
-            del self.homes[actor_id]
-            self.dead[actor_id] = f"its node {node.hex()[:16]} died"
+            row = rows.get(actor_id) or {}
+            if self._may_restart(row):
+                self.restarting[actor_id] = _Restart(node, set(home.callers))
+                home.node = b""
+                for call in self.calls.values():
+                    call.in_doubt = call.in_doubt or call.actor_id == actor_id
+                if actor_id in self.creations:
+                    client, creation = self.creations[actor_id]
+                    options = {**creation.actor_options,
+                               "max_restarts": int(row["restarts_left"]) - 1}
+                    again.append((client, dataclasses.replace(creation,
+                                                              actor_options=options)))
+            else:
+                del self.homes[actor_id]
+                self.creations.pop(actor_id, None)
+                self.dead[actor_id] = f"its node {node.hex()[:16]} died"
             told += [(caller, p.ActorAddress(actor_id, b"", [])) for caller in home.callers]
         for task_id, call in [(t, c) for t, c in self.calls.items() if c.actor_id in self.dead]:
             del self.calls[task_id]
             told.append((call.caller, self._fail(call, task_id, b"")))
-        return told
+        return told, again
+
+    def _may_restart(self, row: dict) -> bool:
+        """Whether a dead home's actor restarts: restarts left, and its creator's node
+        (which places it again) alive."""
+        creator = self.nodes().get(bytes.fromhex(row.get("creator_node") or ""))
+        return int(row.get("restarts_left") or 0) > 0 and creator is not None and creator.alive
+
+    def _to_home(self, client: Client, msg: p.Message, actor_id: bytes) -> None:
+        restart = self.restarting.get(actor_id)
+        if restart is not None:
+            restart.queue.append((client, msg))
+        else:
+            self._forward(client, msg, self.homes[actor_id].node)
+
+    def _settle(self, client: Client, msg: p.CallsReported) -> None:
+        """A caller reported the answers it got from a dead home: its other calls there
+        run again at the new home, first, or fail (no ``max_task_retries`` left)."""
+        restart = self.restarting[msg.actor_id]
+        restart.unreported.discard(client.client_id)
+        unsent = {bytes(t) for t in msg.unsent if type(t) is bytes}
+        retries = int((self.actor_rows.rows().get(msg.actor_id) or {}).get(
+            "max_task_retries") or 0)
+        again: list[tuple[Client, p.Message]] = []
+        for task_id, call in list(self.calls.items()):
+            if call.actor_id != msg.actor_id or call.caller != client.client_id or \
+                    not call.in_doubt or call.notice is None:
+                continue
+            del self.calls[task_id]
+            self._unpin(task_id)
+            if task_id in unsent or retries > 0:
+                again.append((client, dataclasses.replace(call.notice, direct=False,
+                                                          sent_to=b"")))
+            else:
+                error = failures.actor_unavailable(
+                    call.name, 0, f"was on node {restart.old.hex()[:16]}, which died")
+                self.send(call.caller, self._answer_with(call, task_id, error))
+        restart.queue[:0] = again
+
+    def rows_changed(self) -> None:
+        """The GCS's actors rows moved: an actor that restarts takes its calls to its new
+        home once every caller here has reported (or gives up: its row says DEAD)."""
+        rows = self.actor_rows.rows()
+        for actor_id, restart in list(self.restarting.items()):
+            row = rows.get(actor_id) or {}
+            node = bytes.fromhex(row.get("node_id") or "")
+            info = self.nodes().get(node)
+            if row.get("state") == "DEAD" and node != restart.old:
+                self._gave_up(actor_id, str(row.get("death_cause") or "it died"))
+            elif info is not None and info.alive and node != restart.old and \
+                    not restart.unreported:
+                del self.restarting[actor_id]
+                self._moved(actor_id, node, restart.queue)
+
+    def _moved(self, actor_id: bytes, node: bytes, queue: list[tuple[Client, p.Message]]
+               ) -> None:
+        if node == self.relay.node_id:  # (it restarted here: ours now)
+            del self.homes[actor_id]
+            for client, msg in queue:
+                if isinstance(msg, p.SubmitTask):
+                    self.calls.pop(msg.task_id, None)
+                    self._unpin(msg.task_id)
+                self.here(client.client_id, msg)
+            return
+        self.homes[actor_id].node = node
+        for client, msg in queue:
+            if isinstance(msg, p.SubmitTask):
+                self.calls.pop(msg.task_id, None)
+                self._unpin(msg.task_id)
+            self.intercept(client, msg)
+
+    def _gave_up(self, actor_id: bytes, cause: str) -> None:
+        self.restarting.pop(actor_id, None)
+        self.homes.pop(actor_id, None)
+        self.creations.pop(actor_id, None)
+        self.dead[actor_id] = cause
+        for task_id, call in [(t, c) for t, c in self.calls.items() if c.actor_id == actor_id]:
+            del self.calls[task_id]
+            self.send(call.caller, self._fail(call, task_id, b""))
+
+    def replaced(self, client: Client, msg: p.SubmitTask, node: NodeInfo | None,
+                 why: str) -> None:
+        """Our creation of an actor whose home died, placed again: at ``node``, or
+        here (None), or nowhere (``why``: it is dead)."""
+        if why:
+            self._gave_up(msg.actor_id, f"its node died, and it fits no node left: {why}")
+        elif node is not None:
+            self.create_there(client, msg, node)
+        else:
+            self.here(client.client_id, msg)
 
     def _fail(self, call: _Call, task_id: bytes, job_id: bytes) -> p.TaskDone:
         """The call's results are its actor's death, here; its caller's answer."""
+        return self._answer_with(call, task_id,
+                                 failures.actor_died(call.name, self.dead[call.actor_id]),
+                                 job_id)
+
+    def _answer_with(self, call: _Call, task_id: bytes, error: bytes, job_id: bytes = b""
+                     ) -> p.TaskDone:
+        """The call's results are ``error``, here; its caller's answer."""
         self._unpin(task_id)
-        error = failures.actor_died(call.name, self.dead[call.actor_id])
         results = failures.as_results(task_id, max(1, call.num_returns), error)
         for i in range(call.num_returns):
             self.objects.put_inline(return_object_id(task_id, i), job_id, error, [],

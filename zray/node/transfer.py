@@ -76,9 +76,21 @@ class Transfers:
         self.table.to_pull.clear()
 
     def node_gone(self, node: bytes) -> None:
-        """A node left: what we were pulling from it is lost; what it asked, dropped."""
+        """A node left (the table saw it first): what we were pulling from it is pulled
+        again from a node that lent it to us, waits to be rebuilt (a result of a task of
+        ours: the table made it PENDING), or is lost; what it asked, dropped."""
         for object_id in [i for i, pull in self.pulls.items() if pull.home == node]:
-            self._lost(object_id, node)
+            entry = self.table.get(object_id)
+            if entry is not None and entry.state is ObjState.PENDING:
+                del self.pulls[object_id]
+                self.table.unpin(object_id)
+            elif entry is not None and entry.home and entry.home not in self.table.gone:
+                self.table.restart_copy(object_id)
+                self.pulls[object_id] = _Pull(entry.home)
+                if not self.send(entry.home, p.PullObject(object_id, 0, self.chunk)):
+                    self._lost(object_id, entry.home)
+            else:
+                self._lost(object_id, node)
         for object_id, asked in list(self.parked.items()):
             self.parked[object_id] = [(who, msg) for who, msg in asked if who != node]
 
@@ -173,7 +185,8 @@ class Transfers:
                                                 entry.home))
             return
         if entry.state is not ObjState.READY:  # (on its way here, or being made, here or
-            self.parked.setdefault(msg.object_id, []).append((identity, msg))  # elsewhere)
+            self.parked.setdefault(msg.object_id, []).append((identity, msg))  # elsewhere,
+            self.table.rebuild_if_lost(msg.object_id)  # or lost: rebuilt now)
             return
         if entry.data is not None:
             data = entry.data[msg.offset:msg.offset + msg.size]
