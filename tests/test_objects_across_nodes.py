@@ -183,6 +183,26 @@ def boxed() -> list[Any]:
     return [zray.put(np.ones(1_000_000)), zray.put(5)]
 
 
+@zray.remote
+def plus(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return a + b
+
+
+def test_results_dropped_before_their_task_ends_are_freed_on_every_node(
+        cluster: Cluster) -> None:
+    """Regression: the owner let go of a result while its task still ran elsewhere; the
+    task's report then filed the result as held by the owner again, and the node that
+    made it kept it for ever (a tree reduce filled every store)."""
+    baseline = store_use(cluster)
+    one, two = cluster.worker_nodes
+    a, b = (make.options(scheduling_strategy=on(one)).remote(1_000_000) for _ in range(2))
+    summed = plus.options(scheduling_strategy=on(two)).remote(a, b)
+    del a, b  # (before `make` ends)
+    assert zray.get(summed)[-1] == 2 * 999_999
+    del summed
+    wait_for_baseline(cluster, baseline)
+
+
 def test_refs_made_on_another_node_and_returned_inside_a_result(cluster: Cluster) -> None:
     head, one, two = cluster.list_all_nodes()
     baseline = store_use(cluster)

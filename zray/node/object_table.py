@@ -260,13 +260,18 @@ class ObjectTable:
     def borrowed(self, object_id: bytes, node: bytes, job_id: bytes, size: int,
                  is_error: bool = False, holder: Client = b"") -> ObjectEntry:
         """``node`` handed us a ref: an object we do not have yet is REMOTE, there.
-        ``holder``: a process here that holds it from now on."""
+        ``holder``: a process here that holds it from now on, if it is new here (a result
+        we expected is held by who submitted its task, until they let go: perhaps already,
+        before it was made)."""
         entry = self.entries.get(object_id)
+        expected = entry is not None and entry.state is ObjState.PENDING
         if entry is None:
             entry = self.entries[object_id] = ObjectEntry(object_id, job_id, size=size)
             entry.state = ObjState.REMOTE
             entry.home = node
-        elif entry.state is ObjState.PENDING:  # (a result we expected: made there)
+            if holder:
+                entry.holders.add(holder)
+        elif expected:  # (a result we expected: made there)
             entry.move(ObjState.REMOTE)
             entry.home, entry.size, entry.is_error, entry.lost = node, size, is_error, False
             self.made_elsewhere.append(object_id)
@@ -277,8 +282,8 @@ class ObjectTable:
         if entry.lenders is None:
             entry.lenders = {}
         entry.lenders[node] = entry.lenders.get(node, 0) + 1
-        if holder:
-            entry.holders.add(holder)
+        if expected and not entry.used_here:  # (let go already: what was lent goes back)
+            self._maybe_free(entry)
         return entry
 
     def elsewhere(self, object_id: bytes, node: bytes, job_id: bytes) -> None:
