@@ -103,7 +103,7 @@ def _join(address: str, namespace: str | None, log_to_driver: bool) -> None:
 
     global _joined
     _joined = find_cluster(address)
-    node = local_node(_joined)
+    node = local_node(_joined, address)
     client = _connect(node.endpoint, namespace, log_to_driver,
                       lambda: "" if node.alive() else f"the node at {node.address} stopped")
     core.set_current(client)

@@ -410,9 +410,7 @@ class DirectSubmitter:
                 return
             task.missing.discard(msg.task_id)
             for object_id in msg.object_ids:
-                if object_id not in task.missing:
-                    task.missing.add(object_id)
-                    self._waiting.setdefault(object_id, []).append(task)
+                self._wait_for(task, object_id)
             for object_id in msg.object_ids:
                 self._rebuild(object_id)
             if task.missing or msg.task_id not in self.tasks:
@@ -481,9 +479,9 @@ class DirectSubmitter:
         task.missing = {task_id}
         self.tasks[task_id] = task
         self.rebuilt += 1
-        for i, dep in enumerate(task.dep_ids):
-            if task_of(dep) in self.tasks:  # (being rebuilt too)
-                task.deps[i] = None
+        for dep in task.dep_ids:
+            if task_of(dep) in self.tasks:  # (on its way again too)
+                self._wait_for(task, dep)
         self._send_to_agent(p.SubmitTask(
             task_id, task.job_id, task.function_id, task.name, b"", task.dep_ids, [],
             task.num_returns, task.resources, task.max_retries, task.retry_filter, b"", {},
@@ -491,8 +489,16 @@ class DirectSubmitter:
         for queue in self._queues.values():  # tasks queued here that take it wait again
             for waiting in [t for t in queue if object_id in t.dep_ids]:
                 queue.remove(waiting)
-                waiting.missing.add(object_id)
-                self._waiting.setdefault(object_id, []).append(waiting)
+                self._wait_for(waiting, object_id)
+
+    def _wait_for(self, task: DirectTask, object_id: bytes) -> None:
+        """The task may go only once this argument of it is (back) here."""
+        if object_id not in task.missing:
+            task.missing.add(object_id)
+            self._waiting.setdefault(object_id, []).append(task)
+        for i, dep in enumerate(task.dep_ids):
+            if dep == object_id:
+                task.deps[i] = None
 
     def _results_here(self, locations: list[Any]) -> None:
         """Our results were filed: tasks waiting for them may go."""

@@ -139,15 +139,15 @@ def find_cluster(address: str) -> ClusterRecord:
                           f"ones: {', '.join(sorted(by_node)) or 'none'}")
 
 
-def local_node(cluster: ClusterRecord) -> NodeRecord:
-    """A live node of ``cluster`` on this machine, for a driver to connect to (the head's,
-    if it runs here)."""
+def local_node(cluster: ClusterRecord, address: str = "") -> NodeRecord:
+    """A live node of ``cluster`` on this machine, for a driver to connect to: the one at
+    ``address`` if it runs here, else the head's, if it runs here."""
     nodes = [n for n in nodes_here() if n.cluster == cluster.address and n.alive()]
     if not nodes:
         raise ConnectionError(f"no node of the cluster at {cluster.address} runs on this "
                               "machine; start one with `zray node start --peers "
                               f"{cluster.address}`")
-    return sorted(nodes, key=lambda n: not n.head)[0]
+    return min(nodes, key=lambda n: (n.address != address, not n.head))
 
 
 def _path(kind: str, address: str, suffix: str) -> str:

@@ -121,13 +121,16 @@ class RemoteActors:
             for i in range(msg.num_returns):  # (the answer is filed here: callers here wait)
                 self.objects.expect(return_object_id(msg.task_id, i), msg.job_id,
                                     client.client_id)
-            self.calls[msg.task_id] = _Call(msg.actor_id, client.client_id, msg.name,
-                                            msg.num_returns, client, msg)
+            call = self.calls[msg.task_id] = _Call(msg.actor_id, client.client_id, msg.name,
+                                                   msg.num_returns, client, msg)
             if msg.direct:  # (its arguments went to the worker: pulled from here until the
                 for dep in msg.deps:  # caller reports the answer)
                     self.objects.pin(dep)
                 self._pinned[msg.task_id] = (client.client_id, list(msg.deps))
-            self._to_home(client, msg, msg.actor_id)
+            if msg.direct and msg.actor_id in self.restarting:
+                call.in_doubt = True  # (sent to the worker that died: settled as the rest)
+            else:
+                self._to_home(client, msg, msg.actor_id)
             return None
         if isinstance(msg, p.CallsReported) and msg.actor_id in self.restarting:
             self._settle(client, msg)
@@ -204,7 +207,9 @@ class RemoteActors:
         for actor_id, home in [(a, h) for a, h in self.homes.items() if h.node == node]:
             row = rows.get(actor_id) or {}
             if self._may_restart(row):
-                self.restarting[actor_id] = _Restart(node, set(home.callers))
+                restart = self.restarting.setdefault(actor_id, _Restart(node, set()))
+                restart.old = node  # (its new home may die too before it is known here)
+                restart.unreported |= home.callers
                 home.node = b""
                 for call in self.calls.values():
                     call.in_doubt = call.in_doubt or call.actor_id == actor_id
