@@ -339,14 +339,21 @@ def test_results_lost_with_their_node_are_rebuilt_from_lineage(
         total = add.options(scheduling_strategy=there).remote(a, b, runs)
         del a, b  # (freed once `add` has run: to rebuild `total`, they are rebuilt first)
         fragile = leaf.options(scheduling_strategy=there, max_retries=0).remote(7, once)
-        zray.wait([total, fragile, evicted], num_returns=3, fetch_local=False, timeout=30)
-        assert sorted(open(runs).read().splitlines()) == ["add", "leaf 1", "leaf 2"]
+        more = [leaf.options(scheduling_strategy=there).remote(i, runs) for i in (3, 4, 5, 6)]
+        zray.wait([total, fragile, evicted, *more], num_returns=7, fetch_local=False,
+                  timeout=30)
+        assert sorted(open(runs).read().splitlines()) == ["add"] + [
+            f"leaf {i}" for i in (1, 2, 3, 4, 5, 6)]
         cluster.remove_node(doomed, allow_graceful=False)
         wait_until(lambda: doomed.node_id not in alive_nodes(), 4 * TIMEOUT_S + 5,
                    "the node is declared dead")
         assert zray.get(total, timeout=60).tolist() == [3.0] * 131_072
-        assert sorted(open(runs).read().splitlines()) == ["add"] * 2 + ["leaf 1"] * 2 + [
-            "leaf 2"] * 2
+        # Regression: two new tasks on the two CPUs left, each taking lost results: their
+        # workers wait for them, and lend out their CPUs to the tasks that rebuild them.
+        pairs = [add.remote(more[0], more[1], runs), add.remote(more[2], more[3], runs)]
+        assert [float(v[0]) for v in zray.get(pairs, timeout=60)] == [7.0, 11.0]
+        assert sorted(open(runs).read().splitlines()) == ["add"] * 4 + [
+            f"leaf {i}" for i in (1, 2, 3, 4, 5, 6) for _ in range(2)]
         with pytest.raises(zray.exceptions.ObjectReconstructionFailedMaxAttemptsExceededError,
                            match="max_retries"):
             zray.get(fragile, timeout=30)

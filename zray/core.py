@@ -674,7 +674,11 @@ class CoreClient:
         if node:
             self.objects.expect(ids)  # (subscribed by the Fetch)
             self.tx.send(p.Fetch(ids, node))
-        self._await(ids, len(set(ids)), None, for_get=True, lends_cpu=False)
+        try:
+            self._await(ids, len(set(ids)), _FETCH_HOLDS_CPU_S, for_get=True, lends_cpu=False)
+        except GetTimeoutError:  # (one is being rebuilt, or comes from far: the CPU is
+            self._await(ids, len(set(ids)), None, for_get=True)  # lent out meanwhile, or
+            # the tasks rebuilding it could find none free, and wait for this one for ever)
 
     def _await(self, ids: list[bytes], count: int, timeout: float | None,
                raise_on_timeout: bool = True, for_get: bool = False,
@@ -709,6 +713,10 @@ class CoreClient:
             self.objects.end_wait(waiter)
             if blocked:
                 self.tx.send(p.Unblocked(self.context.task_id))
+
+
+# How long a worker waits for its task's arguments before it lends out its CPU.
+_FETCH_HOLDS_CPU_S = 0.2
 
 
 def _unhandled_error_text(error: bytes | None) -> str:
