@@ -470,7 +470,7 @@ class Agent:
             self.objects.expect(return_object_id(msg.task_id, i), msg.job_id, client_id,
                                 msg.rebuild)
         if msg.rebuild:  # (its owner waits for this answer before it sends it to a worker)
-            gone = [d for d in msg.deps if self.objects.rebuilding(d, msg.job_id)]
+            gone = [d for d in msg.deps if self.objects.rebuilding(d, msg.job_id, client_id)]
             self.send(client_id, p.Rebuild(msg.task_id, gone))
         if self._known(msg.task_id):  # a retried parent submitted it again (same lineage,
             if msg.actor_options:      # same id): one copy runs, both submitters hold it

@@ -74,10 +74,15 @@ class ObjectManager:
 
     def on_unrebuildable(self, client_id: bytes, msg: p.Unrebuildable) -> None:
         """An owner cannot rebuild these (no lineage, no retries left): ``error`` stands."""
-        for object_id in msg.object_ids:
-            entry = self.table.get(object_id)
-            if entry is not None and entry.state is not ObjState.READY:
-                self.table.put_inline(object_id, entry.job_id, msg.error, [], b"", True)
+        entries = [self.table.get(object_id) for object_id in msg.object_ids]
+        if not all(e is not None and e.owner == client_id and e.state is ObjState.PENDING
+                   for e in entries):
+            self.agent.reject(client_id, msg, "it names objects that are not results of "
+                                              "its own tasks waiting to be rebuilt")
+            return
+        for entry in entries:
+            assert entry is not None
+            self.table.put_inline(entry.object_id, entry.job_id, msg.error, [], b"", True)
 
     def arguments(self, deps: list[bytes]) -> list[p.Location]:
         """The Locations of a task's arguments, for its ExecuteTask (each now counted as
@@ -126,6 +131,11 @@ class ObjectManager:
     def on_fetch(self, client_id: bytes, msg: p.Fetch) -> None:
         """A worker needs these arguments of a task sent to it over TCP from ``msg.node``:
         subscribed, and pulled from there if we have no copy."""
+        member = self.agent.member
+        if member is None or msg.node not in member.membership.nodes:
+            self.agent.reject(client_id, msg, f"node {msg.node.hex()[:16]} is not a node of "
+                                              "this cluster")
+            return
         job_id = self.agent.clients[client_id].job_id
         for object_id in msg.object_ids:
             self.table.elsewhere(object_id, msg.node, job_id)

@@ -225,13 +225,13 @@ class ObjectTable:
             entry.lost = False
             self.to_rebuild.append((entry.owner, object_id))
 
-    def rebuilding(self, object_id: bytes, job_id: bytes) -> bool:
-        """A task runs again to rebuild a result and takes this argument: whether the
-        argument must be rebuilt first (lost with a node, or freed since: made anew,
-        PENDING, for the task to wait for)."""
+    def rebuilding(self, object_id: bytes, job_id: bytes, owner: Client) -> bool:
+        """``owner`` runs a task again to rebuild a result, and the task takes this
+        argument: whether the argument must be rebuilt first (lost with a node, or freed
+        since: made anew, PENDING, for the task to wait for; ``owner`` is asked)."""
         entry = self.entries.get(object_id)
         if entry is None:
-            self.entries[object_id] = ObjectEntry(object_id, job_id)
+            self.entries[object_id] = ObjectEntry(object_id, job_id, owner=owner)
             return True
         if entry.lost:
             entry.lost = False
