@@ -255,12 +255,12 @@ class RemoteActors:
             if call.actor_id != msg.actor_id or call.caller != client.client_id or \
                     not call.in_doubt or call.notice is None:
                 continue
-            del self.calls[task_id]
-            self._unpin(task_id)
-            if task_id in unsent or retries > 0:
+            call.in_doubt = False
+            if task_id in unsent or retries > 0:  # (through the agents this time)
                 again.append((client, dataclasses.replace(call.notice, direct=False,
                                                           sent_to=b"")))
             else:
+                del self.calls[task_id]
                 error = failures.actor_unavailable(
                     call.name, 0, f"was on node {restart.old.hex()[:16]}, which died")
                 self.send(call.caller, self._answer_with(call, task_id, error))
@@ -283,20 +283,21 @@ class RemoteActors:
 
     def _moved(self, actor_id: bytes, node: bytes, queue: list[tuple[Client, p.Message]]
                ) -> None:
-        if node == self.relay.node_id:  # (it restarted here: ours now)
+        """The held calls (recorded here already) go to the actor's new home; if that is
+        this node, its agent takes them over as its own clients' calls."""
+        here = node == self.relay.node_id
+        if here:
             del self.homes[actor_id]
-            for client, msg in queue:
-                if isinstance(msg, p.SubmitTask):
-                    self.calls.pop(msg.task_id, None)
-                    self._unpin(msg.task_id)
-                self.here(client.client_id, msg)
-            return
-        self.homes[actor_id].node = node
+        else:
+            self.homes[actor_id].node = node
         for client, msg in queue:
+            if not here:
+                self._forward(client, msg, node)
+                continue
             if isinstance(msg, p.SubmitTask):
                 self.calls.pop(msg.task_id, None)
                 self._unpin(msg.task_id)
-            self.intercept(client, msg)
+            self.here(client.client_id, msg)
 
     def _gave_up(self, actor_id: bytes, cause: str) -> None:
         self.restarting.pop(actor_id, None)
