@@ -131,10 +131,7 @@ class ObjectManager:
     def on_fetch(self, client_id: bytes, msg: p.Fetch) -> None:
         """A worker needs these arguments of a task sent to it over TCP from ``msg.node``:
         subscribed, and pulled from there if we have no copy."""
-        member = self.agent.member
-        if member is None or msg.node not in member.membership.nodes:
-            self.agent.reject(client_id, msg, f"node {msg.node.hex()[:16]} is not a node of "
-                                              "this cluster")
+        if not self._of_this_cluster(client_id, msg, msg.node):
             return
         job_id = self.agent.clients[client_id].job_id
         for object_id in msg.object_ids:
@@ -143,14 +140,20 @@ class ObjectManager:
 
     def on_lend(self, client_id: bytes, msg: p.LendObjects) -> None:
         """A worker's results go to an owner on another node: lent to that node."""
-        member = self.agent.member
-        if member is None or msg.node not in member.membership.nodes:
-            self.agent.reject(client_id, msg, f"node {msg.node.hex()[:16]} is not a node of "
-                                              "this cluster")
+        if not self._of_this_cluster(client_id, msg, msg.node):
             return
         for object_id in msg.object_ids:
             if self.table.lend(object_id, msg.node):
                 self.table.release(msg.holder, object_id)
+
+    def _of_this_cluster(self, client_id: bytes, msg: p.Message, node: bytes) -> bool:
+        """Whether ``node`` is a node of our cluster (else ``msg`` is rejected)."""
+        member = self.agent.member
+        if member is None or node not in member.membership.nodes:
+            self.agent.reject(client_id, msg, f"node {node.hex()[:16]} is not a node of "
+                                              "this cluster")
+            return False
+        return True
 
     def on_refs(self, client_id: bytes, msg: p.RefsChanged) -> None:
         for object_id in msg.added:

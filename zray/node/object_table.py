@@ -278,7 +278,7 @@ class ObjectTable:
             if entry.wanted:
                 self.to_pull.append(object_id)
         elif entry.state is ObjState.REMOTE and entry.home in self.gone:
-            entry.home = node  # (where it was died: this node has it)
+            entry.home = node  # (the node it was on died: this one has it)
         if entry.lenders is None:
             entry.lenders = {}
         entry.lenders[node] = entry.lenders.get(node, 0) + 1
@@ -294,7 +294,7 @@ class ObjectTable:
             entry = self.entries[object_id] = ObjectEntry(object_id, job_id)
             entry.state, entry.home = ObjState.REMOTE, node
         elif entry.state is ObjState.REMOTE and entry.home in self.gone:
-            entry.home = node  # (where it was died: its owner's node rebuilds it)
+            entry.home = node  # (the node it was on died: its owner's node rebuilds it)
 
     def unborrow(self, node: bytes, object_id: bytes, count: int) -> None:
         """``node`` gives back ``count`` refs we lent it. Counts may go below zero for a
