@@ -202,6 +202,7 @@ def run(seconds: float, seed: int, kills: int, every: float, workdir: str) -> di
         killer.stop.set()
         killer.join(60)
         checked = check_calls(paths, answered)
+        _detection_times(killer.kills)
         from zray import core
 
         client = core.current()
@@ -214,6 +215,16 @@ def run(seconds: float, seed: int, kills: int, every: float, workdir: str) -> di
             killer.stop.set()
             killer.join(60)
         cluster.shutdown()
+
+
+def _detection_times(kills: list[dict[str, Any]]) -> None:
+    """Each kill's time to the DEAD row its node got (the GCS's ``died``)."""
+    from zray.util.state import list_nodes
+
+    rows = {row.get("node_id"): row for row in list_nodes(limit=10_000)}
+    for kill in kills:
+        died = rows.get(kill["node"], {}).get("died")
+        kill["declared dead after s"] = round(float(died) - kill["at"], 2) if died else None
 
 
 def main(argv: list[str] | None = None) -> int:
