@@ -198,6 +198,10 @@ def test_a_shard_whose_log_is_damaged_is_given_up_on_while_tasks_run() -> None:
         shards = gcs_shards(2)
         for shard in shards:  # (stopped first: a checkpoint could write the page back)
             shard.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 10  # (a write under way when the signal came ends
+        while not all(s.status() == psutil.STATUS_STOPPED for s in shards):  # first)
+            assert time.monotonic() < deadline, "the shards did not stop"
+            time.sleep(0.01)
         wal = os.path.join(session, "broker-0.wal")
         with open(wal, "r+b") as f:
             f.write(os.urandom(4096))
