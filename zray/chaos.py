@@ -113,28 +113,7 @@ def _diagnose(object_id: bytes) -> str:
     client = core.current()
     if client is None or client.leasing is None:
         return "no driver"
-    task_id = task_of(object_id)
-    leasing = client.leasing
-    with leasing.lock:
-        task = leasing.tasks.get(task_id)
-        lease = leasing._on_lease.get(task_id)
-        seen: dict[str, Any] = {
-            "queued or running here": task is not None,
-            "waits for": [m.hex()[:12] for m in task.missing] if task else None,
-            "attempt": task.attempt if task else None,
-            "on lease": (lease.lease_id.hex()[:12], lease.worker.hex()[:12],
-                         len(lease.running)) if lease else None,
-            "actor call in flight": task_id in client.actor_calls._in_flight,
-            "location": client.objects.get_location(object_id) is not None,
-            "leases": [(lease.lease_id.hex()[:12], lease.worker.hex()[:12], lease.remote,
-                        [t.name for t in lease.running]) for lease in leasing.leases.values()],
-            "tasks": [(t.name, t.task_id.hex()[:12], t.attempt, [m.hex()[:12] for m in t.missing],
-                       t.task_id in leasing._on_lease) for t in leasing.tasks.values()],
-            "queued": {str(k[0].hex()[:8]): len(q) for k, q in leasing._queues.items()},
-            "requested": {str(k[0].hex()[:8]): n for k, n in leasing._requested.items()},
-            "pending lease ids": [i.hex()[:12] for i in leasing._pending_keys],
-        }
-    return json.dumps(seen, default=str)
+    return json.dumps(client.leasing.describe(task_of(object_id)), default=str)
 
 
 def check_calls(paths: list[str], answered: dict[tuple[int, int], float]) -> dict[str, int]:

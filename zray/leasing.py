@@ -424,6 +424,26 @@ class DirectSubmitter:
                           if not lease.running and now - lease.idle_since >= self._lease_idle_s]:
                 self._return(lease)
 
+    def describe(self, task_id: bytes) -> dict[str, Any]:
+        """What this owner knows of a task, its queues and its leases (for the report of
+        a task that never ended)."""
+        with self.lock:
+            task = self.tasks.get(task_id)
+            return {
+                "task": None if task is None else {
+                    "name": task.name, "attempt": task.attempt,
+                    "waits for": [m.hex()[:12] for m in task.missing],
+                    "on lease": task_id in self._on_lease},
+                "tasks": [(t.name, t.task_id.hex()[:12], t.attempt,
+                           [m.hex()[:12] for m in t.missing], t.task_id in self._on_lease)
+                          for t in self.tasks.values()],
+                "leases": [(lease.lease_id.hex(), lease.worker.hex()[:12], lease.remote,
+                            [t.name for t in lease.running]) for lease in self.leases.values()],
+                "queued": {key[0].hex()[:8]: len(queue) for key, queue in self._queues.items()},
+                "leases asked, not granted": {key[0].hex()[:8]: n
+                                              for key, n in self._requested.items() if n},
+            }
+
     # --- under the lock --------------------------------------------------------------
 
     def _answered_locked(self, lease_id: bytes) -> ClassKey | None:
