@@ -124,6 +124,8 @@ class ClusterMember:
         self.membership.tick()
         self.actors.actor_rows.tick()
         self._see_nodes_gone()
+        if self.transfers.retry_at:
+            self.transfers.tick()
         if self.actors.restarting:
             self.actors.rows_changed()
 

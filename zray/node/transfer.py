@@ -20,6 +20,7 @@ The wire and the tables are the caller's: ``send(node, msg)`` to a node's door,
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from zray.node import failures
 from zray.node.object_table import ObjectTable, ObjState
 
 CHUNK_BYTES = 8 << 20
+RETRY_S = 0.1  # before a pull sent on to a node gone asks its home again
 AHEAD = 4  # chunks in flight per pull: 32 MiB, enough to keep a TCP link busy
 
 
@@ -59,6 +61,7 @@ class Transfers:
         self.waiting_room: list[bytes] = []  # pulls whose block did not fit yet
         self.parked: dict[bytes, list[tuple[bytes, p.PullObject]]] = {}  # asked, not ready
         self.counts: Counter[str] = Counter()  # zray status: bytes and objects each way
+        self.retry_at: dict[bytes, float] = {}  # pulls to ask their home again -> when
 
     # --- pulling ----------------------------------------------------------------------
 
@@ -98,6 +101,16 @@ class Transfers:
         self.counts["pulls failed"] += 1
         self._finish(object_id, failures.lost_with_node(object_id, node), True, [])
 
+    def tick(self) -> None:
+        """Ask again the pulls whose home sent them on to a node that had gone."""
+        now = time.monotonic()
+        for object_id in [i for i, at in self.retry_at.items() if at <= now]:
+            del self.retry_at[object_id]
+            pull = self.pulls.get(object_id)
+            if pull is not None and not self.send(pull.home, p.PullObject(object_id, 0,
+                                                                          self.chunk)):
+                self._lost(object_id, pull.home)
+
     def retry_waiting(self) -> None:
         """Pulls that found the store full try again (from their first chunk)."""
         waiting, self.waiting_room = self.waiting_room, []
@@ -111,9 +124,11 @@ class Transfers:
         if pull is None or node != pull.home:
             return
         if msg.redirect and msg.redirect != pull.home:  # (it has no copy: where it has one)
-            pull.home = msg.redirect
-            if not self.send(pull.home, p.PullObject(msg.object_id, 0, self.chunk)):
-                self._lost(msg.object_id, pull.home)
+            if self.send(msg.redirect, p.PullObject(msg.object_id, 0, self.chunk)):
+                pull.home = msg.redirect
+            else:  # A node gone: the one that sent us there has not seen it go yet. Once
+                # it has, it rebuilds the object or sends us on to a copy that lives.
+                self.retry_at[msg.object_id] = time.monotonic() + RETRY_S
             return
         if msg.error:
             self.counts["pulls failed"] += 1
