@@ -1,7 +1,8 @@
 """Nodes that die: the GCS declares a node silent past ``node_timeout_s`` dead, for every
 node at once (zray/broker/liveness.py); a node declared dead while it still runs stops
-when it learns it (fencing). The rest of node failure (resubmission, lineage, actors
-restarted elsewhere) is issue 16's next steps.
+when it learns it (fencing). Its leased tasks run again elsewhere, the results only it
+held are rebuilt from their owners' lineage, its actors restart on a node alive; the
+head's agent and a GCS shard may die too; and a short chaos run kills nodes under load.
 """
 
 from __future__ import annotations
@@ -226,8 +227,8 @@ class Counter:
 
 
 def test_calls_to_an_actor_on_a_dead_node_fail_with_actor_died(cluster: Cluster) -> None:
-    """Restarting it on a node alive is still to come: until then its callers hear at
-    once, in flight or later, that it died with its node (no hang)."""
+    """With no restarts (max_restarts=0, the default) its callers hear at once, in
+    flight or later, that it died with its node (no hang)."""
     from zray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     node = cluster.worker_nodes[0]
