@@ -13,6 +13,9 @@ moments and adds a new one after each. At the end the actor files must show: eve
 whose answer the driver got ended before the answer and never started after it; calls
 ran in call order (each call's last run started after the call before it ended); and the
 answers were the calls' own. Prints a JSON report, with the seed that replays the kills.
+
+``python -m zray.chaos --recovery`` times one node's death instead: from the kill to its
+DEAD row, and to the result of the task it was running, run again elsewhere.
 """
 
 from __future__ import annotations
@@ -196,6 +199,43 @@ def run(seconds: float, seed: int, kills: int, every: float, workdir: str) -> di
         cluster.shutdown()
 
 
+@zray.remote(max_retries=3)
+def _first_attempt_hangs(path: str) -> str:
+    _append(path, "started")
+    if len(open(path).read().splitlines()) == 1:
+        time.sleep(3600)  # (until its node is killed)
+    return zray.get_runtime_context().get_node_id()
+
+
+def recovery() -> dict[str, float]:
+    """One node killed while it runs a task: seconds from the kill to its DEAD row, and
+    to the result of the task run again elsewhere (issue 16's detection and recovery)."""
+    from zray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        node = cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        cluster.connect()
+        with tempfile.TemporaryDirectory(prefix="zray-chaos-") as workdir:
+            started = os.path.join(workdir, "started")
+            ref = _first_attempt_hangs.options(scheduling_strategy=(
+                NodeAffinitySchedulingStrategy(node.node_id, soft=True))).remote(started)
+            while not os.path.exists(started):
+                time.sleep(0.01)
+            killed = time.monotonic()
+            cluster.remove_node(node, allow_graceful=False)
+            while any(n["NodeID"] == node.node_id and n["Alive"] for n in zray.nodes()):
+                time.sleep(0.02)
+            dead = time.monotonic() - killed
+            _get(ref, "the task run again")
+            return {"kill to DEAD row, s": round(dead, 2),
+                    "kill to the result of the task run again, s":
+                        round(time.monotonic() - killed, 2)}
+    finally:
+        cluster.shutdown()
+
+
 def _detection_times(kills: list[dict[str, Any]]) -> None:
     """Each kill's time to the DEAD row its node got (the GCS's ``died``)."""
     from zray.util.state import list_nodes
@@ -213,7 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--kill-every", type=float, default=None,
                         help="seconds between kills, on average (default: 3 kills a minute)")
+    parser.add_argument("--recovery", action="store_true",
+                        help="instead: time one node's death to its DEAD row and to a "
+                             "task's result run again elsewhere")
     args = parser.parse_args(argv)
+    if args.recovery:
+        print(json.dumps(recovery()))
+        return 0
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
     print(f"chaos: seed {seed}", flush=True)
     seconds = args.minutes * 60
