@@ -195,6 +195,7 @@ class CoreClient:
         self.objects.mapping = Mapping(reply.store_path, reply.store_size)
         if reply.mesh:
             self._listen_on_tcp(reply.mesh)
+        self.lineage.enabled = bool(reply.mesh)  # (a node of a cluster: others may die)
         self._agent_pidfd = os.pidfd_open(reply.agent_pid)
         self.leasing = DirectSubmitter(self.worker_id, self.peers, self.tx.send,
                                        lambda msg: self.tx.defer(msg, soon=False, wake=False,

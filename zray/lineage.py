@@ -14,6 +14,9 @@ inline in them, mostly) are capped at ``max_bytes``: past it, the oldest are *ev
 (their bookkeeping stays, their spec goes), and a result of theirs that is lost fails with
 ``ObjectReconstructionFailedLineageEvictedError``.
 
+Only a cluster's processes keep lineage (``enabled``): in a private cluster a result
+cannot outlive the node that made it.
+
 Thread-safe with a lock of its own, which it holds while calling nothing else: ``released``
 comes from the sender, under the core's tx lock.
 """
@@ -42,6 +45,7 @@ class _Kept:
 class Lineage:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
+        self.enabled = True
         self.bytes = 0
         self._lock = threading.Lock()
         self._live: dict[bytes, int] = {}  # task id -> its results' refs alive here
@@ -53,6 +57,8 @@ class Lineage:
     def submitted(self, task_id: bytes, num_returns: int, dep_ids: list[bytes]) -> None:
         """A task of ours: its results' refs are alive; its arguments' tasks are needed
         while it is (they may have to run again before it does)."""
+        if not self.enabled:
+            return
         deps: list[bytes] = [task_of(d) for d in dep_ids if not is_put_object(d)]
         with self._lock:
             self._live[task_id] = num_returns
@@ -62,6 +68,8 @@ class Lineage:
 
     def released(self, object_ids: list[bytes]) -> None:
         """This process let go of these objects (each once)."""
+        if not self.enabled:
+            return
         with self._lock:
             for object_id in object_ids:
                 if len(object_id) != OBJECT_ID_BYTES or is_put_object(object_id):
@@ -76,6 +84,8 @@ class Lineage:
     def finished(self, task: DirectTask, ok: bool) -> None:
         """A task of ours ended: kept if it succeeded and its results may be needed."""
         task_id = task.task_id
+        if not self.enabled:
+            return
         with self._lock:
             if task_id in self._kept or task_id not in self._deps:
                 return  # (run again to rebuild a result: kept already; or dropped)
