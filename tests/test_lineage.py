@@ -8,7 +8,7 @@ from zray.leasing import DirectTask
 from zray.lineage import Lineage
 
 
-def task(name: str, deps: list[bytes] = (), args: bytes = b"") -> DirectTask:  # type: ignore[assignment]
+def task(name: str, deps: tuple[bytes, ...] = (), args: bytes = b"") -> DirectTask:
     task_id = name.encode().ljust(16, b".")
     return DirectTask(task_id, b"job", b"fn", name, args, [None] * len(deps), 1, b"", 3,
                       {"CPU": 1.0}, list(deps))
@@ -22,7 +22,7 @@ def test_a_task_is_kept_while_its_result_or_a_kept_child_needs_it() -> None:
     lineage = Lineage(max_bytes=1 << 20)
     leaf = task("leaf")
     lineage.submitted(leaf.task_id, 1, [])
-    parent = task("parent", [result(leaf)])
+    parent = task("parent", (result(leaf),))
     lineage.submitted(parent.task_id, 1, parent.dep_ids)
     lineage.finished(leaf, ok=True)
     lineage.released([result(leaf)])  # the driver dropped the leaf's ref: `parent` needs it
@@ -56,3 +56,13 @@ def test_past_the_cap_the_oldest_are_evicted_but_still_known() -> None:
     assert lineage.bytes <= 5000
     lineage.released([result(t) for t in tasks])
     assert lineage.find(tasks[0].task_id) == (None, False) and lineage.bytes == 0
+
+
+def test_outside_a_cluster_nothing_is_kept() -> None:
+    """A private cluster's results cannot outlive their node: no lineage to pay for."""
+    lineage = Lineage(max_bytes=1 << 20)
+    lineage.enabled = False
+    leaf = task("leaf")
+    lineage.submitted(leaf.task_id, 1, [])
+    lineage.finished(leaf, ok=True)
+    assert lineage.find(leaf.task_id) == (None, False) and lineage.bytes == 0
