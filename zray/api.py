@@ -36,6 +36,8 @@ _config = Config()
 # Ray keyword arguments that mean nothing to zray: accepted, so ported code runs unchanged.
 _IGNORED_RAY_KWARGS = {"include_dashboard", "dashboard_host", "configure_logging",
                        "logging_level", "log_to_stderr", "_temp_dir", "runtime_env"}
+# ...and those that change behaviour, which zray does not honour yet: refused unless empty.
+_UNHONOURED_RAY_KWARGS = {"runtime_env"}
 
 
 def init(address: str | None = None, *, num_cpus: int | None = None,
@@ -52,6 +54,12 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
     if unknown:
         names = ", ".join(sorted(unknown))
         raise TypeError(f"zray.init() got unknown keyword argument(s): {names}")
+    refused = sorted(_UNHONOURED_RAY_KWARGS & {k for k, v in ray_kwargs.items() if v})
+    if refused:
+        raise NotImplementedError(
+            f"zray.init({refused[0]}=...) is not honoured in this version: its settings "
+            "would not reach your tasks and actors. Set environment variables and install "
+            f"packages on the nodes yourself, and drop {refused[0]} (or pass it empty).")
     with _lock:
         if _current() is not None:
             if ignore_reinit_error:
