@@ -61,7 +61,6 @@ class Liveness:
             dead.append(("nodes", key, json.dumps(fields), row[2]))
         return dead
 
-
     def not_declared(self, rows: list[Row], now: float) -> None:
         """Their DEAD rows could not be stored: declared again at the next check."""
         for _, key, _, _ in rows:

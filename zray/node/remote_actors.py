@@ -211,8 +211,10 @@ class RemoteActors:
                 restart.old = node  # (its new home may die too before it is known here)
                 restart.unreported |= home.callers
                 home.node = b""
-                for call in self.calls.values():
-                    call.in_doubt = call.in_doubt or call.actor_id == actor_id
+                held = {m.task_id for _, m in restart.queue if isinstance(m, p.SubmitTask)}
+                for task_id, call in self.calls.items():  # (those held here never went)
+                    if call.actor_id == actor_id and task_id not in held:
+                        call.in_doubt = True
                 if actor_id in self.creations:
                     client, creation = self.creations[actor_id]
                     options = {**creation.actor_options,
