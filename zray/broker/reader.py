@@ -101,7 +101,9 @@ def _read_shard(session: str, gcs: GcsAddress, index: int, table: str, limit: in
                 max_task_history: int, view: TableView) -> list[StoredRow]:
     sock, shards = gcs.shards[index], len(gcs.shards)
     why = "its session has ended"
-    if not sock.startswith("ipc://") or os.path.exists(sock.removeprefix("ipc://")):
+    if os.path.exists(failed_path(session, index)):  # (nobody serves there: asking would
+        why = "the supervisor gave up on it"  # only wait out the timeout)
+    elif not sock.startswith("ipc://") or os.path.exists(sock.removeprefix("ipc://")):
         try:
             reply = query([sock], table, limit, timeout_s=2.0, credentials=gcs.credentials)
         except ZrayError as exc:
