@@ -59,6 +59,12 @@ class Config:
     # when a node that held their only result dies; the oldest go first past this (Ray's
     # RAY_max_lineage_bytes, with its default).
     max_lineage_bytes: int = 1 << 30
+    # Where objects go when the store is full (zray/node/spilling.py); "": the session
+    # directory, or ZRAY_HOME/spill/ if that is on tmpfs (memory, the very thing spilling
+    # frees). At most object_spill_max_bytes there; 0: until its disk is 95% full (Ray's
+    # local_fs_capacity_threshold).
+    object_spill_dir: str = ""
+    object_spill_max_bytes: int = 0
     # Ended sessions whose logs stay in ZRAY_HOME (zray/node/sessions.py), newest first.
     kept_sessions: int = 10
     # Whether the GCS shards write their tables to their SQLite logs (off: in memory only,

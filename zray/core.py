@@ -133,6 +133,9 @@ class CoreClient:
         self.leasing: DirectSubmitter | None = None  # once registered (it needs the CPUs)
         self._cond = threading.Condition()  # guards _replies
         self.objects = LocalObjects(self.refs)
+        # Held from reading objects' locations to deferring the notice that pins them, and
+        # while answering the agent's ReleaseBlocks: see _release_blocks.
+        self._locations_guard = threading.Lock()
         self.objects.fetch = lambda ids: self.tx.send(p.Subscribe(ids, True))
         self._replies: dict[int, p.Message] = {}
         self._request_ids = itertools.count(1)
@@ -412,6 +415,8 @@ class CoreClient:
             self.tx.processed(msg.count)
         elif isinstance(msg, p.Rebuild) and from_agent:
             self._rebuild(msg)
+        elif isinstance(msg, p.ReleaseBlocks) and from_agent:
+            self._release_blocks(msg)
         elif isinstance(msg, p.NotStarted) and self.leasing is not None:
             self.leasing.on_not_started(msg)
         elif isinstance(msg, p.LogLines):
@@ -453,6 +458,18 @@ class CoreClient:
             for object_id in msg.object_ids:
                 self.tx.send(p.Unrebuildable([object_id], failures.cannot_rebuild(
                     object_id, "", "")))
+
+    def _release_blocks(self, msg: p.ReleaseBlocks) -> None:
+        """The agent moves these objects to disk: we forget their blocks, unless we still
+        map them (a view, or a kept task of our lineage reads them in place). The answer
+        goes after every message we deferred, and no location read before it can be used
+        without a notice deferred before it (the guard, see submit): a task that reads
+        one is pinned at the agent before the agent takes our answer."""
+        with self._locations_guard:
+            released, in_use = self.objects.release_blocks(msg.object_ids, self.lineage.maps)
+            if released:
+                self.actor_calls.forget_locations(set(released))
+            self.tx.send(p.BlocksReleased(released, in_use))
 
     def _fail(self, reason: str) -> None:
         if self._on_agent_death is not None:
@@ -506,11 +523,29 @@ class CoreClient:
         blob, deps, contained, keep_alive = encode_arguments(
             name, args, kwargs, self.config.direct_arg_max_bytes if may_lease else inline_max,
             self.config.max_refs_per_value, self._put_serialized)
-        direct_deps = self._dep_locations(deps) if may_lease and not contained else None
-        if direct_deps is None and len(blob) > inline_max:  # through the agent after all
-            blob, deps, contained, keep_alive = encode_arguments(
-                name, args, kwargs, inline_max, self.config.max_refs_per_value,
-                self._put_serialized)
+        # From reading the arguments' locations until the notice that pins them is
+        # deferred, the store may not move them (_release_blocks). Not held while the
+        # arguments are encoded: a put waits for the agent, which may wait for us.
+        with self._locations_guard:
+            direct_deps = self._dep_locations(deps) if may_lease and not contained else None
+            if direct_deps is not None or len(blob) <= inline_max:
+                return self._submit_locked(fn, name, args, kwargs, options, actor_id,
+                                           actor_options, task_id, blob, deps, contained,
+                                           keep_alive, direct_deps)
+        blob, deps, contained, keep_alive = encode_arguments(  # through the agent after all
+            name, args, kwargs, inline_max, self.config.max_refs_per_value,
+            self._put_serialized)
+        with self._locations_guard:
+            return self._submit_locked(fn, name, args, kwargs, options, actor_id,
+                                       actor_options, task_id, blob, deps, contained,
+                                       keep_alive, None)
+
+    def _submit_locked(self, fn: FunctionDescriptor | None, name: str, args: tuple[Any, ...],
+                       kwargs: dict[str, Any], options: TaskOptions, actor_id: bytes,
+                       actor_options: dict[str, Any] | None, task_id: bytes, blob: bytes,
+                       deps: list[bytes], contained: list[bytes], keep_alive: Any,
+                       direct_deps: list[p.Location | None] | None
+                       ) -> tuple[bytes, list[ObjectRef]]:
         if fn is not None and not actor_id and direct_deps is None:
             self._check_runs_here(name, options.strategy)
         job_id = self.context.job_id
@@ -536,7 +571,8 @@ class CoreClient:
             # else we send; a wait for its results needs it not (the worker answers us)
         else:
             self.tx.send(notice)
-        del keep_alive  # refs of large arguments put on the caller's behalf: the task pins them now
+        # (keep_alive: refs of large arguments put on the caller's behalf, let go when
+        # submit returns: the notice that pins them is on its way)
         if direct_deps is not None and fn is not None and self.leasing is not None:
             self.leasing.functions.setdefault(fn.function_id, fn.blob)
             self.leasing.submit(DirectTask(
@@ -594,20 +630,23 @@ class CoreClient:
 
     def _put_serialized(self, ser: Serialized) -> ObjectRef:
         object_id = put_object_id(self.context.task_id, next(self.context.puts))
-        location = self.store_value(object_id, ser, is_error=False)
+        location = self.store_value(object_id, ser, is_error=False, remember=True)
         if location[1] is not None:
+            self.objects.remember(location)
             self.tx.send(p.PutObject(object_id, location[1], ser.contained))
-        self.objects.remember(location)
         return ObjectRef(object_id, self.refs, created=True)
 
     def store_value(self, object_id: bytes, ser: Serialized, is_error: bool,
-                    owner: bytes = b"", may_inline: bool = True) -> tuple[Any, ...]:
+                    owner: bytes = b"", may_inline: bool = True,
+                    remember: bool = False) -> tuple[Any, ...]:
         """Hand a serialised value to the node: inline (if small and ``may_inline``), or
         written into the store in place.
 
         An inline value only comes back as a location (with its data): the caller sends it,
         put in a PutObject, a task's results in its TaskDone. Errors always travel inline,
-        so the agent can hand them to dependents and report them if nobody reads them."""
+        so the agent can hand them to dependents and report them if nobody reads them.
+        ``remember``: a store value's location is kept here (a put), before the agent hears
+        of it (it may ask for the block back at once)."""
         check_ref_count(len(ser.contained), self.config.max_refs_per_value, "a value")
         if (may_inline and ser.size <= self.config.inline_object_max_bytes) or is_error:
             return (object_id, ser.to_bytes(), 0, ser.size, is_error)
@@ -616,8 +655,11 @@ class CoreClient:
             return (object_id, None, -1, ser.size, is_error)
         assert self.objects.mapping is not None
         ser.write_into(self.objects.mapping.view[offset : offset + ser.size])
+        location = (object_id, None, offset, ser.size, is_error)
+        if remember:
+            self.objects.remember(location)
         self.tx.send(p.SealObject(object_id, ser.contained, is_error))
-        return (object_id, None, offset, ser.size, is_error)
+        return location
 
     def request(self, make: Callable[[int], p.Message], releases_first: bool = False) -> Any:
         """Send the request ``make(request_id)`` and wait for the agent's reply to it."""
@@ -644,12 +686,17 @@ class CoreClient:
 
     def get(self, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
         ids = list(map(object_id_of, refs))
-        self._await(ids, len(set(ids)), timeout, for_get=True)
-        locations = [self.objects.location(object_id) for object_id in ids]
-        errors = [loc[0] for loc in locations if loc[4]]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            self._await(ids, len(set(ids)), left, for_get=True)
+            taken = self.objects.take(ids)
+            if taken is not None:
+                break  # (else one went to disk meanwhile: the agent reads it back)
+        errors = [loc[0] for loc, _ in taken if loc[4]]
         if errors:  # tell the agent they were read, so it does not report them unhandled
             self.tx.send(p.Subscribe(errors, True))
-        return [self.objects.value_of(location) for location in locations]
+        return [self.objects.value_of(location, view) for location, view in taken]
 
     def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None,
              fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:

@@ -53,6 +53,9 @@ class Lineage:
         self._children: dict[bytes, int] = {}  # task id -> tasks here taking its results
         self._kept: dict[bytes, _Kept] = {}
         self._order: deque[bytes] = deque()  # kept tasks, oldest first (for eviction)
+        # Store objects kept tasks would read in place if run again: their blocks must
+        # stay where they are (zray/node/spilling.py asks; ``maps`` answers).
+        self._blocks: dict[bytes, int] = {}
 
     def submitted(self, task_id: bytes, num_returns: int, dep_ids: list[bytes]) -> None:
         """A task of ours: its results' refs are alive; its arguments' tasks are needed
@@ -97,6 +100,7 @@ class Lineage:
                 len(loc[1]) for loc in task.deps if loc is not None and loc[1] is not None)
             self._kept[task_id] = _Kept(task, size)
             self.bytes += size
+            self._count_blocks(task, +1)
             self._order.append(task_id)
             while self.bytes > self.max_bytes and self._order:
                 self._evict(self._order.popleft())
@@ -109,12 +113,27 @@ class Lineage:
             kept = self._kept.get(task_id)
             return (None, False) if kept is None else (kept.task, kept.task is None)
 
+    def maps(self, object_id: bytes) -> bool:
+        """Whether a kept task takes this object by its place in the store."""
+        with self._lock:
+            return object_id in self._blocks
+
+    def _count_blocks(self, task: DirectTask, delta: int) -> None:
+        for loc in task.deps:
+            if loc is not None and loc[1] is None and loc[2] >= 0:
+                left = self._blocks.get(loc[0], 0) + delta
+                if left > 0:
+                    self._blocks[loc[0]] = left
+                else:
+                    self._blocks.pop(loc[0], None)
+
     def __len__(self) -> int:
         return sum(1 for kept in self._kept.values() if kept.task is not None)
 
     def _evict(self, task_id: bytes) -> None:
         kept = self._kept.get(task_id)
         if kept is not None and kept.task is not None:
+            self._count_blocks(kept.task, -1)
             kept.task = None
             self.bytes -= kept.size
 
@@ -129,6 +148,7 @@ class Lineage:
             self._children.pop(task_id, None)
             kept = self._kept.pop(task_id, None)
             if kept is not None and kept.task is not None:
+                self._count_blocks(kept.task, -1)
                 self.bytes -= kept.size
             for dep in self._deps.pop(task_id, ()):
                 left = self._children.get(dep, 0) - 1

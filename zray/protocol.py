@@ -37,7 +37,7 @@ from typing import Any, ClassVar, TypeVar
 
 import zmq
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 Location = tuple  # (object_id: bytes, data: bytes | None, offset: int, size: int, is_error: bool)
 
@@ -649,6 +649,27 @@ class Unrebuildable(Message):
 
     object_ids: list
     error: bytes
+
+
+@message(56)
+@dataclass(frozen=True, slots=True)
+class ReleaseBlocks(Message):
+    """Agent to a process holding these objects: the store needs their blocks (they go
+    to disk). Stop using the locations you have; answer which you still map (a live
+    zero-copy view: those stay)."""
+
+    object_ids: list
+
+
+@message(57)
+@dataclass(frozen=True, slots=True)
+class BlocksReleased(Message):
+    """A process to its agent, after every message it deferred before (a task's notice
+    that pins its arguments comes first): it no longer uses the blocks of ``released``;
+    ``in_use`` it still maps."""
+
+    released: list
+    in_use: list
 
 
 @message(36)

@@ -93,6 +93,16 @@ class ActorCaller:
             line.held.append(_Call(notice, deps, keep))
             self._pump(line)
 
+    def forget_locations(self, object_ids: set[bytes]) -> None:
+        """These objects left their blocks (CoreClient._release_blocks): held calls that
+        would send their old places go through the agent instead."""
+        with self.lock:
+            for line in self._lines.values():
+                for call in line.held:
+                    if call.deps is not None and any(
+                            loc is not None and loc[0] in object_ids for loc in call.deps):
+                        call.deps = None
+
     def cancel(self, task_id: bytes) -> bool:
         """Cancel a call still held here: it goes to the agent at once, with the cancel
         right behind it, so it never runs (order does not matter for it). False if the

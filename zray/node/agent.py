@@ -126,7 +126,8 @@ class Agent:
                                      where.publish)
             self.member = ClusterMember(
                 self.zmq, self.node_id, door, where, credentials, args.endpoint, config,
-                self.scheduler, self.leases, self, self.objects, self.clients, self.functions,
+                self.scheduler, self.leases, self, self.objects, self.object_manager.spiller,
+                self.clients, self.functions,
                 self._send_here, lambda peer, msg, kind: self.peers.send(peer, msg, kind=kind),
                 lambda: self.mapping.view, self._status)
         self.owner_pidfd = os.pidfd_open(self.owner_pid) if self.owner_pid else -1
@@ -154,6 +155,7 @@ class Agent:
             p.Listening: self.on_listening, p.Fetch: self.object_manager.on_fetch,
             p.LendObjects: self.object_manager.on_lend,
             p.Unrebuildable: self.object_manager.on_unrebuildable,
+            p.BlocksReleased: self.object_manager.on_blocks_released,
         }
         self.scheduler.starting = len(pool.by_pid)
 
@@ -442,6 +444,7 @@ class Agent:
         if client.pidfd >= 0:
             os.close(client.pidfd)
         self.objects.release_all(client.client_id)
+        self.object_manager.spiller.client_gone(client.client_id)
         self.leases.client_gone(client.client_id, client.pid)
         if self.member is not None:
             self.member.owner_gone(client.client_id)
@@ -476,7 +479,7 @@ class Agent:
             if msg.actor_options:      # same id): one copy runs, both submitters hold it
                 self.actors.holds(client_id, msg.actor_id, True)
             return
-        lost = [d for d in msg.deps if not self.objects.pin(d)]
+        lost = [d for d in msg.deps if not self.objects.pin(d, reader=True)]
         for ref in msg.contained:
             self.objects.pin(ref)
         missing = {d for d in msg.deps if not self.objects.is_ready(d)} - set(lost)
@@ -498,8 +501,12 @@ class Agent:
             self.tasks.submit(task, missing)
 
     def _known(self, task_id: bytes) -> bool:
+        return self.task_unfinished(task_id) or task_id in self.actors.directory.actors
+
+    def task_unfinished(self, task_id: bytes) -> bool:
+        """Whether the task has not ended here yet (queued, running, or on a lease)."""
         return (task_id in self.scheduler.tasks or task_id in self.leases.direct
-                or task_id in self.actors.calls or task_id in self.actors.directory.actors)
+                or task_id in self.actors.calls)
 
     def on_task_done(self, client_id: bytes, msg: p.TaskDone) -> None:
         if self.actors.task_done(client_id, msg):
@@ -596,7 +603,7 @@ class Agent:
 
     def release_task_args(self, task: Task) -> None:
         for dep in task.spec.deps:
-            self.objects.unpin(dep)
+            self.objects.unpin(dep, reader=True)
         for ref in task.spec.contained:
             self.objects.unpin(ref)
 
@@ -680,9 +687,7 @@ class Agent:
         elif msg.what == "status":
             body = self._status()
         elif msg.what == "store":
-            body = {"bytes_in_use": self.objects.bytes_in_store(),
-                    "capacity": self.objects.allocator.capacity,
-                    "objects": len(self.objects.entries), "path": self.store_path}
+            body = {**self._store_status(), "path": self.store_path}
         else:
             body = {"error": f"unknown query {msg.what!r}"}
         self.send(client_id, p.AgentReply(msg.request_id, json.dumps(body)))
@@ -693,6 +698,11 @@ class Agent:
         return [t for t in self.scheduler.tasks.values() if not t.lease] + list(
             self.leases.direct.values())
 
+    def _store_status(self) -> dict[str, Any]:
+        return {"bytes_in_use": self.objects.bytes_in_store(),
+                "capacity": self.objects.allocator.capacity,
+                "objects": len(self.objects.entries), **self.object_manager.spiller.status()}
+
     def _status(self) -> dict[str, object]:
         """What ``zray status`` shows of this node: resources, store, workers, and how many
         tasks run or wait, for what."""
@@ -700,9 +710,7 @@ class Agent:
         return {
             "node_id": self.node_id.hex(), "pid": os.getpid(),
             "resources": {"total": self.scheduler.total, "available": self.scheduler.available},
-            "store": {"bytes_in_use": self.objects.bytes_in_store(),
-                      "capacity": self.objects.allocator.capacity,
-                      "objects": len(self.objects.entries)},
+            "store": self._store_status(),
             "workers": {"processes": len(self.pool.by_pid), "busy": len(self.scheduler.busy),
                         "actors": len(self.actors.directory.by_worker)},
             "tasks": {"running": states[TaskState.RUNNING],
@@ -766,6 +774,7 @@ class Agent:
         finally:  # whatever failed above, the node's files go
             if os.path.exists(self.store_path):
                 os.unlink(self.store_path)
+            self.object_manager.spiller.remove_all()
             if self.supervisor_pid:
                 stop_process(self.supervisor_pid, self.config.shutdown_timeout_s)
             if self.ends_session:

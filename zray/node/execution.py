@@ -85,9 +85,11 @@ def resolve_args(client: CoreClient, task: p.ExecuteTask) -> tuple[list[Any], di
         client.refs.borrowed(object_id)
     try:
         client.fetch(far, home)
-        fetched = set(far)
-        values = [client.objects.value_of(client.objects.location(loc[0])
-                                          if loc[0] in fetched else loc) for loc in task.deps]
+        while (taken := client.objects.take(far)) is None:  # (one went to disk meanwhile:
+            client.fetch(far)  # the agent reads it back)
+        fetched = {location[0]: (location, view) for location, view in taken}
+        values = [client.objects.value_of(*fetched.get(loc[0], (loc, None)))
+                  for loc in task.deps]
     finally:
         for object_id in far:
             client.refs.dropped(object_id)

@@ -73,6 +73,14 @@ def object_lost(object_id: bytes, needed_by: str) -> bytes:
     ))
 
 
+def spill_file_unreadable(object_id: bytes, path: str, exc: OSError) -> bytes:
+    return _payload(ObjectLostError(
+        f"object {short(object_id)} was spilled to {path}, which cannot be read back: "
+        f"{exc}. Something removed or damaged the node's spill directory while the "
+        "cluster ran (object_spill_dir)."
+    ))
+
+
 def infeasible_text(name: str, demand: dict[str, float], total: dict[str, float]) -> str:
     wants = ", ".join(f"{k}={v:g}" for k, v in sorted(demand.items()) if v > 0)
     has = ", ".join(f"{k}={v:g}" for k, v in sorted(total.items()))
@@ -81,12 +89,15 @@ def infeasible_text(name: str, demand: dict[str, float], total: dict[str, float]
             "start zray with more (zray.init(num_cpus=..., resources={...})).")
 
 
-def store_full_text(size: int, allocator: Allocator) -> str:
+def store_full_text(size: int, allocator: Allocator, disk: str) -> str:
+    """``disk``: what the spill directory holds and may hold (zray/node/spilling.py)."""
     mb = 2**20
     return (f"the object store cannot fit an object of {size / mb:.1f} MB: "
             f"{allocator.in_use / mb:.1f} MB of {allocator.capacity / mb:.1f} MB are in use by "
-            f"live objects (largest free block {allocator.largest_free() / mb:.1f} MB). Drop "
-            "ObjectRefs you no longer need, or pass a larger object_store_memory to zray.init().")
+            f"live objects (largest free block {allocator.largest_free() / mb:.1f} MB) that "
+            f"cannot go to disk now (tasks read them, or zero-copy views map them), and {disk}. "
+            "Drop ObjectRefs and views you no longer need, or pass a larger "
+            "object_store_memory (or object_spill_max_bytes) to zray.init().")
 
 
 def actor_died(call: str, cause: str) -> bytes:

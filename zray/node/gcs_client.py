@@ -81,7 +81,7 @@ class GcsClient:
         if entry is not None:
             self.record("objects", entry.object_id, {
                 "object_id": entry.object_id.hex(), "job_id": entry.job_id.hex(),
-                "size": entry.size, "where": "inline" if entry.data is not None else "store",
+                "size": entry.size, "where": entry.where,
                 "is_error": entry.is_error, "node_id": node_id.hex()})
 
     def record_actor(self, actor: Actor) -> None:

@@ -11,7 +11,7 @@ Objects cross between stores as its Transfers pull them (zray/node/transfer.py),
 given back as the ObjectTable counts them.
 
 The agent hands it what it needs, no more: its scheduler's queues (to spill lease
-requests, zray/node/spill.py), a desk for leases asked by owners elsewhere, its objects and
+requests, zray/node/placement.py), a desk for leases asked by owners elsewhere, its objects and
 store, ways to send to its own clients and workers. A private cluster's agent has no
 member.
 """
@@ -34,10 +34,11 @@ from zray.node.clients import Client, Clients
 from zray.node.membership import Membership
 from zray.node.mesh import MeshDoor
 from zray.node.object_table import ObjectTable, ObjState
+from zray.node.placement import Placement, choose_peer, fits, place
 from zray.node.relay import Relay
 from zray.node.remote_actors import RemoteActors
 from zray.node.scheduler import Scheduler
-from zray.node.spill import Placement, choose_peer, fits, place
+from zray.node.spilling import Spiller
 from zray.node.transfer import Transfers
 
 _SPILL_SCAN = 64  # queued requests of one shape looked at per pass for spilling
@@ -63,7 +64,8 @@ class ClusterMember:
     def __init__(self, context: zmq.Context, node_id: bytes, door: MeshDoor,
                  gcs: GcsAddress, credentials: Credentials, agent_endpoint: str,
                  config: Config, scheduler: Scheduler, desk: LeaseDesk, actor_desk: ActorDesk,
-                 objects: ObjectTable, clients: Clients, functions: dict[bytes, bytes],
+                 objects: ObjectTable, spiller: Spiller, clients: Clients,
+                 functions: dict[bytes, bytes],
                  send: Callable[[bytes, p.Message], None],
                  send_direct: Callable[[bytes, p.Message | list[bytes], str], None],
                  store: Callable[[], memoryview],
@@ -83,7 +85,7 @@ class ClusterMember:
                                    objects, clients, lambda: self.membership.nodes, functions,
                                    send, actor_desk.handle)
         self.transfers = Transfers(objects, store, self._to_node, self.relay.answer_node,
-                                   config.inline_object_max_bytes)
+                                   config.inline_object_max_bytes, spiller)
         self._load_reported = (0.0, dict(scheduler.available))
         self._turn = 0  # SPREAD's: the next node in turn
         self._gone: set[bytes] = set()  # nodes seen to have left
@@ -338,7 +340,7 @@ class ClusterMember:
 
     def spill(self) -> None:
         """Lease requests of our owners that cannot be granted here now go to a peer
-        that can (zray/node/spill.py); never those peers sent us."""
+        that can (zray/node/placement.py); never those peers sent us."""
         peers = self.membership.peers()
         if not peers:
             return

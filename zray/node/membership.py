@@ -6,7 +6,7 @@
     GCS shards --PUB "nodes"--> Follower (in the agent's loop) --> Membership.nodes
 
 Each node's row carries its address, total and available resources; every agent keeps a
-live copy and chooses peers by it (zray/node/spill.py). No I/O here but the follower's
+live copy and chooses peers by it (zray/node/placement.py). No I/O here but the follower's
 sockets, which the agent polls.
 """
 

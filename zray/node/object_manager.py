@@ -12,8 +12,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from zray import protocol as p
+from zray.ids import task_of
 from zray.node import failures
 from zray.node.object_table import ObjState
+from zray.node.sessions import zray_home
+from zray.node.spilling import Spiller, spill_directory
 
 if TYPE_CHECKING:
     from zray.node.agent import Agent
@@ -23,10 +26,26 @@ class ObjectManager:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self.table = agent.objects
+        config = agent.config
+        self.spiller = Spiller(
+            self.table, lambda: agent.mapping.view,
+            spill_directory(config.object_spill_dir, agent.session, zray_home()),
+            config.object_spill_max_bytes,
+            lambda client, ids: agent.send(client, p.ReleaseBlocks(ids)),
+            lambda client: client in agent.clients and not agent.clients[client].remote,
+            lambda entry: agent.gcs.record_object(entry, agent.node_id),
+            lambda object_id: agent.task_unfinished(task_of(object_id)))
 
     def deliver(self) -> None:
         """Send what the last messages caused: ready objects, unhandled-error notices,
-        and in a cluster pulls, copies served and refs given back."""
+        and in a cluster pulls, copies served and refs given back; objects to read back
+        from disk, and requests that waited for room."""
+        spiller = self.spiller
+        for object_id in self.table.to_restore:
+            spiller.restore(object_id)
+        self.table.to_restore.clear()
+        if spiller.due or (self.table.freed and (spiller.waiting or spiller.restoring)):
+            spiller.retry_waiting()
         ready = []
         while self.table.became_ready:
             object_id = self.table.became_ready.pop()
@@ -46,6 +65,8 @@ class ObjectManager:
         for client_id, locations in by_client.items():
             self.agent.send(client_id, p.ObjectsReady(locations))
         for freed in self.table.freed:
+            if freed.spilled:
+                self.spiller.freed(freed.object_id, freed.spilled)
             if freed.listed:
                 self.agent.gcs.record("objects", freed.object_id, None)
             if freed.unhandled_error is not None:
@@ -121,9 +142,19 @@ class ObjectManager:
     def on_create(self, client_id: bytes, msg: p.CreateObject) -> None:
         job_id = self.agent.clients[client_id].job_id
         offset = self.table.create(msg.object_id, job_id, msg.size, msg.owner or client_id)
+        if offset == -1 and self.spiller.need(msg.size, lambda: self._create_again(client_id,
+                                                                                  msg)):
+            return  # (answered once objects went to disk)
         error = "" if offset != -1 else failures.store_full_text(
-            msg.size, self.table.allocator)
+            msg.size, self.table.allocator, self.spiller.limit_text())
         self.agent.send(client_id, p.ObjectCreated(msg.request_id, offset, error))
+
+    def _create_again(self, client_id: bytes, msg: p.CreateObject) -> None:
+        if client_id in self.agent.clients:  # (not gone while it waited)
+            self.on_create(client_id, msg)
+
+    def on_blocks_released(self, client_id: bytes, msg: p.BlocksReleased) -> None:
+        self.spiller.on_released(client_id, msg.released, msg.in_use)
 
     def on_seal(self, client_id: bytes, msg: p.SealObject) -> None:
         self.table.seal(msg.object_id, msg.contained, msg.is_error)

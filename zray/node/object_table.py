@@ -14,6 +14,11 @@ Lifecycle (an illegal move raises and changes nothing)::
     new/PENDING --lent by a node--> REMOTE --pull--> CREATING --last chunk--> READY (a copy)
     REMOTE/CREATING --its home died--> PENDING, lost --wanted--> rebuilt by its owner
 
+A READY store object is in its block, or *on disk* (``spilled``, no block): when the store
+is full, objects no task reads (``readers``) go to a spill file, the least recently used
+first, and come back into a block when wanted (``to_restore``); zray/node/spilling.py
+does the moving and the files.
+
 Across nodes (zray/node/transfer.py moves the bytes), an agent counts for the processes of
 its node, as Ray's owners count their borrowers. A node that hands a ref to another node
 (a task's argument, a result, a ref inside a copy) *lends* it: ``borrowers[node] += 1``,
@@ -82,16 +87,29 @@ class ObjectEntry:
     copies: set[bytes] | None = None  # nodes that pulled a copy from here
     owner: Client = b""  # the process here whose task makes it (it can rebuild it)
     lost: bool = False  # its only copy died with a node; not asked to be rebuilt yet
+    readers: int = 0  # queued and running tasks that take it (their workers read its block)
+    spilled: bool = False  # it has a spill file (then no block: ``on_disk``)
+    used: int = 0  # the table's clock when it was last made, asked for or taken by a task
+    told: set[Client] | None = None  # processes sent its block's place (they may read it)
 
     def location(self) -> Location:
         return (self.object_id, self.data, self.offset, self.size, self.is_error)
 
     @property
     def listed(self) -> bool:
-        """Whether the GCS lists it (``zray inspect objects``): what holds store memory,
-        and errors. Small values are not: a row (and its delete) per task result would
-        cost the agent and the broker more than the task itself."""
-        return (self.offset >= 0 and not self.home) or self.is_error
+        """Whether the GCS lists it (``zray inspect objects``): what holds store memory
+        or disk, and errors. Small values are not: a row (and its delete) per task result
+        would cost the agent and the broker more than the task itself."""
+        return ((self.offset >= 0 or self.spilled) and not self.home) or self.is_error
+
+    @property
+    def on_disk(self) -> bool:
+        """Its value is only in its spill file: read back into a block before use."""
+        return self.spilled and self.offset < 0 and self.data is None
+
+    @property
+    def where(self) -> str:
+        return "inline" if self.data is not None else "disk" if self.on_disk else "store"
 
     @property
     def used_here(self) -> bool:
@@ -112,6 +130,7 @@ class Freed:
     job_id: bytes
     unhandled_error: bytes | None
     listed: bool  # it was in the GCS's objects table (see ObjectEntry.listed)
+    spilled: int = 0  # the size of its spill file, to remove (0: it had none)
 
 
 class ObjectTable:
@@ -126,6 +145,8 @@ class ObjectTable:
         self.unborrows: list[tuple[bytes, bytes, int]] = []  # (node, object id, count)
         self.forgets: list[tuple[bytes, bytes]] = []  # (node, object id)
         self.to_rebuild: list[tuple[Client, bytes]] = []  # (owner, lost object now needed)
+        self.to_restore: list[bytes] = []  # objects on disk something here now waits for
+        self.clock = 0  # counts uses, for ObjectEntry.used
         self.gone: set[bytes] = set()  # nodes that left the cluster
         # Pins of ids that are not objects (actor handles inside values): (id, +1/-1) ->
         # whether the id was known there.
@@ -172,6 +193,7 @@ class ObjectTable:
             self.allocator.free(entry.offset)
         entry.move(ObjState.CREATING)
         entry.offset, entry.size, entry.writer = offset, size, holder
+        self.touch(entry)
         return offset
 
     def seal(self, object_id: bytes, contained: list[bytes], is_error: bool) -> None:
@@ -184,9 +206,10 @@ class ObjectTable:
     def _ready(self, entry: ObjectEntry, contained: list[bytes]) -> None:
         entry.move(ObjState.READY)
         self.became_ready.append(entry.object_id)
+        self.touch(entry)
         entry.contained = [c for c in contained if self._pin(c)]
         for client in entry.subscribers:
-            self.notify.append((client, entry.location()))
+            self._tell(client, entry)
         entry.subscribers.clear()
         self._maybe_free(entry)
 
@@ -201,19 +224,22 @@ class ObjectTable:
         if entry is None:
             return False
         entry.delivered = entry.delivered or for_get
-        if entry.state is ObjState.READY:
-            self.notify.append((client, entry.location()))
+        self.touch(entry)
+        if entry.state is ObjState.READY and not entry.on_disk:
+            self._tell(client, entry)
         else:
             entry.subscribers.add(client)
             self.want(object_id)
         return True
 
     def want(self, object_id: bytes) -> None:
-        """Something here waits for this object: if it is elsewhere, pull a copy; if it
-        was lost, have it rebuilt."""
+        """Something here waits for this object: if it is elsewhere, pull a copy; on
+        disk, read it back; if it was lost, have it rebuilt."""
         entry = self.entries.get(object_id)
         if entry is not None and entry.state is ObjState.REMOTE:
             self.to_pull.append(object_id)
+        elif entry is not None and entry.on_disk:
+            self.to_restore.append(object_id)
         elif entry is not None and entry.state is ObjState.PENDING:
             entry.wanted = True
             self.rebuild_if_lost(object_id)
@@ -416,6 +442,8 @@ class ObjectTable:
         if entry is not None:
             entry.holders.discard(client)
             entry.subscribers.discard(client)
+            if entry.told:
+                entry.told.discard(client)
             self._maybe_free(entry)
 
     def release_all(self, client: Client) -> None:
@@ -426,18 +454,25 @@ class ObjectTable:
             ):
                 del self.entries[entry.object_id]
                 self.allocator.free(entry.offset)
-            elif client in entry.holders or client in entry.subscribers:
+            elif client in entry.holders or client in entry.subscribers or (
+                    entry.told and client in entry.told):
                 self.release(client, entry.object_id)
 
-    def pin(self, object_id: bytes) -> bool:
+    def pin(self, object_id: bytes, reader: bool = False) -> bool:
+        """Keep it alive; ``reader``: for a task that reads it (it stays in its block)."""
+        if reader and object_id in self.entries:
+            entry = self.entries[object_id]
+            entry.readers += 1
+            self.touch(entry)
         return self._pin(object_id)
 
-    def unpin(self, object_id: bytes) -> None:
+    def unpin(self, object_id: bytes, reader: bool = False) -> None:
         entry = self.entries.get(object_id)
         if entry is None:
             self.other_pins(object_id, -1)
         else:
             entry.pins -= 1
+            entry.readers -= reader
             self._maybe_free(entry)
 
     def mark_delivered(self, object_id: bytes) -> None:
@@ -449,8 +484,46 @@ class ObjectTable:
         return self.entries.get(object_id)
 
     def is_ready(self, object_id: bytes) -> bool:
+        """Whether it can be read here now (READY, and not on disk)."""
         entry = self.entries.get(object_id)
-        return entry is not None and entry.state is ObjState.READY
+        return entry is not None and entry.state is ObjState.READY and not entry.on_disk
+
+    def _tell(self, client: Client, entry: ObjectEntry) -> None:
+        self.notify.append((client, entry.location()))
+        if entry.offset >= 0:
+            if entry.told is None:
+                entry.told = set()
+            entry.told.add(client)
+
+    def mapped_by(self, entry: ObjectEntry) -> set[Client]:
+        """The processes that may read its block: who holds it, and who was told where."""
+        return entry.holders | entry.told if entry.told else set(entry.holders)
+
+    def touch(self, entry: ObjectEntry) -> None:
+        self.clock += 1
+        entry.used = self.clock
+
+    # --- spilling (zray/node/spilling.py moves the bytes) ----------------------------
+
+    def spillable(self) -> list[ObjectEntry]:
+        """Objects in blocks that no task reads now, the least recently used first."""
+        return sorted((e for e in self.entries.values()
+                       if e.state is ObjState.READY and e.offset >= 0 and not e.readers
+                       and not e.cached and not e.is_error), key=lambda e: e.used)
+
+    def to_disk(self, entry: ObjectEntry) -> None:
+        """Its spill file is written and nothing here maps its block: the block is free."""
+        self.allocator.free(entry.offset)
+        entry.offset, entry.spilled = -1, True
+
+    def restored(self, entry: ObjectEntry, offset: int) -> None:
+        """It was read back into the block at ``offset``: who waits for it gets it."""
+        entry.offset = offset
+        self.touch(entry)
+        self.became_ready.append(entry.object_id)
+        for client in entry.subscribers:
+            self._tell(client, entry)
+        entry.subscribers.clear()
 
     def _pin(self, object_id: bytes) -> bool:
         entry = self.entries.get(object_id)
@@ -477,7 +550,8 @@ class ObjectTable:
         if entry.offset >= 0:
             self.allocator.free(entry.offset)
         unhandled = entry.data if entry.is_error and not entry.delivered else None
-        self.freed.append(Freed(entry.object_id, entry.job_id, unhandled, entry.listed))
+        self.freed.append(Freed(entry.object_id, entry.job_id, unhandled, entry.listed,
+                                entry.size if entry.spilled else 0))
         for contained in entry.contained:
             self.unpin(contained)
 

@@ -1,7 +1,7 @@
 """Leases on other nodes' workers, asked through the two nodes' agents.
 
 An owner asks its agent for a lease; when no worker here is free and a peer has room
-(zray/node/spill.py), the agent asks the peer's agent for it instead. The grant carries
+(zray/node/placement.py), the agent asks the peer's agent for it instead. The grant carries
 the worker's TCP sockets, and owner and worker then talk straight to each other
 (zray/mesh/direct.py): only the lease's request, grant, loss and return pass here. A
 worker with no TCP socket (none yet: it just started) is reached through the agents

@@ -110,6 +110,9 @@ def end_session(session: str, kept_sessions: int) -> None:
             os.environ.get("ZRAY_HOME", "ZRAY_HOME"), exc)
     finally:
         shutil.rmtree(session, ignore_errors=True)
+        # (spill files go under ZRAY_HOME when the session is on tmpfs: zray/node/spilling.py)
+        shutil.rmtree(os.path.join(zray_home(), "spill", os.path.basename(session)),
+                      ignore_errors=True)
 
 
 # --- who a session belongs to, and reaping the dead ones ----------------------------------

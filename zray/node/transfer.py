@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from zray import protocol as p
 from zray.node import failures
 from zray.node.object_table import ObjectTable, ObjState
+from zray.node.spilling import Spiller
 
 CHUNK_BYTES = 8 << 20
 RETRY_S = 0.1  # before a pull sent on to a node gone asks its home again
@@ -48,14 +49,15 @@ class _Pull:
 class Transfers:
     def __init__(self, table: ObjectTable, view: Callable[[], memoryview],
                  send: Callable[[bytes, p.Message], bool],
-                 answer: Callable[[bytes, p.Message], None],
-                 inline_max: int, chunk_bytes: int = CHUNK_BYTES, ahead: int = AHEAD) -> None:
+                 answer: Callable[[bytes, p.Message], None], inline_max: int,
+                 spiller: Spiller, chunk_bytes: int = CHUNK_BYTES, ahead: int = AHEAD) -> None:
         """``view()``: this node's store, writable; ``send(node, msg)``: to a node (False:
         it is gone);
         ``answer(identity, msg)``: to a node that asked us; ``inline_max``: a copy at most
         so big is kept inline, as a small value made here would be."""
         self.table, self.view, self.send, self.answer = table, view, send, answer
         self.inline_max = inline_max
+        self.spiller = spiller  # (a full store sends objects to disk; those are served from it)
         self.chunk, self.ahead = chunk_bytes, ahead
         self.pulls: dict[bytes, _Pull] = {}
         self.waiting_room: list[bytes] = []  # pulls whose block did not fit yet
@@ -159,6 +161,7 @@ class Transfers:
             block = self.table.start_copy(msg.object_id, msg.total)
             if block is None:
                 self.waiting_room.append(msg.object_id)
+                self.spiller.need(msg.total, self.retry_waiting)
                 self.counts["bytes received"] -= len(msg.data)  # (asked again)
                 return False
             pull.block = block
@@ -203,11 +206,14 @@ class Transfers:
             self.parked.setdefault(msg.object_id, []).append((identity, msg))  # elsewhere,
             self.table.rebuild_if_lost(msg.object_id)  # or lost: rebuilt now)
             return
+        size = min(msg.size, entry.size - msg.offset)
         if entry.data is not None:
             data = entry.data[msg.offset:msg.offset + msg.size]
+        elif entry.on_disk:
+            data = self.spiller.read(msg.object_id, msg.offset, size)
         else:
             start = entry.offset + msg.offset
-            data = bytes(self.view()[start:start + min(msg.size, entry.size - msg.offset)])
+            data = bytes(self.view()[start:start + size])
         contained: list[bytes] = []
         if msg.offset == 0:  # (a new copy there: what it holds is lent with it)
             contained = entry.contained

@@ -67,6 +67,39 @@ class LocalObjects:
     def location(self, object_id: bytes) -> Location:
         return self._ready[object_id]
 
+    def take(self, ids: list[bytes]) -> list[tuple[Location, memoryview | None]] | None:
+        """The ready objects' locations, each with a view of its block if it is in the
+        store, or None if one of them has left its block meanwhile (``release_blocks``:
+        wait for it again). Atomic with ``release_blocks``: a view made here is one the
+        agent hears of before its block can move."""
+        with self._lock:
+            if not all(object_id in self._ready for object_id in ids):
+                return None
+            taken = []
+            for object_id in ids:
+                location = self._ready[object_id]
+                _, data, offset, size, _ = location
+                in_store = data is None and offset >= 0
+                taken.append((location, self._view(object_id, offset, size)
+                              if in_store else None))
+            return taken
+
+    def release_blocks(self, ids: list[bytes], keep: Callable[[bytes], bool]
+                       ) -> tuple[list[bytes], list[bytes]]:
+        """The agent moves these objects out of their blocks (to disk): forget where they
+        were, except those a live view maps or ``keep`` says are used in place; returns
+        (released, in use). A later read asks the agent again."""
+        released, in_use = [], []
+        with self._lock:
+            for object_id in ids:
+                if object_id in self._views or keep(object_id):
+                    in_use.append(object_id)
+                    continue
+                self._ready.pop(object_id, None)
+                self._subscribed.discard(object_id)
+                released.append(object_id)
+        return released, in_use
+
     def get_location(self, object_id: bytes) -> Location | None:
         """Where it is, here or "elsewhere" (to pass it on), or None: not known ready."""
         return self._ready.get(object_id) or self._elsewhere.get(object_id)
@@ -149,10 +182,13 @@ class LocalObjects:
             for waiter in self._waiters:
                 waiter.event.set()
 
-    def value_of(self, location: Location) -> Any:
-        """The value at a location; raises it if it is an error."""
+    def value_of(self, location: Location, view: memoryview | None = None) -> Any:
+        """The value at a location (``view``: of its block, from ``take``); raises it if
+        it is an error."""
         object_id, data, offset, size, is_error = location
-        value = deserialize(data if data is not None else self._view(object_id, offset, size))
+        if data is None and view is None:
+            view = self._view(object_id, offset, size)
+        value = deserialize(data if view is None else view)
         if is_error:
             raise value.as_instanceof_cause() if isinstance(value, TaskError) else value
         return value

@@ -1,11 +1,11 @@
-"""Where lease requests and actors go (zray/node/spill.py): pure decisions, no cluster."""
+"""Where lease requests and actors go (zray/node/placement.py): pure decisions, no cluster."""
 
 from __future__ import annotations
 
 from collections import Counter
 
 from zray.node.membership import NodeInfo
-from zray.node.spill import choose_peer, place
+from zray.node.placement import choose_peer, place
 
 HERE = b"h" * 8
 
