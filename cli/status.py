@@ -70,6 +70,9 @@ def print_status(status: dict[str, Any], session: str) -> None:
     print(f"  resources used: {resources}")
     print(f"  object store:   {store['bytes_in_use'] / 2**20:.1f} MiB of "
           f"{store['capacity'] / 2**20:.0f} MiB, {store['objects']} objects")
+    print(f"  spilled:        {store.get('spilled_bytes', 0) / 2**20:.1f} MiB in "
+          f"{store.get('spilled_objects', 0)} objects on disk ({store.get('spill_dir')}); "
+          f"{store.get('objects_restored', 0)} read back")
     print(f"  workers:        {workers['processes']} processes, {workers['busy']} busy, "
           f"{workers['actors']} actors")
     print(f"  tasks:          {tasks['running']} running, {tasks['queued']} queued, "

@@ -243,9 +243,9 @@ def test_status_counts_what_crossed(cluster: Cluster) -> None:
     assert transfers["pulling"] == 0
 
 
-def added_node(cluster: Cluster) -> ClusterNode:
+def added_node(cluster: Cluster, **options: Any) -> ClusterNode:
     """A fourth node, once the head's agent knows it (it places the work)."""
-    extra = cluster.add_node(num_cpus=1)
+    extra = cluster.add_node(num_cpus=1, **options)
     deadline = time.monotonic() + 20
     while extra.node_id not in {n["NodeID"] for n in zray.nodes() if n["Alive"]}:
         assert time.monotonic() < deadline
@@ -269,6 +269,26 @@ def test_a_node_that_leaves_gives_back_what_it_borrowed(cluster: Cluster) -> Non
         zray.get(made_there, timeout=30)
     del made_there, kept
     wait_for_baseline(cluster, baseline)
+
+
+def test_objects_a_full_node_spilled_are_pulled_from_their_files(cluster: Cluster) -> None:
+    """A node whose store is full spills results it holds for an owner elsewhere; another
+    node pulling them is served from the files, without reading them back there."""
+    small = added_node(cluster, object_store_memory=40 * 2**20)
+    refs = [make.options(scheduling_strategy=on(small)).remote(1_000_000) for _ in range(8)]
+    assert len(zray.wait(refs, num_returns=8, fetch_local=False, timeout=30)[0]) == 8
+    there = status(small)["store"]
+    assert there["spilled_objects"] >= 3 and there["bytes_in_use"] <= there["capacity"]
+    for ref in refs:  # (pulled here, to the head)
+        assert zray.get(ref, timeout=30)[999_999] == 999_999.0
+    assert status(small)["store"].get("objects_restored", 0) == 0
+    del refs, ref
+    deadline = time.monotonic() + 20
+    while (there := status(small)["store"])["objects"]:
+        assert time.monotonic() < deadline, there
+        time.sleep(0.1)
+    assert there["spilled_objects"] == 0 and there["spilled_bytes"] == 0
+    cluster.remove_node(small)
 
 
 @zray.remote

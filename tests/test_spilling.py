@@ -78,6 +78,10 @@ def test_600_mib_in_a_200_mib_store_spills_reads_back_and_leaves_nothing() -> No
         assert len(files) == stats["spilled_objects"]
         assert sum(files.values()) == stats["spilled_bytes"]
         inspect_says(session, {refs[0].hex(): "disk", refs[-1].hex(): "store"})
+        shown = subprocess.run([sys.executable, "-m", "cli.main", "status", "--session",
+                                session], capture_output=True, text=True, timeout=60).stdout
+        assert f"spilled:        {stats['spilled_bytes'] / MiB:.1f} MiB in " \
+               f"{stats['spilled_objects']} objects on disk" in shown, shown
         for i, ref in enumerate(refs):  # oldest first: each comes back from disk
             array = zray.get(ref)
             assert array.shape == (MiB,) and array[0] == array[-1] == i
@@ -131,5 +135,36 @@ def test_past_the_disk_limit_the_store_is_full_naming_both_sizes(monkeypatch) ->
         assert "of 32.0 MB are in use" in message and "16.0 MB are spilled" in message
         assert "20.0 MB (object_spill_max_bytes)" in message, message
         assert [zray.get(ref)[0] for ref in refs] == [float(i) for i in range(5)]
+    finally:
+        zray.shutdown()
+
+
+@zray.remote
+def first_and_last(array: np.ndarray) -> tuple[float, float]:
+    return float(array[0]), float(array[-1])
+
+
+def test_tasks_gets_and_puts_under_pressure_read_the_right_bytes() -> None:
+    """Objects go to disk and back while tasks (on leases: their owner sends the blocks'
+    places straight to the workers) read them: every read sees its own object's bytes."""
+    zray.init(num_cpus=2, object_store_memory=48 * MiB)
+    try:
+        rng = np.random.default_rng(7)
+        refs = [zray.put(np.full(MiB // 2, float(i))) for i in range(16)]  # 4 MiB each
+        for _ in range(6):
+            order = rng.permutation(len(refs))
+            pending = [(i, first_and_last.remote(refs[i])) for i in order[:8]]
+            for i in order[8:12]:
+                array = zray.get(refs[i])
+                assert array[0] == array[-1] == float(i)
+                del array
+            refs.append(zray.put(np.full(MiB // 2, float(len(refs)))))
+            for i, result in pending:
+                assert zray.get(result) == (float(i), float(i))
+        stats = zray.store_stats()
+        assert stats["objects_spilled"] > 10 and stats["objects_restored"] > 10, stats
+        del refs, pending, result
+        stats = wait_until_empty()
+        assert stats["objects"] == 0 and not spill_files(stats), stats
     finally:
         zray.shutdown()
