@@ -168,3 +168,11 @@ def test_tasks_gets_and_puts_under_pressure_read_the_right_bytes() -> None:
         assert stats["objects"] == 0 and not spill_files(stats), stats
     finally:
         zray.shutdown()
+
+
+def test_the_spilling_benchmark_reports_both_ways() -> None:
+    """(``zray microbenchmark``'s spill lines: no timing is asserted, only that it runs.)"""
+    from zray import bench
+
+    results = bench.spilling(zray, {"num_cpus": 1}, quick=True)
+    assert [r.unit for r in results] == ["GB/s", "GB/s"] and all(r.value > 0 for r in results)

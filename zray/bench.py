@@ -235,6 +235,34 @@ def scaling(rt: Any, quick: bool) -> list[Result]:
     return results
 
 
+def spilling(rt: Any, init_kwargs: dict[str, Any], quick: bool) -> list[Result]:
+    """1 GiB of 64 MiB objects put through a 256 MiB store (most go to disk), then each
+    read back in the order put (each comes back from disk): bytes per second each way."""
+    rt.init(**init_kwargs, object_store_memory=256 * MB)
+    array = np.random.default_rng(1).random(64 * MB // 8)
+    put_rates, get_rates = [], []
+    try:
+        for _ in range(2 if quick else 4):  # (the first run warms up)
+            start = time.perf_counter()
+            refs = [rt.put(array) for _ in range(16)]
+            put_rates.append(16 * array.nbytes / (time.perf_counter() - start) / 1e9)
+            start = time.perf_counter()
+            for ref in refs:
+                value = rt.get(ref)
+                assert value[12345] == array[12345] and value.nbytes == array.nbytes
+                del value
+            get_rates.append(16 * array.nbytes / (time.perf_counter() - start) / 1e9)
+            del refs, ref
+            gc.collect()
+            time.sleep(0.5)  # (refs are let go in batches)
+    finally:
+        rt.shutdown()
+    return [Result("put 1 GiB (64 MB objects) into a 256 MB store",
+                   statistics.median(put_rates[1:]), "GB/s"),
+            Result("get each back from disk, in put order", statistics.median(get_rates[1:]),
+                   "GB/s")]
+
+
 def _cluster(me: psutil.Process) -> list[psutil.Process]:
     return [me] + me.children(recursive=True)
 
@@ -287,6 +315,7 @@ def run(backend: str, quick: bool, only_scaling: bool = False) -> list[Result]:
             results.append(_median_of(getattr(workloads, name), 1 if quick else 3))
     finally:
         rt.shutdown()
+    results += spilling(rt, kwargs, quick)
     results.append(_median_of(lambda: startup_time(backend), 1 if quick else 3))
     return results
 
