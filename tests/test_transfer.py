@@ -27,7 +27,9 @@ def pulling(gone: set[bytes]) -> tuple[ObjectTable, Transfers, list[tuple[bytes,
         return True
 
     transfers = Transfers(table, lambda: memoryview(bytearray(1 << 20)), send,
-                          lambda identity, msg: None, inline_max=1024)
+                          lambda identity, msg: None, inline_max=1024,
+                          make_room=lambda size, retry: False,
+                          read_spilled=lambda object_id, start, size: b"")
     table.elsewhere(X, OWNER, b"job")
     assert table.subscribe(b"worker", X, for_get=True)
     transfers.start()

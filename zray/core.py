@@ -520,32 +520,34 @@ class CoreClient:
         inline_max = self.config.inline_object_max_bytes
         # On a lease, arguments up to direct_arg_max_bytes travel in the task message itself:
         # one copy through a socket beats a store round trip and fresh pages to write.
-        blob, deps, contained, keep_alive = encode_arguments(
+        encoded = encode_arguments(
             name, args, kwargs, self.config.direct_arg_max_bytes if may_lease else inline_max,
             self.config.max_refs_per_value, self._put_serialized)
         # From reading the arguments' locations until the notice that pins them is
         # deferred, the store may not move them (_release_blocks). Not held while the
         # arguments are encoded: a put waits for the agent, which may wait for us.
         with self._locations_guard:
+            _, deps, contained, _ = encoded
             direct_deps = self._dep_locations(deps) if may_lease and not contained else None
-            if direct_deps is not None or len(blob) <= inline_max:
-                return self._submit_locked(fn, name, args, kwargs, options, actor_id,
-                                           actor_options, task_id, blob, deps, contained,
-                                           keep_alive, direct_deps)
-        blob, deps, contained, keep_alive = encode_arguments(  # through the agent after all
+            if direct_deps is not None or len(encoded[0]) <= inline_max:
+                return self._submit_locked(fn, name, (args, kwargs), options, actor_id,
+                                           actor_options, task_id, encoded, direct_deps)
+        encoded = encode_arguments(  # through the agent after all
             name, args, kwargs, inline_max, self.config.max_refs_per_value,
             self._put_serialized)
         with self._locations_guard:
-            return self._submit_locked(fn, name, args, kwargs, options, actor_id,
-                                       actor_options, task_id, blob, deps, contained,
-                                       keep_alive, None)
+            return self._submit_locked(fn, name, (args, kwargs), options, actor_id,
+                                       actor_options, task_id, encoded, None)
 
-    def _submit_locked(self, fn: FunctionDescriptor | None, name: str, args: tuple[Any, ...],
-                       kwargs: dict[str, Any], options: TaskOptions, actor_id: bytes,
-                       actor_options: dict[str, Any] | None, task_id: bytes, blob: bytes,
-                       deps: list[bytes], contained: list[bytes], keep_alive: Any,
+    def _submit_locked(self, fn: FunctionDescriptor | None, name: str,
+                       call: tuple[tuple[Any, ...], dict[str, Any]], options: TaskOptions,
+                       actor_id: bytes, actor_options: dict[str, Any] | None, task_id: bytes,
+                       encoded: tuple[bytes, list[bytes], list[bytes], list[ObjectRef]],
                        direct_deps: list[p.Location | None] | None
                        ) -> tuple[bytes, list[ObjectRef]]:
+        """Submit, ``encoded`` (see encode_arguments) and the places of its arguments
+        read (``direct_deps``: it goes on a lease), under the locations guard."""
+        blob, deps, contained, keep_alive = encoded
         if fn is not None and not actor_id and direct_deps is None:
             self._check_runs_here(name, options.strategy)
         job_id = self.context.job_id
@@ -563,7 +565,7 @@ class CoreClient:
             # Sent straight to the actor's worker if its arguments are all here (else the
             # agent's mailbox waits for them); the refs among them stay held until it goes.
             here = None if contained else self._dep_locations(deps, own_on_the_way=False)
-            self.actor_calls.call(notice, here, (args, kwargs, keep_alive))
+            self.actor_calls.call(notice, here, (*call, keep_alive))
             return task_id, refs
         if direct_deps is not None:  # the worker answers us directly
             self.objects.expect([ref.id for ref in refs])

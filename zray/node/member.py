@@ -85,7 +85,7 @@ class ClusterMember:
                                    objects, clients, lambda: self.membership.nodes, functions,
                                    send, actor_desk.handle)
         self.transfers = Transfers(objects, store, self._to_node, self.relay.answer_node,
-                                   config.inline_object_max_bytes, spiller)
+                                   config.inline_object_max_bytes, spiller.need, spiller.read)
         self._load_reported = (0.0, dict(scheduler.available))
         self._turn = 0  # SPREAD's: the next node in turn
         self._gone: set[bytes] = set()  # nodes seen to have left

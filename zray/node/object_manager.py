@@ -154,7 +154,9 @@ class ObjectManager:
             self.on_create(client_id, msg)
 
     def on_blocks_released(self, client_id: bytes, msg: p.BlocksReleased) -> None:
-        self.spiller.on_released(client_id, msg.released, msg.in_use)
+        if not self.spiller.on_released(client_id, msg.released, msg.in_use):
+            self.agent.reject(client_id, msg, "it names objects the agent did not ask it to "
+                                              "give the blocks of")
 
     def on_seal(self, client_id: bytes, msg: p.SealObject) -> None:
         self.table.seal(msg.object_id, msg.contained, msg.is_error)

@@ -76,6 +76,7 @@ class Spiller:
         self.ask, self.is_local, self.record = ask, is_local, record
         self.being_made = being_made
         self.moving: dict[bytes, set[Client]] = {}  # object -> processes yet to answer
+        self.asked: dict[Client, set[bytes]] = {}  # process -> objects it is yet to answer for
         self.in_use: set[bytes] = set()  # mapped by a view: not asked again while waiting
         self.waiting: list[Callable[[], None]] = []  # requests to try again once there is room
         self.restoring: set[bytes] = set()  # objects waiting for a block to be read into
@@ -121,18 +122,29 @@ class Spiller:
             for client in holders:
                 asks.setdefault(client, []).append(object_id)
         for client, object_ids in asks.items():
+            self.asked.setdefault(client, set()).update(object_ids)
             self.ask(client, object_ids)
         return bool(self.moving) or self.due
 
-    def on_released(self, client: Client, released: list[bytes], in_use: list[bytes]) -> None:
+    def on_released(self, client: Client, released: list[bytes], in_use: list[bytes]) -> bool:
+        """A process answered; False if it names objects it was not asked about."""
+        asked = self.asked.get(client, set())
+        if not asked.issuperset(released) or not asked.issuperset(in_use):
+            return False
+        asked.difference_update(released)
+        asked.difference_update(in_use)
+        if not asked:
+            self.asked.pop(client, None)
         for object_id in in_use:
             if self.moving.pop(object_id, None) is not None:
                 self.in_use.add(object_id)
                 self.due = True  # (try again: others may go instead)
         for object_id in released:
             self._answered(object_id, client)
+        return True
 
     def client_gone(self, client: Client) -> None:
+        self.asked.pop(client, None)
         for object_id in [i for i, asked in self.moving.items() if client in asked]:
             self._answered(object_id, client)
 

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from zray import protocol as p
 from zray.node import failures
 from zray.node.object_table import ObjectTable, ObjState
-from zray.node.spilling import Spiller
 
 CHUNK_BYTES = 8 << 20
 RETRY_S = 0.1  # before a pull sent on to a node gone asks its home again
@@ -50,14 +49,18 @@ class Transfers:
     def __init__(self, table: ObjectTable, view: Callable[[], memoryview],
                  send: Callable[[bytes, p.Message], bool],
                  answer: Callable[[bytes, p.Message], None], inline_max: int,
-                 spiller: Spiller, chunk_bytes: int = CHUNK_BYTES, ahead: int = AHEAD) -> None:
+                 make_room: Callable[[int, Callable[[], None]], bool],
+                 read_spilled: Callable[[bytes, int, int], bytes],
+                 chunk_bytes: int = CHUNK_BYTES, ahead: int = AHEAD) -> None:
         """``view()``: this node's store, writable; ``send(node, msg)``: to a node (False:
         it is gone);
         ``answer(identity, msg)``: to a node that asked us; ``inline_max``: a copy at most
         so big is kept inline, as a small value made here would be."""
         self.table, self.view, self.send, self.answer = table, view, send, answer
         self.inline_max = inline_max
-        self.spiller = spiller  # (a full store sends objects to disk; those are served from it)
+        # A full store sends objects to disk (zray/node/spilling.py): ``make_room(size,
+        # retry)``, and ``read_spilled(id, start, size)`` to serve one from its file.
+        self.make_room, self.read_spilled = make_room, read_spilled
         self.chunk, self.ahead = chunk_bytes, ahead
         self.pulls: dict[bytes, _Pull] = {}
         self.waiting_room: list[bytes] = []  # pulls whose block did not fit yet
@@ -161,7 +164,7 @@ class Transfers:
             block = self.table.start_copy(msg.object_id, msg.total)
             if block is None:
                 self.waiting_room.append(msg.object_id)
-                self.spiller.need(msg.total, self.retry_waiting)
+                self.make_room(msg.total, self.retry_waiting)
                 self.counts["bytes received"] -= len(msg.data)  # (asked again)
                 return False
             pull.block = block
@@ -210,7 +213,7 @@ class Transfers:
         if entry.data is not None:
             data = entry.data[msg.offset:msg.offset + msg.size]
         elif entry.on_disk:
-            data = self.spiller.read(msg.object_id, msg.offset, size)
+            data = self.read_spilled(msg.object_id, msg.offset, size)
         else:
             start = entry.offset + msg.offset
             data = bytes(self.view()[start:start + size])
