@@ -20,7 +20,7 @@ from typing import Any
 from zray.broker.layout import GcsAddress
 from zray.broker.reader import TableView
 
-TABLES = ("tasks", "objects", "actors", "nodes", "jobs", "functions")
+TABLES = ("tasks", "objects", "actors", "nodes", "jobs", "functions", "placement_groups")
 COLUMNS = {
     "tasks": ("task_id", "name", "state", "attempt", "submitted", "duration", "node_id",
               "worker_pid", "error_type"),
@@ -30,8 +30,11 @@ COLUMNS = {
               "tasks_recorded"),
     "jobs": ("job_id", "state", "driver_pid", "namespace", "start_time", "end_time"),
     "functions": ("key", "name"),
+    "placement_groups": ("placement_group_id", "name", "strategy", "state", "bundles",
+                         "pending_reason"),
 }
-_IDS = {"task_id", "object_id", "actor_id", "node_id", "job_id", "parent_task_id", "key"}
+_IDS = {"task_id", "object_id", "actor_id", "node_id", "job_id", "parent_task_id", "key",
+        "placement_group_id"}
 _SINCE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 

@@ -70,8 +70,9 @@ OPTIONS: dict[str, Option] = {
                            for_tasks=False, for_actors=True),
     "max_task_retries": Option(_count_or_unlimited, "an int >= 0, or -1 for unlimited", 0,
                                for_tasks=False, for_actors=True),
-    "scheduling_strategy": Option(_strategy, '"DEFAULT", "SPREAD" or a '
-                                  "NodeAffinitySchedulingStrategy", None, for_actors=True),
+    "scheduling_strategy": Option(_strategy, '"DEFAULT", "SPREAD", a '
+                                  "NodeAffinitySchedulingStrategy or a "
+                                  "PlacementGroupSchedulingStrategy", None, for_actors=True),
     "max_concurrency": Option(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                               "an int >= 1", None, for_tasks=False, for_actors=True),
 }

@@ -61,6 +61,7 @@ class _OptionsBound:
 
 def task_options(options: dict[str, Any]) -> TaskOptions:
     from zray.api import default_max_retries
+    from zray.util.placement_group import placed
     from zray.util.scheduling_strategies import as_wire
 
     resources = {"CPU": float(resolved(options, "num_cpus")),
@@ -71,7 +72,8 @@ def task_options(options: dict[str, Any]) -> TaskOptions:
     max_retries = resolved(options, "max_retries")
     return TaskOptions(
         num_returns=resolved(options, "num_returns"),
-        resources={k: v for k, v in resources.items() if v > 0},
+        resources=placed({k: v for k, v in resources.items() if v > 0},
+                         options.get("scheduling_strategy"), "a task"),
         max_retries=default_max_retries() if max_retries is None else
         (2**31 if max_retries == -1 else max_retries),
         retry_filter=retry_filter,

@@ -307,6 +307,14 @@ class ActorManager:
         elif actor.worker_pid:
             self.agent.pool.kill(self.agent.pool.by_pid[actor.worker_pid])
 
+    def stop_placed_in(self, group_hex: str) -> None:
+        """A placement group was removed: the actors placed in it die, as in Ray."""
+        for actor in list(self.directory.actors.values()):
+            if actor.state is not ActorState.DEAD and any(
+                    name.endswith(group_hex) for name in actor.creation.spec.resources):
+                self._bury(actor, f"its placement group {group_hex[:16]} was removed",
+                           kill=True)
+
     def _bury(self, actor: Actor, cause: str, kill: bool = False) -> None:
         pid = actor.worker_pid
         if actor in self.waiting_for_resources:

@@ -25,7 +25,7 @@ from typing import Any
 
 __all__ = ["TABLES", "Row", "StoredRow", "Tables", "check_row", "merge_newest", "shard_of"]
 
-TABLES = ("nodes", "jobs", "functions", "tasks", "objects", "actors")
+TABLES = ("nodes", "jobs", "functions", "tasks", "objects", "actors", "placement_groups")
 BOUNDED_TABLE = "tasks"
 
 Row = tuple[str, bytes, str | None, bytes | None]  # (table, key, fields_json, blob)

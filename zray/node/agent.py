@@ -40,6 +40,7 @@ from zray.node.gcs_client import GcsClient
 from zray.node.leases import LeaseManager
 from zray.node.object_manager import ObjectManager
 from zray.node.object_table import ObjectTable
+from zray.node.placement_groups import STRATEGIES, Group, PlacementGroups
 from zray.node.scheduler import Scheduler, Task, TaskState
 from zray.node.sessions import end_session
 from zray.node.tasks import TaskManager
@@ -59,6 +60,9 @@ _REFRESH_PENDING_S = 1.0
 _REFRESH_PENDING_ROWS = 200
 _BURST = 512  # messages handled per pass of the agent's loop (a Batch counts its items)
 
+
+_GROUP_QUERIES = ("create_placement_group", "placement_group_ready", "remove_placement_group",
+                  "placement_group_named")
 
 # Messages that may concern an actor on another node (zray/node/remote_actors.py).
 _FOR_OTHER_NODES = (p.SubmitTask, p.TaskDone, p.CallsReported, p.KillActor, p.CancelTask,
@@ -111,6 +115,10 @@ class Agent:
         self.object_manager = ObjectManager(self)
         self.actors = ActorManager(self)
         self.objects.other_pins = self.actors.pin  # handles inside objects keep actors alive
+        self.placement_groups = PlacementGroups(
+            self.scheduler, lambda g: self.gcs.record("placement_groups", g.group_id,
+                                                      g.row(self.node_id.hex())),
+            self._fill_group_ready, self.actors.stop_placed_in, self._group_fits_one_node)
         self.member: ClusterMember | None = None
         self.mesh_for_clients: dict[str, str] = {}  # where they bind TCP, with what token
         if door is not None and credentials is not None:
@@ -449,6 +457,8 @@ class Agent:
         if self.member is not None:
             self.member.owner_gone(client.client_id)
         self.actors.client_gone(client.client_id, client.job_id, client.kind == "driver")
+        if client.kind == "driver":
+            self.placement_groups.job_ended(client.job_id)
         if client.client_id == self.owner_client:
             self.running = False
 
@@ -609,6 +619,8 @@ class Agent:
 
     def warn_infeasible(self, task: Task) -> None:
         """Tell the task's driver that no node can ever run it (once per kind of task)."""
+        if any("_group_" in name for name in task.spec.resources):
+            return  # (it waits for its placement group, which says why in its row)
         if self.member is not None and self.member.fits_somewhere(task.spec.resources):
             return  # (a peer can: it goes there)
         key = f"{task.spec.name}:{sorted(task.spec.resources.items())}"
@@ -640,6 +652,8 @@ class Agent:
     def _after_events(self) -> None:
         """Deliver ready objects, queue what they unblock, dispatch, report frees."""
         self.object_manager.deliver()
+        if self.placement_groups.pending:
+            self.placement_groups.place_pending()
         self.actors.place_waiting()
         self.tasks.dispatch()
         now = time.monotonic()
@@ -686,11 +700,69 @@ class Agent:
             body = {"links": self.gcs.stats()}
         elif msg.what == "status":
             body = self._status()
+        elif msg.what in _GROUP_QUERIES:
+            body = self._on_group_query(client_id, msg.what, msg.args)
         elif msg.what == "store":
             body = {**self._store_status(), "path": self.store_path}
         else:
             body = {"error": f"unknown query {msg.what!r}"}
         self.send(client_id, p.AgentReply(msg.request_id, json.dumps(body)))
+
+    def _on_group_query(self, client_id: bytes, what: str, args: dict[str, Any]
+                        ) -> dict[str, Any]:
+        """Placement groups (zray/node/placement_groups.py), asked by zray.util's."""
+        groups = self.placement_groups
+        if what == "create_placement_group":
+            error = checks.placement_group(args, STRATEGIES)
+            if error:
+                return {"error": error}
+            if args["name"] and groups.named(args["name"]) is not None:
+                return {"error": f"a placement group named {args['name']!r} exists already"}
+            group = Group(os.urandom(14), args["name"], args["strategy"], args["bundles"],
+                          self.clients.job_of(client_id), bool(args["detached"]))
+            groups.create(group)
+            return {"id": group.group_id.hex()}
+        if what == "placement_group_named":
+            named = groups.named(str(args.get("name")))
+            return named.row(self.node_id.hex()) if named else {"error": "no such group"}
+        try:
+            group_id = bytes.fromhex(str(args.get("id")))
+        except ValueError:
+            return {"error": f"{args.get('id')!r} is not a placement group's id"}
+        if what == "remove_placement_group":
+            groups.remove(group_id)
+            return {}
+        try:
+            object_id = bytes.fromhex(str(args.get("object_id")))
+        except ValueError:
+            return {"error": f"{args.get('object_id')!r} is not an object id"}
+        if group_id not in groups.groups:
+            return {"error": f"no placement group {group_id.hex()} on this node"}
+        self.objects.expect(object_id, self.clients.job_of(client_id), client_id)
+        groups.wait_ready(group_id, object_id)
+        return {}
+
+    def _fill_group_ready(self, object_id: bytes, group: Group) -> None:
+        from zray.objects.serialization import serialize
+        from zray.util.placement_group import PlacementGroup, PlacementGroupID
+
+        entry = self.objects.get(object_id)
+        if entry is None:
+            return  # (its ref was dropped meanwhile)
+        if group.state == "REMOVED":
+            value, is_error = failures.placement_group_removed(group.group_id.hex()), True
+        else:
+            value = serialize(PlacementGroup(PlacementGroupID(group.group_id),
+                                             group.bundles)).to_bytes()
+            is_error = False
+        self.objects.put_inline(object_id, entry.job_id, value, [], b"", is_error)
+
+    def _group_fits_one_node(self, group: Group) -> str:
+        if group.strategy == "STRICT_SPREAD" and len(group.bundles) > 1:
+            return (f"STRICT_SPREAD puts each of its {len(group.bundles)} bundles on a node of "
+                    "its own; placement groups across nodes are not built yet (each group's "
+                    "bundles are reserved on the node of the process that made it)")
+        return ""
 
     def _tasks_here(self) -> list[Task]:
         """The tasks not finished that this agent knows: the scheduler's (not its lease

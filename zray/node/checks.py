@@ -134,3 +134,20 @@ _SPECIFIC: dict[type[p.Message], Any] = {
     p.Register: _register, p.SubmitTask: _submit_task, p.RequestLease: _request_lease,
     p.TaskDone: _task_done, p.CreateObject: _create_object, p.ExportFunction: _export_function,
 }
+
+
+def placement_group(args: dict[str, Any], strategies: tuple[str, ...]) -> str:
+    """A create_placement_group query's arguments ("" if they are sound)."""
+    bundles, strategy, name = args.get("bundles"), args.get("strategy"), args.get("name")
+    if strategy not in strategies:
+        return f"strategy {strategy!r} is not one of {', '.join(strategies)}"
+    if type(name) is not str or _text(name):
+        return f"name {name!r} is not a str"
+    if not isinstance(bundles, list) or not bundles or len(bundles) > 10_000:
+        return "bundles must be a list of 1 to 10,000 dicts"
+    for bundle in bundles:
+        if not isinstance(bundle, dict) or not bundle or _resources(bundle):
+            return f"bundle {bundle!r} must map resource names to finite amounts >= 0"
+        if not any(amount > 0 for amount in bundle.values()):
+            return f"bundle {bundle!r} reserves nothing"
+    return ""

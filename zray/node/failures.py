@@ -73,6 +73,11 @@ def object_lost(object_id: bytes, needed_by: str) -> bytes:
     ))
 
 
+def placement_group_removed(group_hex: str) -> bytes:
+    return _payload(ZrayError(f"placement group {group_hex[:16]} was removed before it was "
+                              "ready"))
+
+
 def spill_file_unreadable(object_id: bytes, path: str, exc: OSError) -> bytes:
     return _payload(ObjectLostError(
         f"object {short(object_id)} was spilled to {path}, which cannot be read back: "

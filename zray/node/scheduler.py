@@ -278,6 +278,24 @@ class Scheduler:
             self.available[name] = self.available.get(name, 0.0) + amount
         self._return_gpus(gpu_ids, demand.get("GPU", 0.0))
 
+    def add_resources(self, resources: dict[str, float]) -> None:
+        """New resources (a placement group's bundles): tasks waiting for them may run."""
+        for name, amount in resources.items():
+            self.total[name] = self.total.get(name, 0.0) + amount
+            self.available[name] = self.available.get(name, 0.0) + amount
+        self._recheck_feasible()
+
+    def remove_resources(self, resources: dict[str, float]) -> None:
+        """Resources that are gone (a placement group removed), in use or not."""
+        for name in resources:
+            self.total.pop(name, None)
+            self.available.pop(name, None)
+        self._recheck_feasible()
+
+    def _recheck_feasible(self) -> None:
+        for task in self.tasks.values():
+            task.infeasible = not self._fits(task.spec.resources, self.total)
+
     def could_ever_fit(self, demand: dict[str, float]) -> bool:
         return self._fits(demand, self.total)
 
@@ -323,7 +341,8 @@ class Scheduler:
             task.blocked = False
             self.blocked -= 1
         for name, amount in demand.items():
-            self.available[name] = self.available.get(name, 0.0) + amount
+            if name in self.total:  # (not a removed placement group's)
+                self.available[name] = self.available.get(name, 0.0) + amount
         self._return_gpus(task.gpu_ids, task.spec.resources.get("GPU", 0.0))
         task.gpu_ids = []
         if task.worker is not None:

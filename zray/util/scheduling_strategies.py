@@ -5,7 +5,9 @@
 - ``NodeAffinitySchedulingStrategy(node_id, soft)``: on that node (its hex id, as
   ``get_runtime_context().get_node_id()`` gives it); ``soft=True`` falls back to the
   default when it is dead or unknown, else the task fails with TaskUnschedulableError
-  (an actor with ActorUnschedulableError).
+  (an actor with ActorUnschedulableError);
+- ``PlacementGroupSchedulingStrategy(pg, bundle_index)``: in a bundle of a placement group
+  (zray.util.placement_group).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DEFAULT", "SPREAD", "NodeAffinitySchedulingStrategy", "as_wire"]
+__all__ = ["DEFAULT", "SPREAD", "NodeAffinitySchedulingStrategy",
+           "PlacementGroupSchedulingStrategy", "as_wire"]
 
 DEFAULT = "DEFAULT"
 SPREAD = "SPREAD"
@@ -35,14 +38,35 @@ class NodeAffinitySchedulingStrategy:
             raise ValueError(f"node_id {self.node_id!r} is not a node's hex id") from exc
 
 
+@dataclass(frozen=True)
+class PlacementGroupSchedulingStrategy:
+    """In a placement group's bundle (``placement_group_bundle_index``; -1: any of its
+    bundles). The task asks for the group's resources instead of its own
+    (zray.util.placement_group.placed)."""
+
+    placement_group: Any  # a zray.util.placement_group.PlacementGroup
+    placement_group_bundle_index: int = -1
+    placement_group_capture_child_tasks: bool | None = None
+
+    def __post_init__(self) -> None:
+        from zray.util.placement_group import PlacementGroup
+
+        if not isinstance(self.placement_group, PlacementGroup):
+            raise TypeError("placement_group must be a PlacementGroup (from "
+                            f"placement_group()), got {self.placement_group!r}")
+        index = self.placement_group_bundle_index
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise TypeError(f"placement_group_bundle_index must be an int, got {index!r}")
+
+
 def valid(strategy: Any) -> bool:
     return strategy in (None, DEFAULT, SPREAD) or isinstance(
-        strategy, NodeAffinitySchedulingStrategy)
+        strategy, (NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy))
 
 
 def as_wire(strategy: Any) -> dict[str, Any]:
-    """The strategy as the agents take it: {} (default), {"spread": True}, or
-    {"node": hex id, "soft": bool}."""
+    """The strategy as the agents take it: {} (default, and a placement group's: its
+    tasks ask for its resources), {"spread": True}, or {"node": hex id, "soft": bool}."""
     if strategy == SPREAD:
         return {"spread": True}
     if isinstance(strategy, NodeAffinitySchedulingStrategy):

@@ -33,6 +33,11 @@ def list_nodes(filters: list[Filter] | None = None, limit: int = 100,
     return _list("nodes", filters, limit, ray_options)
 
 
+def list_placement_groups(filters: list[Filter] | None = None, limit: int = 100,
+                          **ray_options: Any) -> list[dict[str, Any]]:
+    return _list("placement_groups", filters, limit, ray_options)
+
+
 def list_jobs(filters: list[Filter] | None = None, limit: int = 100,
               **ray_options: Any) -> list[dict[str, Any]]:
     return _list("jobs", filters, limit, ray_options)

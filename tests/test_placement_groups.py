@@ -1,0 +1,123 @@
+"""Placement groups (zray/node/placement_groups.py, zray.util.placement_group), through the
+public API, on one node: bundles reserved all or none, tasks and actors placed in them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import zray
+from zray.util.placement_group import (
+    get_placement_group,
+    placement_group,
+    placement_group_table,
+    remove_placement_group,
+)
+from zray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def two_cpus() -> Iterator[None]:
+    zray.init(num_cpus=2)
+    yield
+    zray.shutdown()
+
+
+@zray.remote
+def one() -> int:
+    return 1
+
+
+@zray.remote
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@zray.remote
+class Pinger:
+    def ping(self) -> str:
+        return "pong"
+
+
+def in_group(group: object, index: int = -1) -> PlacementGroupSchedulingStrategy:
+    return PlacementGroupSchedulingStrategy(group, index)
+
+
+def row_of(group: object, until: str) -> dict:
+    """Its placement_group_table() entry once its scheduling state starts with ``until``
+    (rows reach the GCS within gcs_flush_ms)."""
+    deadline = time.monotonic() + 10
+    while not (row := placement_group_table(group)) or not str(
+            row["stats"]["scheduling_state"]).startswith(until):
+        assert time.monotonic() < deadline, row
+        time.sleep(0.05)
+    return row
+
+
+def test_a_ready_group_holds_its_cpus_until_it_is_removed(two_cpus: None) -> None:
+    group = placement_group([{"CPU": 2}], name="pair")
+    assert zray.get(group.ready(), timeout=10) == group and group.wait(1)
+    available = zray.available_resources()
+    assert available.get("CPU", 0) == 0  # (the reservation)
+    assert available[f"CPU_group_0_{group.id.hex()}"] == 2.0
+    plain = one.remote()
+    assert zray.wait([plain], timeout=1.0)[0] == []  # no CPU outside the group
+    assert zray.get([one.options(scheduling_strategy=in_group(group, 0)).remote(),
+                     one.options(scheduling_strategy=in_group(group)).remote()]) == [1, 1]
+    actor = Pinger.options(scheduling_strategy=in_group(group, 0)).remote()
+    assert zray.get(actor.ping.remote(), timeout=10) == "pong"
+    assert get_placement_group("pair") == group
+    row = row_of(group, "CREATED")
+    assert row["state"] == "CREATED" and row["bundles"] == {0: {"CPU": 2.0}}
+    assert row["bundles_to_node_id"][0] == zray.get_runtime_context().get_node_id()
+    remove_placement_group(group)
+    assert zray.get(plain, timeout=10) == 1  # its CPUs are back
+    assert zray.available_resources()["CPU"] == 2.0
+    with pytest.raises(zray.exceptions.ActorDiedError, match="placement group"):
+        zray.get(actor.ping.remote(), timeout=10)
+    assert row_of(group, "REMOVED")["state"] == "REMOVED"
+    with pytest.raises(ValueError, match="pair"):
+        get_placement_group("pair")
+
+
+def test_a_group_that_does_not_fit_waits_saying_why(two_cpus: None) -> None:
+    busy = nap.remote(1.5)
+    time.sleep(0.3)  # (running: one CPU in use)
+    group = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="STRICT_PACK")
+    assert not group.wait(0.3)
+    assert "waits for bundle" in row_of(group, "waits")["stats"]["scheduling_state"]
+    assert zray.get(busy) == 1.5
+    assert group.wait(10)  # all at once, once both CPUs are free
+    too_big = placement_group([{"CPU": 4}])
+    reason = row_of(too_big, "bundle 0")["stats"]["scheduling_state"]
+    assert "more than this node has" in reason
+    spread = placement_group([{"CPU": 1}] * 3, strategy="STRICT_SPREAD")
+    assert "a node of its own" in row_of(spread, "STRICT_SPREAD")["stats"]["scheduling_state"]
+    for pending in (too_big, spread):
+        remove_placement_group(pending)
+        with pytest.raises(zray.exceptions.ZrayError, match="removed"):
+            zray.get(pending.ready(), timeout=10)
+
+
+def test_bad_groups_and_placements_fail_at_the_call(two_cpus: None) -> None:
+    for bundles in ([], [{}], [{"CPU": -1}], [{"CPU": 0}], "CPU"):
+        with pytest.raises(ValueError, match="bundle"):
+            placement_group(bundles)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="strategy"):
+        placement_group([{"CPU": 1}], strategy="PACKED")
+    group = placement_group([{"CPU": 1}], name="one")
+    with pytest.raises(ValueError, match="exists already"):
+        placement_group([{"CPU": 1}], name="one")
+    with pytest.raises(ValueError, match="out of range"):
+        one.options(scheduling_strategy=in_group(group, 1)).remote()
+    with pytest.raises(ValueError, match="more than bundle 0"):
+        one.options(num_cpus=2, scheduling_strategy=in_group(group, 0)).remote()
+    with pytest.raises(NotImplementedError, match="capture_child_tasks"):
+        one.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+            group, 0, placement_group_capture_child_tasks=True)).remote()
+    remove_placement_group(group)
