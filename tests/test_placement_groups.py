@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from conftest import local_cluster
 
 import zray
 from zray.util.placement_group import (
@@ -42,6 +43,11 @@ def nap(seconds: float) -> float:
 class Pinger:
     def ping(self) -> str:
         return "pong"
+
+
+@zray.remote
+def where() -> str:
+    return zray.get_runtime_context().get_node_id()
 
 
 def in_group(group: object, index: int = -1) -> PlacementGroupSchedulingStrategy:
@@ -90,12 +96,13 @@ def test_a_group_that_does_not_fit_waits_saying_why(two_cpus: None) -> None:
     time.sleep(0.3)  # (running: one CPU in use)
     group = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="STRICT_PACK")
     assert not group.wait(0.3)
-    assert "waits for bundle" in row_of(group, "waits")["stats"]["scheduling_state"]
+    assert "room for all 2 bundles together" in row_of(group, "no node")["stats"][
+        "scheduling_state"]
     assert zray.get(busy) == 1.5
     assert group.wait(10)  # all at once, once both CPUs are free
     too_big = placement_group([{"CPU": 4}])
     reason = row_of(too_big, "bundle 0")["stats"]["scheduling_state"]
-    assert "more than this node has" in reason
+    assert "fits on no node now" in reason and "{'CPU': 0.0}" in reason, reason
     spread = placement_group([{"CPU": 1}] * 3, strategy="STRICT_SPREAD")
     assert "a node of its own" in row_of(spread, "STRICT_SPREAD")["stats"]["scheduling_state"]
     for pending in (too_big, spread):
@@ -121,3 +128,29 @@ def test_bad_groups_and_placements_fail_at_the_call(two_cpus: None) -> None:
         one.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
             group, 0, placement_group_capture_child_tasks=True)).remote()
     remove_placement_group(group)
+
+
+def test_across_three_nodes_strict_spread_gives_each_bundle_a_node_of_its_own() -> None:
+    """The coordinator (the driver's node) has every node hold its bundle, then commit;
+    each bundle's task runs on that bundle's node. A group the nodes cannot hold together
+    waits until one that holds their CPUs is removed."""
+    with local_cluster({"num_cpus": 1}, {"num_cpus": 1}):
+        spread = placement_group([{"CPU": 1}] * 3, strategy="STRICT_SPREAD")
+        assert spread.wait(30)
+        ran_on = zray.get([where.options(scheduling_strategy=in_group(spread, i)).remote()
+                           for i in range(3)], timeout=30)
+        assert len(set(ran_on)) == 3
+        assert list(row_of(spread, "CREATED")["bundles_to_node_id"].values()) == ran_on
+        four = placement_group([{"CPU": 1}] * 4, strategy="STRICT_SPREAD")
+        assert "the cluster has 3 nodes alive" in row_of(four, "STRICT_SPREAD")["stats"][
+            "scheduling_state"]
+        packed = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="PACK")
+        assert not packed.wait(0.5)  # (every CPU is in the spread group)
+        remove_placement_group(spread)
+        assert packed.wait(30)
+        nodes = set(row_of(packed, "CREATED")["bundles_to_node_id"].values())
+        assert len(nodes) == 2  # (one CPU a node: two nodes)
+        assert zray.get(where.options(scheduling_strategy=in_group(packed)).remote(),
+                        timeout=30) in nodes
+        for group in (four, packed):
+            remove_placement_group(group)

@@ -507,7 +507,8 @@ class Relayed(Message):
     return, to the agent of the worker's node), "t" or "d" (to a worker's task or direct
     socket, there), "owner" or "d" (back to the owner: from its agent, or to its direct
     socket), "log" (output for the drivers of the owner's job), "objects" (node to node:
-    pulls, chunks and ref counts of objects, ``target`` empty)."""
+    pulls, chunks and ref counts of objects, ``target`` empty), "groups" (node to node:
+    placement groups' bundles, ``target`` empty)."""
 
     target: bytes
     kind: str
@@ -670,6 +671,45 @@ class BlocksReleased(Message):
 
     released: list
     in_use: list
+
+
+@message(58)
+@dataclass(frozen=True, slots=True)
+class ReserveBundles(Message):
+    """A placement group's coordinator to a node (zray/node/placement_groups.py): hold
+    these bundles of the group (their indexes in it), all or none."""
+
+    group_id: bytes
+    indexes: list
+    bundles: list
+
+
+@message(59)
+@dataclass(frozen=True, slots=True)
+class BundlesReserved(Message):
+    """A node to a group's coordinator: it holds the bundles asked (``error`` empty), or
+    none of them, and why."""
+
+    group_id: bytes
+    error: str
+
+
+@message(60)
+@dataclass(frozen=True, slots=True)
+class CommitBundles(Message):
+    """A group's coordinator to a node holding bundles: every node holds its own; make
+    them usable (under the group's resource names)."""
+
+    group_id: bytes
+
+
+@message(61)
+@dataclass(frozen=True, slots=True)
+class ReleaseBundles(Message):
+    """A group's coordinator to a node holding bundles: give them back (the group was
+    removed, or another node refused its own)."""
+
+    group_id: bytes
 
 
 @message(36)

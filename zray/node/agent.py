@@ -116,9 +116,12 @@ class Agent:
         self.actors = ActorManager(self)
         self.objects.other_pins = self.actors.pin  # handles inside objects keep actors alive
         self.placement_groups = PlacementGroups(
-            self.scheduler, lambda g: self.gcs.record("placement_groups", g.group_id,
-                                                      g.row(self.node_id.hex())),
-            self._fill_group_ready, self.actors.stop_placed_in, self._group_fits_one_node)
+            self.node_id, self.scheduler,
+            lambda g: self.gcs.record("placement_groups", g.group_id, g.row()),
+            self._fill_group_ready, self.actors.stop_placed_in,
+            lambda: self.member.peers_free() if self.member else {},
+            lambda node, msg: self.member is not None and self.member.to_node(node, msg,
+                                                                              "groups"))
         self.member: ClusterMember | None = None
         self.mesh_for_clients: dict[str, str] = {}  # where they bind TCP, with what token
         if door is not None and credentials is not None:
@@ -135,7 +138,7 @@ class Agent:
             self.member = ClusterMember(
                 self.zmq, self.node_id, door, where, credentials, args.endpoint, config,
                 self.scheduler, self.leases, self, self.objects, self.object_manager.spiller,
-                self.clients, self.functions,
+                self.placement_groups, self.clients, self.functions,
                 self._send_here, lambda peer, msg, kind: self.peers.send(peer, msg, kind=kind),
                 lambda: self.mapping.view, self._status)
         self.owner_pidfd = os.pidfd_open(self.owner_pid) if self.owner_pid else -1
@@ -243,6 +246,7 @@ class Agent:
         if self.member.load_changed(now) or now - self._beat >= self.config.node_heartbeat_s:
             self._beat = now
             self.node_row.update(available=dict(self.scheduler.available),
+                                 resources=dict(self.scheduler.total),  # (groups' too)
                                  heartbeat=time.time())
             self.gcs.record_node(self.node_row)
         totals = self.cluster_resources()
@@ -270,7 +274,7 @@ class Agent:
 
     def cluster_resources(self, which: str = "total") -> dict[str, float]:
         """Every live node's resources (``which``: "total" or "available"), summed."""
-        own = self.resources if which == "total" else self.scheduler.available
+        own = self.scheduler.total if which == "total" else self.scheduler.available
         return self.member.totals(own, which) if self.member else dict(own)
 
     def _nodes(self) -> list[dict[str, object]]:
@@ -724,7 +728,7 @@ class Agent:
             return {"id": group.group_id.hex()}
         if what == "placement_group_named":
             named = groups.named(str(args.get("name")))
-            return named.row(self.node_id.hex()) if named else {"error": "no such group"}
+            return named.row() if named else {"error": "no such group"}
         try:
             group_id = bytes.fromhex(str(args.get("id")))
         except ValueError:
@@ -756,13 +760,6 @@ class Agent:
                                              group.bundles)).to_bytes()
             is_error = False
         self.objects.put_inline(object_id, entry.job_id, value, [], b"", is_error)
-
-    def _group_fits_one_node(self, group: Group) -> str:
-        if group.strategy == "STRICT_SPREAD" and len(group.bundles) > 1:
-            return (f"STRICT_SPREAD puts each of its {len(group.bundles)} bundles on a node of "
-                    "its own; placement groups across nodes are not built yet (each group's "
-                    "bundles are reserved on the node of the process that made it)")
-        return ""
 
     def _tasks_here(self) -> list[Task]:
         """The tasks not finished that this agent knows: the scheduler's (not its lease

@@ -35,6 +35,7 @@ from zray.node.membership import Membership
 from zray.node.mesh import MeshDoor
 from zray.node.object_table import ObjectTable, ObjState
 from zray.node.placement import Placement, choose_peer, fits, place
+from zray.node.placement_groups import PlacementGroups
 from zray.node.relay import Relay
 from zray.node.remote_actors import RemoteActors
 from zray.node.scheduler import Scheduler
@@ -64,7 +65,8 @@ class ClusterMember:
     def __init__(self, context: zmq.Context, node_id: bytes, door: MeshDoor,
                  gcs: GcsAddress, credentials: Credentials, agent_endpoint: str,
                  config: Config, scheduler: Scheduler, desk: LeaseDesk, actor_desk: ActorDesk,
-                 objects: ObjectTable, spiller: Spiller, clients: Clients,
+                 objects: ObjectTable, spiller: Spiller, groups: PlacementGroups,
+                 clients: Clients,
                  functions: dict[bytes, bytes],
                  send: Callable[[bytes, p.Message], None],
                  send_direct: Callable[[bytes, p.Message | list[bytes], str], None],
@@ -74,7 +76,7 @@ class ClusterMember:
         status`` asking over the mesh."""
         self.node_id, self.door, self.config = node_id, door, config
         self.scheduler, self.desk, self.actor_desk = scheduler, desk, actor_desk
-        self.objects, self.clients = objects, clients
+        self.objects, self.clients, self.groups = objects, clients, groups
         self._send, self._send_direct = send, send_direct
         self._status = status
         self.membership = Membership(context, gcs, node_id)
@@ -161,6 +163,8 @@ class ClusterMember:
                 self.actor_desk.handle(owner, msg)
         elif kind == "objects":  # (``owner`` is the node that sent it)
             self._on_objects(owner, msg)
+        elif kind == "groups":  # (as for objects)
+            self.groups.on_message(owner, msg)
         elif kind == "object" and isinstance(msg, p.ObjectsReady) and owner in self.clients:
             job_id = self.clients[owner].job_id
             for object_id, data, _, size, is_error in msg.locations:
@@ -218,14 +222,21 @@ class ClusterMember:
             for node, ids in forgotten.items():
                 self._to_node(node, p.ForgetCopies(ids))
 
-    def _to_node(self, node: bytes, msg: p.Message) -> bool:
+    def _to_node(self, node: bytes, msg: p.Message, kind: str = "objects") -> bool:
         """Send to a node's door: False if it is not a live node of the cluster."""
         info = self.membership.nodes.get(node)
         if info is None or not info.alive or not info.address:
             return False
         self.relay.link_to(info)
-        self.relay.send_to_peer(node, b"", "objects", msg)
+        self.relay.send_to_peer(node, b"", kind, msg)
         return True
+
+    def to_node(self, node: bytes, msg: p.Message, kind: str) -> bool:
+        return self._to_node(node, msg, kind)
+
+    def peers_free(self) -> dict[bytes, dict[str, float]]:
+        """Each live peer's free resources, as it last said."""
+        return {node.node_id: node.available for node in self.membership.peers()}
 
     def _see_nodes_gone(self) -> None:
         """Nodes that left (a clean stop, or declared dead by the GCS): our objects they
@@ -234,6 +245,7 @@ class ClusterMember:
         their owners' leases and actor handles here end."""
         gone = {n for n, info in self.membership.nodes.items() if not info.alive}
         for node in gone - self._gone:
+            self.groups.node_gone(node)
             self.objects.node_gone(node)
             self.transfers.node_gone(node)
             told, owners = self.relay.node_gone(node)

@@ -314,10 +314,11 @@ class Relay:
             self.send_worker(envelope.target, frames[1:], envelope.kind)
             return None
         msg = self._message(frames[1:])
-        if envelope.kind not in ("lease", "actor", "object", "objects") or msg is None:
+        if envelope.kind not in ("lease", "actor", "object", "objects", "groups") or \
+                msg is None:
             return None
-        if envelope.kind == "objects":  # (node to node: the target is the sender)
-            return identity, "objects", msg
+        if envelope.kind in ("objects", "groups"):  # (node to node: the target is the sender)
+            return identity, envelope.kind, msg
         owner = envelope.target
         if isinstance(msg, (p.RequestLease, p.Register)):  # (an owner's first message)
             self.via[owner] = identity
