@@ -154,3 +154,24 @@ def test_across_three_nodes_strict_spread_gives_each_bundle_a_node_of_its_own() 
                         timeout=30) in nodes
         for group in (four, packed):
             remove_placement_group(group)
+
+
+def test_a_group_whose_node_leaves_is_placed_again() -> None:
+    """Its other bundles are given back and it waits, saying why, until the cluster can
+    hold it again."""
+    with local_cluster({"num_cpus": 1}, {"num_cpus": 1}) as cluster:
+        spread = placement_group([{"CPU": 1}] * 3, strategy="STRICT_SPREAD")
+        assert spread.wait(30)
+        leaving = cluster.list_all_nodes()[2]
+        cluster.remove_node(leaving)
+        reason = row_of(spread, "STRICT_SPREAD")["stats"]["scheduling_state"]
+        assert "the cluster has 2 nodes alive" in reason, reason
+        deadline = time.monotonic() + 10  # (the rest given back, as the nodes report)
+        while zray.available_resources().get("CPU") != 2.0:
+            assert time.monotonic() < deadline, zray.available_resources()
+            time.sleep(0.05)
+        cluster.add_node(num_cpus=1)
+        assert list(row_of(spread, "CREATED")["bundles_to_node_id"].values())[2] != \
+            leaving.node_id
+        assert len(set(zray.get([where.options(scheduling_strategy=in_group(spread, i))
+                                 .remote() for i in range(3)], timeout=30))) == 3
