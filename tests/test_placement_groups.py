@@ -11,6 +11,7 @@ from conftest import local_cluster
 
 import zray
 from zray.util.placement_group import (
+    get_current_placement_group,
     get_placement_group,
     placement_group,
     placement_group_table,
@@ -124,10 +125,43 @@ def test_bad_groups_and_placements_fail_at_the_call(two_cpus: None) -> None:
         one.options(scheduling_strategy=in_group(group, 1)).remote()
     with pytest.raises(ValueError, match="more than bundle 0"):
         one.options(num_cpus=2, scheduling_strategy=in_group(group, 0)).remote()
-    with pytest.raises(NotImplementedError, match="capture_child_tasks"):
-        one.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
-            group, 0, placement_group_capture_child_tasks=True)).remote()
     remove_placement_group(group)
+
+
+@zray.remote
+def group_here() -> str | None:
+    group = get_current_placement_group()
+    return group.id.hex() if group is not None else None
+
+
+@zray.remote
+def parent_and_child() -> tuple[str | None, str | None]:
+    return zray.get(group_here.remote()), zray.get(group_here.remote())
+
+
+@zray.remote
+class InGroup:
+    def groups(self) -> tuple[str | None, str | None]:
+        current = get_current_placement_group()
+        return current.id.hex() if current else None, zray.get(group_here.remote())
+
+
+def test_tasks_know_their_group_and_capture_their_children_if_asked(two_cpus: None) -> None:
+    assert get_current_placement_group() is None  # (a driver)
+    group = placement_group([{"CPU": 2}])
+    captured = PlacementGroupSchedulingStrategy(group, 0, placement_group_capture_child_tasks=True)
+    assert zray.get(group_here.options(scheduling_strategy=in_group(group, 0)).remote()) == \
+        group.id.hex()
+    # A captured task's children run in the group too (a plain CPU: none is free).
+    assert zray.get(parent_and_child.options(scheduling_strategy=captured).remote(),
+                    timeout=30) == (group.id.hex(), group.id.hex())
+    actor = InGroup.options(scheduling_strategy=captured).remote()
+    assert zray.get(actor.groups.remote(), timeout=30) == (group.id.hex(), group.id.hex())
+    remove_placement_group(group)
+    half = placement_group([{"CPU": 1}])  # (the other CPU stays free for the child)
+    assert zray.get(parent_and_child.options(scheduling_strategy=in_group(half, 0)).remote(),
+                    timeout=30) == (None, None)
+    remove_placement_group(half)
 
 
 def test_across_three_nodes_strict_spread_gives_each_bundle_a_node_of_its_own() -> None:

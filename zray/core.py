@@ -136,6 +136,7 @@ class CoreClient:
         # Held from reading objects' locations to deferring the notice that pins them, and
         # while answering the agent's ReleaseBlocks: see _release_blocks.
         self._locations_guard = threading.Lock()
+        self.actor_placement: dict[str, Any] = {}  # an actor's process: its placement group's
         self.objects.fetch = lambda ids: self.tx.send(p.Subscribe(ids, True))
         self._replies: dict[int, p.Message] = {}
         self._request_ids = itertools.count(1)
@@ -556,7 +557,7 @@ class CoreClient:
             blob if direct_deps is None else b"", deps,
             contained, options.num_returns, options.resources, options.max_retries,
             options.retry_filter, actor_id, actor_options or {}, direct_deps is not None, b"",
-            self.context.task_id,
+            self.context.task_id, placement=options.placement,
         )
         refs = [ObjectRef(return_object_id(task_id, i), self.refs, created=True)
                 for i in range(options.num_returns)]
@@ -580,7 +581,7 @@ class CoreClient:
             self.leasing.submit(DirectTask(
                 task_id, job_id, fn.function_id, name, blob, direct_deps, options.num_returns,
                 options.retry_filter, options.max_retries, options.resources, deps,
-                options.strategy))
+                options.strategy, options.placement))
         return task_id, refs
 
     def _check_runs_here(self, name: str, strategy: dict[str, Any]) -> None:

@@ -165,6 +165,7 @@ class DirectTask:
     resources: dict[str, float]
     dep_ids: list[bytes]
     strategy: dict[str, Any] = field(default_factory=dict)  # where its leases may be
+    placement: dict[str, Any] = field(default_factory=dict)  # its placement group's
     missing: set[bytes] = field(default_factory=set)  # results of ours it waits for
     attempt: int = 0
     cancelled: bool = False
@@ -568,7 +569,7 @@ class DirectSubmitter:
             messages.append(p.ExecuteTask(
                 task.task_id, task.job_id, task.function_id, task.name, task.args, task.deps,
                 task.num_returns, task.retry_filter, lease.gpu_ids, blob, task.attempt, b"",
-                {}, self._worker_id))
+                {}, self._worker_id, task.placement))
         self._peers.send(lease.worker, p.one_or_batch(messages), kind="t")
 
     def _off_lease(self, lease: Lease, task: DirectTask, now: float) -> None:

@@ -32,7 +32,7 @@ import io
 import operator
 import pickle
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import zmq
@@ -151,6 +151,7 @@ class SubmitTask(Message):
     # Its owner runs it again to rebuild a result lost with a node: the agent answers with
     # Rebuild, naming the arguments that are gone too, before the owner sends it to a worker.
     rebuild: bool = False
+    placement: dict = field(default_factory=dict)  # its placement group (zray.util's)
 
 
 @message(5)
@@ -170,6 +171,7 @@ class ExecuteTask(Message):
     actor_id: bytes  # b"" for a plain task
     actor_options: dict  # only for an actor's creation (its __init__)
     owner: bytes  # b"": sent by the agent; else the owner that sent it on a lease
+    placement: dict = field(default_factory=dict)  # its placement group, as in SubmitTask
 
 
 @message(6)

@@ -20,6 +20,7 @@ class RemoteFunction:
         self._options = validate(options, for_actor=False, where=f"@zray.remote on {self._name}")
         self._descriptor: FunctionDescriptor | None = None
         self._task_options: TaskOptions | None = None
+        self._options_for = ""  # the captured placement group they were made in (if any)
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -31,8 +32,11 @@ class RemoteFunction:
         return (RemoteFunction, (self._fn, self._options))
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        if self._task_options is None:
-            self._task_options = task_options(self._options)
+        from zray.util.placement_group import captured_group
+
+        group = captured_group()  # (a task whose group captures its children: theirs)
+        if self._task_options is None or self._options_for != group:
+            self._task_options, self._options_for = task_options(self._options), group
         return self._submit(args, kwargs, self._task_options)
 
     def options(self, **options: Any) -> _OptionsBound:
@@ -61,7 +65,7 @@ class _OptionsBound:
 
 def task_options(options: dict[str, Any]) -> TaskOptions:
     from zray.api import default_max_retries
-    from zray.util.placement_group import placed
+    from zray.util.placement_group import placed, placement_of, strategy_of
     from zray.util.scheduling_strategies import as_wire
 
     resources = {"CPU": float(resolved(options, "num_cpus")),
@@ -70,12 +74,14 @@ def task_options(options: dict[str, Any]) -> TaskOptions:
     retry = resolved(options, "retry_exceptions")
     retry_filter = b"*" if retry is True else b"" if not retry else dumps(tuple(retry))
     max_retries = resolved(options, "max_retries")
+    strategy = strategy_of(options)
     return TaskOptions(
         num_returns=resolved(options, "num_returns"),
-        resources=placed({k: v for k, v in resources.items() if v > 0},
-                         options.get("scheduling_strategy"), "a task"),
+        resources=placed({k: v for k, v in resources.items() if v > 0}, strategy,
+                         "a task"),
         max_retries=default_max_retries() if max_retries is None else
         (2**31 if max_retries == -1 else max_retries),
         retry_filter=retry_filter,
-        strategy=as_wire(options.get("scheduling_strategy")),
+        strategy=as_wire(strategy),
+        placement=placement_of(strategy),
     )

@@ -21,6 +21,7 @@ class TaskContext:
     gpu_ids: list[int] = field(default_factory=list)
     attempt: int = 0
     actor_id: bytes = b""  # the actor whose method (or creation) runs
+    placement: dict[str, Any] = field(default_factory=dict)  # its placement group's, if any
     submitted: Iterator[int] = field(default_factory=itertools.count)
     puts: Iterator[int] = field(default_factory=itertools.count)
 
@@ -49,3 +50,4 @@ class TaskOptions:
     max_retries: int
     retry_filter: bytes
     strategy: dict[str, Any] = field(default_factory=dict)  # (scheduling_strategies.as_wire)
+    placement: dict[str, Any] = field(default_factory=dict)  # (placement_group.placement_of)

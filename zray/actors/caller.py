@@ -220,7 +220,7 @@ class ActorCaller:
         self._tx.defer(p.SubmitTask(
             n.task_id, n.job_id, b"", n.name, n.args, n.deps, n.contained, n.num_returns,
             n.resources, n.max_retries, n.retry_filter, n.actor_id, {}, True, line.worker,
-            n.parent),
+            n.parent, placement=n.placement),
             soon=False, awaited=False)
         execute = p.ExecuteTask(n.task_id, n.job_id, b"", n.name, n.args, call.deps,
                                 n.num_returns, n.retry_filter, line.gpu_ids, None, 0,

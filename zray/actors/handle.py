@@ -17,7 +17,6 @@ from zray.objects.serialization import record_contained_ref
 from zray.options import resolved, validate
 from zray.remote_function import task_options
 from zray.specs import FunctionDescriptor, TaskOptions
-from zray.util.scheduling_strategies import as_wire
 
 _NUM_RETURNS_ATTR = "__zray_num_returns__"
 
@@ -67,7 +66,7 @@ class ActorClass:
         client = client_for_call()
         if self._descriptor is None:
             self._descriptor = FunctionDescriptor.of(export_blob(self._cls), self._name)
-        resources = task_options({**options, "num_cpus": options.get("num_cpus", 0)}).resources
+        task = task_options({**options, "num_cpus": options.get("num_cpus", 0)})
         actor_options = {
             "class_name": self._name, "methods": self._methods,
             "name": options.get("name") or "", "namespace": options.get("namespace") or "",
@@ -76,10 +75,11 @@ class ActorClass:
             "max_task_retries": _unlimited(resolved(options, "max_task_retries")),
             "max_concurrency": resolved(options, "max_concurrency")
             or (1000 if self._is_async else 1),
-            "strategy": as_wire(options.get("scheduling_strategy")),
+            "strategy": task.strategy,
         }
         actor_id, _ = client.submit(self._descriptor, f"{self._name}.__init__", args, kwargs,
-                                    TaskOptions(0, resources, 0, b""),
+                                    TaskOptions(0, task.resources, 0, b"",
+                                                placement=task.placement),
                                     actor_options=actor_options)
         handle = ActorHandle(actor_id, self._name, self._methods, created=True)
         if actor_options["name"]:  # a taken name fails here, at the call site, as in Ray

@@ -38,6 +38,7 @@ class ActorHost:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots: asyncio.Semaphore | None = None
         self._cancelled: set[bytes] = set()
+        client.actor_placement = creation.placement  # (its methods run in its group too)
         self._report(run_sync(client, creation, lambda: self._construct(creation)))
 
     def _construct(self, creation: p.ExecuteTask) -> Any:

@@ -574,7 +574,8 @@ class Agent:
         self.outbox.setdefault(worker_id, []).append(p.ExecuteTask(
             spec.task_id, spec.job_id, spec.function_id, spec.name, spec.args, deps,
             spec.num_returns, spec.retry_filter, gpu_ids, blob, task.attempt,
-            spec.actor_id, spec.actor_options, task.submitter if is_call else b""))
+            spec.actor_id, spec.actor_options, task.submitter if is_call else b"",
+            spec.placement))
         assert client.worker is not None
         self.clients.running_on[client.worker.pid] = task
         task.pid = client.worker.pid

@@ -62,7 +62,8 @@ def _enter(client: CoreClient, task: p.ExecuteTask) -> float:
     """Set up the task's context; returns when it started."""
     started = time.perf_counter()
     client.context = TaskContext(TaskID(task.task_id), task.name, task.job_id,
-                                 list(task.gpu_ids), task.attempt, task.actor_id)
+                                 list(task.gpu_ids), task.attempt, task.actor_id,
+                                 task.placement or client.actor_placement)
     if task.owner and not task.actor_id:  # a leased task: the agent hears when it is done
         client.running[task.task_id] = [task.attempt, time.monotonic(), time.time(), False]
     visible = ",".join(map(str, task.gpu_ids))

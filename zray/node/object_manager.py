@@ -159,6 +159,10 @@ class ObjectManager:
                                               "give the blocks of")
 
     def on_seal(self, client_id: bytes, msg: p.SealObject) -> None:
+        entry = self.table.get(msg.object_id)
+        if entry is None or entry.state is not ObjState.CREATING:
+            self.agent.reject(client_id, msg, "it seals an object that is not being written")
+            return
         self.table.seal(msg.object_id, msg.contained, msg.is_error)
 
     def on_fetch(self, client_id: bytes, msg: p.Fetch) -> None:

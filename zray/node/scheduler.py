@@ -275,7 +275,8 @@ class Scheduler:
 
     def unreserve(self, demand: dict[str, float], gpu_ids: list[int]) -> None:
         for name, amount in demand.items():
-            self.available[name] = self.available.get(name, 0.0) + amount
+            if name in self.total:  # (not a removed placement group's)
+                self.available[name] = self.available.get(name, 0.0) + amount
         self._return_gpus(gpu_ids, demand.get("GPU", 0.0))
 
     def add_resources(self, resources: dict[str, float]) -> None:

@@ -154,9 +154,15 @@ def get_placement_group(placement_group_name: str) -> PlacementGroup:
 
 
 def get_current_placement_group() -> PlacementGroup | None:
-    raise NotImplementedError(
-        "get_current_placement_group() is not supported by zray yet: a task does not know "
-        "the group it was placed in; pass the PlacementGroup to it as an argument")
+    """The group the calling task or actor was placed in; None in a driver, or outside
+    any group."""
+    from zray import core
+
+    client = core.current()
+    placement = client.context.placement if client is not None else {}
+    if not placement:
+        return None
+    return _rebuild(placement["group"], placement["bundles"])
 
 
 def placement_group_table(placement_group: PlacementGroup | None = None) -> dict[str, Any]:
@@ -184,10 +190,6 @@ def placed(resources: dict[str, float], strategy: Any, what: str) -> dict[str, f
     if not isinstance(strategy, PlacementGroupSchedulingStrategy):
         return resources
     group, index = strategy.placement_group, strategy.placement_group_bundle_index
-    if strategy.placement_group_capture_child_tasks:
-        raise NotImplementedError(
-            f"{what}: placement_group_capture_child_tasks is not supported by zray yet; give "
-            "the child tasks the PlacementGroupSchedulingStrategy themselves")
     if not -1 <= index < group.bundle_count:
         raise ValueError(f"{what}: placement_group_bundle_index {index} is out of range: the "
                          f"group has {group.bundle_count} bundles (-1: any)")
@@ -200,6 +202,43 @@ def placed(resources: dict[str, float], strategy: Any, what: str) -> dict[str, f
     suffix = f"_group_{group.id.hex()}" if index == -1 else f"_group_{index}_{group.id.hex()}"
     return {**{f"{name}{suffix}": amount for name, amount in resources.items()},
             f"bundle{suffix}": 0.001}
+
+
+def captured_group() -> str:
+    """The group of the calling task if it captures its children (its hex id), else ""."""
+    from zray import core
+
+    client = core.current()
+    placement = client.context.placement if client is not None else {}
+    return placement["group"] if placement.get("capture") else ""
+
+
+def strategy_of(options: dict[str, Any]) -> Any:
+    """The scheduling strategy of a task or actor with these options: its own, else its
+    parent's group when the parent was placed with placement_group_capture_child_tasks
+    (any bundle of it, and its children in turn, as in Ray)."""
+    from zray import core
+    from zray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    strategy = options.get("scheduling_strategy")
+    client = core.current()
+    parent = client.context.placement if client is not None else {}
+    if strategy is not None or not parent.get("capture"):
+        return strategy
+    return PlacementGroupSchedulingStrategy(_rebuild(parent["group"], parent["bundles"]),
+                                            -1, True)
+
+
+def placement_of(strategy: Any) -> dict[str, Any]:
+    """What a task placed by ``strategy`` knows of its group (``get_current_placement_
+    group``, and its children's, if captured): {} if none."""
+    from zray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    if not isinstance(strategy, PlacementGroupSchedulingStrategy):
+        return {}
+    group = strategy.placement_group
+    return {"group": group.id.hex(), "bundles": group.bundle_specs,
+            "capture": bool(strategy.placement_group_capture_child_tasks)}
 
 
 def _checked(reply: dict[str, Any]) -> dict[str, Any]:
