@@ -212,17 +212,6 @@ def test_init_twice_and_shutdown_twice():
 
 
 
-
-def test_init_refuses_a_runtime_env_it_would_not_honour():
-    """Ray's runtime_env changes what tasks see (env_vars, working_dir...); zray does not
-    honour it yet, so a non-empty one is refused, not silently dropped (issue 19)."""
-    with pytest.raises(NotImplementedError, match="runtime_env"):
-        zray.init(num_cpus=1, runtime_env={"env_vars": {"A": "1"}})
-    assert not zray.is_initialized()
-    zray.init(num_cpus=1, runtime_env={}, include_dashboard=False)  # (empty: nothing lost)
-    zray.shutdown()
-
-
 def test_a_task_naming_an_unknown_function_fails_and_the_agent_lives():
     """A well-formed SubmitTask whose function was never exported (a client does export
     first): its result is an error naming the function; the agent goes on."""

@@ -19,6 +19,8 @@ from zray.config import Config
 from zray.ids import driver_task_id, new_job_id
 from zray.node.launcher import LocalCluster
 from zray.node.resources import default_store_size, node_resources
+from zray.node.sessions import zray_home
+from zray.runtime_env import check_joinable, prepare
 
 if TYPE_CHECKING:
     from zray.actors.handle import ActorHandle
@@ -36,8 +38,6 @@ _config = Config()
 # Ray keyword arguments that mean nothing to zray: accepted, so ported code runs unchanged.
 _IGNORED_RAY_KWARGS = {"include_dashboard", "dashboard_host", "configure_logging",
                        "logging_level", "log_to_stderr", "_temp_dir", "runtime_env"}
-# ...and those that change behaviour, which zray does not honour yet: refused unless empty.
-_UNHONOURED_RAY_KWARGS = {"runtime_env"}
 
 
 def init(address: str | None = None, *, num_cpus: int | None = None,
@@ -54,12 +54,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
     if unknown:
         names = ", ".join(sorted(unknown))
         raise TypeError(f"zray.init() got unknown keyword argument(s): {names}")
-    refused = sorted(_UNHONOURED_RAY_KWARGS & {k for k, v in ray_kwargs.items() if v})
-    if refused:
-        raise NotImplementedError(
-            f"zray.init({refused[0]}=...) is not honoured in this version: its settings "
-            "would not reach your tasks and actors. Set environment variables and install "
-            f"packages on the nodes yourself, and drop {refused[0]} (or pass it empty).")
+    runtime_env = ray_kwargs.pop("runtime_env", None) or {}
     with _lock:
         if _current() is not None:
             if ignore_reinit_error:
@@ -78,11 +73,13 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
                     "When connecting to an existing cluster, num_cpus, num_gpus, resources "
                     "and object_store_memory must not be provided: the cluster's nodes "
                     "were given theirs by `zray node start`")
+            check_joinable(runtime_env)
             _join(address, namespace, log_to_driver)
             return
         total = node_resources(num_cpus, num_gpus, resources, "zray.init()")
         store_size = object_store_memory or default_store_size(_config)
-        cluster = LocalCluster.start(total, store_size, _config, _gcs_shards)
+        prepared = prepare(runtime_env, zray_home()) if runtime_env else {}
+        cluster = LocalCluster.start(total, store_size, _config, _gcs_shards, prepared)
         client = None
         try:  # whatever fails from here on, the cluster started goes, and its files
             from zray import core  # while the agent starts

@@ -37,6 +37,7 @@ from zray.exported import load_function
 from zray.node.execution import Outcome, fail, hand_in, run_sync
 from zray.node.output import track_lines
 from zray.rate_limit import RateLimitedLog
+from zray.runtime_env import run_setup_hook
 
 
 class Worker:
@@ -137,6 +138,7 @@ def main() -> None:
         os._exit(1)
     core.set_current(client)
     _deliver_answers_on_exit(client)
+    run_setup_hook()  # (the job's runtime_env: zray/runtime_env.py)
     Worker(client).serve()
     client.close()
 

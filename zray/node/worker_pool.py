@@ -96,9 +96,9 @@ def _char_boundary(data: bytes) -> int:
 
 
 class WorkerPool:
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: str | None = None) -> None:
         self._argv = argv
-        self._env = env
+        self._env, self._cwd = env, cwd
         self.by_pid: dict[int, WorkerProcess] = {}
         self.by_fd: dict[int, tuple[WorkerProcess, str]] = {}  # pipe or pidfd -> (worker, what)
 
@@ -106,7 +106,7 @@ class WorkerPool:
         proc = subprocess.Popen(
             [sys.executable, *self._argv],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=self._env, close_fds=True,
+            env=self._env, cwd=self._cwd, close_fds=True,
         )
         worker = WorkerProcess(proc, os.pidfd_open(proc.pid))
         self.by_pid[proc.pid] = worker
