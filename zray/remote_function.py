@@ -11,6 +11,7 @@ from zray.objects.refs import ObjectRef
 from zray.objects.serialization import dumps
 from zray.options import resolved, validate
 from zray.specs import FunctionDescriptor, TaskOptions
+from zray.util.placement_group import captured_group, placed, placement_of, strategy_of
 
 
 class RemoteFunction:
@@ -32,8 +33,6 @@ class RemoteFunction:
         return (RemoteFunction, (self._fn, self._options))
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        from zray.util.placement_group import captured_group
-
         group = captured_group()  # (a task whose group captures its children: theirs)
         if self._task_options is None or self._options_for != group:
             self._task_options, self._options_for = task_options(self._options), group
@@ -65,7 +64,6 @@ class _OptionsBound:
 
 def task_options(options: dict[str, Any]) -> TaskOptions:
     from zray.api import default_max_retries
-    from zray.util.placement_group import placed, placement_of, strategy_of
     from zray.util.scheduling_strategies import as_wire
 
     resources = {"CPU": float(resolved(options, "num_cpus")),

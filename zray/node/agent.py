@@ -734,6 +734,10 @@ class Agent:
             group_id = bytes.fromhex(str(args.get("id")))
         except ValueError:
             return {"error": f"{args.get('id')!r} is not a placement group's id"}
+        if group_id not in groups.groups:
+            return {"error": f"placement group {group_id.hex()} is not one this node "
+                             "coordinates: in this version a group is asked about, and "
+                             "removed, from the node of the process that created it"}
         if what == "remove_placement_group":
             groups.remove(group_id)
             return {}
@@ -741,8 +745,6 @@ class Agent:
             object_id = bytes.fromhex(str(args.get("object_id")))
         except ValueError:
             return {"error": f"{args.get('object_id')!r} is not an object id"}
-        if group_id not in groups.groups:
-            return {"error": f"no placement group {group_id.hex()} on this node"}
         self.objects.expect(object_id, self.clients.job_of(client_id), client_id)
         groups.wait_ready(group_id, object_id)
         return {}

@@ -39,6 +39,7 @@ from zray.node.scheduler import Scheduler
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 _BUNDLE_UNITS = 1000.0  # of bundle_group_*: a task of the group that asks for nothing
 _RETRY_S = 0.5  # a group refused by a node plans again after this long
+_REASON_EVERY_S = 1.0
 
 
 @dataclass
@@ -59,6 +60,7 @@ class Group:
     next_try: float = 0.0
     waiting: list[bytes] = field(default_factory=list)  # ready objects to fill once CREATED
     created: float = field(default_factory=time.time)
+    said: float = 0.0  # when its reason was last recorded (monotonic)
 
     def row(self) -> dict[str, Any]:
         placed = self.state == "CREATED"
@@ -220,8 +222,12 @@ class PlacementGroups:
         group.waiting.clear()
 
     def _waits(self, group: Group, why: str) -> None:
-        if why != group.reason:
-            group.reason = why
+        """It waits, for ``why``: its row says so (again at most each second: the free
+        resources a reason quotes change with every task)."""
+        now = time.monotonic()
+        if why != group.reason and (now - group.said >= _REASON_EVERY_S
+                                    or not why.startswith(group.reason[:24])):
+            group.reason, group.said = why, now
             self.record(group)
 
     def _by_node(self, group: Group) -> dict[bytes, list[int]]:

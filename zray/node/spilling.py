@@ -76,6 +76,7 @@ class Spiller:
         self.ask, self.is_local, self.record = ask, is_local, record
         self.being_made = being_made
         self.moving: dict[bytes, set[Client]] = {}  # object -> processes yet to answer
+        self.released_by: dict[bytes, set[Client]] = {}  # object -> processes that let go
         self.asked: dict[Client, set[bytes]] = {}  # process -> objects it is yet to answer for
         self.in_use: set[bytes] = set()  # mapped by a view: not asked again while waiting
         self.waiting: list[Callable[[], None]] = []  # requests to try again once there is room
@@ -118,13 +119,16 @@ class Spiller:
                     room, self.due = room + entry.size, True
                 continue
             room += entry.size
-            self.moving[object_id] = holders
+            self.moving[object_id], self.released_by[object_id] = holders, set()
             for client in holders:
                 asks.setdefault(client, []).append(object_id)
+        self._ask(asks)
+        return bool(self.moving) or self.due
+
+    def _ask(self, asks: dict[Client, list[bytes]]) -> None:
         for client, object_ids in asks.items():
             self.asked.setdefault(client, set()).update(object_ids)
             self.ask(client, object_ids)
-        return bool(self.moving) or self.due
 
     def on_released(self, client: Client, released: list[bytes], in_use: list[bytes]) -> bool:
         """A process answered; False if it names objects it was not asked about."""
@@ -137,6 +141,7 @@ class Spiller:
             self.asked.pop(client, None)
         for object_id in in_use:
             if self.moving.pop(object_id, None) is not None:
+                del self.released_by[object_id]
                 self.in_use.add(object_id)
                 self.due = True  # (try again: others may go instead)
         for object_id in released:
@@ -153,12 +158,21 @@ class Spiller:
         if asked is None:
             return
         asked.discard(client)
-        if not asked:
-            del self.moving[object_id]
-            entry = self.table.get(object_id)
-            if entry is not None:
-                self._moved_out(entry)
-            self.due = True
+        self.released_by[object_id].add(client)
+        if asked:
+            return
+        entry = self.table.get(object_id)
+        # Processes told where it is while we asked the others are asked in turn.
+        later = {c for c in self.table.mapped_by(entry) if self.is_local(c)} - \
+            self.released_by[object_id] if entry is not None else set()
+        if later:
+            self.moving[object_id] = later
+            self._ask({client: [object_id] for client in later})
+            return
+        del self.moving[object_id], self.released_by[object_id]
+        if entry is not None:
+            self._moved_out(entry)
+        self.due = True
 
     def _moved_out(self, entry: ObjectEntry) -> bool:
         """Write its file and free its block, unless a task reads it now (its notice came

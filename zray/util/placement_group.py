@@ -13,6 +13,7 @@ A task placed in a group asks for the group's resources instead of its own (``pl
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 from zray.ids import put_object_id
@@ -205,12 +206,14 @@ def placed(resources: dict[str, float], strategy: Any, what: str) -> dict[str, f
 
 
 def captured_group() -> str:
-    """The group of the calling task if it captures its children (its hex id), else ""."""
-    from zray import core
-
-    client = core.current()
-    placement = client.context.placement if client is not None else {}
-    return placement["group"] if placement.get("capture") else ""
+    """The group of the calling task if it captures its children (its hex id), else "".
+    (On every ``f.remote()``: the client runtime's module is looked up once.)"""
+    core = sys.modules.get("zray.core")
+    client = core.current() if core is not None else None
+    if client is None:
+        return ""
+    placement = client.context.placement
+    return placement["group"] if placement and placement.get("capture") else ""
 
 
 def strategy_of(options: dict[str, Any]) -> Any:
