@@ -1,0 +1,130 @@
+"""zray.util's libraries on the core API (issue 18, item 3): ActorPool, Queue and the
+multiprocessing Pool, through the public API, on a real cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+import zray
+from zray.util import ActorPool
+from zray.util.multiprocessing import Pool
+from zray.util.queue import Empty, Full, Queue
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("cluster")]
+
+
+@zray.remote
+class Doubler:
+    def double(self, value: int) -> tuple[int, int]:
+        time.sleep(0.01 * (value % 3))  # (finishing out of order)
+        return 2 * value, os.getpid()
+
+
+def test_an_actor_pool_maps_in_order_or_as_done_over_its_actors() -> None:
+    actors = [Doubler.remote() for _ in range(2)]
+    pool = ActorPool(actors)
+    results = list(pool.map(lambda actor, v: actor.double.remote(v), range(8)))
+    assert [value for value, _ in results] == [2 * v for v in range(8)]
+    pids = {pid for _, pid in results}
+    assert len(pids) == 2 and os.getpid() not in pids  # (both actors, not the driver)
+    assert sorted(v for v, _ in pool.map_unordered(lambda actor, v: actor.double.remote(v),
+                                                    range(8))) == [2 * v for v in range(8)]
+    pool.submit(lambda actor, v: actor.double.remote(v), 5)
+    assert pool.has_next() and pool.get_next()[0] == 10 and not pool.has_next()
+    idle = pool.pop_idle()
+    assert idle is not None and pool.has_free()  # (one idle actor left)
+    with pytest.raises(ValueError, match="already belongs"):
+        pool.push(actors[0] if actors[0] is not idle else actors[1])
+    pool.push(idle)
+
+
+@zray.remote
+def produce(queue: Queue, count: int) -> int:
+    for item in range(count):
+        queue.put(item)
+    return os.getpid()
+
+
+def test_a_queue_is_shared_by_tasks_bounded_and_says_empty_or_full() -> None:
+    queue = Queue(maxsize=2)
+    try:
+        queue.put("a")
+        queue.put_nowait("b")
+        assert queue.full() and queue.qsize() == 2 == len(queue)
+        with pytest.raises(Full):
+            queue.put("c", timeout=0.1)
+        with pytest.raises(Full):
+            queue.put_nowait_batch(["c"])
+        assert [queue.get(), queue.get_nowait()] == ["a", "b"] and queue.empty()
+        with pytest.raises(Empty):
+            queue.get(timeout=0.1)
+        with pytest.raises(Empty):
+            queue.get_nowait()
+        producer = produce.remote(queue, 5)  # blocks while full: the driver drains it
+        assert [queue.get(timeout=10) for _ in range(5)] == list(range(5))
+        assert zray.get(producer) != os.getpid()
+        queue.put_nowait_batch([1, 2])
+        assert queue.get_nowait_batch(2) == [1, 2]
+
+        async def round_trip() -> object:
+            await queue.put_async("x")
+            return await queue.get_async(timeout=5)
+
+        assert asyncio.run(round_trip()) == "x"
+    finally:
+        queue.shutdown()
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def where(_: int) -> int:
+    return os.getpid()
+
+
+def set_env(name: str, value: str) -> None:
+    os.environ[name] = value
+
+
+def get_env(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def fail_on_three(x: int) -> int:
+    if x == 3:
+        raise ValueError("three")
+    return x
+
+
+def test_a_multiprocessing_pool_runs_its_work_in_zray_workers() -> None:
+    with Pool(processes=2, initializer=set_env, initargs=("POOL_INIT", "done")) as pool:
+        assert pool.map(square, range(10)) == [x * x for x in range(10)]
+        assert pool.starmap(add, [(1, 2), (3, 4)]) == [3, 7]
+        assert list(pool.imap(square, range(5))) == [0, 1, 4, 9, 16]
+        assert sorted(pool.imap_unordered(square, range(5), chunksize=2)) == [0, 1, 4, 9, 16]
+        assert pool.apply(add, (2, 3)) == 5
+        got: list[int] = []
+        result = pool.apply_async(square, (7,), callback=got.append)
+        assert result.get(timeout=10) == 49 and result.successful()
+        result.wait(5)
+        assert got == [49]
+        pids = set(pool.map(where, range(8), chunksize=1))
+        assert len(pids) == 2 and os.getpid() not in pids
+        assert pool.apply(get_env, ("POOL_INIT",)) == "done"
+        with pytest.raises(ValueError, match="three"):
+            pool.map(fail_on_three, range(5))
+        errors: list[BaseException] = []
+        failed = pool.map_async(fail_on_three, range(5), error_callback=errors.append)
+        failed.wait(10)
+        assert not failed.successful() and isinstance(errors[0], ValueError)
+    with pytest.raises(ValueError, match="Pool not running"):
+        pool.map(square, [1])
