@@ -25,14 +25,16 @@ from zray.objects.refs import ObjectRef
 __all__ = ["Pool", "AsyncResult"]
 
 
-@zray.remote(num_cpus=1)
-class _PoolProcess:
+class _PoolCore:
     def __init__(self, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> None:
         if initializer is not None:
             initializer(*initargs)
 
     def run(self, func: Callable[..., Any], chunk: list[Any], star: bool) -> list[Any]:
         return [func(*item) if star else func(item) for item in chunk]
+
+
+_PoolProcess: Any = zray.remote(num_cpus=1)(_PoolCore)  # (Any: an actor class)
 
 
 class AsyncResult:

@@ -97,8 +97,7 @@ class Queue:
             self.actor = None
 
 
-@zray.remote(num_cpus=0)
-class _QueueActor:
+class _QueueCore:
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
         self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize)
@@ -148,3 +147,6 @@ class _QueueActor:
             raise Empty(f"cannot take {num_items} items: the queue holds "
                         f"{self.queue.qsize()}")
         return [self.queue.get_nowait() for _ in range(num_items)]
+
+
+_QueueActor: Any = zray.remote(num_cpus=0)(_QueueCore)  # (Any: an actor class)
