@@ -128,3 +128,27 @@ def test_a_multiprocessing_pool_runs_its_work_in_zray_workers() -> None:
         assert not failed.successful() and isinstance(errors[0], ValueError)
     with pytest.raises(ValueError, match="Pool not running"):
         pool.map(square, [1])
+
+
+@zray.remote
+class Named:
+    def ping(self) -> str:
+        return "pong"
+
+
+def test_named_actors_are_listed_and_the_node_has_an_address() -> None:
+    from zray.util import get_node_ip_address, list_named_actors
+
+    actors = [Named.options(name="listed-a").remote(),
+              Named.options(name="listed-b", namespace="elsewhere").remote()]
+    assert zray.get([a.ping.remote() for a in actors]) == ["pong", "pong"]
+    deadline = time.monotonic() + 10  # (the GCS hears of them within gcs_flush_ms)
+    while "listed-a" not in list_named_actors():
+        assert time.monotonic() < deadline, list_named_actors(all_namespaces=True)
+        time.sleep(0.05)
+    assert "listed-b" not in list_named_actors()
+    everyone = list_named_actors(all_namespaces=True)
+    assert {"name": "listed-b", "namespace": "elsewhere"} in everyone
+    assert get_node_ip_address() == "127.0.0.1"
+    for actor in actors:
+        zray.kill(actor)
