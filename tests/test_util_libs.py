@@ -152,3 +152,22 @@ def test_named_actors_are_listed_and_the_node_has_an_address() -> None:
     assert get_node_ip_address() == "127.0.0.1"
     for actor in actors:
         zray.kill(actor)
+
+
+@zray.remote
+class AsyncThing:
+    async def value(self) -> int:
+        return 1
+
+
+def test_smaller_gaps_ready_method_refs_by_hex_and_task_events() -> None:
+    for actor in (Named.remote(), AsyncThing.remote()):
+        assert zray.get(actor.__ray_ready__.remote(), timeout=30) is True
+        zray.kill(actor)
+    ref = zray.put([1, 2, 3])
+    again = zray.ObjectRef.from_hex(ref.hex())
+    assert again == ref and zray.get(again) == [1, 2, 3]
+    del ref
+    assert zray.get(again) == [1, 2, 3]  # (held by the ref made from its hex)
+    quiet = zray.remote(lambda: 5).options(enable_task_events=False)
+    assert zray.get(quiet.remote()) == 5

@@ -73,6 +73,9 @@ OPTIONS: dict[str, Option] = {
     "scheduling_strategy": Option(_strategy, '"DEFAULT", "SPREAD", a '
                                   "NodeAffinitySchedulingStrategy or a "
                                   "PlacementGroupSchedulingStrategy", None, for_actors=True),
+    # (Ray's: whether the task's events are recorded; zray always records them)
+    "enable_task_events": Option(lambda v: isinstance(v, bool), "a bool", None,
+                                 for_actors=True),
     "max_concurrency": Option(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                               "an int >= 1", None, for_tasks=False, for_actors=True),
 }

@@ -21,6 +21,10 @@ from zray.specs import FunctionDescriptor, TaskOptions
 _NUM_RETURNS_ATTR = "__zray_num_returns__"
 
 
+# Every actor answers this (Ray's built-in): True once its __init__ has run.
+READY_METHOD = "__ray_ready__"
+
+
 def method(*, num_returns: int = 1) -> Any:
     """``@zray.method(num_returns=2)`` on an actor method."""
     validate({"num_returns": num_returns}, for_actor=False, where="@zray.method")
@@ -40,6 +44,7 @@ class ActorClass:
         self._methods = {name: getattr(fn, _NUM_RETURNS_ATTR, 1)
                          for name, fn in inspect.getmembers(cls, callable)
                          if not name.startswith("__")}
+        self._methods[READY_METHOD] = 1
         self._is_async = any(inspect.iscoroutinefunction(fn)
                              for _, fn in inspect.getmembers(cls, callable))
         self._descriptor: FunctionDescriptor | None = None

@@ -20,6 +20,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from zray import protocol as p
+from zray.actors.handle import READY_METHOD
 from zray.core import CoreClient
 from zray.exceptions import TaskCancelledError
 from zray.exported import load_function
@@ -110,6 +111,8 @@ class ActorHost:
         return fail(self.client, call, error), []
 
     def _method(self, name: str) -> Any:
+        if name == READY_METHOD:
+            return _ready
         method = getattr(self.instance, name, None)
         if method is None:
             raise AttributeError(f"{type(self.instance).__name__} has no method {name!r}")
@@ -119,3 +122,7 @@ class ActorHost:
         """The caller gets its answer at once, from whichever thread ran the call."""
         self._cancelled.discard(outcome[0].task_id)  # a cancel that came too late
         hand_in(self.client, outcome)
+
+
+def _ready() -> bool:
+    return True

@@ -92,6 +92,13 @@ class ObjectRef:
     def hex(self) -> str:
         return self._id.hex()
 
+    @classmethod
+    def from_hex(cls, hex_id: str) -> ObjectRef:
+        """A ref passed out of band (its ``hex()``), held by this process from now on."""
+        from zray import core
+
+        return cls(bytes.fromhex(hex_id), core.current_counter(), created=False)
+
     def __repr__(self) -> str:
         return f"ObjectRef({self._id.hex()})"
 
