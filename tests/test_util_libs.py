@@ -171,3 +171,20 @@ def test_smaller_gaps_ready_method_refs_by_hex_and_task_events() -> None:
     assert zray.get(again) == [1, 2, 3]  # (held by the ref made from its hex)
     quiet = zray.remote(lambda: 5).options(enable_task_events=False)
     assert zray.get(quiet.remote()) == 5
+
+
+def test_inspect_serializability_names_the_part_that_does_not_pickle() -> None:
+    import io
+    import threading
+
+    from zray.util import inspect_serializability
+
+    lock = threading.Lock()
+
+    def uses_a_lock() -> bool:
+        return lock.locked()
+
+    report = io.StringIO()
+    ok, failures = inspect_serializability(uses_a_lock, name="uses_a_lock", print_file=report)
+    assert not ok and [f.name for f in failures] == ["lock"], report.getvalue()
+    assert inspect_serializability(square, print_file=report) == (True, set())

@@ -50,6 +50,8 @@ _SUBMODULES = ("state", "scheduling_strategies", "actor_pool", "queue", "multipr
 def __getattr__(name: str) -> Any:
     if name == "ActorPool":  # (Ray's zray.util.ActorPool)
         return importlib.import_module("zray.util.actor_pool").ActorPool
+    if name == "inspect_serializability":
+        return importlib.import_module("zray.util.check_serialize").inspect_serializability
     if name in _SUBMODULES:  # loaded on first use, as zray's own names are
         return importlib.import_module(f"zray.util.{name}")
     raise AttributeError(f"module 'zray.util' has no attribute {name!r}")
