@@ -188,3 +188,27 @@ def test_inspect_serializability_names_the_part_that_does_not_pickle() -> None:
     ok, failures = inspect_serializability(uses_a_lock, name="uses_a_lock", print_file=report)
     assert not ok and [f.name for f in failures] == ["lock"], report.getvalue()
     assert inspect_serializability(square, print_file=report) == (True, set())
+
+
+@zray.remote(max_restarts=3)
+class Quitter:
+    def quit(self) -> None:
+        from zray.actor import exit_actor
+
+        exit_actor()
+
+    def ping(self) -> str:
+        return "pong"
+
+
+def test_exit_actor_ends_the_actor_for_good() -> None:
+    from zray.actor import ActorHandle, exit_actor
+
+    actor = Quitter.remote()
+    assert isinstance(actor, ActorHandle) and zray.get(actor.ping.remote()) == "pong"
+    with pytest.raises(zray.exceptions.ActorDiedError, match="exit_actor"):
+        zray.get(actor.quit.remote(), timeout=30)
+    with pytest.raises(zray.exceptions.ActorDiedError):  # (max_restarts notwithstanding)
+        zray.get(actor.ping.remote(), timeout=30)
+    with pytest.raises(TypeError, match="outside an actor"):
+        exit_actor()

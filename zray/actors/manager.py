@@ -298,12 +298,14 @@ class ActorManager:
         self.agent.gcs.record_actor(actor)
         return True
 
-    def kill(self, actor_id: bytes, no_restart: bool) -> None:
+    def kill(self, actor_id: bytes, no_restart: bool, by_itself: bool = False) -> None:
+        """``by_itself``: its own worker asked (exit_actor())."""
         actor = self.directory.actors.get(actor_id)
         if actor is None or actor.state is ActorState.DEAD:
             return
         if no_restart:
-            self._bury(actor, "it was killed with zray.kill()", kill=True)
+            self._bury(actor, "it called exit_actor()" if by_itself else
+                       "it was killed with zray.kill()", kill=True)
         elif actor.worker_pid:
             self.agent.pool.kill(self.agent.pool.by_pid[actor.worker_pid])
 

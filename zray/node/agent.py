@@ -555,7 +555,9 @@ class Agent:
         return lease.spec.task_id if lease is not None and lease.lease else task_id
 
     def on_kill(self, client_id: bytes, msg: p.KillActor) -> None:
-        self.actors.kill(msg.actor_id, msg.no_restart)
+        itself = self.actors.directory.by_worker.get(client_id)
+        self.actors.kill(msg.actor_id, msg.no_restart,
+                         itself is not None and itself.actor_id == msg.actor_id)
 
     def on_cancel(self, client_id: bytes, msg: p.CancelTask) -> None:
         task_id = task_of(msg.object_id)
