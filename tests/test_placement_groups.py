@@ -94,7 +94,10 @@ def test_a_ready_group_holds_its_cpus_until_it_is_removed(two_cpus: None) -> Non
 
 def test_a_group_that_does_not_fit_waits_saying_why(two_cpus: None) -> None:
     busy = nap.remote(1.5)
-    time.sleep(0.3)  # (running: one CPU in use)
+    deadline = time.monotonic() + 10  # (running: one CPU in use)
+    while zray.available_resources().get("CPU", 0) != 1.0:
+        assert time.monotonic() < deadline, zray.available_resources()
+        time.sleep(0.02)
     group = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="STRICT_PACK")
     assert not group.wait(0.3)
     assert "room for all 2 bundles together" in row_of(group, "no node")["stats"][
