@@ -4,11 +4,14 @@ cluster runs with, through the public API."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
+from conftest import assert_no_leaks
 
 import zray
+from zray.exceptions import RuntimeEnvSetupError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -81,7 +84,104 @@ def test_what_zray_would_not_honour_is_refused_naming_it(
     assert not zray.is_initialized()
 
 
-def test_a_jobs_env_on_a_shared_cluster_is_refused_until_built() -> None:
-    with pytest.raises(NotImplementedError, match="runtime_env"):
-        zray.init(address="127.0.0.1:9", runtime_env={"env_vars": {"A": "1"}})
-    assert not zray.is_initialized()
+@zray.remote
+def env_and_pid(name: str) -> tuple[str | None, int]:
+    return os.environ.get(name), os.getpid()
+
+
+@zray.remote
+def parent_and_child() -> tuple[tuple[str | None, str | None], tuple[str | None, ...]]:
+    child = zray.remote(lambda: (os.environ.get("A"), os.environ.get("B"),
+                                 os.environ.get("C")))
+    return ((os.environ.get("A"), os.environ.get("B")),
+            zray.get(child.options(runtime_env={"env_vars": {"B": "child",
+                                                             "C": "child"}}).remote()))
+
+
+@zray.remote
+class Holder:
+    def get(self, name: str) -> str | None:
+        return os.environ.get(name)
+
+
+def test_a_tasks_or_actors_env_runs_on_workers_of_its_own_and_children_inherit_it() -> None:
+    """A worker is reused only for work of the same env; a child's env is its parent's
+    with the keys it names replacing them (env_vars merged), as in Ray."""
+    zray.init(num_cpus=1, runtime_env={"env_vars": {"A": "job"}})
+    try:
+        plain, plain_pid = zray.get(env_and_pid.remote("B"), timeout=30)
+        in_env = env_and_pid.options(runtime_env={"env_vars": {"B": "task"}})
+        (first, pid), (again, same_pid) = zray.get(
+            [in_env.remote("B"), in_env.remote("B")], timeout=30)
+        assert (plain, first, again) == (None, "task", "task")
+        assert pid == same_pid != plain_pid  # (its own worker, reused for its env)
+        assert zray.get(env_and_pid.remote("A"), timeout=30)[0] == "job"
+        assert zray.get(parent_and_child.options(
+            runtime_env={"env_vars": {"B": "parent"}}).remote(), timeout=30) == (
+            ("job", "parent"), ("job", "child", "child"))
+        holder = Holder.options(runtime_env={"env_vars": {"B": "actor"}}).remote()
+        assert zray.get([holder.get.remote("A"), holder.get.remote("B")],
+                        timeout=30) == ["job", "actor"]
+        with pytest.raises(ValueError, match="unknown key 'env'"):
+            env_and_pid.options(runtime_env={"env": {}})
+    finally:
+        zray.shutdown()
+
+
+def test_an_env_that_cannot_be_set_up_fails_its_work_saying_why() -> None:
+    def broken() -> None:
+        raise RuntimeError("no such licence")
+
+    zray.init(num_cpus=1)
+    try:
+        failing = env_and_pid.options(runtime_env={"worker_process_setup_hook": broken})
+        with pytest.raises(RuntimeEnvSetupError, match="no such licence"):
+            zray.get(failing.remote("A"), timeout=30)
+        assert zray.get(env_and_pid.remote("A"), timeout=30)[0] is None  # (others run on)
+    finally:
+        zray.shutdown()
+
+
+@zray.remote
+def read_shipped() -> tuple[str, str, str]:
+    import shipped_module
+
+    with open("data.txt") as f:
+        return f.read(), shipped_module.NAME, zray.get_runtime_context().get_node_id()
+
+
+def test_directories_are_shipped_over_the_mesh_to_the_node_that_runs_the_work(
+        tmp_path: Path) -> None:
+    """Each node keeps its own copy, in its session directory, fetched from the driver's
+    node as any object is; deleting the originals after submission changes nothing."""
+    from zray.cluster_utils import Cluster
+    from zray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "data.txt").write_text("shipped")
+    (work / "skipped.log").write_text("not shipped")
+    module = tmp_path / "shipped_module"
+    module.mkdir()
+    (module / "__init__.py").write_text("NAME = 'from py_modules'\n")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        cluster.wait_for_nodes()
+        zray.init(address=cluster.address, runtime_env={
+            "working_dir": str(work), "py_modules": [str(module)], "excludes": ["*.log"]})
+        refs = [read_shipped.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            node.node_id, soft=False)).remote() for node in nodes]
+        shutil.rmtree(work)
+        shutil.rmtree(module)
+        assert zray.get(refs, timeout=60) == [
+            ("shipped", "from py_modules", node.node_id) for node in nodes]
+        for node in nodes:
+            cache = Path(node.record.session) / "runtime_env"
+            assert (cache / next(p.name for p in cache.iterdir() if "-" not in p.name)
+                    / "data.txt").read_text() == "shipped"
+            assert not list(cache.glob("*/skipped.log"))
+    finally:
+        zray.shutdown()
+        cluster.shutdown()
+    assert_no_leaks()

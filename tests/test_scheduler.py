@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from zray import protocol as p
-from zray.node.scheduler import TRANSITIONS, Scheduler, Task, TaskState
+from zray.node.scheduler import TRANSITIONS, Dispatch, Scheduler, Task, TaskState
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -15,16 +15,23 @@ _ids = itertools.count(1)
 
 
 def make_task(resources: dict[str, float] | None = None, max_retries: int = 0,
-              name: str = "f") -> Task:
+              name: str = "f", runtime_env: str = "") -> Task:
     task_id = next(_ids).to_bytes(16, "big")
     spec = p.SubmitTask(
         task_id=task_id, job_id=b"job1", function_id=b"fn" * 8, name=name, args=b"",
         deps=[], contained=[], num_returns=1,
         resources={"CPU": 1.0} if resources is None else resources,
         max_retries=max_retries, retry_filter=b"", actor_id=b"", actor_options={}, direct=False,
-        sent_to=b"", parent=b"",
+        sent_to=b"", parent=b"", runtime_env=runtime_env,
     )
     return Task(spec, submitter=b"driver")
+
+
+def decide(sched: Scheduler) -> tuple[list[Dispatch], int]:
+    """The scheduler's plan: dispatches, and how many workers to start (none of an env)."""
+    plan = sched.schedule()
+    assert plan.stop == [] and set(plan.start) <= {""}
+    return plan.dispatches, len(plan.start)
 
 
 def with_workers(sched: Scheduler, *names: bytes) -> None:
@@ -38,7 +45,7 @@ def submit_all(sched: Scheduler, *tasks: Task) -> None:
 
 
 def dispatched(sched: Scheduler) -> list[Task]:
-    dispatches, _ = sched.schedule()
+    dispatches, _ = decide(sched)
     return [d.task for d in dispatches]
 
 
@@ -51,7 +58,7 @@ def test_two_cpus_run_two_tasks_never_three() -> None:
     tasks = [make_task() for _ in range(3)]
     submit_all(sched, *tasks)
 
-    dispatches, to_start = sched.schedule()
+    dispatches, to_start = decide(sched)
     assert [d.task for d in dispatches] == tasks[:2]
     assert len({d.worker for d in dispatches}) == 2
     assert to_start == 0
@@ -184,7 +191,7 @@ def test_worker_gone_then_retry_until_retries_run_out() -> None:
     submit_all(sched, task)
     for attempt, worker in enumerate([b"w1", b"w2", b"w3"]):
         sched.worker_started(worker)
-        [dispatch], _ = sched.schedule()
+        [dispatch], _ = decide(sched)
         assert dispatch.task is task and dispatch.worker == worker
         assert task.attempt == attempt and task.state is TaskState.RUNNING
 
@@ -301,7 +308,7 @@ def test_infeasible_task_is_flagged_and_never_dispatched(
     impossible, fine = make_task(resources), make_task()
     submit_all(sched, impossible, fine)
     assert impossible.infeasible and not fine.infeasible
-    dispatches, to_start = sched.schedule()
+    dispatches, to_start = decide(sched)
     assert [d.task for d in dispatches] == [fine]
     assert to_start == 0
     assert impossible.state is TaskState.QUEUED
@@ -312,7 +319,7 @@ def test_infeasible_task_is_flagged_and_never_dispatched(
 def test_infeasible_task_does_not_ask_for_workers() -> None:
     sched = Scheduler({"CPU": 2})
     submit_all(sched, make_task({"CPU": 8.0}))
-    assert sched.schedule() == ([], 0)
+    assert decide(sched) == ([], 0)
 
 
 # --- GPUs and custom resources ---------------------------------------------------------
@@ -387,54 +394,89 @@ def test_schedule_asks_for_workers_bounded_by_cpus() -> None:
     sched = Scheduler({"CPU": 2})
     tasks = [make_task() for _ in range(5)]
     submit_all(sched, *tasks)
-    assert sched.schedule() == ([], 2)
+    assert decide(sched) == ([], 2)
     assert sched.starting == 2
-    assert sched.schedule() == ([], 0)  # the two already starting are enough
+    assert decide(sched) == ([], 0)  # the two already starting are enough
 
     with_workers(sched, b"w1", b"w2")
     assert sched.starting == 0
-    dispatches, to_start = sched.schedule()
+    dispatches, to_start = decide(sched)
     assert [d.task for d in dispatches] == tasks[:2] and to_start == 0
 
     sched.set_blocked(tasks[0].spec.task_id, True)
-    assert sched.schedule() == ([], 1)  # a blocked worker makes room for one more
+    assert decide(sched) == ([], 1)  # a blocked worker makes room for one more
     sched.worker_failed_to_start()
     assert sched.starting == 0
-    assert sched.schedule() == ([], 1)  # asked again since that one never came
+    assert decide(sched) == ([], 1)  # asked again since that one never came
 
 
 def test_tasks_taking_half_a_cpu_get_two_workers_per_cpu() -> None:
     sched = Scheduler({"CPU": 2})
     halves = [make_task({"CPU": 0.5}) for _ in range(5)]
     submit_all(sched, *halves)
-    assert sched.schedule() == ([], 4)
+    assert decide(sched) == ([], 4)
     with_workers(sched, b"w1", b"w2", b"w3", b"w4")
     assert dispatched(sched) == halves[:4]
-    assert sched.schedule() == ([], 0)  # the fifth waits for half a CPU, not for a worker
+    assert decide(sched) == ([], 0)  # the fifth waits for half a CPU, not for a worker
 
 
 def test_schedule_starts_only_the_missing_workers() -> None:
     sched = Scheduler({"CPU": 4})
     with_workers(sched, b"w1")
     submit_all(sched, *(make_task() for _ in range(3)))
-    dispatches, to_start = sched.schedule()
+    dispatches, to_start = decide(sched)
     assert len(dispatches) == 1 and to_start == 2
 
 
 def test_no_workers_started_without_runnable_tasks() -> None:
     sched = Scheduler({"CPU": 4})
-    assert sched.schedule() == ([], 0)
+    assert decide(sched) == ([], 0)
     sched.submit(make_task(), {b"missing"})
-    assert sched.schedule() == ([], 0)
+    assert decide(sched) == ([], 0)
 
 
 def test_retire_takes_only_an_idle_worker_out_of_service() -> None:
     sched = Scheduler({"CPU": 1.0})
     with_workers(sched, b"w1", b"w2")
     sched.submit(make_task(), set())
-    dispatches, _ = sched.schedule()
+    dispatches, _ = decide(sched)
     busy = dispatches[0].worker
     idle = b"w1" if busy == b"w2" else b"w2"
     assert not sched.retire(busy)
     assert sched.retire(idle)
     assert sched.idle == [] and not sched.retire(idle)
+
+
+ENV = '{"env_vars":{"A":"1"}}'  # a resolved runtime_env (zray/runtime_env.py)
+
+
+def test_work_of_a_runtime_env_runs_only_on_workers_of_that_env() -> None:
+    sched = Scheduler({"CPU": 1.0})
+    with_workers(sched, b"plain")
+    in_env = make_task(runtime_env=ENV)
+    submit_all(sched, in_env)
+    plan = sched.schedule()  # the pool is full: the idle plain worker makes room
+    assert (plan.dispatches, plan.start, plan.stop) == ([], [ENV], [b"plain"])
+    assert decide(sched) == ([], 0)  # (its worker is on its way)
+    sched.worker_started(b"env", in_env.env_key)
+    [dispatch] = sched.schedule().dispatches
+    assert (dispatch.task, dispatch.worker) == (in_env, b"env")
+    sched.task_done(in_env, retry=False)
+
+    again, plain = make_task(runtime_env=ENV), make_task()
+    submit_all(sched, again, plain)
+    plan = sched.schedule()  # the env's worker is reused for its env's work only
+    assert [(d.task, d.worker) for d in plan.dispatches] == [(again, b"env")]
+    assert (plan.start, plan.stop) == ([], [])  # busy: the plain task waits for the CPU
+    sched.task_done(again, retry=False)
+    plan = sched.schedule()
+    assert (plan.dispatches, plan.start, plan.stop) == ([], [""], [b"env"])
+
+
+def test_only_as_many_idle_workers_stop_as_work_of_another_env_needs() -> None:
+    sched = Scheduler({"CPU": 2.0})
+    with_workers(sched, b"plain1", b"plain2")
+    submit_all(sched, make_task(runtime_env=ENV))
+    plan = sched.schedule()
+    assert (plan.dispatches, plan.start, plan.stop) == ([], [ENV], [b"plain1"])
+    assert sched.idle == [b"plain2"]

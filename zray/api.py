@@ -19,8 +19,7 @@ from zray.config import Config
 from zray.ids import driver_task_id, new_job_id
 from zray.node.launcher import LocalCluster
 from zray.node.resources import default_store_size, node_resources
-from zray.node.sessions import zray_home
-from zray.runtime_env import check_joinable, prepare
+from zray.runtime_env import check
 
 if TYPE_CHECKING:
     from zray.actors.handle import ActorHandle
@@ -37,24 +36,26 @@ _config = Config()
 
 # Ray keyword arguments that mean nothing to zray: accepted, so ported code runs unchanged.
 _IGNORED_RAY_KWARGS = {"include_dashboard", "dashboard_host", "configure_logging",
-                       "logging_level", "log_to_stderr", "_temp_dir", "runtime_env"}
+                       "logging_level", "log_to_stderr", "_temp_dir"}
 
 
 def init(address: str | None = None, *, num_cpus: int | None = None,
          num_gpus: int | None = None, resources: dict[str, float] | None = None,
          object_store_memory: int | None = None, namespace: str | None = None,
          log_to_driver: bool = True, ignore_reinit_error: bool = False,
-         _gcs_shards: int = 1, **ray_kwargs: Any) -> None:
+         runtime_env: dict[str, Any] | None = None, _gcs_shards: int = 1,
+         **ray_kwargs: Any) -> None:
     """Start a private local cluster for this driver (``address`` None or "local"), or join
     a running one through its node on this machine (``address`` "auto": the newest
     cluster here; or a node's HOST:PORT; ``ZRAY_ADDRESS`` when not given). ``_gcs_shards``:
-    a private cluster's GCS shard processes (each key lives in one)."""
+    a private cluster's GCS shard processes (each key lives in one). ``runtime_env``:
+    what this driver's tasks and actors run with (zray/runtime_env.py)."""
     global _cluster, _config
     unknown = set(ray_kwargs) - _IGNORED_RAY_KWARGS
     if unknown:
         names = ", ".join(sorted(unknown))
         raise TypeError(f"zray.init() got unknown keyword argument(s): {names}")
-    runtime_env = ray_kwargs.pop("runtime_env", None) or {}
+    runtime_env = check(runtime_env or {})
     with _lock:
         if _current() is not None:
             if ignore_reinit_error:
@@ -73,13 +74,11 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
                     "When connecting to an existing cluster, num_cpus, num_gpus, resources "
                     "and object_store_memory must not be provided: the cluster's nodes "
                     "were given theirs by `zray node start`")
-            check_joinable(runtime_env)
-            _join(address, namespace, log_to_driver)
+            _join(address, namespace, log_to_driver, runtime_env)
             return
         total = node_resources(num_cpus, num_gpus, resources, "zray.init()")
         store_size = object_store_memory or default_store_size(_config)
-        prepared = prepare(runtime_env, zray_home()) if runtime_env else {}
-        cluster = LocalCluster.start(total, store_size, _config, _gcs_shards, prepared)
+        cluster = LocalCluster.start(total, store_size, _config, _gcs_shards)
         client = None
         try:  # whatever fails from here on, the cluster started goes, and its files
             from zray import core  # while the agent starts
@@ -89,6 +88,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
             client = _connect(cluster.endpoint, namespace, log_to_driver,
                               cluster.why_not_running)
             cluster.start_gcs()
+            client.runtime_envs.set_own(runtime_env)
         except BaseException:
             if client is not None:
                 client.close()
@@ -100,7 +100,8 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         atexit.register(shutdown)
 
 
-def _join(address: str, namespace: str | None, log_to_driver: bool) -> None:
+def _join(address: str, namespace: str | None, log_to_driver: bool,
+          runtime_env: dict[str, Any]) -> None:
     """Connect this driver to a running cluster, through its node on this machine
     (``address``: "auto", the head's, or any of its nodes')."""
     from zray import core
@@ -111,6 +112,11 @@ def _join(address: str, namespace: str | None, log_to_driver: bool) -> None:
     node = local_node(_joined, address)
     client = _connect(node.endpoint, namespace, log_to_driver,
                       lambda: "" if node.alive() else f"the node at {node.address} stopped")
+    try:
+        client.runtime_envs.set_own(runtime_env)
+    except BaseException:
+        client.close()
+        raise
     core.set_current(client)
     atexit.register(shutdown)
 

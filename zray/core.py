@@ -61,6 +61,7 @@ from zray.objects.serialization import Serialized, deserialize, serialize
 from zray.objects.store import Mapping
 from zray.protocol import has_input
 from zray.rate_limit import RateLimitedLog
+from zray.runtime_env import ENV_VARIABLE, Resolver
 from zray.sender import AgentSender
 from zray.specs import FunctionDescriptor, TaskContext, TaskOptions
 
@@ -138,6 +139,9 @@ class CoreClient:
         self._locations_guard = threading.Lock()
         self.actor_placement: dict[str, Any] = {}  # an actor's process: its placement group's
         self.objects.fetch = lambda ids: self.tx.send(p.Subscribe(ids, True))
+        # The runtime_env its work runs in, which its tasks inherit (a driver's: init's)
+        self.runtime_envs = Resolver(self.put, lambda: self.node_id, os.environ.get(
+            ENV_VARIABLE, "") if kind == "worker" else "")
         self._replies: dict[int, p.Message] = {}
         self._request_ids = itertools.count(1)
         self._exported: set[bytes] = set()
@@ -509,6 +513,8 @@ class CoreClient:
             self._check_export_size(fn)
             self.tx.send(p.ExportFunction(fn.function_id, fn.name, fn.blob))
             self._exported.add(fn.function_id)
+        runtime_env = "" if actor_id and not actor_options else \
+            self.runtime_envs.wire(options.runtime_env)
         task_id = child_task_id(self.context.task_id, next(self.context.submitted))
         if actor_options:
             actor_id = task_id  # an actor is named after the task that creates it
@@ -532,22 +538,24 @@ class CoreClient:
             direct_deps = self._dep_locations(deps) if may_lease and not contained else None
             if direct_deps is not None or len(encoded[0]) <= inline_max:
                 return self._submit_locked(fn, name, (args, kwargs), options, actor_id,
-                                           actor_options, task_id, encoded, direct_deps)
+                                           actor_options, task_id, encoded, direct_deps,
+                                           runtime_env)
         encoded = encode_arguments(  # through the agent after all
             name, args, kwargs, inline_max, self.config.max_refs_per_value,
             self._put_serialized)
         with self._locations_guard:
             return self._submit_locked(fn, name, (args, kwargs), options, actor_id,
-                                       actor_options, task_id, encoded, None)
+                                       actor_options, task_id, encoded, None, runtime_env)
 
     def _submit_locked(self, fn: FunctionDescriptor | None, name: str,
                        call: tuple[tuple[Any, ...], dict[str, Any]], options: TaskOptions,
                        actor_id: bytes, actor_options: dict[str, Any] | None, task_id: bytes,
                        encoded: tuple[bytes, list[bytes], list[bytes], list[ObjectRef]],
-                       direct_deps: list[p.Location | None] | None
+                       direct_deps: list[p.Location | None] | None, runtime_env: str
                        ) -> tuple[bytes, list[ObjectRef]]:
         """Submit, ``encoded`` (see encode_arguments) and the places of its arguments
-        read (``direct_deps``: it goes on a lease), under the locations guard."""
+        read (``direct_deps``: it goes on a lease), under the locations guard;
+        ``runtime_env`` resolved (zray/runtime_env.py)."""
         blob, deps, contained, keep_alive = encoded
         if fn is not None and not actor_id and direct_deps is None:
             self._check_runs_here(name, options.strategy)
@@ -557,7 +565,7 @@ class CoreClient:
             blob if direct_deps is None else b"", deps,
             contained, options.num_returns, options.resources, options.max_retries,
             options.retry_filter, actor_id, actor_options or {}, direct_deps is not None, b"",
-            self.context.task_id, placement=options.placement,
+            self.context.task_id, placement=options.placement, runtime_env=runtime_env,
         )
         refs = [ObjectRef(return_object_id(task_id, i), self.refs, created=True)
                 for i in range(options.num_returns)]
@@ -581,7 +589,7 @@ class CoreClient:
             self.leasing.submit(DirectTask(
                 task_id, job_id, fn.function_id, name, blob, direct_deps, options.num_returns,
                 options.retry_filter, options.max_retries, options.resources, deps,
-                options.strategy, options.placement))
+                options.strategy, options.placement, runtime_env))
         return task_id, refs
 
     def _check_runs_here(self, name: str, strategy: dict[str, Any]) -> None:
@@ -717,6 +725,15 @@ class CoreClient:
             is_ready[extra:] = itertools.repeat(False, len(is_ready) - extra)
         return (list(itertools.compress(refs, is_ready)),
                 list(itertools.compress(refs, map(operator.not_, is_ready))))
+
+    def get_from(self, object_id: bytes, node: bytes, timeout: float) -> Any:
+        """The value of an object on ``node``, which our agent need not know of (named out
+        of band: a runtime_env's package)."""
+        ref = ObjectRef(object_id, self.refs, created=False)
+        if node != self.node_id:
+            self.objects.expect([object_id])  # (subscribed by the Fetch)
+            self.tx.send(p.Fetch([object_id], node))
+        return self.get([ref], timeout)[0]
 
     def fetch(self, ids: list[bytes], node: bytes = b"") -> None:
         """Wait until these objects, ready on other nodes, have a copy here (a task's

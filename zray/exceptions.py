@@ -27,6 +27,7 @@ __all__ = [
     "TaskCancelledError",
     "NodeDiedError",
     "AuthenticationError",
+    "RuntimeEnvSetupError",
     "RayError",
     "RayTaskError",
     "RayActorError",
@@ -180,6 +181,11 @@ class ActorUnschedulableError(ActorError):
 
 class AuthenticationError(ZrayError):
     """A peer could not prove it holds the cluster's token."""
+
+
+class RuntimeEnvSetupError(ZrayError):
+    """A worker could not set up its work's runtime_env (a package could not be fetched or
+    unpacked, or the setup hook raised): the work never ran."""
 
 
 # Ray's names, so `import zray as ray` ports code unchanged.

@@ -48,8 +48,8 @@ from zray.mesh.auth import Credentials, secure_client
 from zray.node import failures
 from zray.node.launcher import direct_endpoint
 
-# (function id, resource shape, strategy): tasks that may share a lease
-ClassKey = tuple[bytes, tuple[tuple[str, float], ...], tuple[tuple[str, Any], ...]]
+# (function id, resource shape, strategy, runtime_env): tasks that may share a lease
+ClassKey = tuple[bytes, tuple[tuple[str, float], ...], tuple[tuple[str, Any], ...], str]
 _MAX_PEER_SOCKETS = 64
 # A lease on another node's worker gets this many times as many tasks ahead: each answer
 # crosses two agents, and the worker must not idle meanwhile.
@@ -166,6 +166,7 @@ class DirectTask:
     dep_ids: list[bytes]
     strategy: dict[str, Any] = field(default_factory=dict)  # where its leases may be
     placement: dict[str, Any] = field(default_factory=dict)  # its placement group's
+    runtime_env: str = ""  # resolved (zray/runtime_env.py): its workers'
     missing: set[bytes] = field(default_factory=set)  # results of ours it waits for
     attempt: int = 0
     cancelled: bool = False
@@ -175,7 +176,7 @@ class DirectTask:
     def __post_init__(self) -> None:
         self.retries_left = self.max_retries
         self.key = (self.function_id, tuple(sorted(self.resources.items())),
-                    tuple(sorted(self.strategy.items())))
+                    tuple(sorted(self.strategy.items())), self.runtime_env)
 
 
 @dataclass(eq=False)
@@ -506,7 +507,7 @@ class DirectSubmitter:
         self._send_to_agent(p.SubmitTask(
             task_id, task.job_id, task.function_id, task.name, b"", task.dep_ids, [],
             task.num_returns, task.resources, task.max_retries, task.retry_filter, b"", {},
-            True, b"", b"", True))
+            True, b"", b"", True, runtime_env=task.runtime_env))
         for queue in self._queues.values():  # tasks queued here that take it wait again
             for waiting in [t for t in queue if object_id in t.dep_ids]:
                 queue.remove(waiting)
@@ -554,7 +555,8 @@ class DirectSubmitter:
         stored = sorted((loc for loc in task.deps if loc is not None and loc[1] is None),
                         key=lambda loc: loc[3], reverse=True)
         self._send_to_agent(p.RequestLease(lease_id, task.job_id, task.name, task.resources,
-                                           task.strategy, [loc[0] for loc in stored[:4]]))
+                                           task.strategy, [loc[0] for loc in stored[:4]],
+                                           task.runtime_env))
 
     def _send(self, lease: Lease, tasks: list[DirectTask]) -> None:
         have = self._sent_functions.setdefault(lease.worker, set())

@@ -42,6 +42,13 @@ def _strategy(v: Any) -> bool:
     return valid(v)
 
 
+def _runtime_env(v: Any) -> bool:
+    from zray.runtime_env import check
+
+    check(v)  # (raises, naming what zray would not honour)
+    return True
+
+
 @dataclass(frozen=True)
 class Option:
     check: Callable[[Any], bool]
@@ -76,6 +83,8 @@ OPTIONS: dict[str, Option] = {
     # (Ray's: whether the task's events are recorded; zray always records them)
     "enable_task_events": Option(lambda v: isinstance(v, bool), "a bool", None,
                                  for_actors=True),
+    "runtime_env": Option(_runtime_env, "a dict of runtime_env keys (zray.runtime_env)", None,
+                          for_actors=True),
     "max_concurrency": Option(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                               "an int >= 1", None, for_tasks=False, for_actors=True),
 }

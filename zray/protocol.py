@@ -37,7 +37,7 @@ from typing import Any, ClassVar, TypeVar
 
 import zmq
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 
 Location = tuple  # (object_id: bytes, data: bytes | None, offset: int, size: int, is_error: bool)
 
@@ -152,6 +152,7 @@ class SubmitTask(Message):
     # Rebuild, naming the arguments that are gone too, before the owner sends it to a worker.
     rebuild: bool = False
     placement: dict = field(default_factory=dict)  # its placement group (zray.util's)
+    runtime_env: str = ""  # resolved (zray/runtime_env.py): the workers it may run on
 
 
 @message(5)
@@ -349,6 +350,7 @@ class RequestLease(Message):
     resources: dict
     strategy: dict  # {} default, {"spread": True}, {"node": hex id, "soft": bool}
     near: list  # ids of the first task's largest arguments in a store: run where they are
+    runtime_env: str = ""  # its tasks', resolved (zray/runtime_env.py)
 
 
 @message(25)

@@ -82,4 +82,5 @@ def task_options(options: dict[str, Any]) -> TaskOptions:
         retry_filter=retry_filter,
         strategy=as_wire(strategy),
         placement=placement_of(strategy),
+        runtime_env=options.get("runtime_env"),
     )

@@ -42,6 +42,12 @@ class RuntimeContext:
     def namespace(self) -> str:
         return self._client.namespace
 
+    @property
+    def runtime_env(self) -> dict[str, Any]:
+        """The runtime_env this process's work runs in, resolved: env_vars as given,
+        directories and a pickled hook as the content hashes of their packages."""
+        return self._client.runtime_envs.fields()
+
     def get(self) -> dict[str, Any]:
         """Ray's older form: the ids in one dict."""
         return {"node_id": self.get_node_id(), "job_id": self.get_job_id(),

@@ -1,47 +1,64 @@
-"""``zray.init(runtime_env=...)``: what every worker of a private cluster runs with.
+"""``runtime_env``: what the workers that run a job's, a task's or an actor's work start with.
 
-Ray's keys, checked at ``init``:
+Ray's keys, checked where they are given (``init``, ``@remote``, ``.options()``):
 
-- ``env_vars``: {name: value}, in every worker's environment;
-- ``working_dir``: a local directory, copied once into ``ZRAY_HOME/runtime_env/<hash>``
-  (named by a hash of its files, so an unchanged directory is not copied again); each
-  worker's current directory, and first on its ``sys.path``. Editing or deleting the
-  original after ``init`` changes nothing the workers see;
-- ``py_modules``: local package directories, copied the same way; importable by their
-  names in every worker;
-- ``worker_process_setup_hook``: a callable (or "module.function") each worker runs once
-  as it starts, before any task;
-- ``pip``, ``conda``, ``uv``, ``container``, ``image_uri``: refused (zray installs
-  nothing: install packages in the environment the nodes run in);
-- any other key: refused, naming it.
+- ``env_vars``: {name: value}, in the worker's environment from its start;
+- ``working_dir``: a local directory; the worker's current directory is a copy of it, first
+  on its ``sys.path``. Editing or deleting the original once work was submitted with it
+  changes nothing the workers see;
+- ``py_modules``: local package directories, importable by their names;
+- ``excludes``: patterns (``fnmatch``, on a file's path inside its directory or on any
+  part of it) of files not to ship, e.g. ``["*.log", ".git"]``;
+- ``worker_process_setup_hook``: a callable (or "module.function") the worker runs once as
+  it starts, before any work;
+- ``pip``, ``conda``, ``uv``, ``container``, ``image_uri``: refused (zray installs nothing:
+  install packages in the environment the nodes run in); any other key: refused, naming it.
 
-A private cluster runs one job, so its workers all share the job's env. Per-task and
-per-actor envs, and a job's env on a cluster of ``zray node start`` nodes (whose workers
-serve every job), are not built yet: they raise.
+How an env travels. The submitter resolves it the first time it is used: each directory
+is zipped, named by the hash of its files and put in the object store, so it reaches any
+node over the mesh as every object does; a callable hook is pickled and put the same way.
+The resolved env is a JSON string (``Resolved.wire``) in SubmitTask and RequestLease::
+
+    {"env_vars": {...}, "working_dir": {"hash": h, "object": hex, "node": hex},
+     "py_modules": [{"hash": h, "name": "pkg", "object": hex, "node": hex}, ...],
+     "hook": "module.function" | {"hash": h, "object": hex, "node": hex}}
+
+(``node``: where the package was put, to fetch it from.) An agent keeps workers apart by
+the env's key (its hash without the objects' ids and nodes, so jobs
+with the same files share workers): a worker is reused only for work with the same env
+(zray/node/scheduler.py). A worker starts with the env_vars in its environment and the
+string in ZRAY_RUNTIME_ENV, and fetches and unpacks what its node lacks before it takes
+any work (zray/node/worker_env.py).
+
+Inheritance, as in Ray: a task's env is its parent's (the driver's is the one given to
+``init``) with the keys it names replacing the parent's; ``env_vars`` are merged.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import functools
 import hashlib
-import importlib
+import io
+import json
 import os
-import shutil
-import sys
-import tempfile
-import traceback
+import threading
+import zipfile
+from collections.abc import Callable
 from typing import Any
 
-import cloudpickle
-
 MAX_DIRECTORY_BYTES = 100 * 2**20  # as Ray's limit on a working_dir
+ENV_VARIABLE = "ZRAY_RUNTIME_ENV"  # a worker's resolved env (the wire string)
 _REFUSED = ("pip", "conda", "uv", "container", "image_uri")
-_KEYS = ("env_vars", "working_dir", "py_modules", "worker_process_setup_hook")
-_HOOK_ENV = "ZRAY_WORKER_SETUP_HOOK"  # a worker runs what this names as it starts
+_KEYS = ("env_vars", "working_dir", "py_modules", "excludes", "worker_process_setup_hook")
+_RESOLVED_FROM = {"env_vars": "env_vars", "working_dir": "working_dir",
+                  "py_modules": "py_modules", "worker_process_setup_hook": "hook"}
 
 
-def prepare(runtime_env: dict[str, Any], zray_home: str) -> dict[str, Any]:
-    """Check ``runtime_env`` and make what workers need of it: {"env": {name: value} to add
-    to their environment, "cwd": their directory or ""}."""
+def check(runtime_env: Any) -> dict[str, Any]:
+    """``runtime_env`` if zray can honour it; else a clear error naming what is wrong.
+    Paths are checked to be directories here, at the call site; they are read at first
+    use."""
     if not isinstance(runtime_env, dict):
         raise TypeError(f"runtime_env must be a dict, got {type(runtime_env).__name__}")
     for key in runtime_env:
@@ -52,123 +69,151 @@ def prepare(runtime_env: dict[str, Any], zray_home: str) -> dict[str, Any]:
         if key not in _KEYS:
             raise ValueError(f"runtime_env: unknown key {key!r}; zray takes "
                              f"{', '.join(_KEYS)}")
-    env: dict[str, str] = {}
     for name, value in (runtime_env.get("env_vars") or {}).items():
         if not isinstance(name, str) or not isinstance(value, str) or not name or "=" in name:
             raise TypeError(f"runtime_env['env_vars'] maps names to str values; got "
                             f"{name!r}: {value!r}")
-        env[name] = value
-    paths: list[str] = []
-    cwd = ""
-    if runtime_env.get("working_dir") is not None:
-        cwd = _content_copy(runtime_env["working_dir"], "working_dir", zray_home)
-        paths.append(cwd)
+    directories = [runtime_env["working_dir"]] if runtime_env.get("working_dir") else []
     modules = runtime_env.get("py_modules") or []
     if not isinstance(modules, list):
         raise TypeError(f"runtime_env['py_modules'] must be a list of directories, got "
                         f"{modules!r}")
-    for module in modules:
-        copy = _content_copy(module, "py_modules", zray_home)
-        # (the copy is <hash>/<package name>: its parent goes on the path)
-        paths.append(os.path.dirname(copy))
-    if paths:
-        inherited = os.environ.get("PYTHONPATH", "")
-        env["PYTHONPATH"] = os.pathsep.join(paths + ([inherited] if inherited else []))
+    for directory, key in [(d, "working_dir") for d in directories] + \
+                          [(m, "py_modules") for m in modules]:
+        if not isinstance(directory, (str, os.PathLike)) or not os.path.isdir(directory):
+            raise ValueError(f"runtime_env[{key!r}]: {directory!r} is not a local directory "
+                             "(URIs of remote packages are not supported)")
+    excludes = runtime_env.get("excludes") or []
+    if not isinstance(excludes, list) or not all(isinstance(e, str) for e in excludes):
+        raise TypeError(f"runtime_env['excludes'] must be a list of str patterns, got "
+                        f"{excludes!r}")
     hook = runtime_env.get("worker_process_setup_hook")
-    if hook is not None:
-        env[_HOOK_ENV] = _hook_reference(hook, zray_home)
-    return {"env": env, "cwd": cwd}
-
-
-def _content_copy(source: Any, key: str, zray_home: str) -> str:
-    """A copy of the directory ``source`` named by the hash of its files (made once)."""
-    if not isinstance(source, str) or not os.path.isdir(source):
-        raise ValueError(f"runtime_env[{key!r}]: {source!r} is not a local directory (URIs "
-                         "of remote packages are not supported)")
-    source = os.path.abspath(source)
-    files = []
-    digest, size = hashlib.sha256(), 0
-    for root, dirs, names in os.walk(source):
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-        for name in sorted(names):
-            path = os.path.join(root, name)
-            if not os.path.isfile(path):
-                continue
-            relative = os.path.relpath(path, source)
-            size += os.path.getsize(path)
-            if size > MAX_DIRECTORY_BYTES:
-                raise ValueError(f"runtime_env[{key!r}]: {source} holds more than "
-                                 f"{MAX_DIRECTORY_BYTES // 2**20} MiB; ship large data "
-                                 "another way (zray.put, or a shared file system)")
-            digest.update(relative.encode() + b"\0")
-            with open(path, "rb") as f:
-                digest.update(hashlib.sha256(f.read()).digest())
-            files.append(relative)
-    name = os.path.basename(source.rstrip(os.sep))
-    home = os.path.join(zray_home, "runtime_env", f"{digest.hexdigest()[:32]}")
-    copy = os.path.join(home, name) if key == "py_modules" else home
-    if os.path.isdir(copy):
-        return copy  # (the same files: made before)
-    os.makedirs(os.path.dirname(home), mode=0o700, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=os.path.dirname(home), prefix=".staging-")
-    try:
-        target = os.path.join(staging, name) if key == "py_modules" else staging
-        for relative in files:
-            os.makedirs(os.path.join(target, os.path.dirname(relative)), exist_ok=True)
-            shutil.copy2(os.path.join(source, relative), os.path.join(target, relative))
-        os.rename(staging, home)  # (whole or not at all; another init may have won)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not os.path.isdir(copy):
-            raise
-    return copy
-
-
-def _hook_reference(hook: Any, zray_home: str) -> str:
-    """What a worker finds the hook by: "module.function", or a file of it pickled (named
-    by its hash, beside the copied directories)."""
     if isinstance(hook, str):
-        module, _, function = hook.rpartition(".")
-        if not module or not function:
+        if not all(hook.rpartition(".")[::2]):
             raise ValueError(f"runtime_env['worker_process_setup_hook'] {hook!r} must be "
                              "a callable or \"module.function\"")
-        return hook
-    if not callable(hook):
+    elif hook is not None and not callable(hook):
         raise TypeError(f"runtime_env['worker_process_setup_hook'] must be a callable, got "
                         f"{hook!r}")
-    blob = cloudpickle.dumps(hook)
-    directory = os.path.join(zray_home, "runtime_env")
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    path = os.path.join(directory, f"hook-{hashlib.sha256(blob).hexdigest()[:32]}.pkl")
-    if not os.path.exists(path):
-        with open(path + ".new", "wb") as f:
-            f.write(blob)
-        os.replace(path + ".new", path)
-    return path
+    return runtime_env
 
 
-def run_setup_hook() -> None:
-    """In a worker as it starts: run the job's setup hook, if any. One that fails is
-    reported on the worker's stderr (the driver shows it) and the worker serves on."""
-    reference = os.environ.get(_HOOK_ENV)
-    if not reference:
-        return
-    try:
-        if os.path.isfile(reference):
-            with open(reference, "rb") as f:
-                hook = cloudpickle.load(f)
-        else:
-            module, _, function = reference.rpartition(".")
-            hook = getattr(importlib.import_module(module), function)
-        hook()
-    except Exception:
-        print(f"zray: the worker_process_setup_hook {reference} failed in this worker:\n"
-              f"{traceback.format_exc()}", file=sys.stderr, flush=True)
+class Resolver:
+    """One process's resolved envs: its own (what its children inherit), and those it gave
+    tasks, each resolved once, with the packages it put held for as long as it lives."""
+
+    def __init__(self, put: Callable[[bytes], Any], node: Callable[[], bytes],
+                 inherited: str) -> None:
+        self._put = put  # bytes -> an ObjectRef, held here
+        self._node = node  # this process's node, where it puts
+        self.inherited = inherited
+        self._packages: dict[str, Any] = {}  # content hash -> the ObjectRef of its zip
+        self._resolved: dict[str, str] = {}  # the given env, as JSON -> the wire string
+        self._lock = threading.Lock()
+
+    def set_own(self, runtime_env: dict[str, Any]) -> None:
+        """A driver's env, from ``init``: what its tasks and actors inherit."""
+        self.inherited = self.wire(runtime_env)
+
+    def fields(self) -> dict[str, Any]:
+        """This process's own env, resolved (for ``get_runtime_context().runtime_env``)."""
+        return json.loads(self.inherited) if self.inherited else {}
+
+    def wire(self, runtime_env: dict[str, Any] | None) -> str:
+        """The resolved env for work given ``runtime_env`` (None: the inherited one)."""
+        if not runtime_env:
+            return self.inherited
+        given = json.dumps(runtime_env, sort_keys=True, default=repr)
+        with self._lock:  # (two threads submitting: one packs, the other reuses it)
+            wire = self._resolved.get(given)
+            if wire is None:
+                wire = self._resolved[given] = self._resolve(runtime_env)
+            return wire
+
+    def _resolve(self, runtime_env: dict[str, Any]) -> str:
+        excludes = runtime_env.get("excludes") or []
+        fields = self.fields()
+        for key, value in runtime_env.items():
+            name = _RESOLVED_FROM.get(key)
+            if value is None:
+                continue
+            if name == "env_vars":
+                fields["env_vars"] = {**fields.get("env_vars", {}), **value}
+            elif name == "working_dir":
+                fields["working_dir"] = self._package(value, excludes)
+            elif name == "py_modules":
+                fields["py_modules"] = [
+                    dict(self._package(m, excludes),
+                         name=os.path.basename(os.path.abspath(m).rstrip(os.sep)))
+                    for m in value]
+            elif name == "hook" and isinstance(value, str):
+                fields["hook"] = value
+            elif name == "hook":
+                import cloudpickle  # (not in the agent, which only reads envs)
+
+                fields["hook"] = self._blob(cloudpickle.dumps(value))
+        fields = {k: v for k, v in fields.items() if v}
+        return json.dumps(fields, sort_keys=True, separators=(",", ":")) if fields else ""
+
+    def _package(self, directory: str, excludes: list[str]) -> dict[str, str]:
+        return self._blob(zip_directory(os.fspath(directory), excludes))
+
+    def _blob(self, data: bytes) -> dict[str, str]:
+        digest = hashlib.sha256(data).hexdigest()[:32]
+        ref = self._packages.get(digest)
+        if ref is None:
+            ref = self._packages[digest] = self._put(data)
+        return {"hash": digest, "object": ref.hex(), "node": self._node().hex()}
 
 
-def check_joinable(runtime_env: Any) -> None:
-    if runtime_env:
-        raise NotImplementedError(
-            "zray.init(address=..., runtime_env=...): a job's runtime_env on a cluster of "
-            "`zray node start` nodes is not built yet (their workers serve every job); set "
-            "the environment on the nodes themselves, or run a private cluster")
+def zip_directory(directory: str, excludes: list[str]) -> bytes:
+    """The directory's files (not ``__pycache__``, nor what ``excludes`` names) as a zip
+    whose bytes depend on their paths and contents only (so its hash names the content)."""
+    directory = os.path.abspath(directory)
+    buffer, size = io.BytesIO(), 0
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for root, dirs, names in os.walk(directory):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__"
+                             and not _excluded(os.path.relpath(os.path.join(root, d),
+                                                               directory), excludes))
+            for name in sorted(names):
+                path = os.path.join(root, name)
+                relative = os.path.relpath(path, directory)
+                if not os.path.isfile(path) or _excluded(relative, excludes):
+                    continue
+                size += os.path.getsize(path)
+                if size > MAX_DIRECTORY_BYTES:
+                    raise ValueError(
+                        f"runtime_env: {directory} holds more than "
+                        f"{MAX_DIRECTORY_BYTES // 2**20} MiB; ship large data another way "
+                        "(zray.put, or a shared file system), or list it in 'excludes'")
+                info = zipfile.ZipInfo(relative, date_time=(1980, 1, 1, 0, 0, 0))
+                info.external_attr = (os.stat(path).st_mode & 0o777) << 16
+                with open(path, "rb") as f:
+                    archive.writestr(info, f.read(), zipfile.ZIP_DEFLATED)
+    return buffer.getvalue()
+
+
+def _excluded(relative: str, excludes: list[str]) -> bool:
+    parts = relative.split(os.sep)
+    return any(fnmatch.fnmatch(relative, pattern) or
+               any(fnmatch.fnmatch(part, pattern) for part in parts)
+               for pattern in excludes)
+
+
+@functools.lru_cache(maxsize=256)
+def key_of(wire: str) -> str:
+    """The key an agent keeps workers apart by: the env without its packages' object ids
+    ("" for none)."""
+    if not wire:
+        return ""
+    fields = json.loads(wire)
+    for name in ("working_dir", "hook"):  # (by content: not where it is)
+        if isinstance(fields.get(name), dict):
+            fields[name] = fields[name]["hash"]
+    fields["py_modules"] = [(m["hash"], m["name"]) for m in fields.get("py_modules", [])]
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def env_vars_of(wire: str) -> dict[str, str]:
+    return json.loads(wire).get("env_vars", {}) if wire else {}

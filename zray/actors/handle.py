@@ -84,7 +84,8 @@ class ActorClass:
         }
         actor_id, _ = client.submit(self._descriptor, f"{self._name}.__init__", args, kwargs,
                                     TaskOptions(0, task.resources, 0, b"",
-                                                placement=task.placement),
+                                                placement=task.placement,
+                                                runtime_env=task.runtime_env),
                                     actor_options=actor_options)
         handle = ActorHandle(actor_id, self._name, self._methods, created=True)
         if actor_options["name"]:  # a taken name fails here, at the call site, as in Ray

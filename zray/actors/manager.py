@@ -91,7 +91,7 @@ class ActorManager:
         self._start_worker(actor)
 
     def _start_worker(self, actor: Actor) -> None:
-        self.starting[self.agent.pool.start().pid] = actor
+        self.starting[self.agent.pool.start(actor.creation.spec.runtime_env).pid] = actor
 
     def place_waiting(self) -> None:
         for actor in list(self.waiting_for_resources):

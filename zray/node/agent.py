@@ -168,7 +168,8 @@ class Agent:
             p.Unrebuildable: self.object_manager.on_unrebuildable,
             p.BlocksReleased: self.object_manager.on_blocks_released,
         }
-        self.scheduler.starting = len(pool.by_pid)
+        for _ in pool.by_pid:
+            self.scheduler.worker_starting()
 
     # --- the loop --------------------------------------------------------------------
 
@@ -409,7 +410,7 @@ class Agent:
             client.worker = self.pool.by_pid[msg.pid]
             client.worker.worker_id = client_id
             if not self.actors.claim_worker(client_id, msg.pid):
-                self.scheduler.worker_started(client_id)
+                self.scheduler.worker_started(client_id, client.worker.env_key)
 
     def on_listening(self, client_id: bytes, msg: p.Listening) -> None:
         """A worker's TCP sockets: owners and callers elsewhere get them (direct paths)."""
@@ -650,11 +651,12 @@ class Agent:
         self.peers.forget(worker.worker_id)
         self.outbox.pop(worker.worker_id, None)
         if not self.actors.worker_exited(worker.pid, how):
-            self.tasks.worker_exited(client.client_id if client else None, worker.pid, how)
+            self.tasks.worker_exited(client.client_id if client else None, worker.pid, how,
+                                     worker.env_key)
         pooled = len(self.pool.by_pid) - len(self.actors.directory.by_worker)
         if self.running and pooled < self.scheduler.pool_size_target():
             self.pool.start()
-            self.scheduler.starting += 1
+            self.scheduler.worker_starting()
 
     def _after_events(self) -> None:
         """Deliver ready objects, queue what they unblock, dispatch, report frees."""

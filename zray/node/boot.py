@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 
+from zray.node.worker_env import CACHE_VARIABLE
 from zray.node.worker_pool import WorkerPool
 
 
@@ -36,16 +37,13 @@ def main() -> None:
     parser.add_argument("--supervisor-pid", type=int, default=0,
                         help="a head's GCS supervisor, stopped after the agent")
     parser.add_argument("--ready-file", default="", help="written once the node serves")
-    parser.add_argument("--runtime-env", default="{}", help="JSON: the workers' added "
-                        "environment and directory (zray/runtime_env.py)")
     parser.add_argument("--end-session", action="store_true",
                         help="end the session (keep its logs, remove the rest) at exit")
     args = parser.parse_args()
-    runtime_env = json.loads(args.runtime_env)
     pool = WorkerPool(["-m", "zray.node.worker", "--endpoint", args.endpoint,
                        "--agent-pid", str(os.getpid())],
-                      dict(os.environ, PYTHONUNBUFFERED="1", **runtime_env.get("env", {})),
-                      runtime_env.get("cwd") or None)
+                      dict(os.environ, PYTHONUNBUFFERED="1",
+                           **{CACHE_VARIABLE: os.path.join(args.session, "runtime_env")}))
     for _ in range(max(1, int(json.loads(args.resources).get("CPU", 1)))):
         pool.start()
 

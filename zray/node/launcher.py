@@ -21,7 +21,6 @@ import secrets
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Any
 
 from zray.broker.layout import endpoints
 from zray.config import Config
@@ -78,8 +77,7 @@ class LocalCluster:
 
     @classmethod
     def start(cls, resources: dict[str, float], store_size: int, config: Config,
-              gcs_shards: int = 1, runtime_env: dict[str, Any] | None = None) -> LocalCluster:
-        """``runtime_env``: for every worker (zray.runtime_env.prepare's)."""
+              gcs_shards: int = 1) -> LocalCluster:
         reap_dead_sessions(config.kept_sessions)
         run = run_id()
         session = new_session_dir(run)
@@ -96,8 +94,7 @@ class LocalCluster:
                 [sys.executable, "-m", "zray.node.boot", "--session", session,
                  "--endpoint", endpoint, "--gcs", ",".join(endpoints(session, gcs_shards)),
                  "--store-path", placement.path, "--store-size", str(store_size),
-                 "--resources", json.dumps(resources), "--owner-pid", str(os.getpid()),
-                 "--runtime-env", json.dumps(runtime_env or {})],
+                 "--resources", json.dumps(resources), "--owner-pid", str(os.getpid())],
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env)
         add_processes(session, [agent.pid])
         return cls(session, endpoint, placement.path, agent, placement.warning, config,

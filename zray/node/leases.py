@@ -46,7 +46,8 @@ class LeaseManager:
 
     def request(self, client_id: bytes, msg: p.RequestLease) -> None:
         spec = p.SubmitTask(msg.lease_id, msg.job_id, b"", msg.name, b"", [], [], 0,
-                            msg.resources, 0, b"", b"", {}, False, b"", b"")
+                            msg.resources, 0, b"", b"", {}, False, b"", b"",
+                            runtime_env=msg.runtime_env)
         lease = Task(spec, client_id, lease=True, pinned=bool(msg.strategy))
         # A worker asks for its running task's children: they go first, so work under way
         # finishes before new work starts (and blocks, and needs yet more workers).

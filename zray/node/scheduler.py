@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from zray import protocol as p
 from zray.ids import TASK_ID_BYTES
+from zray.runtime_env import key_of
 
 EPSILON = 1e-9
 
@@ -55,6 +56,7 @@ class Task:
     cancelled: bool = False
     lease: bool = False  # a worker leased to ``submitter`` (zray/node/leases.py), not a task
     pinned: bool = False  # a lease whose strategy placed it here: it never spills
+    env_key: str = field(init=False)  # its runtime_env's: the workers it may run on
     submitted: float = 0.0  # wall clock (set at creation)
     # state -> µs after ``submitted`` it was last entered (ints: the GCS row is encoded for
     # every task, floats cost more)
@@ -68,6 +70,7 @@ class Task:
     row_head: str = ""
 
     def __post_init__(self) -> None:
+        self.env_key = key_of(self.spec.runtime_env)
         self.submitted = time.time()
         self.times = {self.state.value: 0}
 
@@ -90,6 +93,17 @@ class Dispatch:
     worker: bytes
 
 
+@dataclass
+class Plan:
+    """What ``schedule()`` decided: tasks to send to workers, workers to start (the
+    runtime_env of each, "" for none) and idle workers to stop, making room for work of
+    another runtime_env."""
+
+    dispatches: list[Dispatch] = field(default_factory=list)
+    start: list[str] = field(default_factory=list)
+    stop: list[bytes] = field(default_factory=list)
+
+
 class Scheduler:
     def __init__(self, resources: dict[str, float]) -> None:
         self.total = dict(resources)
@@ -98,10 +112,15 @@ class Scheduler:
         self.tasks: dict[bytes, Task] = {}
         # Queued tasks by resource shape ("scheduling class", as in Ray): scheduling looks at
         # the head of each class, so its cost grows with the number of shapes, not of tasks.
-        self.queues: dict[tuple[tuple[str, float], ...], deque[Task]] = {}
+        # (Tasks of a runtime_env queue apart: they need workers of theirs.)
+        self.queues: dict[tuple[str, tuple[tuple[str, float], ...]], deque[Task]] = {}
         self.waiting_on: dict[bytes, set[bytes]] = {}  # object id -> task ids waiting for it
         self.idle: list[bytes] = []
         self.busy: dict[bytes, Task] = {}
+        # A worker runs only work of its runtime_env (zray/runtime_env.py): each one's key,
+        # for workers of an env (none for the rest), and how many are starting, by key.
+        self.env_of: dict[bytes, str] = {}
+        self.starting_for: dict[str, int] = {}
         self.starting = 0
         self.blocked = 0
 
@@ -131,12 +150,20 @@ class Scheduler:
                 released.append(task)
         return released
 
-    def worker_started(self, worker: bytes) -> None:
-        self.starting = max(0, self.starting - 1)
-        self.idle.append(worker)
+    def worker_starting(self, env_key: str = "") -> None:
+        """A worker was started outside ``schedule()``'s plan (at boot, or a replacement)."""
+        self.starting += 1
+        self.starting_for[env_key] = self.starting_for.get(env_key, 0) + 1
 
-    def worker_failed_to_start(self) -> None:
+    def worker_started(self, worker: bytes, env_key: str = "") -> None:
+        self.worker_failed_to_start(env_key)
+        self.idle.append(worker)
+        if env_key:
+            self.env_of[worker] = env_key
+
+    def worker_failed_to_start(self, env_key: str = "") -> None:
         self.starting = max(0, self.starting - 1)
+        self.starting_for[env_key] = max(0, self.starting_for.get(env_key, 0) - 1)
 
     def task_done(self, task: Task, retry: bool, failed: bool = False) -> None:
         """The task's worker is free again; with ``retry`` the task goes back in the queue
@@ -169,6 +196,7 @@ class Scheduler:
         """The worker process died; returns the task it was running (then call task_done)."""
         if worker in self.idle:
             self.idle.remove(worker)
+        self.env_of.pop(worker, None)
         task = self.busy.pop(worker, None)
         if task is not None:
             task.worker = None  # so task_done does not hand the dead worker back as idle
@@ -218,34 +246,59 @@ class Scheduler:
 
     # --- decisions -------------------------------------------------------------------
 
-    def schedule(self) -> tuple[list[Dispatch], int]:
-        """Dispatches to make now, and how many more workers to start."""
-        dispatches = []
-        runnable_without_worker = 0
+    def schedule(self) -> Plan:
+        """What to do now: dispatches to make, workers to start and to stop."""
+        plan = Plan()
+        # runtime_env key -> (tasks that could run now but for a worker, that env's wire)
+        runnable_without_worker: dict[str, tuple[int, str]] = {}
         for queue in self.queues.values():
             while queue and not queue[0].infeasible:
                 task = queue[0]
                 if not self._fits(task.spec.resources, self.available):
                     break
-                if not self.idle:
-                    runnable_without_worker += len(queue)
+                worker = self._idle_worker(task.env_key)
+                if worker is None:
+                    waiting, _ = runnable_without_worker.get(task.env_key, (0, ""))
+                    runnable_without_worker[task.env_key] = (waiting + len(queue),
+                                                             task.spec.runtime_env)
                     break
                 gpu_ids = self._take_gpus(task.spec.resources.get("GPU", 0.0))
                 if gpu_ids is None:
                     break
                 queue.popleft()
-                dispatches.append(self._start(task, self.idle.pop(), gpu_ids))
-        limit = self._worker_limit() + self.blocked
-        pool = len(self.idle) + len(self.busy) + self.starting
-        to_start = max(0, min(runnable_without_worker - self.starting, limit - pool))
-        self.starting += to_start
-        return dispatches, to_start
+                self.idle.remove(worker)
+                plan.dispatches.append(self._start(task, worker, gpu_ids))
+        room = self._worker_limit() + self.blocked - \
+            (len(self.idle) + len(self.busy) + self.starting)
+        for env_key, (waiting, wire) in runnable_without_worker.items():
+            wanted = waiting - self.starting_for.get(env_key, 0)
+            if wanted > room:  # idle workers of other envs make room
+                for worker in [w for w in self.idle
+                               if self.env_of.get(w, "") != env_key][:wanted - room]:
+                    self.retire(worker)
+                    plan.stop.append(worker)
+                    room += 1
+            count = max(0, min(wanted, room))
+            plan.start += [wire] * count
+            room -= count
+            self.starting += count
+            self.starting_for[env_key] = self.starting_for.get(env_key, 0) + count
+        return plan
+
+    def _idle_worker(self, env_key: str) -> bytes | None:
+        """An idle worker of that runtime_env (the most recently idle: its caches are warm)."""
+        if not self.env_of:
+            return self.idle[-1] if self.idle and not env_key else None
+        for worker in reversed(self.idle):
+            if self.env_of.get(worker, "") == env_key:
+                return worker
+        return None
 
     def _worker_limit(self) -> int:
         """How many workers may run tasks at once: one per CPU, or more if tasks that take a
         fraction of a CPU are queued or running (four of 0.5 CPU on two CPUs run at once)."""
         smallest = 1.0
-        for shape, queue in self.queues.items():
+        for (_, shape), queue in self.queues.items():
             if queue:
                 smallest = min(smallest, _worker_share(dict(shape).get("CPU", 0.0)))
         for task in self.busy.values():
@@ -305,6 +358,7 @@ class Scheduler:
         if worker not in self.idle:
             return False
         self.idle.remove(worker)
+        self.env_of.pop(worker, None)
         return True
 
     def pool_size_target(self) -> int:
@@ -320,7 +374,7 @@ class Scheduler:
             self._queue_of(task).append(task)
 
     def _queue_of(self, task: Task) -> deque[Task]:
-        shape = tuple(sorted(task.spec.resources.items()))
+        shape = (task.env_key, tuple(sorted(task.spec.resources.items())))
         queue = self.queues.get(shape)
         if queue is None:
             queue = self.queues[shape] = deque()

@@ -46,14 +46,16 @@ class TaskManager:
             self.check_args(task)
 
     def dispatch(self) -> None:
-        dispatches, to_start = self.scheduler.schedule()
-        for dispatch in dispatches:
+        plan = self.scheduler.schedule()
+        for dispatch in plan.dispatches:
             if dispatch.task.lease:
                 self.agent.leases.grant(dispatch.task, dispatch.worker)
             else:
                 self.agent.send_execute(dispatch.task, dispatch.worker, dispatch.task.gpu_ids)
-        for _ in range(to_start):
-            self.agent.pool.start()
+        for worker in plan.stop:  # (idle, of another runtime_env: retired already)
+            self._stop(worker)
+        for runtime_env in plan.start:
+            self.agent.pool.start(runtime_env)
 
     def reap_idle(self, now: float) -> None:
         """Stop workers beyond num_cpus that stayed idle for a whole check period: the
@@ -65,10 +67,15 @@ class TaskManager:
             - self.scheduler.pool_size_target()
         still_idle = [w for w in self.scheduler.idle if w in self._idle_at_last_check]
         for worker in still_idle[:max(0, surplus)]:
-            client = self.agent.clients.get(worker)
-            if client is not None and client.worker is not None and self.scheduler.retire(worker):
-                client.worker.proc.terminate()
+            if self.scheduler.retire(worker):
+                self._stop(worker)
         self._idle_at_last_check = set(self.scheduler.idle)
+
+    def _stop(self, worker: bytes) -> None:
+        """Stop a worker the scheduler retired (its exit is handled as any worker's)."""
+        client = self.agent.clients.get(worker)
+        if client is not None and client.worker is not None:
+            client.worker.proc.terminate()
 
     def done(self, client_id: bytes, msg: p.TaskDone) -> None:
         task = self.scheduler.tasks.get(msg.task_id)
@@ -81,11 +88,11 @@ class TaskManager:
         else:
             self.agent.finish_task(task, msg.results, msg.contained, msg.error, msg)  # records it
 
-    def worker_exited(self, worker_id: bytes | None, pid: int, how: str) -> None:
+    def worker_exited(self, worker_id: bytes | None, pid: int, how: str, env_key: str) -> None:
         """A pooled worker died: retry its task, or fail it, and keep the pool full."""
         task = self.scheduler.worker_gone(worker_id) if worker_id else None
         if worker_id is None:
-            self.scheduler.worker_failed_to_start()
+            self.scheduler.worker_failed_to_start(env_key)
         if task is not None and task.lease:
             self.agent.leases.worker_lost(task, pid, how)
         elif task is not None:

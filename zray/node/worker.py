@@ -32,17 +32,20 @@ from zray import protocol as p
 from zray.actors.host import ActorHost
 from zray.config import Config
 from zray.core import CoreClient
-from zray.exceptions import NodeDiedError, TaskCancelledError
+from zray.exceptions import NodeDiedError, RuntimeEnvSetupError, TaskCancelledError
 from zray.exported import load_function
+from zray.node import worker_env
 from zray.node.execution import Outcome, fail, hand_in, run_sync
 from zray.node.output import track_lines
 from zray.rate_limit import RateLimitedLog
-from zray.runtime_env import run_setup_hook
+
+_FETCH_PACKAGE_S = 300.0  # for a runtime_env's package (up to 100 MiB, from any node)
 
 
 class Worker:
-    def __init__(self, client: CoreClient) -> None:
+    def __init__(self, client: CoreClient, env_error: str = "") -> None:
         self.client = client
+        self.env_error = env_error  # why its runtime_env could not be set up: it runs nothing
         self.functions: dict[bytes, Any] = {}
         self.actor: ActorHost | None = None
         self.current = b""  # the plain task on the main thread
@@ -66,7 +69,10 @@ class Worker:
                 self.complaints.warning("task", "dropped a task that cannot be run: %r", exc)
 
     def _serve_one(self, task: p.ExecuteTask) -> None:
-        if task.actor_options:
+        if self.env_error:
+            error = RuntimeEnvSetupError(f"{task.name}: {self.env_error}")
+            hand_in(self.client, (fail(self.client, task, error), []))
+        elif task.actor_options:
             self.actor = ActorHost(self.client, task)
         elif task.actor_id:
             if self.actor is None:
@@ -138,8 +144,9 @@ def main() -> None:
         os._exit(1)
     core.set_current(client)
     _deliver_answers_on_exit(client)
-    run_setup_hook()  # (the job's runtime_env: zray/runtime_env.py)
-    Worker(client).serve()
+    env_error = worker_env.set_up(  # (its runtime_env, before any work)
+        lambda object_id, node: client.get_from(object_id, node, _FETCH_PACKAGE_S))
+    Worker(client, env_error).serve()
     client.close()
 
 

@@ -16,6 +16,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from zray.node.worker_env import spawn_env
+from zray.runtime_env import key_of
+
 
 def wait_for_exit(procs: list[subprocess.Popen[bytes]] | list[int], timeout_s: float) -> None:
     """Return once every process (a Popen, or a pid) has exited or ``timeout_s`` has
@@ -62,6 +65,7 @@ class WorkerProcess:
     proc: subprocess.Popen[bytes]
     pidfd: int
     worker_id: bytes = b""  # known once it registers
+    env_key: str = ""  # its runtime_env's (zray/runtime_env.py): it runs only work of that env
     partial: dict[int, bytes] = field(default_factory=dict)  # fd -> unfinished line
 
     @property
@@ -96,19 +100,20 @@ def _char_boundary(data: bytes) -> int:
 
 
 class WorkerPool:
-    def __init__(self, argv: list[str], env: dict[str, str], cwd: str | None = None) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
         self._argv = argv
-        self._env, self._cwd = env, cwd
+        self._env = env
         self.by_pid: dict[int, WorkerProcess] = {}
         self.by_fd: dict[int, tuple[WorkerProcess, str]] = {}  # pipe or pidfd -> (worker, what)
 
-    def start(self) -> WorkerProcess:
+    def start(self, runtime_env: str = "") -> WorkerProcess:
+        """A worker for work of the resolved ``runtime_env`` (zray/runtime_env.py)."""
         proc = subprocess.Popen(
             [sys.executable, *self._argv],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=self._env, cwd=self._cwd, close_fds=True,
+            env=spawn_env(self._env, runtime_env), close_fds=True,
         )
-        worker = WorkerProcess(proc, os.pidfd_open(proc.pid))
+        worker = WorkerProcess(proc, os.pidfd_open(proc.pid), env_key=key_of(runtime_env))
         self.by_pid[proc.pid] = worker
         assert proc.stdout is not None and proc.stderr is not None
         for pipe, stream in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
