@@ -116,6 +116,7 @@ def test_a_tasks_or_actors_env_runs_on_workers_of_its_own_and_children_inherit_i
         assert (plain, first, again) == (None, "task", "task")
         assert pid == same_pid != plain_pid  # (its own worker, reused for its env)
         assert zray.get(env_and_pid.remote("A"), timeout=30)[0] == "job"
+        assert zray.get_runtime_context().runtime_env == {"env_vars": {"A": "job"}}
         assert zray.get(parent_and_child.options(
             runtime_env={"env_vars": {"B": "parent"}}).remote(), timeout=30) == (
             ("job", "parent"), ("job", "child", "child"))
