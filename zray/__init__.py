@@ -32,7 +32,7 @@ _HOME = {
     "wait": "zray.api",
 }
 
-_MODULES = ("exceptions", "util", "actor")  # reachable as zray.NAME after import, as in Ray
+_MODULES = ("exceptions", "util", "actor", "dag")  # reachable as zray.NAME after import, as in Ray
 __all__ = sorted([*_HOME, *_MODULES])
 
 

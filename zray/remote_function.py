@@ -38,6 +38,12 @@ class RemoteFunction:
             self._task_options, self._options_for = task_options(self._options), group
         return self._submit(args, kwargs, self._task_options)
 
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        """A lazy call, for a DAG (zray.dag): submitted by ``execute``."""
+        from zray.dag import FunctionNode
+
+        return FunctionNode(self, args, kwargs)
+
     def options(self, **options: Any) -> _OptionsBound:
         merged = {**self._options,
                   **validate(options, for_actor=False, where=f"{self._name}.options()")}
@@ -60,6 +66,11 @@ class _OptionsBound:
 
     def remote(self, *args: Any, **kwargs: Any) -> ObjectRef | list[ObjectRef]:
         return self._function._submit(args, kwargs, self._opts)
+
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        from zray.dag import FunctionNode
+
+        return FunctionNode(self, args, kwargs)
 
 
 def task_options(options: dict[str, Any]) -> TaskOptions:

@@ -59,6 +59,12 @@ class ActorClass:
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
         return self._create(args, kwargs, self._options)
 
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        """A lazy actor, for a DAG (zray.dag): made by each ``execute``."""
+        from zray.dag import ClassNode
+
+        return ClassNode(self, args, kwargs)
+
     def options(self, **options: Any) -> _BoundActorClass:
         merged = {**self._options,
                   **validate(options, for_actor=True, where=f"{self._name}.options()")}
@@ -102,6 +108,11 @@ class _BoundActorClass:
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
         return self._actor_class._create(args, kwargs, self._options)
+
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        from zray.dag import ClassNode
+
+        return ClassNode(self, args, kwargs)
 
 
 class ActorHandle:
@@ -161,6 +172,12 @@ class ActorMethod:
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         return self._call(args, kwargs, self._num_returns)
 
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        """A lazy call of this actor's method, for a DAG (zray.dag)."""
+        from zray.dag import ClassMethodNode
+
+        return ClassMethodNode(self._handle, self._name, {}, args, kwargs)
+
     def options(self, **options: Any) -> _BoundMethod:
         validate(options, for_actor=False, where=f"{self._name}.options()")
         return _BoundMethod(self, options.get("num_returns", self._num_returns))
@@ -181,6 +198,12 @@ class _BoundMethod:
 
     def remote(self, *args: Any, **kwargs: Any) -> ObjectRef | list[ObjectRef]:
         return self._method._call(args, kwargs, self._num_returns)
+
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        from zray.dag import ClassMethodNode
+
+        return ClassMethodNode(self._method._handle, self._method._name,
+                               {"num_returns": self._num_returns}, args, kwargs)
 
 
 def _unlimited(value: int) -> int:
