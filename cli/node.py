@@ -76,12 +76,12 @@ def _options(args: argparse.Namespace, config: Config) -> NodeOptions:
     if args.shards < 1:
         raise ValueError(f"--shards must be at least 1, got {args.shards}")
     port = args.port if args.port is not None else (6380 if args.head else 0)
+    store_size = args.object_store_memory or default_store_size(config)
     return NodeOptions(head=args.head, host=args.host, port=port, peers=peers,
                        shards=args.shards,
                        resources=node_resources(args.num_cpus, args.num_gpus, custom,
-                                                "zray node start"),
-                       store_size=args.object_store_memory or default_store_size(config),
-                       token_file=args.token_file)
+                                                "zray node start", store_size),
+                       store_size=store_size, token_file=args.token_file)
 
 
 def _block_until_interrupted() -> None:

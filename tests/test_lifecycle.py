@@ -211,6 +211,14 @@ def test_init_twice_and_shutdown_twice():
     assert not zray.is_initialized()
 
 
+def test_init_returns_rays_context_object():
+    """Its address_info in Ray's keys; ``with zray.init():`` shuts down at the end."""
+    with zray.init(num_cpus=1) as context:
+        assert context.address_info["node_id"] == zray.get_runtime_context().get_node_id()
+        assert os.path.isdir(context["session_dir"]) and context.dashboard_url is None
+        assert zray.init(ignore_reinit_error=True) is context
+    assert not zray.is_initialized()
+
 
 def test_a_task_naming_an_unknown_function_fails_and_the_agent_lives():
     """A well-formed SubmitTask whose function was never exported (a client does export

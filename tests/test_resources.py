@@ -101,7 +101,9 @@ def test_an_actors_calls_see_its_gpus_whichever_path_they_take(two_cpus):
 
 
 def test_cluster_and_available_resources(two_cpus):
-    assert zray.cluster_resources() == {"CPU": 2.0, "GPU": 2.0, "slot": 1.0}
+    resources = zray.cluster_resources()
+    assert resources.pop("memory") > 0  # (bytes: the machine's, less the store's)
+    assert resources == {"CPU": 2.0, "GPU": 2.0, "slot": 1.0}
     deadline = time.monotonic() + 10
     while zray.available_resources() != zray.cluster_resources():
         assert time.monotonic() < deadline
@@ -126,3 +128,23 @@ def test_infeasible_task_stays_pending_and_warns_once():
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stderr.count("no node can ever provide it") == 1, out.stderr
+
+
+@zray.remote
+class Holding:
+    def ping(self) -> str:
+        return "pong"
+
+
+def test_memory_is_a_resource_that_tasks_and_actors_hold(two_cpus):
+    """As Ray's ``memory=``: bytes of the node's "memory" resource, held while the task
+    runs, or for the actor's life."""
+    most = zray.cluster_resources()["memory"] * 0.6
+    actor = Holding.options(memory=most).remote()
+    assert zray.get(actor.ping.remote(), timeout=30) == "pong"
+    waiting = span.options(memory=most).remote(0)
+    assert zray.wait([waiting], timeout=0.5)[0] == []  # (the actor holds the memory)
+    zray.kill(actor)
+    assert zray.get(waiting, timeout=30)
+    with pytest.raises(ValueError, match="option memory=-1 is invalid"):
+        span.options(memory=-1)

@@ -212,3 +212,4 @@ def test_exit_actor_ends_the_actor_for_good() -> None:
         zray.get(actor.ping.remote(), timeout=30)
     with pytest.raises(TypeError, match="outside an actor"):
         exit_actor()
+

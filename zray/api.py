@@ -24,6 +24,7 @@ from zray.runtime_env import check
 if TYPE_CHECKING:
     from zray.actors.handle import ActorHandle
     from zray.broker.reader import TableView
+    from zray.context import ZrayContext
     from zray.core import CoreClient
     from zray.mesh.records import ClusterRecord
     from zray.objects.refs import ObjectRef
@@ -33,6 +34,7 @@ _lock = threading.RLock()
 _cluster: LocalCluster | None = None  # this driver's private cluster, or
 _joined: ClusterRecord | None = None  # the cluster it joined
 _config = Config()
+_context: ZrayContext | None = None  # what init returned, until shutdown
 
 # Ray keyword arguments that mean nothing to zray: accepted, so ported code runs unchanged.
 _IGNORED_RAY_KWARGS = {"include_dashboard", "dashboard_host", "configure_logging",
@@ -44,13 +46,14 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
          object_store_memory: int | None = None, namespace: str | None = None,
          log_to_driver: bool = True, ignore_reinit_error: bool = False,
          runtime_env: dict[str, Any] | None = None, _gcs_shards: int = 1,
-         **ray_kwargs: Any) -> None:
+         **ray_kwargs: Any) -> ZrayContext:
     """Start a private local cluster for this driver (``address`` None or "local"), or join
     a running one through its node on this machine (``address`` "auto": the newest
     cluster here; or a node's HOST:PORT; ``ZRAY_ADDRESS`` when not given). ``_gcs_shards``:
     a private cluster's GCS shard processes (each key lives in one). ``runtime_env``:
-    what this driver's tasks and actors run with (zray/runtime_env.py)."""
-    global _cluster, _config
+    what this driver's tasks and actors run with (zray/runtime_env.py). Returns Ray's
+    context object (zray/context.py)."""
+    global _cluster, _config, _context
     unknown = set(ray_kwargs) - _IGNORED_RAY_KWARGS
     if unknown:
         names = ", ".join(sorted(unknown))
@@ -58,8 +61,8 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
     runtime_env = check(runtime_env or {})
     with _lock:
         if _current() is not None:
-            if ignore_reinit_error:
-                return
+            if ignore_reinit_error and _context is not None:
+                return _context
             raise RuntimeError("zray.init() was already called; call zray.shutdown() first, "
                                "or pass ignore_reinit_error=True")
         address = address or os.environ.get("ZRAY_ADDRESS") or "local"
@@ -74,10 +77,9 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
                     "When connecting to an existing cluster, num_cpus, num_gpus, resources "
                     "and object_store_memory must not be provided: the cluster's nodes "
                     "were given theirs by `zray node start`")
-            _join(address, namespace, log_to_driver, runtime_env)
-            return
-        total = node_resources(num_cpus, num_gpus, resources, "zray.init()")
+            return _join(address, namespace, log_to_driver, runtime_env)
         store_size = object_store_memory or default_store_size(_config)
+        total = node_resources(num_cpus, num_gpus, resources, "zray.init()", store_size)
         cluster = LocalCluster.start(total, store_size, _config, _gcs_shards)
         client = None
         try:  # whatever fails from here on, the cluster started goes, and its files
@@ -98,16 +100,21 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         _cluster = cluster
         core.set_current(client)
         atexit.register(shutdown)
+        from zray.broker.layout import endpoints
+
+        _context = _context_of(client, cluster.endpoint, "127.0.0.1", cluster.session,
+                               cluster.endpoint, endpoints(cluster.session, _gcs_shards))
+        return _context
 
 
 def _join(address: str, namespace: str | None, log_to_driver: bool,
-          runtime_env: dict[str, Any]) -> None:
+          runtime_env: dict[str, Any]) -> ZrayContext:
     """Connect this driver to a running cluster, through its node on this machine
     (``address``: "auto", the head's, or any of its nodes')."""
     from zray import core
     from zray.mesh.records import find_cluster, local_node
 
-    global _joined
+    global _joined, _context
     _joined = find_cluster(address)
     node = local_node(_joined, address)
     client = _connect(node.endpoint, namespace, log_to_driver,
@@ -119,6 +126,21 @@ def _join(address: str, namespace: str | None, log_to_driver: bool,
         raise
     core.set_current(client)
     atexit.register(shutdown)
+    _context = _context_of(client, _joined.address, node.address.rpartition(":")[0],
+                           node.session, node.endpoint, _joined.gcs)
+    return _context
+
+
+def _context_of(client: CoreClient, address: str, ip: str, session: str, endpoint: str,
+                gcs: list[str]) -> ZrayContext:
+    """``init``'s answer: where this driver is connected, in Ray's keys."""
+    from zray.context import ZrayContext
+
+    return ZrayContext({
+        "address": address, "node_ip_address": ip, "raylet_ip_address": ip,
+        "node_id": client.node_id.hex(), "session_dir": session,
+        "raylet_socket_name": endpoint, "gcs_address": ",".join(gcs), "webui_url": None,
+        "metrics_export_port": None, "redis_address": None})
 
 
 def _connect(endpoint: str, namespace: str | None, log_to_driver: bool,
@@ -142,9 +164,10 @@ def _connect(endpoint: str, namespace: str | None, log_to_driver: bool,
 
 def shutdown() -> None:
     """Stop the private cluster: no process, socket or shared-memory file stays behind."""
-    global _cluster, _joined
+    global _cluster, _joined, _context
     with _lock:
         client = _current()
+        _context = None
         if client is None:
             return
         from zray import core

@@ -68,7 +68,8 @@ class Cluster:
         options = NodeOptions(
             head=head, host="127.0.0.1" if head else next(self._hosts), port=0,
             peers=[] if head else [self.address], shards=self._shards,
-            resources=node_resources(num_cpus, num_gpus, resources, "Cluster.add_node"),
+            resources=node_resources(num_cpus, num_gpus, resources, "Cluster.add_node",
+                                     object_store_memory),
             store_size=object_store_memory)
         node = ClusterNode(start_node(options, self.config))
         if head:

@@ -26,7 +26,8 @@ def _gpus(v: Any) -> bool:
 
 def _resources(v: Any) -> bool:
     return isinstance(v, dict) and all(
-        isinstance(k, str) and k not in ("CPU", "GPU") and _non_negative(n) for k, n in v.items())
+        isinstance(k, str) and k not in ("CPU", "GPU", "memory") and _non_negative(n)
+        for k, n in v.items())
 
 
 def _retry_exceptions(v: Any) -> bool:
@@ -63,8 +64,11 @@ OPTIONS: dict[str, Option] = {
                           "an int >= 1", 1, for_actors=False),
     "num_cpus": Option(_non_negative, "a number >= 0", 1, for_actors=True),
     "num_gpus": Option(_gpus, "a number >= 0 (a fraction only below 1)", 0, for_actors=True),
+    "memory": Option(_non_negative, "a number of bytes >= 0 (of the node's \"memory\" "
+                     "resource, held while it runs)", None, for_actors=True),
     "resources": Option(_resources, "a dict of custom resource name -> number >= 0 "
-                        "(use num_cpus/num_gpus for CPU and GPU)", None, for_actors=True),
+                        "(use num_cpus/num_gpus/memory for CPU, GPU and memory)", None,
+                        for_actors=True),
     "max_retries": Option(_count_or_unlimited, "an int >= 0, or -1 for unlimited", None),
     "retry_exceptions": Option(_retry_exceptions, "a bool or a list of exception classes",
                                False),

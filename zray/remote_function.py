@@ -78,7 +78,8 @@ def task_options(options: dict[str, Any]) -> TaskOptions:
     from zray.util.scheduling_strategies import as_wire
 
     resources = {"CPU": float(resolved(options, "num_cpus")),
-                 "GPU": float(resolved(options, "num_gpus"))}
+                 "GPU": float(resolved(options, "num_gpus")),
+                 "memory": float(options.get("memory") or 0)}
     resources.update({k: float(v) for k, v in (resolved(options, "resources") or {}).items()})
     retry = resolved(options, "retry_exceptions")
     retry_filter = b"*" if retry is True else b"" if not retry else dumps(tuple(retry))

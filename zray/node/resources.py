@@ -11,11 +11,15 @@ from zray.options import validate
 
 
 def node_resources(num_cpus: int | None, num_gpus: int | None,
-                   custom: dict[str, float] | None, where: str) -> dict[str, float]:
-    """A node's resources: CPUs and GPUs (counted when not given) and custom ones."""
+                   custom: dict[str, float] | None, where: str,
+                   store_size: int) -> dict[str, float]:
+    """A node's resources: CPUs and GPUs (counted when not given), "memory" (bytes for
+    tasks' heaps, as Ray's: the machine's memory less the object store's) and custom
+    ones."""
     cpus = (os.cpu_count() or 1) if num_cpus is None else num_cpus
     gpus = _detect_gpus() if num_gpus is None else num_gpus
-    total = {"CPU": float(cpus), "GPU": float(gpus)}
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") - store_size
+    total = {"CPU": float(cpus), "GPU": float(gpus), "memory": float(max(0, memory))}
     if custom:
         validate({"resources": custom}, for_actor=False, where=where)
         total.update({k: float(v) for k, v in custom.items()})
