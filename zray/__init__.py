@@ -13,6 +13,8 @@ _HOME = {
     "ActorHandle": "zray.actors.handle",
     "method": "zray.actors.handle",
     "ObjectRef": "zray.objects.refs",
+    "ObjectRefGenerator": "zray.generators",
+    "DynamicObjectRefGenerator": "zray.generators",
     "available_resources": "zray.api",
     "cancel": "zray.api",
     "cluster_resources": "zray.api",
@@ -71,4 +73,6 @@ if TYPE_CHECKING:
     from zray.api import shutdown as shutdown
     from zray.api import store_stats as store_stats
     from zray.api import wait as wait
+    from zray.generators import DynamicObjectRefGenerator as DynamicObjectRefGenerator
+    from zray.generators import ObjectRefGenerator as ObjectRefGenerator
     from zray.objects.refs import ObjectRef as ObjectRef

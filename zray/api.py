@@ -12,6 +12,7 @@ import itertools
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -247,10 +248,14 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
 
 def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task making ``ref``: dequeue it, interrupt it, or (force) kill its worker."""
+    from zray.generators import ObjectRefGenerator
     from zray.objects.refs import ObjectRef
 
+    if isinstance(ref, ObjectRefGenerator):  # (its task: what it yielded so far stays)
+        ref = ref.completed()
     if not isinstance(ref, ObjectRef):
-        raise ValueError(f"zray.cancel() takes an ObjectRef, got {type(ref).__name__}")
+        raise ValueError(f"zray.cancel() takes an ObjectRef or an ObjectRefGenerator, got "
+                         f"{type(ref).__name__}")
     client_for_call().cancel(ref.id, force)
 
 
@@ -286,12 +291,16 @@ def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1,
     ``fetch_local``: ready means a copy is on this node (pulled meanwhile), as in Ray;
     False: made anywhere (a result of this process's own task, made on another node,
     is not pulled)."""
+    from zray.generators import ObjectRefGenerator
     from zray.objects.refs import ObjectRef
 
     # Checked with C-speed loops: wait() is called in loops over long lists of refs.
     if not isinstance(object_refs, (list, tuple)) or not all(
             map(isinstance, object_refs, itertools.repeat(ObjectRef))):
-        raise TypeError("zray.wait() takes a list of ObjectRefs")
+        if isinstance(object_refs, (list, tuple)) and all(
+                isinstance(r, (ObjectRef, ObjectRefGenerator)) for r in object_refs):
+            return _wait_with_generators(list(object_refs), num_returns, timeout, fetch_local)
+        raise TypeError("zray.wait() takes a list of ObjectRefs (or ObjectRefGenerators)")
     if not object_refs:  # as Ray: before num_returns is checked against the (empty) list
         _check_timeout(timeout)
         return [], []
@@ -300,6 +309,32 @@ def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1,
                          f"of refs ({len(object_refs)})")
     _check_timeout(timeout)
     return client_for_call().wait(list(object_refs), num_returns, timeout, fetch_local)
+
+
+def _wait_with_generators(waitables: list[Any], num_returns: int, timeout: float | None,
+                          fetch_local: bool) -> tuple[list[Any], list[Any]]:
+    """``wait`` over refs and generators: a generator is ready once its next item is
+    (or its end)."""
+    from zray.generators import ObjectRefGenerator
+
+    if num_returns < 0 or num_returns > len(waitables):
+        raise ValueError(f"num_returns={num_returns!r} must be an int between 0 and the number "
+                         f"of refs ({len(waitables)})")
+    _check_timeout(timeout)
+    client = client_for_call()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        refs = [w for w in waitables if not isinstance(w, ObjectRefGenerator)]
+        ready_refs = set(client.wait(refs, len(refs), 0, fetch_local)[0]) if refs else set()
+        ready = [w for w in waitables if (w.next_ready() or w.is_finished()
+                                          if isinstance(w, ObjectRefGenerator)
+                                          else w in ready_refs)][:num_returns]
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if len(ready) >= num_returns or left == 0.0:
+            return ready, [w for w in waitables if w not in ready]
+        pending = [object_id for w in waitables if w not in ready for object_id in (
+            w._pending_ids() if isinstance(w, ObjectRefGenerator) else [w.id])]
+        client.wait_ids(pending, left)
 
 
 def get_gpu_ids() -> list[int]:

@@ -20,6 +20,7 @@ pidfd, so a dead agent fails every waiter at once instead of leaving it hanging.
 from __future__ import annotations
 
 import bisect
+import concurrent.futures
 import contextvars
 import itertools
 import json
@@ -101,6 +102,7 @@ class CoreClient:
         keep_large_blocks_warm()
         self._on_agent_death = on_agent_death
         self.on_cancel: Callable[[bytes], None] | None = None  # set by a worker
+        self.cancelled: set[bytes] = set()  # a worker's tasks cancelled while they run
         # Why the agent is gone, for NodeDiedError (a driver, the agent's parent, can say).
         self.explain_agent_death: Callable[[], str] = lambda: "the node agent exited"
         self.job_id = job_id
@@ -132,6 +134,7 @@ class CoreClient:
         self.peers = Peers(self._peers_zmq, self.worker_id, endpoint)
         self.inbox = TaskInbox(self, self._zmq, endpoint) if kind == "worker" else None
         self.leasing: DirectSubmitter | None = None  # once registered (it needs the CPUs)
+        self._futures: concurrent.futures.ThreadPoolExecutor | None = None  # (future())
         self._cond = threading.Condition()  # guards _replies
         self.objects = LocalObjects(self.refs)
         # Held from reading objects' locations to deferring the notice that pins them, and
@@ -257,6 +260,9 @@ class CoreClient:
         os.write(self._wake_w, b"x")
         if self._io is not None:
             self._io.join()
+        self.objects.call_back_all()  # (futures not ready fail: we are closing)
+        if self._futures is not None:
+            self._futures.shutdown(wait=False)
         os.close(self._wake_r)
         os.close(self._wake_w)
         if not self._broken:
@@ -442,7 +448,12 @@ class CoreClient:
         (the agent's own answers, and those it passed on, it has)."""
         for_leases = []
         for done in answers:
-            if self.actor_calls.answered(done.task_id):
+            if done.item >= 0:  # a value a generator of ours yielded (zray/generators.py)
+                self.objects.expect([location[0] for location in done.results])
+                self.objects.file(done.results)
+                if not from_agent:
+                    self.tx.defer(done, soon=True, wake=False, awaited=False)
+            elif self.actor_calls.answered(done.task_id):
                 self.objects.file(done.results)
                 if not from_agent:  # (soon: the actor's mailbox releases calls on it)
                     self.tx.defer(done, soon=True, wake=False, awaited=False)
@@ -625,6 +636,76 @@ class CoreClient:
                 return None
             locations.append(location)
         return locations
+
+    def future(self, ref: ObjectRef) -> concurrent.futures.Future[Any]:
+        """A future of the ref's value: set once it is ready here, by one shared thread
+        (no thread, and no blocked call, per future)."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def ready() -> None:  # (on the I/O thread: the value is read on the other)
+            if self._stopping:
+                if not future.cancelled():
+                    future.set_exception(ZrayError(
+                        f"zray.shutdown() was called before {ref} was ready"))
+                return
+            if self._futures is None:
+                self._futures = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="zray-futures")
+            self._futures.submit(self._resolve_future, future, ref)
+
+        subscribe = self.objects.on_ready(ref.id, ready)
+        if subscribe is None:
+            ready()
+        elif subscribe:
+            self.actor_calls.flush()  # what it waits for may be among them
+            self.tx.send(p.Subscribe([ref.id], True))
+        else:
+            self.tx.flush_for_wait()
+        if self._broken:
+            self.objects.wake_all()  # (the agent died before the callback was filed)
+        return future
+
+    def when_ready(self, object_id: bytes) -> concurrent.futures.Future[None]:
+        """A future set (to None) once the object is ready here; it is not read."""
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def ready() -> None:
+            try:
+                future.set_result(None)
+            except concurrent.futures.InvalidStateError:
+                pass  # (cancelled: nobody waits for it any more)
+
+        subscribe = self.objects.on_ready(object_id, ready)
+        if subscribe is None:
+            ready()
+        elif subscribe:
+            self.tx.send(p.Subscribe([object_id], True))
+        else:
+            self.tx.flush_for_wait()
+        return future
+
+    def wait_ids(self, ids: list[bytes], timeout: float | None) -> None:
+        """Return once one of these objects is ready anywhere, or ``timeout`` passed."""
+        self._await(ids, 1, timeout, raise_on_timeout=False, fetch_local=False)
+
+    def abandon_stream(self, task_id: bytes, first: int) -> None:
+        """A generator of ours was dropped: the items from ``first`` that are here are
+        let go (each was held for it since it arrived)."""
+        index = first
+        while self.objects.ready_among([return_object_id(task_id, index + 1)],
+                                       fetch_local=False):
+            ObjectRef(return_object_id(task_id, index + 1), self.refs, created=True)
+            index += 1  # (made and dropped at once: the agent hears of the release)
+
+    def _resolve_future(self, future: concurrent.futures.Future[Any], ref: ObjectRef) -> None:
+        try:
+            value = self.get([ref], None)[0]
+        except BaseException as exc:
+            if not future.cancelled():
+                future.set_exception(exc)
+        else:
+            if not future.cancelled():
+                future.set_result(value)
 
     def cancel(self, object_id: bytes, force: bool) -> None:
         task_id = task_of(object_id)

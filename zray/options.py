@@ -60,8 +60,9 @@ class Option:
 
 
 OPTIONS: dict[str, Option] = {
-    "num_returns": Option(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-                          "an int >= 1", 1, for_actors=False),
+    "num_returns": Option(lambda v: v in ("streaming", "dynamic") or (
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+        'an int >= 1, "streaming" or "dynamic" (for a generator)', 1, for_actors=False),
     "num_cpus": Option(_non_negative, "a number >= 0", 1, for_actors=True),
     "num_gpus": Option(_gpus, "a number >= 0 (a fraction only below 1)", 0, for_actors=True),
     "memory": Option(_non_negative, "a number of bytes >= 0 (of the node's \"memory\" "

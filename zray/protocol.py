@@ -191,6 +191,9 @@ class TaskDone(Message):
     error: str  # "Type: message" of the exception it raised ("" if none), for the GCS row
     started: float  # when it started, by the worker's wall clock (0.0: it never ran)
     node: bytes = b""  # the node it ran on, if not its owner's: results left there
+    # >= 0: not the end but the value a generator yielded item-th, now, in ``results``
+    # (object return_object_id(task_id, item + 1): zray/generators.py)
+    item: int = -1
 
 
 @message(7)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 from zray.exported import export_blob
-from zray.objects.refs import ObjectRef
+from zray.generators import ObjectRefGenerator, run_dynamic
 from zray.objects.serialization import dumps
 from zray.options import resolved, validate
 from zray.specs import FunctionDescriptor, TaskOptions
@@ -19,6 +20,10 @@ class RemoteFunction:
         self._fn = fn
         self._name = getattr(fn, "__qualname__", getattr(fn, "__name__", "task"))
         self._options = validate(options, for_actor=False, where=f"@zray.remote on {self._name}")
+        if "num_returns" not in options and (inspect.isgeneratorfunction(fn)
+                                             or inspect.isasyncgenfunction(fn)):
+            self._options["num_returns"] = "streaming"  # (Ray's default for a generator)
+        self._dynamic: FunctionDescriptor | None = None  # its num_returns="dynamic" form
         self._descriptor: FunctionDescriptor | None = None
         self._task_options: TaskOptions | None = None
         self._options_for = ""  # the captured placement group they were made in (if any)
@@ -53,9 +58,18 @@ class RemoteFunction:
         from zray.api import client_for_call
 
         client = client_for_call()
-        if self._descriptor is None:
-            self._descriptor = FunctionDescriptor.of(export_blob(self._fn), self._name)
-        _, refs = client.submit(self._descriptor, self._name, args, kwargs, opts)
+        if opts.generator == "dynamic":
+            if self._dynamic is None:
+                self._dynamic = FunctionDescriptor.of(export_blob(run_dynamic(self._fn)),
+                                                      self._name)
+            descriptor = self._dynamic
+        else:
+            if self._descriptor is None:
+                self._descriptor = FunctionDescriptor.of(export_blob(self._fn), self._name)
+            descriptor = self._descriptor
+        _, refs = client.submit(descriptor, self._name, args, kwargs, opts)
+        if opts.generator == "streaming":
+            return ObjectRefGenerator(refs[0], client)
         return refs[0] if opts.num_returns == 1 else refs
 
 
@@ -64,7 +78,7 @@ class _OptionsBound:
         self._function = function
         self._opts = opts
 
-    def remote(self, *args: Any, **kwargs: Any) -> ObjectRef | list[ObjectRef]:
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
         return self._function._submit(args, kwargs, self._opts)
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:
@@ -85,8 +99,9 @@ def task_options(options: dict[str, Any]) -> TaskOptions:
     retry_filter = b"*" if retry is True else b"" if not retry else dumps(tuple(retry))
     max_retries = resolved(options, "max_retries")
     strategy = strategy_of(options)
+    num_returns = resolved(options, "num_returns")
     return TaskOptions(
-        num_returns=resolved(options, "num_returns"),
+        num_returns=1 if isinstance(num_returns, str) else num_returns,
         resources=placed({k: v for k, v in resources.items() if v > 0}, strategy,
                          "a task"),
         max_retries=default_max_retries() if max_retries is None else
@@ -95,4 +110,5 @@ def task_options(options: dict[str, Any]) -> TaskOptions:
         strategy=as_wire(strategy),
         placement=placement_of(strategy),
         runtime_env=options.get("runtime_env"),
+        generator=num_returns if isinstance(num_returns, str) else "",
     )

@@ -38,6 +38,13 @@ class RuntimeContext:
         gpus = self._client.context.gpu_ids
         return {"GPU": float(len(gpus))} if gpus else {}
 
+    def is_canceled(self) -> bool:
+        """Whether the running task or actor call was cancelled (``zray.cancel``): a
+        running call of a sync actor is not interrupted, and may check this."""
+        if self._client.kind == "driver":
+            raise RuntimeError("is_canceled() is for a task or actor call, not a driver")
+        return self._client.context.task_id in self._client.cancelled
+
     @property
     def namespace(self) -> str:
         return self._client.namespace

@@ -52,3 +52,4 @@ class TaskOptions:
     strategy: dict[str, Any] = field(default_factory=dict)  # (scheduling_strategies.as_wire)
     placement: dict[str, Any] = field(default_factory=dict)  # (placement_group.placement_of)
     runtime_env: dict[str, Any] | None = None  # as given (None: its submitter's); checked
+    generator: str = ""  # "streaming" or "dynamic": num_returns given so (zray/generators.py)

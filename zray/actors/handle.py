@@ -12,6 +12,7 @@ from typing import Any
 
 from zray.core import current_counter
 from zray.exported import export_blob
+from zray.generators import ObjectRefGenerator
 from zray.objects.refs import ObjectRef
 from zray.objects.serialization import record_contained_ref
 from zray.options import resolved, validate
@@ -25,7 +26,7 @@ _NUM_RETURNS_ATTR = "__zray_num_returns__"
 READY_METHOD = "__ray_ready__"
 
 
-def method(*, num_returns: int = 1) -> Any:
+def method(*, num_returns: int | str = 1) -> Any:
     """``@zray.method(num_returns=2)`` on an actor method."""
     validate({"num_returns": num_returns}, for_actor=False, where="@zray.method")
 
@@ -41,11 +42,11 @@ class ActorClass:
         self._cls = cls
         self._name = cls.__qualname__
         self._options = validate(options, for_actor=True, where=f"@zray.remote on {self._name}")
-        self._methods = {name: getattr(fn, _NUM_RETURNS_ATTR, 1)
+        self._methods = {name: getattr(fn, _NUM_RETURNS_ATTR, _default_returns(fn))
                          for name, fn in inspect.getmembers(cls, callable)
                          if not name.startswith("__")}
         self._methods[READY_METHOD] = 1
-        self._is_async = any(inspect.iscoroutinefunction(fn)
+        self._is_async = any(is_async(fn)
                              for _, fn in inspect.getmembers(cls, callable))
         self._descriptor: FunctionDescriptor | None = None
 
@@ -118,7 +119,7 @@ class _BoundActorClass:
 class ActorHandle:
     """A reference to an actor; ``h.method.remote(...)`` calls it."""
 
-    def __init__(self, actor_id: bytes, class_name: str, methods: dict[str, int],
+    def __init__(self, actor_id: bytes, class_name: str, methods: dict[str, int | str],
                  created: bool = False) -> None:
         self._actor_id = actor_id
         self._class_name = class_name
@@ -160,7 +161,7 @@ class ActorHandle:
 
 
 class ActorMethod:
-    def __init__(self, handle: ActorHandle, name: str, num_returns: int) -> None:
+    def __init__(self, handle: ActorHandle, name: str, num_returns: int | str) -> None:
         self._handle = handle
         self._name = name
         self._num_returns = num_returns
@@ -182,17 +183,27 @@ class ActorMethod:
         validate(options, for_actor=False, where=f"{self._name}.options()")
         return _BoundMethod(self, options.get("num_returns", self._num_returns))
 
-    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any], num_returns: int) -> Any:
+    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any],
+              num_returns: int | str) -> Any:
         from zray.api import client_for_call
 
-        _, refs = client_for_call().submit(
-            None, self._name, args, kwargs, TaskOptions(num_returns, {}, 0, b""),
+        if num_returns == "dynamic":
+            raise NotImplementedError(
+                f"actor method {self._name}: num_returns=\"dynamic\" is not supported for "
+                "actor methods by zray; a generator method streams its values (the default, "
+                "num_returns=\"streaming\")")
+        client = client_for_call()
+        _, refs = client.submit(
+            None, self._name, args, kwargs,
+            TaskOptions(1 if num_returns == "streaming" else int(num_returns), {}, 0, b""),
             actor_id=self._handle.actor_id)
+        if num_returns == "streaming":
+            return ObjectRefGenerator(refs[0], client)
         return refs[0] if num_returns == 1 else refs
 
 
 class _BoundMethod:
-    def __init__(self, method: ActorMethod, num_returns: int) -> None:
+    def __init__(self, method: ActorMethod, num_returns: int | str) -> None:
         self._method = method
         self._num_returns = num_returns
 
@@ -204,6 +215,18 @@ class _BoundMethod:
 
         return ClassMethodNode(self._method._handle, self._method._name,
                                {"num_returns": self._num_returns}, args, kwargs)
+
+
+def is_async(fn: Any) -> bool:
+    """Whether an actor's method runs on its event loop (``async def``, with or without
+    ``yield``): a class with one is an async actor."""
+    return inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+
+
+def _default_returns(fn: Any) -> int | str:
+    """A method's num_returns when not given: a generator streams, as in Ray."""
+    generator = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+    return "streaming" if generator else 1
 
 
 def _unlimited(value: int) -> int:

@@ -20,7 +20,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from zray import protocol as p
-from zray.actors.handle import READY_METHOD
+from zray.actors.handle import READY_METHOD, is_async
 from zray.core import CoreClient
 from zray.exceptions import TaskCancelledError
 from zray.exported import load_function
@@ -39,6 +39,7 @@ class ActorHost:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots: asyncio.Semaphore | None = None
         self._cancelled: set[bytes] = set()
+        self._coroutines: dict[bytes, asyncio.Task[Outcome]] = {}  # running async calls
         client.actor_placement = creation.placement  # (its methods run in its group too)
         self._report(run_sync(client, creation, lambda: self._construct(creation)))
 
@@ -46,7 +47,7 @@ class ActorHost:
         assert creation.function_blob is not None, "an actor's creation carries its class"
         cls = load_function(creation.function_blob)
         concurrency = int(creation.actor_options.get("max_concurrency", 1))
-        if any(inspect.iscoroutinefunction(f) for _, f in inspect.getmembers(cls, callable)):
+        if any(is_async(f) for _, f in inspect.getmembers(cls, callable)):
             import asyncio
 
             self._loop = asyncio.new_event_loop()
@@ -63,16 +64,22 @@ class ActorHost:
         self.instance = instance
 
     def cancel(self, task_id: bytes) -> None:
-        """From the I/O thread: drop this call if it has not started yet."""
+        """From the I/O thread: drop this call if it has not started yet; a running async
+        call gets CancelledError raised in its coroutine (a running sync one is not
+        interrupted: it may check ``get_runtime_context().is_canceled()``)."""
         self._cancelled.add(task_id)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._cancel_coroutine, task_id)
+
+    def _cancel_coroutine(self, task_id: bytes) -> None:
+        coroutine = self._coroutines.get(task_id)
+        if coroutine is not None:
+            coroutine.cancel()
 
     def run(self, call: p.ExecuteTask) -> None:
         method = getattr(self.instance, call.name, None)
-        if self._loop is not None and inspect.iscoroutinefunction(method):
-            import asyncio
-
-            future = asyncio.run_coroutine_threadsafe(self._run_async(call, method), self._loop)
-            future.add_done_callback(lambda f: self._report(f.result()))
+        if self._loop is not None and is_async(method):
+            self._loop.call_soon_threadsafe(self._start_coroutine, call, method)
         elif self._loop is not None:  # a plain method of an async actor runs on its loop
             self._loop.call_soon_threadsafe(self._run_and_report, call)
         elif self._pool is not None:
@@ -80,15 +87,28 @@ class ActorHost:
         else:
             self._run_and_report(call)
 
+    def _start_coroutine(self, call: p.ExecuteTask, method: Any) -> None:
+        """On the actor's loop: run the call as an asyncio task, which a cancel cancels."""
+        assert self._loop is not None
+        coroutine = self._loop.create_task(self._run_async(call, method))
+        self._coroutines[call.task_id] = coroutine
+        coroutine.add_done_callback(lambda done: self._coroutine_done(call, done))
+
+    def _coroutine_done(self, call: p.ExecuteTask, done: asyncio.Task[Outcome]) -> None:
+        self._coroutines.pop(call.task_id, None)
+        self._report(self._cancelled_outcome(call) if done.cancelled() else done.result())
+
     async def _run_async(self, call: p.ExecuteTask, method: Any) -> Outcome:
         assert self._slots is not None
-        async with self._slots:
-            if call.task_id in self._cancelled:
-                return self._cancelled_outcome(call)
-            try:
+        try:
+            async with self._slots:
+                if call.task_id in self._cancelled:
+                    return self._cancelled_outcome(call)
                 return await run_async(self.client, call, method)
-            except BaseException as exc:  # e.g. CancelledError: the caller still gets an answer
-                return self._ended(call, exc)
+        except BaseException as exc:  # the caller still gets an answer
+            if call.task_id in self._cancelled:  # (its CancelledError, from zray.cancel)
+                return self._cancelled_outcome(call)
+            return self._ended(call, exc)
 
     def _run_and_report(self, call: p.ExecuteTask) -> None:
         if call.task_id in self._cancelled:

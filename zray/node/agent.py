@@ -524,7 +524,9 @@ class Agent:
                 or task_id in self.actors.calls)
 
     def on_task_done(self, client_id: bytes, msg: p.TaskDone) -> None:
-        if self.actors.task_done(client_id, msg):
+        if msg.item >= 0:
+            self.file_streamed(client_id, msg)
+        elif self.actors.task_done(client_id, msg):
             pass
         elif msg.owner:
             self.leases.done(client_id, msg)
@@ -533,6 +535,25 @@ class Agent:
             if worker is not None:
                 self.clients.running_on.pop(worker.pid, None)
             self.tasks.done(client_id, msg)
+
+    def file_streamed(self, client_id: bytes, msg: p.TaskDone) -> None:
+        """A value a generator yielded (zray/generators.py), from its worker or its owner:
+        filed as its owner's, and passed on to the owner if it did not send it."""
+        task = self.scheduler.tasks.get(msg.task_id)
+        owner = msg.owner or (task.submitter if task is not None else b"")
+        client = self.clients.get(owner)
+        job_id = task.spec.job_id if task is not None else client.job_id if client else b""
+        for object_id, data, _, size, is_error in msg.results:
+            if data is not None:
+                self.objects.put_inline(object_id, job_id, data, msg.contained, owner,
+                                        is_error)
+            elif msg.node:  # (in the store of the node it ran on, lent to us)
+                self.objects.borrowed(object_id, msg.node, job_id, size, is_error, owner)
+        if owner and owner != client_id:
+            if client is not None and not client.remote:
+                self.send(owner, msg)
+            elif self.member is not None:
+                self.member.to_owner(owner, msg)
 
     def relay(self, client_id: bytes, msg: p.TaskDone) -> None:
         """Pass on a worker's answer to its owner, once filed here.

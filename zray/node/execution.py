@@ -8,6 +8,7 @@ TaskDone that pins them has been sent.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import pickle
 import time
@@ -40,7 +41,10 @@ def run_sync(client: CoreClient, task: p.ExecuteTask,
     try:
         fn = target()
         args, kwargs = resolve_args(client, task)
-        values = split_returns(task, fn(*args, **kwargs))
+        result = fn(*args, **kwargs)
+        if task.num_returns == 1 and inspect.isgenerator(result):
+            return stream(client, task, result, started), []
+        values = split_returns(task, result)
         return finish(client, task, values, started), values
     except Exception as exc:
         return fail(client, task, exc, started), []
@@ -52,7 +56,17 @@ async def run_async(client: CoreClient, task: p.ExecuteTask,
     started = _enter(client, task)
     try:
         args, kwargs = resolve_args(client, task)
-        values = split_returns(task, await fn(*args, **kwargs))
+        result = fn(*args, **kwargs)
+        if task.num_returns == 1 and inspect.isasyncgen(result):
+            count = 0
+            try:
+                async for value in result:
+                    send_item(client, task, count, value)
+                    count += 1
+            except Exception as exc:
+                return _stream_failed(client, task, count, exc, started), []
+            return finish(client, task, [count], started), []
+        values = split_returns(task, await result)
         return finish(client, task, values, started), values
     except Exception as exc:
         return fail(client, task, exc, started), []
@@ -97,11 +111,55 @@ def resolve_args(client: CoreClient, task: p.ExecuteTask) -> tuple[list[Any], di
     return resolve_arguments(args, kwargs, values)
 
 
+def stream(client: CoreClient, task: p.ExecuteTask, generator: Any,
+           started: float) -> p.TaskDone:
+    """Run a generator task: each value it yields goes to its owner at once
+    (zray/generators.py); the answer is how many it yielded."""
+    count = 0
+    try:
+        for value in generator:
+            send_item(client, task, count, value)
+            count += 1
+    except Exception as exc:
+        return _stream_failed(client, task, count, exc, started)
+    return finish(client, task, [count], started)
+
+
+def _stream_failed(client: CoreClient, task: p.ExecuteTask, count: int, exc: Exception,
+                   started: float) -> p.TaskDone:
+    """The generator raised: the error is its next item, then the stream ends."""
+    error = error_payload(exc, task.name, client.config.message_budget)
+    location = (return_object_id(task.task_id, count + 1), error.to_bytes(), -1, error.size,
+                True)
+    _send_item(client, p.TaskDone(task.task_id, task.attempt, [location],
+                                  list(error.contained), False, task.owner, 0.0, os.getpid(),
+                                  "", 0.0, item=count))
+    return dataclasses.replace(finish(client, task, [count + 1], started),
+                               error=_error_text(exc))
+
+
+def send_item(client: CoreClient, task: p.ExecuteTask, index: int, value: Any) -> None:
+    """A value a generator yielded: stored (inline if small) and reported at once."""
+    ser = serialize(value)
+    location = client.store_value(return_object_id(task.task_id, index + 1), ser, False,
+                                  task.owner, may_inline=ser.size <= client.config.message_budget)
+    contained = list(ser.contained) if location[1] is not None else []
+    _send_item(client, p.TaskDone(task.task_id, task.attempt, [location], contained, False,
+                                  task.owner, 0.0, os.getpid(), "", 0.0, item=index))
+
+
+def _send_item(client: CoreClient, item: p.TaskDone) -> None:
+    finish_lines()  # (what it printed first is shown first)
+    _route(client, item)
+
+
 def split_returns(task: p.ExecuteTask, result: Any) -> list[Any]:
     if task.num_returns == 1:
         return [result]
     if task.num_returns == 0:
         return []
+    if inspect.isgenerator(result):  # (a generator with an int num_returns: all at the end)
+        result = list(result)
     if not isinstance(result, (tuple, list)) or len(result) != task.num_returns:
         raise ValueError(f"{task.name}() has num_returns={task.num_returns} but returned "
                          f"{type(result).__name__} {result!r:.60}")
@@ -157,7 +215,12 @@ def hand_in(client: CoreClient, outcome: Outcome) -> None:
     that pins them has gone: the caller keeps ``outcome`` until this returns."""
     done = outcome[0]
     client.running.pop(done.task_id, None)
+    client.cancelled.discard(done.task_id)
     finish_lines()
+    _route(client, done)
+
+
+def _route(client: CoreClient, done: p.TaskDone) -> None:
     if not done.owner or done.contained or client.tx.agent_first():
         client.tx.send(done)
     elif client.peers.routed(done.owner):  # (an owner on another node, over TCP)

@@ -21,6 +21,7 @@ sleep or a blocking get) if that task is still the one running.
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import signal
@@ -99,10 +100,26 @@ class Worker:
             try:
                 if self.cancelled == task.task_id:
                     raise TaskCancelledError(f"task {task.name}() was cancelled")
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
             finally:
                 self.running = b""
+            return self._armed_generator(task, result) if inspect.isgenerator(result) \
+                else result
         return call
+
+    def _armed_generator(self, task: p.ExecuteTask, generator: Any) -> Any:
+        """A generator task's values, each made where a cancel may interrupt it."""
+        while True:
+            self.running = task.task_id
+            try:
+                if self.cancelled == task.task_id:
+                    raise TaskCancelledError(f"task {task.name}() was cancelled")
+                value = next(generator)
+            except StopIteration:
+                return
+            finally:
+                self.running = b""
+            yield value
 
 
     def _function(self, task: p.ExecuteTask) -> Any:
@@ -113,6 +130,7 @@ class Worker:
     def on_cancel(self, task_id: bytes) -> None:
         """From the I/O thread: interrupt the main thread if it still runs ``task_id``;
         an actor's call that was sent ahead and has not started is dropped instead."""
+        self.client.cancelled.add(task_id)  # (get_runtime_context().is_canceled())
         if self.actor is not None:
             self.actor.cancel(task_id)
         elif task_id and task_id == self.current:

@@ -58,6 +58,9 @@ class LocalObjects:
         # each (few), where registering each call under every id it waits for would cost
         # a wait() over many refs as much as the refs (and again to unregister).
         self._waiters: list[Waiter] = []
+        # Futures (``ref.future()``, ``await ref``): called once the object is ready here;
+        # by id, as there may be many (10,000 awaited refs are 10,000 entries, no thread).
+        self._callbacks: dict[bytes, list[Callable[[], None]]] = {}
         self._views: weakref.WeakValueDictionary[bytes, Any] = weakref.WeakValueDictionary()
 
     def ready_among(self, ids: list[bytes], fetch_local: bool = True) -> set[bytes]:
@@ -107,7 +110,8 @@ class LocalObjects:
     def file(self, locations: list[Location]) -> None:
         """Locations the agent sent for objects we asked about; wake who waits for them.
         One ready elsewhere is fetched at once if someone waits for it, else when read."""
-        fetch = []
+        fetch: list[bytes] = []
+        called: list[Callable[[], None]] = []
         with self._lock:
             for location in locations:
                 object_id = location[0]
@@ -115,7 +119,7 @@ class LocalObjects:
                     new = object_id not in self._elsewhere
                     self._elsewhere[object_id] = location
                     waiters = [w for w in self._waiters if object_id in w.ids]
-                    if any(w.fetch_local for w in waiters):
+                    if any(w.fetch_local for w in waiters) or object_id in self._callbacks:
                         fetch.append(object_id)
                     else:  # (the next wait for it asks the agent)
                         self._subscribed.discard(object_id)
@@ -130,8 +134,22 @@ class LocalObjects:
                         for waiter in self._waiters:
                             if object_id in waiter.ids:
                                 waiter.one_ready()
+                        called += self._callbacks.pop(object_id, ())
         if fetch:
             self.fetch(fetch)
+        for callback in called:
+            callback()
+
+    def on_ready(self, object_id: bytes, callback: Callable[[], None]) -> bool | None:
+        """Call ``callback`` (on the I/O thread: it must not block) once the object is
+        ready here: None if it is already (not called), else whether to subscribe."""
+        with self._lock:
+            if object_id in self._ready:
+                return None
+            self._callbacks.setdefault(object_id, []).append(callback)
+            subscribe = object_id not in self._subscribed
+            self._subscribed.add(object_id)
+            return subscribe
 
     def expect(self, object_ids: list[bytes]) -> None:
         """Results of our direct tasks and actor calls: their workers send them here."""
@@ -181,6 +199,15 @@ class LocalObjects:
         with self._lock:
             for waiter in self._waiters:
                 waiter.event.set()
+        self.call_back_all()
+
+    def call_back_all(self) -> None:
+        """Call every ``on_ready`` callback now (the agent is gone, or we are closing)."""
+        with self._lock:
+            callbacks = [c for waiting in self._callbacks.values() for c in waiting]
+            self._callbacks.clear()
+        for callback in callbacks:
+            callback()
 
     def value_of(self, location: Location, view: memoryview | None = None) -> Any:
         """The value at a location (``view``: of its block, from ``take``); raises it if

@@ -9,9 +9,11 @@ counting happens in ``drain``, under a lock that no finalizer ever takes.
 
 from __future__ import annotations
 
+import concurrent.futures
 import operator
 import threading
 from collections import deque
+from collections.abc import Generator
 from typing import Any
 
 from zray.objects.serialization import record_contained_ref
@@ -81,6 +83,18 @@ class ObjectRef:
     def __del__(self) -> None:
         if self._counter is not None:
             self._counter.dropped(self._id)
+
+    def future(self) -> concurrent.futures.Future[Any]:
+        """A ``concurrent.futures.Future`` of its value (or of the error it holds)."""
+        from zray.api import client_for_call
+
+        return client_for_call().future(self)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await ref`` in asyncio code: its value, without blocking the event loop."""
+        import asyncio
+
+        return asyncio.wrap_future(self.future()).__await__()
 
     @property
     def id(self) -> bytes:

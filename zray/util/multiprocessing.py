@@ -38,27 +38,37 @@ _PoolProcess: Any = zray.remote(num_cpus=1)(_PoolCore)  # (Any: an actor class)
 
 
 class AsyncResult:
-    """A result of ``apply_async``/``map_async``, as multiprocessing's."""
+    """A result of ``apply_async``/``map_async``, as multiprocessing's. Its callbacks run
+    on zray's futures thread (no thread of its own): like multiprocessing's, they must
+    return quickly."""
 
     def __init__(self, refs: list[ObjectRef], single: bool,
                  callback: Callable[[Any], Any] | None = None,
                  error_callback: Callable[[BaseException], Any] | None = None) -> None:
-        self._refs, self._single = refs, single
+        self._single = single
+        self._callbacks = callback, error_callback
         self._value: Any = None
         self._error: BaseException | None = None
         self._done = threading.Event()
-        threading.Thread(target=self._collect, args=(callback, error_callback),
-                         name="zray-pool-result", daemon=True).start()
+        self._futures = [ref.future() for ref in refs]
+        self._left = len(self._futures)
+        self._lock = threading.Lock()
+        for future in self._futures:
+            future.add_done_callback(self._one_done)
 
-    def _collect(self, callback: Callable[[Any], Any] | None,
-                 error_callback: Callable[[BaseException], Any] | None) -> None:
+    def _one_done(self, _: object) -> None:
+        with self._lock:
+            self._left -= 1
+            if self._left:
+                return
         try:
-            chunks = zray.get(self._refs)
+            chunks = [future.result() for future in self._futures]
             values = [value for chunk in chunks for value in chunk]
             self._value = values[0] if self._single else values
-        except BaseException as exc:  # (the function's error, raised by get())
+        except BaseException as exc:  # (the function's error)
             self._error = exc
         self._done.set()
+        callback, error_callback = self._callbacks
         if self._error is None and callback is not None:
             callback(self._value)
         elif self._error is not None and error_callback is not None:
