@@ -44,7 +44,8 @@ def get_node_ip_address() -> str:
                  if node["NodeID"] == here), "127.0.0.1")
 
 
-_SUBMODULES = ("state", "scheduling_strategies", "actor_pool", "queue", "multiprocessing")
+_SUBMODULES = ("state", "scheduling_strategies", "actor_pool", "queue", "multiprocessing",
+               "placement_group", "joblib", "dask")  # (the last two need their library)
 
 
 def __getattr__(name: str) -> Any:
