@@ -45,7 +45,7 @@ def get_node_ip_address() -> str:
 
 
 _SUBMODULES = ("state", "scheduling_strategies", "actor_pool", "queue", "multiprocessing",
-               "placement_group", "joblib", "dask")  # (the last two need their library)
+               "joblib", "dask")  # (the last two need their library)
 
 
 def __getattr__(name: str) -> Any:
