@@ -211,6 +211,17 @@ def test_init_twice_and_shutdown_twice():
     assert not zray.is_initialized()
 
 
+def test_rays_init_options_zray_does_not_honour_are_refused_or_noticed(capsys):
+    with pytest.raises(ValueError, match=r"_temp_dir='/elsewhere'\) is not supported"):
+        zray.init(num_cpus=1, _temp_dir="/elsewhere")
+    assert not zray.is_initialized()
+    zray.init(num_cpus=1, logging_level="info", local_mode=False)
+    zray.shutdown()
+    zray.init(num_cpus=1, logging_level="info")
+    zray.shutdown()
+    assert capsys.readouterr().err.count("init(logging_level=...) changes only cosmetics") == 1
+
+
 def test_init_returns_rays_context_object():
     """Its address_info in Ray's keys; ``with zray.init():`` shuts down at the end."""
     with zray.init(num_cpus=1) as context:

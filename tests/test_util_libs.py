@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 
 import pytest
@@ -213,3 +214,43 @@ def test_exit_actor_ends_the_actor_for_good() -> None:
     with pytest.raises(TypeError, match="outside an actor"):
         exit_actor()
 
+
+
+@zray.remote(concurrency_groups={"io": 1})
+class Grouped:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.released = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"Grouped(index={self.index})"
+
+    @zray.method(concurrency_group="io")
+    def wait_for_release(self) -> str:
+        return "released" if self.released.wait(20) else "never released"
+
+    def release(self) -> None:
+        print("releasing")
+        self.released.set()
+
+
+def test_concurrency_groups_run_apart_and_an_actors_repr_labels_its_output(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    grouped = Grouped.remote(7)
+    waiting = grouped.wait_for_release.remote()  # (holds the "io" group's one thread)
+    zray.get(grouped.release.remote(), timeout=30)  # (the default group's, meanwhile)
+    assert zray.get(waiting, timeout=30) == "released"
+    deadline = time.monotonic() + 10
+    seen = ""
+    while "releasing" not in seen and time.monotonic() < deadline:
+        seen += capsys.readouterr().out
+        time.sleep(0.05)
+    assert "(Grouped(index=7) pid=" in seen and "releasing" in seen
+    with pytest.raises(ValueError, match="concurrency group 'io'"):
+        Grouped.options(concurrency_groups={"other": 1}).remote(0)
+
+
+def test_a_ref_made_from_its_bytes_reads_the_same_object() -> None:
+    ref = zray.put("passed out of band")
+    assert zray.get(zray.ObjectRef(ref.binary()), timeout=30) == "passed out of band"
+    assert zray.get(zray.ObjectRef.from_hex(ref.hex()), timeout=30) == "passed out of band"

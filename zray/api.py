@@ -37,9 +37,21 @@ _joined: ClusterRecord | None = None  # the cluster it joined
 _config = Config()
 _context: ZrayContext | None = None  # what init returned, until shutdown
 
-# Ray keyword arguments that mean nothing to zray: accepted, so ported code runs unchanged.
-_IGNORED_RAY_KWARGS = {"include_dashboard", "dashboard_host", "configure_logging",
-                       "logging_level", "log_to_stderr", "_temp_dir"}
+# Ray's init() arguments that only change cosmetics: accepted (so ported code runs
+# unchanged), with a notice the first time...
+_COSMETIC_RAY_KWARGS = {"include_dashboard", "dashboard_host", "dashboard_port",
+                        "configure_logging", "logging_level", "logging_format",
+                        "logging_config", "log_to_stderr"}
+# ...and those that change behaviour, which zray does not honour: refused when set.
+_UNHONOURED_RAY_KWARGS = {
+    "_temp_dir": "session directories go under $TMPDIR: set that instead",
+    "local_mode": "tasks always run in worker processes; debug one with zray inspect",
+    "job_config": "pass runtime_env= and namespace= to init() instead",
+    "_system_config": "zray's settings are ZRAY_* environment variables (zray/config.py)",
+    "storage": "zray has no cluster storage: write to a shared file system",
+    "labels": "node labels are not built; use custom resources= instead",
+}
+_noticed: set[str] = set()
 
 
 def init(address: str | None = None, *, num_cpus: int | None = None,
@@ -55,10 +67,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
     what this driver's tasks and actors run with (zray/runtime_env.py). Returns Ray's
     context object (zray/context.py)."""
     global _cluster, _config, _context
-    unknown = set(ray_kwargs) - _IGNORED_RAY_KWARGS
-    if unknown:
-        names = ", ".join(sorted(unknown))
-        raise TypeError(f"zray.init() got unknown keyword argument(s): {names}")
+    _check_ray_kwargs(ray_kwargs)
     runtime_env = check(runtime_env or {})
     with _lock:
         if _current() is not None:
@@ -106,6 +115,21 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         _context = _context_of(client, cluster.endpoint, "127.0.0.1", cluster.session,
                                cluster.endpoint, endpoints(cluster.session, _gcs_shards))
         return _context
+
+
+def _check_ray_kwargs(ray_kwargs: dict[str, Any]) -> None:
+    unknown = set(ray_kwargs) - _COSMETIC_RAY_KWARGS - set(_UNHONOURED_RAY_KWARGS)
+    if unknown:
+        names = ", ".join(sorted(unknown))
+        raise TypeError(f"zray.init() got unknown keyword argument(s): {names}")
+    for name, value in ray_kwargs.items():
+        if name in _UNHONOURED_RAY_KWARGS and value not in (None, False):
+            raise ValueError(f"zray.init({name}={value!r}) is not supported by zray: "
+                             f"{_UNHONOURED_RAY_KWARGS[name]}")
+        if name in _COSMETIC_RAY_KWARGS and name not in _noticed:
+            _noticed.add(name)
+            print(f"zray: init({name}=...) changes only cosmetics in Ray; zray accepts it "
+                  "and ignores it", file=sys.stderr, flush=True)
 
 
 def _join(address: str, namespace: str | None, log_to_driver: bool,

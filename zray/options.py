@@ -90,6 +90,11 @@ OPTIONS: dict[str, Option] = {
                                  for_actors=True),
     "runtime_env": Option(_runtime_env, "a dict of runtime_env keys (zray.runtime_env)", None,
                           for_actors=True),
+    "concurrency_groups": Option(
+        lambda v: isinstance(v, dict) and all(
+            isinstance(k, str) and isinstance(n, int) and not isinstance(n, bool) and n >= 1
+            for k, n in v.items()), "a dict of group name -> threads (or coroutines) >= 1",
+        None, for_tasks=False, for_actors=True),
     "max_concurrency": Option(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                               "an int >= 1", None, for_tasks=False, for_actors=True),
 }

@@ -719,6 +719,19 @@ class ReleaseBundles(Message):
     group_id: bytes
 
 
+@message(62)
+@dataclass(frozen=True, slots=True)
+class ActorRepr(Message):
+    """An actor's worker to its agent: the instance's ``repr()``, made once it exists (its
+    class defines ``__repr__``): what its output lines are labelled with."""
+
+    actor_id: bytes
+    text: str  # at most ACTOR_LABEL_CHARS
+
+
+ACTOR_LABEL_CHARS = 200
+
+
 @message(36)
 @dataclass(frozen=True, slots=True)
 class Processed(Message):

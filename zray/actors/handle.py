@@ -20,18 +20,28 @@ from zray.remote_function import task_options
 from zray.specs import FunctionDescriptor, TaskOptions
 
 _NUM_RETURNS_ATTR = "__zray_num_returns__"
+GROUP_ATTR = "__zray_concurrency_group__"  # (on a method: @zray.method's)
 
 
 # Every actor answers this (Ray's built-in): True once its __init__ has run.
 READY_METHOD = "__ray_ready__"
 
 
-def method(*, num_returns: int | str = 1) -> Any:
-    """``@zray.method(num_returns=2)`` on an actor method."""
-    validate({"num_returns": num_returns}, for_actor=False, where="@zray.method")
+def method(*, num_returns: int | str | None = None,
+           concurrency_group: str | None = None) -> Any:
+    """``@zray.method(num_returns=2, concurrency_group="io")`` on an actor method: its
+    calls run in that group of the actor's ``concurrency_groups``."""
+    if num_returns is not None:
+        validate({"num_returns": num_returns}, for_actor=False, where="@zray.method")
+    if concurrency_group is not None and not isinstance(concurrency_group, str):
+        raise TypeError(f"@zray.method: concurrency_group must be a str, got "
+                        f"{concurrency_group!r}")
 
     def mark(fn: Any) -> Any:
-        setattr(fn, _NUM_RETURNS_ATTR, num_returns)
+        if num_returns is not None:
+            setattr(fn, _NUM_RETURNS_ATTR, num_returns)
+        if concurrency_group is not None:
+            setattr(fn, GROUP_ATTR, concurrency_group)
         return fn
 
     return mark
@@ -48,6 +58,8 @@ class ActorClass:
         self._methods[READY_METHOD] = 1
         self._is_async = any(is_async(fn)
                              for _, fn in inspect.getmembers(cls, callable))
+        self._groups_used = {name: getattr(fn, GROUP_ATTR) for name, fn
+                             in inspect.getmembers(cls, callable) if hasattr(fn, GROUP_ATTR)}
         self._descriptor: FunctionDescriptor | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -79,6 +91,13 @@ class ActorClass:
         if self._descriptor is None:
             self._descriptor = FunctionDescriptor.of(export_blob(self._cls), self._name)
         task = task_options({**options, "num_cpus": options.get("num_cpus", 0)})
+        groups = options.get("concurrency_groups") or {}
+        for method_name, group in self._groups_used.items():
+            if group not in groups:
+                raise ValueError(
+                    f"{self._name}.{method_name} is in concurrency group {group!r}, which "
+                    f"the actor's concurrency_groups ({sorted(groups) or 'none'}) does not "
+                    "declare; pass concurrency_groups={...} to @zray.remote or .options()")
         actor_options = {
             "class_name": self._name, "methods": self._methods,
             "name": options.get("name") or "", "namespace": options.get("namespace") or "",
@@ -87,6 +106,7 @@ class ActorClass:
             "max_task_retries": _unlimited(resolved(options, "max_task_retries")),
             "max_concurrency": resolved(options, "max_concurrency")
             or (1000 if self._is_async else 1),
+            "concurrency_groups": groups,
             "strategy": task.strategy,
         }
         actor_id, _ = client.submit(self._descriptor, f"{self._name}.__init__", args, kwargs,

@@ -9,6 +9,10 @@ callers (zray/actors/caller.py), and start in the order they arrive; the host ke
 - async (the class has ``async def`` methods): on one event loop in its own thread
   ("zray-actor-loop"), at most ``max_concurrency`` coroutines at once.
 
+An actor's ``concurrency_groups`` ({name: size}) make it threaded (if not async): a method
+marked ``@zray.method(concurrency_group=name)`` runs on that group's own pool (or within
+its own bound of coroutines); the rest share the default group of ``max_concurrency``.
+
 Calls may arrive ahead of their turn (a pipeline); each kind above starts them in the order
 they arrive, and a call cancelled before it starts is answered with TaskCancelledError.
 """
@@ -20,7 +24,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from zray import protocol as p
-from zray.actors.handle import READY_METHOD, is_async
+from zray.actors.handle import GROUP_ATTR, READY_METHOD, is_async
 from zray.core import CoreClient
 from zray.exceptions import TaskCancelledError
 from zray.exported import load_function
@@ -35,29 +39,42 @@ class ActorHost:
     def __init__(self, client: CoreClient, creation: p.ExecuteTask) -> None:
         self.client = client
         self.instance: Any = None
-        self._pool: ThreadPoolExecutor | None = None
+        # By concurrency group ("": the default, of max_concurrency): a threaded actor's
+        # pools, an async actor's bounds on its coroutines
+        self._pools: dict[str, ThreadPoolExecutor] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._slots: asyncio.Semaphore | None = None
+        self._slots: dict[str, asyncio.Semaphore] = {}
         self._cancelled: set[bytes] = set()
         self._coroutines: dict[bytes, asyncio.Task[Outcome]] = {}  # running async calls
         client.actor_placement = creation.placement  # (its methods run in its group too)
         self._report(run_sync(client, creation, lambda: self._construct(creation)))
+        if self.instance is not None and type(self.instance).__repr__ is not object.__repr__:
+            try:
+                label = repr(self.instance)[:p.ACTOR_LABEL_CHARS]
+            except Exception:  # (a broken __repr__ leaves the class name as the label)
+                label = ""
+            if label:
+                client.tx.send(p.ActorRepr(creation.task_id, label))
 
     def _construct(self, creation: p.ExecuteTask) -> Any:
         assert creation.function_blob is not None, "an actor's creation carries its class"
         cls = load_function(creation.function_blob)
-        concurrency = int(creation.actor_options.get("max_concurrency", 1))
+        options = creation.actor_options
+        groups = {"": int(options.get("max_concurrency", 1)),
+                  **options.get("concurrency_groups", {})}
         if any(is_async(f) for _, f in inspect.getmembers(cls, callable)):
             import asyncio
 
             self._loop = asyncio.new_event_loop()
-            self._slots = asyncio.Semaphore(concurrency)
+            self._slots = {group: asyncio.Semaphore(size) for group, size in groups.items()}
             threading.Thread(target=self._loop.run_forever, name="zray-actor-loop",
                              daemon=True).start()
-        elif concurrency > 1:
+        elif groups[""] > 1 or len(groups) > 1:
             from concurrent.futures import ThreadPoolExecutor
 
-            self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="zray-actor")
+            self._pools = {group: ThreadPoolExecutor(size, thread_name_prefix=(
+                f"zray-actor-{group}" if group else "zray-actor"))
+                for group, size in groups.items()}
         return lambda *args, **kwargs: self._keep(cls(*args, **kwargs))
 
     def _keep(self, instance: Any) -> None:
@@ -82,8 +99,8 @@ class ActorHost:
             self._loop.call_soon_threadsafe(self._start_coroutine, call, method)
         elif self._loop is not None:  # a plain method of an async actor runs on its loop
             self._loop.call_soon_threadsafe(self._run_and_report, call)
-        elif self._pool is not None:
-            self._pool.submit(self._run_and_report, call)
+        elif self._pools:
+            self._pools[getattr(method, GROUP_ATTR, "")].submit(self._run_and_report, call)
         else:
             self._run_and_report(call)
 
@@ -99,9 +116,8 @@ class ActorHost:
         self._report(self._cancelled_outcome(call) if done.cancelled() else done.result())
 
     async def _run_async(self, call: p.ExecuteTask, method: Any) -> Outcome:
-        assert self._slots is not None
         try:
-            async with self._slots:
+            async with self._slots[getattr(method, GROUP_ATTR, "")]:
                 if call.task_id in self._cancelled:
                     return self._cancelled_outcome(call)
                 return await run_async(self.client, call, method)
@@ -117,7 +133,7 @@ class ActorHost:
         try:
             outcome = run_sync(self.client, call, lambda: self._method(call.name))
         except BaseException as exc:  # SystemExit in a pool thread must not lose the reply
-            if self._pool is None and self._loop is None:
+            if not self._pools and self._loop is None:
                 raise  # on the main thread it ends the actor's process, as in Ray
             outcome = self._ended(call, exc)
         self._report(outcome)

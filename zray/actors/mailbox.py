@@ -67,6 +67,7 @@ class Actor:
     callers: set[bytes] = field(default_factory=set)  # told where its worker is
     doubtful: int = 0  # calls of a lost worker not settled yet (see lose_worker)
     lost: tuple[int, str] = (0, "")  # the last lost worker: pid, how it ended
+    label: str = ""  # its instance's repr(), if its class defines one (its output's label)
 
     @property
     def actor_id(self) -> bytes:

@@ -167,6 +167,7 @@ class Agent:
             p.LendObjects: self.object_manager.on_lend,
             p.Unrebuildable: self.object_manager.on_unrebuildable,
             p.BlocksReleased: self.object_manager.on_blocks_released,
+            p.ActorRepr: self.on_actor_repr,
         }
         for _ in pool.by_pid:
             self.scheduler.worker_starting()
@@ -576,6 +577,13 @@ class Agent:
         lease = self.scheduler.busy.get(client_id)
         return lease.spec.task_id if lease is not None and lease.lease else task_id
 
+    def on_actor_repr(self, client_id: bytes, msg: p.ActorRepr) -> None:
+        actor = self.actors.directory.by_worker.get(client_id)
+        if actor is None or actor.actor_id != msg.actor_id or not isinstance(msg.text, str):
+            self.reject(client_id, msg, "only an actor's own worker labels it")
+            return
+        actor.label = msg.text[:p.ACTOR_LABEL_CHARS]
+
     def on_kill(self, client_id: bytes, msg: p.KillActor) -> None:
         itself = self.actors.directory.by_worker.get(client_id)
         self.actors.kill(msg.actor_id, msg.no_restart,
@@ -840,7 +848,8 @@ class Agent:
             return
         task = self.clients.running_on.get(worker.pid)
         actor = self.actors.directory.by_worker.get(worker.worker_id)
-        name = actor.options["class_name"] if actor else task.spec.name if task else "worker"
+        name = (actor.label or actor.options["class_name"]) if actor else \
+            task.spec.name if task else "worker"
         prefix = f"{name} pid={worker.pid}"
         job = (task.spec.job_id if task else actor.creation.spec.job_id if actor else None)
         drivers = self.clients.drivers_of(job)  # (a driver elsewhere with an actor here too)

@@ -66,12 +66,21 @@ class RefCounter:
         return added, released
 
 
+_CURRENT = object()  # (ObjectRef's counter, when not given: this process's)
+
+
 class ObjectRef:
     """A future for a value in the object store; pass it to tasks or ``zray.get`` it."""
 
     __slots__ = ("_id", "_counter", "__weakref__")
 
-    def __init__(self, object_id: bytes, counter: RefCounter | None, created: bool) -> None:
+    def __init__(self, object_id: bytes, counter: Any = _CURRENT,
+                 created: bool = False) -> None:
+        """``ObjectRef(binary)``, as Ray's: a ref passed out of band, held from now on."""
+        if counter is _CURRENT:
+            from zray import core
+
+            counter = core.current_counter()
         self._id = object_id
         self._counter = counter
         if counter is not None:
@@ -109,9 +118,7 @@ class ObjectRef:
     @classmethod
     def from_hex(cls, hex_id: str) -> ObjectRef:
         """A ref passed out of band (its ``hex()``), held by this process from now on."""
-        from zray import core
-
-        return cls(bytes.fromhex(hex_id), core.current_counter(), created=False)
+        return cls(bytes.fromhex(hex_id))
 
     def __repr__(self) -> str:
         return f"ObjectRef({self._id.hex()})"
