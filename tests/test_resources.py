@@ -73,6 +73,8 @@ def test_gpus_are_assigned_and_visible(two_cpus):
         import os
 
         time.sleep(0.3)
+        accelerators = zray.get_runtime_context().get_accelerator_ids()["GPU"]
+        assert accelerators == [str(i) for i in zray.get_gpu_ids()]
         return zray.get_gpu_ids(), os.environ["CUDA_VISIBLE_DEVICES"]
 
     results = zray.get([which_gpu.remote() for _ in range(2)])

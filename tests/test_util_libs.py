@@ -254,3 +254,27 @@ def test_a_ref_made_from_its_bytes_reads_the_same_object() -> None:
     ref = zray.put("passed out of band")
     assert zray.get(zray.ObjectRef(ref.binary()), timeout=30) == "passed out of band"
     assert zray.get(zray.ObjectRef.from_hex(ref.hex()), timeout=30) == "passed out of band"
+
+
+class Unpicklable:
+    def __init__(self, value: int) -> None:
+        self.value = value
+        self.lock = threading.Lock()  # (pickle refuses it)
+
+
+@zray.remote
+def value_of(thing: Unpicklable) -> tuple[str, int]:
+    return type(thing).__name__, thing.value
+
+
+def test_a_registered_serializer_ships_what_pickle_refuses() -> None:
+    with pytest.raises(TypeError):
+        zray.put(Unpicklable(1))
+    zray.util.register_serializer(Unpicklable, serializer=lambda u: u.value,
+                                  deserializer=Unpicklable)
+    try:
+        assert zray.get(value_of.remote(Unpicklable(5)), timeout=30) == ("Unpicklable", 5)
+    finally:
+        zray.util.deregister_serializer(Unpicklable)
+    with pytest.raises(TypeError):
+        zray.put(Unpicklable(1))

@@ -38,6 +38,10 @@ class RuntimeContext:
         gpus = self._client.context.gpu_ids
         return {"GPU": float(len(gpus))} if gpus else {}
 
+    def get_accelerator_ids(self) -> dict[str, list[str]]:
+        """Ray's form of the accelerators the running task holds: {"GPU": ["0", ...]}."""
+        return {"GPU": [str(i) for i in self._client.context.gpu_ids]}
+
     def is_canceled(self) -> bool:
         """Whether the running task or actor call was cancelled (``zray.cancel``): a
         running call of a sync actor is not interrupted, and may check this."""

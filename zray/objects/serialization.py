@@ -70,6 +70,23 @@ class Pickler(cloudpickle.Pickler):
                                      types.CodeType: _reduce_code})
 
 
+def register_serializer(cls: type, *, serializer: Callable[[Any], Any],
+                        deserializer: Callable[[Any], Any]) -> None:
+    """Ray's ``ray.util.register_serializer``: this process pickles instances of ``cls``
+    as ``serializer(obj)``, read back anywhere as ``deserializer(that)`` (it travels with
+    them, by value if need be: readers need not register anything)."""
+    if not isinstance(cls, type):
+        raise TypeError(f"register_serializer takes a class, got {cls!r}")
+    if not callable(serializer) or not callable(deserializer):
+        raise TypeError("register_serializer: serializer and deserializer must be callable")
+    Pickler.dispatch_table[cls] = lambda obj: (deserializer, (serializer(obj),))
+
+
+def deregister_serializer(cls: type) -> None:
+    """Instances of ``cls`` are pickled as before ``register_serializer``."""
+    Pickler.dispatch_table.pop(cls, None)
+
+
 def dumps(value: Any, buffer_callback: Callable[[pickle.PickleBuffer], Any] | None = None,
           code_files: set[str] | None = None) -> bytes:
     """``value`` pickled by ``Pickler``; the files its code came from are added to

@@ -51,6 +51,8 @@ _SUBMODULES = ("state", "scheduling_strategies", "actor_pool", "queue", "multipr
 def __getattr__(name: str) -> Any:
     if name == "ActorPool":  # (Ray's zray.util.ActorPool)
         return importlib.import_module("zray.util.actor_pool").ActorPool
+    if name in ("register_serializer", "deregister_serializer"):
+        return getattr(importlib.import_module("zray.objects.serialization"), name)
     if name == "inspect_serializability":
         return importlib.import_module("zray.util.check_serialize").inspect_serializability
     if name in _SUBMODULES:  # loaded on first use, as zray's own names are
