@@ -98,3 +98,21 @@ def test_cancelling_a_running_actor_call() -> None:
     assert zray.get(spinning, timeout=30) == "noticed the cancel"
     with pytest.raises(RuntimeError, match="not a driver"):
         zray.get_runtime_context().is_canceled()
+
+
+@zray.remote
+class Echo:
+    def echo(self, value: int) -> int:
+        return value
+
+
+def test_awaiting_many_actor_calls_in_flight_together() -> None:
+    """(Calls made while others are in flight are corked until the caller waits: an await
+    sends them at once, as a get does.)"""
+    echo = Echo.remote()
+
+    async def main() -> list[int]:
+        return list(await asyncio.gather(*[echo.echo.remote(i) for i in range(50)]))
+
+    assert asyncio.run(main()) == list(range(50))
+    assert echo.echo.remote(7).future().result(timeout=30) == 7

@@ -642,7 +642,7 @@ class CoreClient:
         (no thread, and no blocked call, per future)."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
-        def ready() -> None:  # (on the I/O thread: the value is read on the other)
+        def read(_: object) -> None:  # (on the I/O thread: the value is read on the other)
             if self._stopping:
                 if not future.cancelled():
                     future.set_exception(ZrayError(
@@ -653,20 +653,12 @@ class CoreClient:
                     1, thread_name_prefix="zray-futures")
             self._futures.submit(self._resolve_future, future, ref)
 
-        subscribe = self.objects.on_ready(ref.id, ready)
-        if subscribe is None:
-            ready()
-        elif subscribe:
-            self.actor_calls.flush()  # what it waits for may be among them
-            self.tx.send(p.Subscribe([ref.id], True))
-        else:
-            self.tx.flush_for_wait()
-        if self._broken:
-            self.objects.wake_all()  # (the agent died before the callback was filed)
+        self.when_ready(ref.id).add_done_callback(read)
         return future
 
     def when_ready(self, object_id: bytes) -> concurrent.futures.Future[None]:
-        """A future set (to None) once the object is ready here; it is not read."""
+        """A future set (to None) once the object is ready here (or the agent is gone);
+        it is not read."""
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
 
         def ready() -> None:
@@ -678,10 +670,14 @@ class CoreClient:
         subscribe = self.objects.on_ready(object_id, ready)
         if subscribe is None:
             ready()
-        elif subscribe:
+            return future
+        self.actor_calls.flush()  # what it waits for may be among them (as _await)
+        if subscribe:
             self.tx.send(p.Subscribe([object_id], True))
         else:
             self.tx.flush_for_wait()
+        if self._broken:
+            self.objects.wake_all()  # (the agent died before the callback was filed)
         return future
 
     def wait_ids(self, ids: list[bytes], timeout: float | None) -> None:
