@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -58,6 +59,7 @@ class Waiter:
         return await ref_in_list[0] + 1  # (an async method awaits a ref too)
 
     async def sleep_long(self) -> None:
+        self.log.append("started")
         try:
             await asyncio.sleep(30)
         except asyncio.CancelledError:
@@ -70,7 +72,14 @@ class Waiter:
 
 @zray.remote(max_concurrency=2)
 class Spinner:
+    def __init__(self) -> None:
+        self.spinning = False
+
+    def is_spinning(self) -> bool:
+        return self.spinning
+
     def spin(self) -> str:
+        self.spinning = True
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if zray.get_runtime_context().is_canceled():
@@ -79,21 +88,28 @@ class Spinner:
         return "ran to its end"
 
 
+def until(condition: Callable[[], bool], timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
 def test_cancelling_a_running_actor_call() -> None:
     waiter = Waiter.remote()
     assert zray.get(waiter.wait_for.remote([double.remote(1)]), timeout=30) == 3
     sleeping = waiter.sleep_long.remote()
-    time.sleep(0.3)  # (running: a cancel before it starts drops it instead)
-    zray.cancel(sleeping)
+    until(lambda: zray.get(waiter.logged.remote()) == ["started"])  # (a cancel before it
+    zray.cancel(sleeping)                                           # starts drops it)
     started = time.monotonic()
     with pytest.raises(TaskCancelledError):
         zray.get(sleeping, timeout=10)
     assert time.monotonic() - started < 5  # (not after its 30 s sleep)
-    assert zray.get(waiter.logged.remote(), timeout=10) == ["cancelled"]
+    assert zray.get(waiter.logged.remote(), timeout=10) == ["started", "cancelled"]
 
     spinner = Spinner.remote()
     spinning = spinner.spin.remote()
-    time.sleep(0.3)
+    until(lambda: zray.get(spinner.is_spinning.remote()))
     zray.cancel(spinning)
     assert zray.get(spinning, timeout=30) == "noticed the cancel"
     with pytest.raises(RuntimeError, match="not a driver"):
