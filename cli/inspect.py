@@ -89,7 +89,8 @@ def print_table(rows: list[dict[str, Any]], table: str, wide: bool) -> None:
     print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for r in cells:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
-    print(f"({len(rows)} {table})")
+    noun = table.removesuffix("s") if len(rows) == 1 else table  # "1 task", "2 tasks"
+    print(f"({len(rows)} {noun})")
 
 
 def print_json(rows: list[dict[str, Any]], table: str) -> None:

@@ -61,7 +61,7 @@ def test_inspect_post_mortem_from_a_log(tmp_path):
     out = zray_cli("inspect", "tasks", "--wal", str(tmp_path / "broker-0.wal"),
                    "--filter", "state=RUNNING")
     assert out.returncode == 0, out.stderr
-    assert " f " in out.stdout and " g " not in out.stdout and "(1 tasks)" in out.stdout
+    assert " f " in out.stdout and " g " not in out.stdout and "(1 task)" in out.stdout
 
 
 def test_inspect_without_a_cluster_says_so(tmp_path):
