@@ -85,13 +85,13 @@ class Workloads:
     def _n(self, n: int) -> int:
         return max(10, n // self.scale)
 
-    def task_latency(self) -> Result:
+    def task_latency(self) -> list[Result]:
         times = []
         for i in range(self._n(500)):
             start = time.perf_counter()
             assert self.rt.get(self.noop.remote(i)) == i
             times.append(time.perf_counter() - start)
-        return Result("task round trip, median latency", statistics.median(times) * 1e3, "ms")
+        return _latencies("task round trip", times)
 
     def task_throughput(self) -> Result:
         n = self._n(10_000)
@@ -99,14 +99,13 @@ class Workloads:
         assert self.rt.get([self.noop.remote(i) for i in range(n)]) == list(range(n))
         return Result(f"{n} no-op tasks, throughput", n / (time.perf_counter() - start), "/s")
 
-    def actor_latency(self) -> Result:
+    def actor_latency(self) -> list[Result]:
         times = []
         for i in range(self._n(500)):
             start = time.perf_counter()
             assert self.rt.get(self.actors[0].call.remote(i)) == i
             times.append(time.perf_counter() - start)
-        return Result("actor call round trip, median latency", statistics.median(times) * 1e3,
-                      "ms")
+        return _latencies("actor call round trip", times)
 
     def actor_throughput(self) -> Result:
         n = self._n(10_000)
@@ -200,6 +199,13 @@ class Workloads:
         assert abs(done - naps.sum()) < 1e-9
         return Result(f"{n} tasks sleeping 0-5 ms drained with wait", time.perf_counter() - start,
                       "s")
+
+
+def _latencies(what: str, seconds: list[float]) -> list[Result]:
+    """The median and the 99th percentile of one round trip, in ms."""
+    seconds = sorted(seconds)
+    return [Result(f"{what}, median latency", statistics.median(seconds) * 1e3, "ms"),
+            Result(f"{what}, p99 latency", seconds[int(len(seconds) * 0.99)] * 1e3, "ms")]
 
 
 def scaling(rt: Any, quick: bool) -> list[Result]:
@@ -312,18 +318,22 @@ def run(backend: str, quick: bool, only_scaling: bool = False) -> list[Result]:
                      "two_actor_throughput", "put_small", "get_small", "put_large",
                      "get_large", "args_by_value", "args_by_ref", "tree_reduce", "nested",
                      "drain_with_wait"):
-            results.append(_median_of(getattr(workloads, name), 1 if quick else 3))
+            results += _median_of(getattr(workloads, name), 1 if quick else 3)
     finally:
         rt.shutdown()
     results += spilling(rt, kwargs, quick)
-    results.append(_median_of(lambda: startup_time(backend), 1 if quick else 3))
+    results += _median_of(lambda: startup_time(backend), 1 if quick else 3)
     return results
 
 
-def _median_of(workload: Callable[[], Result], repetitions: int) -> Result:
+def _median_of(workload: Callable[[], Result | list[Result]], repetitions: int
+               ) -> list[Result]:
+    """Each figure of ``workload``: the median of its runs after a warm-up run."""
     workload()  # warm-up
     runs = [workload() for _ in range(repetitions)]
-    return Result(runs[0].name, statistics.median(r.value for r in runs), runs[0].unit)
+    rows = [run if isinstance(run, list) else [run] for run in runs]
+    return [Result(first.name, statistics.median(row[i].value for row in rows), first.unit)
+            for i, first in enumerate(rows[0])]
 
 
 def main(argv: list[str] | None = None) -> int:
