@@ -5,7 +5,7 @@ inspect task ID`` shows one task's history (cli/inspect.py): live from the shard
 running cluster, or post-mortem from their write-ahead logs when it is down. ``zray
 microbenchmark`` runs zray/bench.py's workloads (``python -m zray.bench --backend ray`` runs
 the same ones on an installed Ray); ``--gcs``: zray/bench_gcs.py; ``--nodes N``:
-zray/bench_cluster.py.
+zray/bench_cluster.py; ``--breakdown``: zray/bench_breakdown.py.
 """
 
 from __future__ import annotations
@@ -68,12 +68,19 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--shards", type=int, default=2, help="with --gcs: GCS shards")
     bench.add_argument("--nodes", type=int, help="instead: round trips and transfers "
                        "across N nodes of this machine, beside the same on one")
+    bench.add_argument("--breakdown", action="store_true", help="instead: where one round "
+                       "trip's time goes, by process and step")
     args = parser.parse_args(argv)
     if args.command == "microbenchmark" and args.nodes:
         from zray import bench_cluster
 
         return bench_cluster.main(["--nodes", str(args.nodes)] + ["--quick"] * args.quick
                                   + ["--json"] * args.json)
+    if args.command == "microbenchmark" and args.breakdown:
+        from zray import bench_breakdown
+
+        return bench_breakdown.main(["--calls", "200" if args.quick else "2000"]
+                                    + ["--json"] * args.json)
     if args.command == "microbenchmark" and args.gcs:
         from zray import bench_gcs
 

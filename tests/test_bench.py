@@ -64,3 +64,18 @@ def test_the_cluster_benchmark_reports_round_trips_and_a_transfer():
             row = rows[what.format(where)]
             assert 0 < row["median_us"] <= row["p99_us"]
     assert rows["32 MiB from another node"]["warm_GBps"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_the_breakdown_times_each_step_of_a_round_trip_in_both_processes():
+    out = subprocess.run([sys.executable, "-m", "zray_cli.main", "microbenchmark",
+                          "--breakdown", "--quick", "--json"], capture_output=True, text=True,
+                         timeout=110)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    for row in ("task round trip", "actor call round trip"):
+        steps = rows[row]
+        assert all(median >= 0 for median, _ in steps.values())
+        assert steps["run"][0] > 0 and steps["to worker"][0] > 0 and steps["to owner"][0] > 0
+        parts = sum(median for step, (median, _) in steps.items() if step != "total")
+        assert parts <= steps["total"][0] * 1.5  # (medians of parts: near the whole)

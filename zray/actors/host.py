@@ -28,7 +28,8 @@ from zray.actors.handle import GROUP_ATTR, READY_METHOD, is_async
 from zray.core import CoreClient
 from zray.exceptions import TaskCancelledError
 from zray.exported import load_function
-from zray.node.execution import Outcome, fail, hand_in, run_async, run_sync
+from zray.node import execution
+from zray.node.execution import Outcome, fail, run_async
 
 if TYPE_CHECKING:  # imported when an actor needs them: most workers never host one
     import asyncio
@@ -47,7 +48,7 @@ class ActorHost:
         self._cancelled: set[bytes] = set()
         self._coroutines: dict[bytes, asyncio.Task[Outcome]] = {}  # running async calls
         client.actor_placement = creation.placement  # (its methods run in its group too)
-        self._report(run_sync(client, creation, lambda: self._construct(creation)))
+        self._report(execution.run_sync(client, creation, lambda: self._construct(creation)))
         if self.instance is not None and type(self.instance).__repr__ is not object.__repr__:
             try:
                 label = repr(self.instance)[:p.ACTOR_LABEL_CHARS]
@@ -131,7 +132,7 @@ class ActorHost:
             self._report(self._cancelled_outcome(call))
             return
         try:
-            outcome = run_sync(self.client, call, lambda: self._method(call.name))
+            outcome = execution.run_sync(self.client, call, lambda: self._method(call.name))
         except BaseException as exc:  # SystemExit in a pool thread must not lose the reply
             if not self._pools and self._loop is None:
                 raise  # on the main thread it ends the actor's process, as in Ray
@@ -157,7 +158,7 @@ class ActorHost:
     def _report(self, outcome: Outcome) -> None:
         """The caller gets its answer at once, from whichever thread ran the call."""
         self._cancelled.discard(outcome[0].task_id)  # a cancel that came too late
-        hand_in(self.client, outcome)
+        execution.hand_in(self.client, outcome)
 
 
 def _ready() -> bool:

@@ -31,12 +31,13 @@ from typing import Any, NoReturn
 from zray import core
 from zray import protocol as p
 from zray.actors.host import ActorHost
+from zray.bench_breakdown import STAMPS_VARIABLE, stamp_worker
 from zray.config import Config
 from zray.core import CoreClient
 from zray.exceptions import NodeDiedError, RuntimeEnvSetupError, TaskCancelledError
 from zray.exported import load_function
-from zray.node import worker_env
-from zray.node.execution import Outcome, fail, hand_in, run_sync
+from zray.node import execution, worker_env
+from zray.node.execution import Outcome, fail
 from zray.node.output import track_lines
 from zray.rate_limit import RateLimitedLog
 
@@ -72,7 +73,7 @@ class Worker:
     def _serve_one(self, task: p.ExecuteTask) -> None:
         if self.env_error:
             error = RuntimeEnvSetupError(f"{task.name}: {self.env_error}")
-            hand_in(self.client, (fail(self.client, task, error), []))
+            execution.hand_in(self.client, (fail(self.client, task, error), []))
         elif task.actor_options:
             self.actor = ActorHost(self.client, task)
         elif task.actor_id:
@@ -80,7 +81,7 @@ class Worker:
                 raise ValueError("an actor call reached a worker that hosts no actor")
             self.actor.run(task)
         else:
-            hand_in(self.client, self.run_task(task))
+            execution.hand_in(self.client, self.run_task(task))
 
     def run_task(self, task: p.ExecuteTask) -> Outcome:
         if task.task_id in self.cancel_before_start:
@@ -88,7 +89,8 @@ class Worker:
             return fail(self.client, task, TaskCancelledError(f"{task.name}() was cancelled")), []
         self.current = task.task_id
         try:
-            return run_sync(self.client, task, lambda: self._armed(task, self._function(task)))
+            return execution.run_sync(self.client, task,
+                                      lambda: self._armed(task, self._function(task)))
         finally:
             self.current = self.cancelled = b""
 
@@ -162,6 +164,8 @@ def main() -> None:
         os._exit(1)
     core.set_current(client)
     _deliver_answers_on_exit(client)
+    if os.environ.get(STAMPS_VARIABLE):  # (zray microbenchmark --breakdown: time each step)
+        stamp_worker(os.environ[STAMPS_VARIABLE])
     env_error = worker_env.set_up(  # (its runtime_env, before any work)
         lambda object_id, node: client.get_from(object_id, node, _FETCH_PACKAGE_S))
     Worker(client, env_error).serve()
