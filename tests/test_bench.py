@@ -64,6 +64,10 @@ def test_the_cluster_benchmark_reports_round_trips_and_a_transfer():
             row = rows[what.format(where)]
             assert 0 < row["median_us"] <= row["p99_us"]
     assert rows["32 MiB from another node"]["warm_GBps"] > 0
+    spread = rows["1000 tasks, SPREAD"]
+    assert spread["per_s"] > 0 and len(spread["shares"]) == 2
+    assert abs(sum(spread["shares"]) - 1) < 0.01
+    assert rows["100 tasks on another node, 1 MB each by value"]["per_s"] > 0
 
 
 @pytest.mark.timeout(120)
