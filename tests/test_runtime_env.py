@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,12 @@ def test_an_env_that_cannot_be_set_up_fails_its_work_saying_why() -> None:
 
 
 @zray.remote
+def env_on_node() -> tuple[str | None, str]:
+    time.sleep(0.3)  # (holds its node's one CPU: the next ones go elsewhere)
+    return os.environ.get("SPILLED"), zray.get_runtime_context().get_node_id()
+
+
+@zray.remote
 def read_shipped() -> tuple[str, str, str]:
     import shipped_module
 
@@ -182,6 +189,10 @@ def test_directories_are_shipped_over_the_mesh_to_the_node_that_runs_the_work(
             assert (cache / next(p.name for p in cache.iterdir() if "-" not in p.name)
                     / "data.txt").read_text() == "shipped"
             assert not list(cache.glob("*/skipped.log"))
+        # Leases the head cannot grant now go to its peers: with their env (a regression)
+        busy = env_on_node.options(runtime_env={"env_vars": {"SPILLED": "yes"}})
+        seen = zray.get([busy.remote() for _ in range(6)], timeout=60)
+        assert {value for value, _ in seen} == {"yes"} and len({n for _, n in seen}) > 1
     finally:
         zray.shutdown()
         cluster.shutdown()

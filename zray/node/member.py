@@ -367,7 +367,8 @@ class ClusterMember:
                 self.scheduler.withdraw(lease)
                 spec = lease.spec
                 self.relay.ask_lease(peer, lease.submitter, p.RequestLease(
-                    spec.task_id, spec.job_id, spec.name, spec.resources, {}, []))
+                    spec.task_id, spec.job_id, spec.name, spec.resources, {}, [],
+                    spec.runtime_env))
 
     def place(self, msg: p.RequestLease) -> Placement:
         """Where a lease request of one of our owners goes: by its strategy, else to the
