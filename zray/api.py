@@ -319,11 +319,10 @@ def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1,
     from zray.objects.refs import ObjectRef
 
     # Checked with C-speed loops: wait() is called in loops over long lists of refs.
-    if not isinstance(object_refs, (list, tuple)) or not all(
-            map(isinstance, object_refs, itertools.repeat(ObjectRef))):
-        if isinstance(object_refs, (list, tuple)) and all(
-                isinstance(r, (ObjectRef, ObjectRefGenerator)) for r in object_refs):
-            return _wait_with_generators(list(object_refs), num_returns, timeout, fetch_local)
+    refs_only = isinstance(object_refs, (list, tuple)) and all(
+        map(isinstance, object_refs, itertools.repeat(ObjectRef)))
+    if not refs_only and not (isinstance(object_refs, (list, tuple)) and all(
+            isinstance(r, (ObjectRef, ObjectRefGenerator)) for r in object_refs)):
         raise TypeError("zray.wait() takes a list of ObjectRefs (or ObjectRefGenerators)")
     if not object_refs:  # as Ray: before num_returns is checked against the (empty) list
         _check_timeout(timeout)
@@ -332,6 +331,8 @@ def wait(object_refs: Sequence[ObjectRef], *, num_returns: int = 1,
         raise ValueError(f"num_returns={num_returns!r} must be an int between 0 and the number "
                          f"of refs ({len(object_refs)})")
     _check_timeout(timeout)
+    if not refs_only:
+        return _wait_with_generators(list(object_refs), num_returns, timeout, fetch_local)
     return client_for_call().wait(list(object_refs), num_returns, timeout, fetch_local)
 
 
@@ -341,10 +342,6 @@ def _wait_with_generators(waitables: list[Any], num_returns: int, timeout: float
     (or its end)."""
     from zray.generators import ObjectRefGenerator
 
-    if num_returns < 0 or num_returns > len(waitables):
-        raise ValueError(f"num_returns={num_returns!r} must be an int between 0 and the number "
-                         f"of refs ({len(waitables)})")
-    _check_timeout(timeout)
     client = client_for_call()
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:

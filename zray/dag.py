@@ -119,12 +119,12 @@ class InputNode(DAGNode):
         return None
 
     def __getitem__(self, key: int | str) -> InputAttributeNode:
-        return InputAttributeNode(self, key)
+        return InputAttributeNode(key)
 
     def __getattr__(self, name: str) -> InputAttributeNode:
         if name.startswith("_"):
             raise AttributeError(name)
-        return InputAttributeNode(self, name)
+        return InputAttributeNode(name)
 
     def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any],
              execution: _Execution) -> Any:
@@ -140,7 +140,7 @@ class InputAttributeNode(DAGNode):
     """``inp[i]``: the i-th positional argument of ``execute``; ``inp["k"]``/``inp.k``: its
     keyword argument k (or, with one positional argument, that argument's item k)."""
 
-    def __init__(self, input_node: InputNode, key: int | str) -> None:
+    def __init__(self, key: int | str) -> None:
         super().__init__((), {})
         self._key = key
 

@@ -17,6 +17,7 @@ returns one ``DynamicObjectRefGenerator`` of refs to the values (put by its work
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,12 @@ from zray.objects.refs import ObjectRef
 
 if TYPE_CHECKING:
     from zray.core import CoreClient
+
+
+def is_generator(fn: Any) -> bool:
+    """Whether calling ``fn`` remotely streams what it yields (Ray's default for a
+    generator function or method, sync or async)."""
+    return inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
 
 
 class ObjectRefGenerator:

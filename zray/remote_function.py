@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 from zray.exported import export_blob
-from zray.generators import ObjectRefGenerator, run_dynamic
+from zray.generators import ObjectRefGenerator, is_generator, run_dynamic
 from zray.objects.serialization import dumps
 from zray.options import resolved, validate
 from zray.specs import FunctionDescriptor, TaskOptions
@@ -20,8 +19,7 @@ class RemoteFunction:
         self._fn = fn
         self._name = getattr(fn, "__qualname__", getattr(fn, "__name__", "task"))
         self._options = validate(options, for_actor=False, where=f"@zray.remote on {self._name}")
-        if "num_returns" not in options and (inspect.isgeneratorfunction(fn)
-                                             or inspect.isasyncgenfunction(fn)):
+        if "num_returns" not in options and is_generator(fn):
             self._options["num_returns"] = "streaming"  # (Ray's default for a generator)
         self._dynamic: FunctionDescriptor | None = None  # its num_returns="dynamic" form
         self._descriptor: FunctionDescriptor | None = None

@@ -12,7 +12,7 @@ from typing import Any
 
 from zray.core import current_counter
 from zray.exported import export_blob
-from zray.generators import ObjectRefGenerator
+from zray.generators import ObjectRefGenerator, is_generator
 from zray.objects.refs import ObjectRef
 from zray.objects.serialization import record_contained_ref
 from zray.options import resolved, validate
@@ -52,14 +52,13 @@ class ActorClass:
         self._cls = cls
         self._name = cls.__qualname__
         self._options = validate(options, for_actor=True, where=f"@zray.remote on {self._name}")
+        members = inspect.getmembers(cls, callable)
         self._methods = {name: getattr(fn, _NUM_RETURNS_ATTR, _default_returns(fn))
-                         for name, fn in inspect.getmembers(cls, callable)
-                         if not name.startswith("__")}
+                         for name, fn in members if not name.startswith("__")}
         self._methods[READY_METHOD] = 1
-        self._is_async = any(is_async(fn)
-                             for _, fn in inspect.getmembers(cls, callable))
-        self._groups_used = {name: getattr(fn, GROUP_ATTR) for name, fn
-                             in inspect.getmembers(cls, callable) if hasattr(fn, GROUP_ATTR)}
+        self._is_async = any(is_async(fn) for _, fn in members)
+        self._groups_used = {name: getattr(fn, GROUP_ATTR) for name, fn in members
+                             if hasattr(fn, GROUP_ATTR)}
         self._descriptor: FunctionDescriptor | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -245,8 +244,7 @@ def is_async(fn: Any) -> bool:
 
 def _default_returns(fn: Any) -> int | str:
     """A method's num_returns when not given: a generator streams, as in Ray."""
-    generator = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
-    return "streaming" if generator else 1
+    return "streaming" if is_generator(fn) else 1
 
 
 def _unlimited(value: int) -> int:

@@ -40,7 +40,7 @@ from zray.node.gcs_client import GcsClient
 from zray.node.leases import LeaseManager
 from zray.node.object_manager import ObjectManager
 from zray.node.object_table import ObjectTable
-from zray.node.placement_groups import STRATEGIES, Group, PlacementGroups
+from zray.node.placement_groups import Group, PlacementGroups
 from zray.node.scheduler import Scheduler, Task, TaskState
 from zray.node.sessions import end_session
 from zray.node.tasks import TaskManager
@@ -751,6 +751,9 @@ class Agent:
         """Placement groups (zray/node/placement_groups.py), asked by zray.util's."""
         groups = self.placement_groups
         if what == "create_placement_group":
+            # (the strategies' one definition is the client's: loaded once a group is made)
+            from zray.util.placement_group import STRATEGIES
+
             error = checks.placement_group(args, STRATEGIES)
             if error:
                 return {"error": error}

@@ -86,7 +86,7 @@ class ClusterMember:
         self.actors = RemoteActors(self.relay, Follower(gcs, "actors", context=context),
                                    objects, clients, lambda: self.membership.nodes, functions,
                                    send, actor_desk.handle)
-        self.transfers = Transfers(objects, store, self._to_node, self.relay.answer_node,
+        self.transfers = Transfers(objects, store, self.to_node, self.relay.answer_node,
                                    config.inline_object_max_bytes, spiller.need, spiller.read)
         self._load_reported = (0.0, dict(scheduler.available))
         self._turn = 0  # SPREAD's: the next node in turn
@@ -213,16 +213,16 @@ class ClusterMember:
                 counts.append(count)
             table.unborrows.clear()
             for node, (ids, counts) in by_node.items():
-                self._to_node(node, p.Unborrow(ids, counts))
+                self.to_node(node, p.Unborrow(ids, counts))
         if table.forgets:
             forgotten: dict[bytes, list[bytes]] = {}
             for node, object_id in table.forgets:
                 forgotten.setdefault(node, []).append(object_id)
             table.forgets.clear()
             for node, ids in forgotten.items():
-                self._to_node(node, p.ForgetCopies(ids))
+                self.to_node(node, p.ForgetCopies(ids))
 
-    def _to_node(self, node: bytes, msg: p.Message, kind: str = "objects") -> bool:
+    def to_node(self, node: bytes, msg: p.Message, kind: str = "objects") -> bool:
         """Send to a node's door: False if it is not a live node of the cluster."""
         info = self.membership.nodes.get(node)
         if info is None or not info.alive or not info.address:
@@ -230,9 +230,6 @@ class ClusterMember:
         self.relay.link_to(info)
         self.relay.send_to_peer(node, b"", kind, msg)
         return True
-
-    def to_node(self, node: bytes, msg: p.Message, kind: str) -> bool:
-        return self._to_node(node, msg, kind)
 
     def peers_free(self) -> dict[bytes, dict[str, float]]:
         """Each live peer's free resources, as it last said."""

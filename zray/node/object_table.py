@@ -208,9 +208,7 @@ class ObjectTable:
         self.became_ready.append(entry.object_id)
         self.touch(entry)
         entry.contained = [c for c in contained if self._pin(c)]
-        for client in entry.subscribers:
-            self._tell(client, entry)
-        entry.subscribers.clear()
+        self._tell_subscribers(entry)
         self._maybe_free(entry)
 
     # --- reading and counting --------------------------------------------------------
@@ -521,6 +519,10 @@ class ObjectTable:
         entry.offset = offset
         self.touch(entry)
         self.became_ready.append(entry.object_id)
+        self._tell_subscribers(entry)
+
+    def _tell_subscribers(self, entry: ObjectEntry) -> None:
+        """Those waiting for it are sent where it is, once."""
         for client in entry.subscribers:
             self._tell(client, entry)
         entry.subscribers.clear()

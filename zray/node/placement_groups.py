@@ -36,7 +36,6 @@ from typing import Any
 from zray import protocol as p
 from zray.node.scheduler import Scheduler
 
-STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 _BUNDLE_UNITS = 1000.0  # of bundle_group_*: a task of the group that asks for nothing
 _RETRY_S = 0.5  # a group refused by a node plans again after this long
 _REASON_EVERY_S = 1.0
@@ -217,9 +216,7 @@ class PlacementGroups:
         self.pending.remove(group)
         group.state, group.reason = "CREATED", ""
         self.record(group)
-        for object_id in group.waiting:
-            self.fill(object_id, group)
-        group.waiting.clear()
+        self._answer_waiting(group)
 
     def _waits(self, group: Group, why: str) -> None:
         """It waits, for ``why``: its row says so (again at most each second: the free
@@ -269,10 +266,14 @@ class PlacementGroups:
             self.pending.remove(group)
             self._settle(group)  # (gives back what is held; the rest once answered)
         self.record(group)
+        self._answer_waiting(group)
+        return True
+
+    def _answer_waiting(self, group: Group) -> None:
+        """Its ``ready()`` refs get their value: the group, or the error it was removed."""
         for object_id in group.waiting:
             self.fill(object_id, group)
         group.waiting.clear()
-        return True
 
     def job_ended(self, job_id: bytes) -> None:
         """A job's groups go with it, unless detached (as in Ray)."""

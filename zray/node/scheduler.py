@@ -70,7 +70,7 @@ class Task:
     row_head: str = ""
 
     def __post_init__(self) -> None:
-        self.env_key = key_of(self.spec.runtime_env)
+        self.env_key = key_of(self.spec.runtime_env) if self.spec.runtime_env else ""
         self.submitted = time.time()
         self.times = {self.state.value: 0}
 

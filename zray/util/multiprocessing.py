@@ -67,12 +67,14 @@ class AsyncResult:
             self._value = values[0] if self._single else values
         except BaseException as exc:  # (the function's error)
             self._error = exc
-        self._done.set()
         callback, error_callback = self._callbacks
-        if self._error is None and callback is not None:
-            callback(self._value)
-        elif self._error is not None and error_callback is not None:
-            error_callback(self._error)
+        try:  # (before it is ready, as multiprocessing's: whoever waited sees its effect)
+            if self._error is None and callback is not None:
+                callback(self._value)
+            elif self._error is not None and error_callback is not None:
+                error_callback(self._error)
+        finally:
+            self._done.set()
 
     def get(self, timeout: float | None = None) -> Any:
         if not self._done.wait(timeout):

@@ -157,10 +157,7 @@ def get_placement_group(placement_group_name: str) -> PlacementGroup:
 def get_current_placement_group() -> PlacementGroup | None:
     """The group the calling task or actor was placed in; None in a driver, or outside
     any group."""
-    from zray import core
-
-    client = core.current()
-    placement = client.context.placement if client is not None else {}
+    placement = _current_placement()
     if not placement:
         return None
     return _rebuild(placement["group"], placement["bundles"])
@@ -207,25 +204,27 @@ def placed(resources: dict[str, float], strategy: Any, what: str) -> dict[str, f
 
 def captured_group() -> str:
     """The group of the calling task if it captures its children (its hex id), else "".
-    (On every ``f.remote()``: the client runtime's module is looked up once.)"""
+    (On every ``f.remote()``.)"""
+    placement = _current_placement()
+    return placement["group"] if placement.get("capture") else ""
+
+
+def _current_placement() -> dict[str, Any]:
+    """The calling task's or actor's placement ({} in a driver, or outside any group).
+    The client runtime's module is looked up, not imported: cheap on every call."""
     core = sys.modules.get("zray.core")
     client = core.current() if core is not None else None
-    if client is None:
-        return ""
-    placement = client.context.placement
-    return placement["group"] if placement and placement.get("capture") else ""
+    return (client.context.placement or {}) if client is not None else {}
 
 
 def strategy_of(options: dict[str, Any]) -> Any:
     """The scheduling strategy of a task or actor with these options: its own, else its
     parent's group when the parent was placed with placement_group_capture_child_tasks
     (any bundle of it, and its children in turn, as in Ray)."""
-    from zray import core
     from zray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     strategy = options.get("scheduling_strategy")
-    client = core.current()
-    parent = client.context.placement if client is not None else {}
+    parent = _current_placement()
     if strategy is not None or not parent.get("capture"):
         return strategy
     return PlacementGroupSchedulingStrategy(_rebuild(parent["group"], parent["bundles"]),

@@ -51,21 +51,24 @@ class Queue:
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         """Add ``item``; while full, wait (``timeout`` seconds at most, then Full), or
         raise Full at once if not ``block``."""
-        if not block:
-            zray.get(self.actor.put_nowait.remote(item))
-            return
-        if timeout is not None and timeout < 0:
-            raise ValueError("'timeout' must be a non-negative number")
-        zray.get(self.actor.put.remote(item, timeout))
+        zray.get(self._put(item, block, timeout))
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Take the oldest item; while empty, wait (``timeout`` seconds at most, then
         Empty), or raise Empty at once if not ``block``."""
+        return zray.get(self._get(block, timeout))
+
+    def _put(self, item: Any, block: bool, timeout: float | None) -> zray.ObjectRef:
         if not block:
-            return zray.get(self.actor.get_nowait.remote())
-        if timeout is not None and timeout < 0:
-            raise ValueError("'timeout' must be a non-negative number")
-        return zray.get(self.actor.get.remote(timeout))
+            return self.actor.put_nowait.remote(item)
+        _check(timeout)
+        return self.actor.put.remote(item, timeout)
+
+    def _get(self, block: bool, timeout: float | None) -> zray.ObjectRef:
+        if not block:
+            return self.actor.get_nowait.remote()
+        _check(timeout)
+        return self.actor.get.remote(timeout)
 
     def put_nowait(self, item: Any) -> None:
         self.put(item, block=False)
@@ -83,18 +86,23 @@ class Queue:
 
     async def put_async(self, item: Any, block: bool = True,
                         timeout: float | None = None) -> None:
-        """``put`` for asyncio code: waits without blocking the event loop."""
-        await asyncio.get_running_loop().run_in_executor(None, self.put, item, block, timeout)
+        """``put`` for asyncio code: awaits the queue's answer (no thread is held)."""
+        await self._put(item, block, timeout)
 
     async def get_async(self, block: bool = True, timeout: float | None = None) -> Any:
-        """``get`` for asyncio code: waits without blocking the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(None, self.get, block, timeout)
+        """``get`` for asyncio code: awaits the queue's answer (no thread is held)."""
+        return await self._get(block, timeout)
 
     def shutdown(self, force: bool = False, grace_period_s: int = 5) -> None:
         """End the queue's actor (its items go with it)."""
         if self.actor is not None:
             zray.kill(self.actor)
             self.actor = None
+
+
+def _check(timeout: float | None) -> None:
+    if timeout is not None and timeout < 0:
+        raise ValueError("'timeout' must be a non-negative number")
 
 
 class _QueueCore:
