@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -215,3 +216,46 @@ def test_a_damaged_wal_file_is_named_never_half_read(tmp_path: Path, damage: str
     wal_file.rename(tmp_path / "damaged.wal-wal.damaged")  # as the error says: then the
     (tmp_path / "damaged.wal-shm").unlink()  # main file reads, older but whole
     read_tables(path, 10_000)
+
+
+@pytest.mark.timeout(60)
+def test_a_log_whose_creation_was_cut_short_anywhere_opens(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """A shard killed while it creates its log (CI: SIGKILLed twice within 0.2 s of a
+    restart) leaves a file its restart must open: never tables without their schema
+    version, which no later start accepts. SQLite is interrupted after each number of
+    its steps in turn, as a kill would stop it; the file must then open."""
+    import zray.broker.wal as wal
+
+    connect = sqlite3.connect
+
+    def cut_after(steps: int) -> Any:
+        """sqlite3.connect, whose connection SQLite interrupts after ``steps`` steps."""
+        left = [steps]
+
+        def tick() -> int:
+            left[0] -= 1
+            return 1 if left[0] <= 0 else 0  # (non-zero: SQLite interrupts)
+
+        def connect_cut(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+            db = connect(*args, **kwargs)
+            db.set_progress_handler(tick, 1)
+            return db
+        return connect_cut
+
+    for steps in range(1, 10_000):
+        path = tmp_path / f"cut-{steps}.wal"
+        monkeypatch.setattr(wal.sqlite3, "connect", cut_after(steps))
+        try:
+            WriteAheadLog(path).close()
+            created = True
+        except ZrayError:
+            created = False
+        monkeypatch.setattr(wal.sqlite3, "connect", connect)
+        log = WriteAheadLog(path)  # (raises if the cut left a file it refuses)
+        log.close()
+        if created:
+            break  # (every step before the end was cut once)
+    else:
+        pytest.fail("creating a log never finished")

@@ -85,18 +85,29 @@ class WriteAheadLog:
         with _converted(self.path, "open"):
             # Autocommit mode: every transaction below is an explicit BEGIN ... COMMIT.
             self._db = sqlite3.connect(self.path, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            version = _version(self._db, self.path)
-            if version is None:
-                self._db.executescript(_SCHEMA)
-                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
-                raise ZrayError(
-                    f"write-ahead log {self.path} has schema version {version}; this zray "
-                    f"writes version {SCHEMA_VERSION}: read it with zray inspect --wal")
-            self._rows: int = self._db.execute(_COUNT).fetchone()[0]
+            try:
+                self._rows: int = self._open()
+            except BaseException:  # (its lock and half a transaction go with it)
+                self._db.close()
+                raise
         self.applied: dict[bytes, int] = {}  # node -> the last batch seq stored from it
+
+    def _open(self) -> int:
+        """Check the file, or make it a new log; the number of rows it holds."""
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        version = _version(self._db, self.path)
+        if version is None:  # (tables and version in one transaction: a shard killed while
+            # it creates its log leaves a new, empty file, never tables without their
+            # version, which no later start would accept)
+            self._db.executescript(
+                f"BEGIN; {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+        elif version != SCHEMA_VERSION:
+            raise ZrayError(
+                f"write-ahead log {self.path} has schema version {version}; this zray "
+                f"writes version {SCHEMA_VERSION}: read it with zray inspect --wal")
+        rows: int = self._db.execute(_COUNT).fetchone()[0]
+        return rows
 
     def replay(self, tables: Tables) -> int:
         """Apply every row to ``tables``, in append order; learn ``applied``. Returns the
