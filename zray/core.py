@@ -48,6 +48,7 @@ from zray.ids import (
     return_object_id,
     task_of,
 )
+from zray.lane import LaneListener, LaneReader, LaneWriter, lane_path
 from zray.leasing import DirectSubmitter, DirectTask, Peers
 from zray.lineage import Lineage
 from zray.malloc import keep_large_blocks_warm
@@ -125,13 +126,17 @@ class CoreClient:
         self._direct.setsockopt(zmq.LINGER, 0)
         self._direct.setsockopt(zmq.RCVHWM, 0)
         self._direct.bind(direct_endpoint(endpoint, self.worker_id))
+        self._lane = LaneListener(lane_path(endpoint, self.worker_id, "d"))  # (zray/lane.py)
+        self._lane_readers: dict[int, LaneReader] = {}
+        self._wake_r, self._wake_w = os.pipe()  # close() wakes the I/O thread at once
         self.mesh: DirectTcp | None = None  # a cluster node's: the TCP paths across nodes
         self._direct_tcp: zmq.Socket | None = None  # answers from workers elsewhere
         self.owner_nodes: dict[bytes, bytes] = {}  # an owner elsewhere -> its node
         # A context of its own, so a worker about to exit can wait for its answers to go
         # (deliver_before_exit) without closing the sockets its other threads use.
         self._peers_zmq = p.bounded_context(config.max_frame_bytes)
-        self.peers = Peers(self._peers_zmq, self.worker_id, endpoint)
+        self.peers = Peers(self._peers_zmq, self.worker_id, endpoint, lanes=True,
+                           on_backlog=lambda: os.write(self._wake_w, b"l"))
         self.inbox = TaskInbox(self, self._zmq, endpoint) if kind == "worker" else None
         self.leasing: DirectSubmitter | None = None  # once registered (it needs the CPUs)
         self._futures: concurrent.futures.ThreadPoolExecutor | None = None  # (future())
@@ -156,7 +161,6 @@ class CoreClient:
         self._stopping = False
         self._io: threading.Thread | None = None
         self._agent_pidfd = -1
-        self._wake_r, self._wake_w = os.pipe()  # close() wakes the I/O thread at once
         self.lineage = Lineage(config.max_lineage_bytes)
         self.tx = AgentSender(self._tx, self.refs, config.batch_window_ms / 1000,
                               config.poll_interval_ms, lambda: os.write(self._wake_w, b"d"),
@@ -270,6 +274,9 @@ class CoreClient:
         self.peers.close()
         self._peers_zmq.term()
         self._direct.close()
+        self._lane.close()
+        for reader in self._lane_readers.values():
+            reader.close()
         if self._direct_tcp is not None:
             self._direct_tcp.close()
         if self.mesh is not None:
@@ -301,6 +308,9 @@ class CoreClient:
             poller.register(self._direct_tcp, zmq.POLLIN)
         poller.register(self._agent_pidfd, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self._lane, zmq.POLLIN)
+        lane = self._lane.fileno()
+        waiting_for_room: list[LaneWriter] = []  # lanes we send on with a backlog
         last_chores = 0.0
         while not self._stopping:
             try:
@@ -310,12 +320,22 @@ class CoreClient:
                     return
                 if self._wake_r in events:
                     os.read(self._wake_r, 4096)
+                if lane in events:
+                    for reader in self._lane.accept():
+                        self._lane_readers[reader.fileno()] = reader
+                        poller.register(reader.fileno(), zmq.POLLIN)
                 # Answers first: a notice from the agent that their worker died comes after
                 # whatever that worker sent us (ActorCaller.moved, DirectSubmitter).
+                answers: list[p.TaskDone] = []
                 if self._direct in events:
-                    self._take_direct(self._direct)
+                    self._take_direct(self._direct, answers)
                 if self._direct_tcp is not None and self._direct_tcp in events:
-                    self._take_direct(self._direct_tcp)
+                    self._take_direct(self._direct_tcp, answers)
+                for fd in [fd for fd in events if fd in self._lane_readers]:
+                    self._take_lane(fd, poller, answers)
+                if answers:
+                    self._take_answers(answers)
+                waiting_for_room = self._wait_for_room(poller, waiting_for_room)
                 while self._rx in events and has_input(self._rx):
                     self._dispatch(self._rx.recv_multipart(), from_agent=True)
                 now = time.monotonic()
@@ -340,37 +360,68 @@ class CoreClient:
                 entry[3] = True  # (sent, not deferred: a deferred message would send the
                 self.tx.send(p.TaskStarted(task_id, attempt, started))  # answer via the agent)
 
-    def _take_direct(self, sock: zmq.Socket) -> None:
-        """Every message waiting on a direct socket; the answers among them are taken
-        together (a lease then gets its next tasks in one message, not one per answer)."""
-        answers: list[p.TaskDone] = []
+    def _take_direct(self, sock: zmq.Socket, answers: list[p.TaskDone]) -> None:
+        """Every message waiting on a direct socket; the answers among them go into
+        ``answers``, taken together (a lease then gets its next tasks in one message, not
+        one per answer)."""
         while True:
             try:  # (NOBLOCK until Again: cheaper than asking the socket before each one)
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            try:
-                msg = p.decode(frames[1:])
-            except p.ProtocolError as exc:
-                self._complaints.warning("malformed", "dropped a malformed message: %s", exc)
-                continue
-            if isinstance(msg, p.TaskDone):
-                answers.append(msg)
-            elif isinstance(msg, p.Introduce) and sock is self._direct_tcp:
-                self.introduced(msg)
-            elif isinstance(msg, _DIRECT_MESSAGES):
-                self._dispatch_message(msg, from_agent=False)
-            else:  # (anyone may write to this socket: a peer of ours never sends these)
-                self._complaints.warning("direct", "rejected a %s on the direct socket",
-                                         type(msg).__name__)
+            msg = self._direct_message(frames[1:], answers, sock is self._direct_tcp)
+            if msg is not None:
                 p.send_rejected(sock, frames[0], msg,
                                 "a direct socket takes answers, NotStarted and cancels")
-        if answers:
-            try:
-                self._answered(answers, from_agent=False)
-            except Exception as exc:  # (as in _dispatch_message)
-                self._complaints.warning("answers", "dropped answers that cannot be used: %r",
-                                         exc)
+
+    def _take_lane(self, fd: int, poller: zmq.Poller, answers: list[p.TaskDone]) -> None:
+        """The same for a lane of this node's (zray/lane.py)."""
+        reader = self._lane_readers[fd]
+        messages, still_open = reader.read()
+        for frames in messages:
+            self._direct_message(frames, answers, False)
+        if not still_open:
+            poller.unregister(fd)
+            reader.close()
+            del self._lane_readers[fd]
+
+    def _direct_message(self, frames: list[Any], answers: list[p.TaskDone],
+                        over_tcp: bool) -> p.Message | None:
+        """Take one direct message; returns one to reject."""
+        try:
+            msg = p.decode(frames)
+        except p.ProtocolError as exc:
+            self._complaints.warning("malformed", "dropped a malformed message: %s", exc)
+            return None
+        if isinstance(msg, p.TaskDone):
+            answers.append(msg)
+        elif isinstance(msg, p.Introduce) and over_tcp:
+            self.introduced(msg)
+        elif isinstance(msg, _DIRECT_MESSAGES):
+            self._dispatch_message(msg, from_agent=False)
+        else:  # (anyone may write to this socket: a peer of ours never sends these)
+            self._complaints.warning("direct", "rejected a %s on the direct socket",
+                                     type(msg).__name__)
+            return msg
+        return None
+
+    def _take_answers(self, answers: list[p.TaskDone]) -> None:
+        try:
+            self._answered(answers, from_agent=False)
+        except Exception as exc:  # (as in _dispatch_message)
+            self._complaints.warning("answers", "dropped answers that cannot be used: %r", exc)
+
+    def _wait_for_room(self, poller: zmq.Poller, waiting: list[LaneWriter]) -> list[LaneWriter]:
+        """Write what our lanes hold back; poll for room in those still holding some."""
+        still = self.peers.flush_backlogs()
+        if still or waiting:
+            for lane in waiting:
+                if lane not in still:
+                    poller.unregister(lane)
+            for lane in still:
+                if lane not in waiting:
+                    poller.register(lane, zmq.POLLOUT)
+        return still
 
     def _dispatch(self, frames: list[bytes], from_agent: bool) -> None:
         try:

@@ -2,7 +2,8 @@
 
 ::
 
-    owners --ExecuteTask, or a Batch of them--> ROUTER ipc://SESSION/t-<worker id>.sock
+    owners --ExecuteTask, or a Batch of them--> lane SESSION/lt-<worker id>.sock (this node's,
+                                                zray/lane.py), else ROUTER ipc://SESSION/t-<id>.sock
     agent  --ExecuteTask--> rx (the I/O thread) --> queue + a byte on a pipe
     main thread: next() --> run --> hand_in(): TaskDone straight to the owner
 
@@ -23,11 +24,12 @@ import queue
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from zray import protocol as p
+from zray.lane import LaneListener, LaneReader, lane_path
 from zray.node.launcher import direct_endpoint
 from zray.protocol import has_input
 from zray.rate_limit import RateLimitedLog
@@ -53,6 +55,9 @@ class TaskInbox:
         self._poller = zmq.Poller()
         self._poller.register(self.socket, zmq.POLLIN)
         self._poller.register(self._wake_r, zmq.POLLIN)
+        self._lane = LaneListener(lane_path(agent_endpoint, client.worker_id, "t"))
+        self._poller.register(self._lane, zmq.POLLIN)
+        self._lanes: dict[int, LaneReader] = {}  # by fd
         self._pending: deque[p.ExecuteTask] = deque()  # sent on a lease, not started
         self._sockets = [self.socket]  # (and, in a cluster, one on TCP: tcp_socket)
         self._complaints = RateLimitedLog(log)
@@ -114,27 +119,46 @@ class TaskInbox:
             sock.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
+        self._lane.close()
+        for reader in self._lanes.values():
+            reader.close()
 
     def _receive(self) -> None:
         for sock in self._sockets:
             while has_input(sock):
-                self._take(sock, sock.recv_multipart(copy=False))
+                frames = sock.recv_multipart(copy=False)
+                msg = self._take(p.received(frames[1:]), sock is not self.socket)
+                if msg is not None:
+                    p.send_rejected(sock, frames[0].bytes, msg, "a task socket takes ExecuteTask")
+        for reader in self._lane.accept():
+            self._lanes[reader.fileno()] = reader
+            self._poller.register(reader.fileno(), zmq.POLLIN)
+        for fd, reader in list(self._lanes.items()):
+            messages, still_open = reader.read()
+            for frames in messages:
+                self._take(frames, False)
+            if not still_open:
+                self._poller.unregister(fd)
+                reader.close()
+                del self._lanes[fd]
 
-    def _take(self, sock: zmq.Socket, frames: list[zmq.Frame]) -> None:
+    def _take(self, frames: list[Any], over_tcp: bool) -> p.Message | None:
+        """Take one message of tasks; returns one to reject."""
         try:
-            msg = p.decode(p.received(frames[1:]))
+            msg = p.decode(frames)
             tasks = p.unbatch(msg) if isinstance(msg, p.Batch) else [msg]
         except p.ProtocolError as exc:
             self._complaints.warning("malformed", "dropped a malformed task message: %s", exc)
-            return
-        if isinstance(msg, p.Introduce) and sock is not self.socket:
+            return None
+        if isinstance(msg, p.Introduce) and over_tcp:
             self._client.introduced(msg)  # (an owner on another node: its first message)
         elif not isinstance(msg, (p.ExecuteTask, p.Batch)):  # (anyone may write here)
             self._complaints.warning("other", "rejected a %s on the task socket",
                                      type(msg).__name__)
-            p.send_rejected(sock, frames[0].bytes, msg, "a task socket takes ExecuteTask")
+            return msg
         else:
             self._pending.extend(t for t in tasks if isinstance(t, p.ExecuteTask))
+        return None
 
     def _bounce(self) -> None:
         self._receive()

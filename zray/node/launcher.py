@@ -26,6 +26,7 @@ from zray.broker.layout import endpoints
 from zray.config import Config
 from zray.exceptions import ZrayError
 from zray.ids import new_worker_id
+from zray.lane import lane_path
 from zray.malloc import MALLOC_ENV
 from zray.node.sessions import (
     add_processes,
@@ -54,7 +55,7 @@ def check_socket_room(session: str) -> None:
     """Raise (removing the new, empty ``session``) if its sockets' paths would be too
     long for Unix sockets."""
     endpoint = f"ipc://{session}/agent.sock"
-    longest = direct_endpoint(endpoint, new_worker_id()).removeprefix("ipc://")
+    longest = lane_path(endpoint, new_worker_id(), "d")  # (zray/lane.py: the longest name)
     if len(longest) > _MAX_SOCKET_PATH:
         os.rmdir(session)
         raise ZrayError(
