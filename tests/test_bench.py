@@ -39,6 +39,12 @@ def test_idle_memory_counts_the_cluster_processes():
     assert result.unit == "MB" and result.value > 0 and "processes" in result.name
 
 
+def test_idle_cpu_counts_what_the_cluster_processes_use_while_nothing_runs():
+    result = bench.idle_cpu(0.5)
+    assert result.unit == "% of a core" and result.value >= 0
+    assert result.value < 50  # (nothing runs: a loop that spins would use about 100)
+
+
 @pytest.mark.timeout(120)
 def test_the_gcs_benchmark_reports_throughput_rows_and_lag():
     out = subprocess.run([sys.executable, "-m", "zray_cli.main", "microbenchmark", "--gcs",
@@ -79,7 +85,7 @@ def test_the_breakdown_times_each_step_of_a_round_trip_in_both_processes():
     rows = json.loads(out.stdout)
     for row in ("task round trip", "actor call round trip"):
         steps = rows[row]
-        assert all(median >= 0 for median, _ in steps.values())
-        assert steps["run"][0] > 0 and steps["to worker"][0] > 0 and steps["to owner"][0] > 0
+        assert all(median >= 0 for median, _ in steps.values()), (row, steps)
+        assert all(steps[step][0] > 0 for step in ("run", "to worker", "to owner")), (row, steps)
         parts = sum(median for step, (median, _) in steps.items() if step != "total")
-        assert parts <= steps["total"][0] * 1.5  # (medians of parts: near the whole)
+        assert parts <= steps["total"][0] * 1.5, (row, steps)  # (medians: near the whole)

@@ -298,6 +298,27 @@ def idle_memory() -> Result:
     return Result(f"memory at idle, {len(processes)} processes (PSS)", total / MB, "MB")
 
 
+def idle_cpu(seconds: float) -> Result:
+    """CPU used by this driver and every process it started while nothing runs: what the
+    cluster's timers and heartbeats cost (no busy polling is bought for latency)."""
+    processes = _cluster(psutil.Process())
+
+    def used() -> float:
+        total = 0.0
+        for proc in processes:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                continue
+        return total
+
+    before = used()
+    time.sleep(seconds)
+    return Result(f"CPU at idle, over {seconds:g} s, all processes",
+                  100 * (used() - before) / seconds, "% of a core")
+
+
 def run(backend: str, quick: bool, only_scaling: bool = False) -> list[Result]:
     rt = importlib.import_module(backend)
     kwargs: dict[str, Any] = {"num_cpus": 2}
@@ -314,6 +335,7 @@ def run(backend: str, quick: bool, only_scaling: bool = False) -> list[Result]:
         workloads = Workloads(rt, quick)
         time.sleep(1.0)  # let prestarted workers finish starting before measuring
         results.append(idle_memory())
+        results.append(idle_cpu(2.0 if quick else 10.0))
         for name in ("task_latency", "task_throughput", "actor_latency", "actor_throughput",
                      "two_actor_throughput", "put_small", "get_small", "put_large",
                      "get_large", "args_by_value", "args_by_ref", "tree_reduce", "nested",

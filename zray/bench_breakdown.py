@@ -11,12 +11,14 @@ and only then: nothing is timed otherwise). The median of each step is printed, 
 p90. Wrapping costs a few microseconds per stamp, so the steps add up to a little more
 than ``zray microbenchmark``'s round trip.
 
-Steps, in order: ``submit`` (``.remote()`` until the message is handed to ZeroMQ),
-``send`` (ZeroMQ takes it), ``return`` (from ``.remote()``), ``to worker`` (until the
-worker's main thread has it), ``unpack`` (arguments and context, until the function
-starts), ``run``, ``pack`` (the result and its TaskDone), ``reply`` (handed to ZeroMQ),
-``to owner`` (until the owner's I/O thread has it), ``wake`` (until the waiting thread runs
-again), ``read`` (the value, until ``get`` returns).
+Steps, in order: ``submit`` (``.remote()`` until the message is sent to the worker's
+socket: its lane, zray/lane.py), ``send`` (until the send returns), ``return`` (from
+``.remote()``), ``to worker`` (until the worker's main thread has it), ``unpack``
+(arguments and context, until the function starts), ``run``, ``pack`` (the result and its
+TaskDone), ``reply`` (until the TaskDone is sent), ``to owner`` (from the start of that
+send until the owner's I/O thread has it: the send itself is in it, as the owner it wakes
+may run before the send returns), ``wake`` (until the waiting thread runs again), ``read``
+(the value, until ``get`` returns).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ _STEPS = [("call", "sending", "submit"), ("sending", "sent", "send"),
 def stamp_worker(directory: str) -> None:
     """In a worker started with ZRAY_BENCH_STAMPS: stamp each task's steps into a file of
     its own in ``directory``."""
+    from zray import leasing
+    from zray import protocol as p
     from zray.node import execution, inbox
 
     out = open(os.path.join(directory, f"worker-{os.getpid()}.txt"), "a", buffering=1)
@@ -76,11 +80,18 @@ def stamp_worker(directory: str) -> None:
     def timed_hand_in(client: Any, outcome: Any) -> None:
         stamp(outcome[0].task_id, "hand")
         hand_in(client, outcome)
-        stamp(outcome[0].task_id, "replied")
+
+    send = leasing.Peers.send
+
+    def timed_send(self: Any, peer: bytes, msg: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(msg, p.TaskDone):
+            stamp(msg.task_id, "replied")
+        send(self, peer, msg, *args, **kwargs)
 
     inbox.TaskInbox.next = next_task  # type: ignore[method-assign]
     execution.run_sync = timed_run
     execution.hand_in = timed_hand_in
+    leasing.Peers.send = timed_send  # type: ignore[method-assign]
 
 
 def _stamp_driver(stamps: dict[str, dict[str, int]]) -> None:

@@ -26,7 +26,8 @@ behind it (NotStarted; zray/node/inbox.py). The owner retries
 a task whose worker died (``max_retries``) or whose exception its ``retry_exceptions``
 accepts, and reports every outcome to the agent.
 
-Locks: ``DirectSubmitter.lock`` is taken before the core's tx lock, never after it.
+Locks: ``DirectSubmitter.lock`` is taken before the core's tx lock, never after it. Messages to
+workers are queued under it and sent, in order, once it is released (``Outbox``).
 """
 
 from __future__ import annotations
@@ -195,6 +196,42 @@ class Peers:
             sock.close(linger)
 
 
+class Outbox:
+    """Messages to peers queued under a lock and sent once it is released, in order: a
+    thread preempted in a send (the worker it wakes may take its CPU) then holds up no
+    other thread that needs the lock (the I/O thread, with that worker's answer).
+
+    ``with outbox:`` takes the lock; leaving it sends what was queued meanwhile."""
+
+    def __init__(self, peers: Peers, lock: threading.Lock) -> None:
+        self._peers = peers
+        self._lock = lock
+        self._queue: deque[tuple[bytes, p.Message, str]] = deque()  # (peer, msg, kind)
+        self._sending = threading.Lock()  # held by the thread sending the queue
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+        self.send()
+
+    def put(self, peer: bytes, msg: p.Message, kind: str) -> None:
+        """Send ``msg`` once the lock is released (called holding it)."""
+        self._queue.append((peer, msg, kind))
+
+    def send(self) -> None:
+        while self._queue:
+            if not self._sending.acquire(blocking=False):
+                return  # (the thread sending sends ours too: it sends until none is left)
+            try:
+                while self._queue:
+                    peer, msg, kind = self._queue.popleft()
+                    self._peers.send(peer, msg, kind=kind)
+            finally:
+                self._sending.release()
+
+
 @dataclass(eq=False)
 class DirectTask:
     """A task the owner runs on a lease: what it sends, and its retry budget."""
@@ -263,6 +300,7 @@ class DirectSubmitter:
                  locate: Callable[[bytes], Any], total_cpus: float, lease_idle_s: float,
                  lineage: Lineage) -> None:
         self.lock = threading.Lock()
+        self._locked = Outbox(peers, self.lock)  # the lock; messages to workers sent after
         self.lineage = lineage  # finished tasks kept to rebuild lost results
         self.rebuilt = 0  # tasks run again to rebuild a lost result
         self._worker_id = worker_id
@@ -291,7 +329,7 @@ class DirectSubmitter:
         """Queue the task; one taking results of ours not back yet waits for them here
         (so a chain of tasks never goes through the agent to wait)."""
         self.lineage.submitted(task.task_id, task.num_returns, task.dep_ids)
-        with self.lock:
+        with self._locked:
             self.tasks[task.task_id] = task
             for i, object_id in enumerate(task.dep_ids):
                 if task.deps[i] is None:
@@ -308,7 +346,7 @@ class DirectSubmitter:
 
     def cancel(self, task_id: bytes, force: bool) -> bool:
         """Cancel a task of this owner's; False if it is not one (or is finished)."""
-        with self.lock:
+        with self._locked:
             task = self.tasks.get(task_id)
             if task is None:
                 return False
@@ -326,20 +364,20 @@ class DirectSubmitter:
                 self._fail(task, failures.cancelled(task.name))
                 self._pump(task.key)
             else:  # the worker interrupts it, or drops it if it has not started yet
-                self._peers.send(lease.worker, p.CancelRunning(task_id))
+                self._locked.put(lease.worker, p.CancelRunning(task_id), "d")
             return True
 
     def return_idle(self) -> None:
         """Give back every lease not running a task (the agent asked, or we are about to
         ask it what is free)."""
-        with self.lock:
+        with self._locked:
             for lease in [lease for lease in self.leases.values() if not lease.running]:
                 self._return(lease)
 
     # --- from the I/O thread ---------------------------------------------------------
 
     def on_granted(self, msg: p.LeaseGranted) -> None:
-        with self.lock:
+        with self._locked:
             key = self._answered_locked(msg.lease_id)
             if key is None:
                 return
@@ -353,7 +391,7 @@ class DirectSubmitter:
     def on_done(self, answers: list[p.TaskDone], from_agent: bool) -> None:
         """Answers from workers (several at once: each lease then gets its next tasks in one
         message), or passed on by the agent (``from_agent``: results holding refs)."""
-        with self.lock:
+        with self._locked:
             keys = {key for key in (self._done_locked(msg, from_agent) for msg in answers)
                     if key is not None}
             for key in keys:
@@ -385,14 +423,14 @@ class DirectSubmitter:
 
     def resize(self, total_cpus: float) -> None:
         """The cluster has this many CPUs now: as many leases may be asked for."""
-        with self.lock:
+        with self._locked:
             self._total_cpus = total_cpus
             for key in list(self._queues):
                 self._pump(key)
 
     def on_refused(self, msg: p.LeaseRefused) -> None:
         """No node may grant the lease: every task waiting for one of its kind fails."""
-        with self.lock:
+        with self._locked:
             key = self._answered_locked(msg.lease_id)
             if key is None:
                 return
@@ -403,7 +441,7 @@ class DirectSubmitter:
     def on_not_started(self, msg: p.NotStarted) -> None:
         """The worker's running task blocked: these go back to the queue, in order, and
         tasks of their function are no longer sent ahead."""
-        with self.lock:
+        with self._locked:
             keys = set()
             for task_id in reversed(msg.task_ids):
                 task = self.tasks.get(task_id)
@@ -418,7 +456,7 @@ class DirectSubmitter:
                 self._pump(key)
 
     def on_lease_lost(self, msg: p.LeaseLost) -> None:
-        with self.lock:
+        with self._locked:
             lease = self.leases.get(msg.lease_id)
             if lease is None:
                 return
@@ -448,7 +486,7 @@ class DirectSubmitter:
         """Results of ours lost with a node are needed (no ``task_id``): run their tasks
         again. Or the agent answers a task run again: these of its arguments are gone
         too, so they are rebuilt first; then it goes."""
-        with self.lock:
+        with self._locked:
             if not msg.task_id:
                 for object_id in msg.object_ids:
                     self._rebuild(object_id)
@@ -467,7 +505,7 @@ class DirectSubmitter:
             self._pump(task.key)
 
     def expire_idle(self, now: float) -> None:
-        with self.lock:
+        with self._locked:
             for lease in [lease for lease in self.leases.values()
                           if not lease.running and now - lease.idle_since >= self._lease_idle_s]:
                 self._return(lease)
@@ -475,7 +513,7 @@ class DirectSubmitter:
     def describe(self, task_id: bytes) -> dict[str, Any]:
         """What this owner knows of a task, its queues and its leases (for the report of
         a task that never ended)."""
-        with self.lock:
+        with self._locked:
             task = self.tasks.get(task_id)
             return {
                 "task": None if task is None else {
@@ -618,7 +656,7 @@ class DirectSubmitter:
                 task.task_id, task.job_id, task.function_id, task.name, task.args, task.deps,
                 task.num_returns, task.retry_filter, lease.gpu_ids, blob, task.attempt, b"",
                 {}, self._worker_id, task.placement))
-        self._peers.send(lease.worker, p.one_or_batch(messages), kind="t")
+        self._locked.put(lease.worker, p.one_or_batch(messages), "t")
 
     def _off_lease(self, lease: Lease, task: DirectTask, now: float) -> None:
         if task in lease.running:

@@ -30,7 +30,8 @@ it sent itself: it knows them from the notices, and once we have told it which w
 answers for (our reports, then CallsReported), it retries the others in the restarted
 actor while ``max_task_retries`` allows, or fails them.
 
-Locks: ``ActorCaller.lock`` is taken before the core's tx lock, never after it.
+Locks: ``ActorCaller.lock`` is taken before the core's tx lock, never after it. Calls to
+workers are queued under it and sent, in order, once it is released (zray/leasing.py Outbox).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from typing import Any
 
 from zray import protocol as p
 from zray.ids import return_object_id
-from zray.leasing import Peers
+from zray.leasing import Outbox, Peers
 from zray.sender import AgentSender
 
 
@@ -76,6 +77,7 @@ class ActorCaller:
 
     def __init__(self, worker_id: bytes, peers: Peers, tx: AgentSender, window_s: float) -> None:
         self.lock = threading.Lock()
+        self._locked = Outbox(peers, self.lock)  # the lock; calls to workers sent after
         self._worker_id = worker_id
         self._peers = peers
         self._tx = tx
@@ -87,7 +89,7 @@ class ActorCaller:
     # --- from user threads -----------------------------------------------------------
 
     def call(self, notice: p.SubmitTask, deps: list[Any] | None, keep: Any) -> None:
-        with self.lock:
+        with self._locked:
             line = self._lines.setdefault(notice.actor_id, _Line())
             self._in_flight[notice.task_id] = notice.actor_id
             line.held.append(_Call(notice, deps, keep))
@@ -96,7 +98,7 @@ class ActorCaller:
     def forget_locations(self, object_ids: set[bytes]) -> None:
         """These objects left their blocks (CoreClient._release_blocks): held calls that
         would send their old places go through the agent instead."""
-        with self.lock:
+        with self._locked:
             for line in self._lines.values():
                 for call in line.held:
                     if call.deps is not None and any(
@@ -107,7 +109,7 @@ class ActorCaller:
         """Cancel a call still held here: it goes to the agent at once, with the cancel
         right behind it, so it never runs (order does not matter for it). False if the
         call is not held here (the agent cancels it, wherever it is)."""
-        with self.lock:
+        with self._locked:
             line = self._lines.get(self._in_flight.get(task_id, b""))
             call = next((c for c in line.held if c.notice.task_id == task_id), None) \
                 if line is not None else None
@@ -134,7 +136,7 @@ class ActorCaller:
         # would contend for it). call() adds to held before it looks at the sets, and
         # this looks at held after changing them, so a call held meanwhile is seen.
         if line.held or line.corked or not line.worker:
-            with self.lock:
+            with self._locked:
                 self._uncork(actor_id, line)
                 self._pump(line)
                 if line.idle() and self._lines.get(actor_id) is line:
@@ -146,7 +148,7 @@ class ActorCaller:
         the batch window."""
         if not self._corked:
             return
-        with self.lock:
+        with self._locked:
             for actor_id in list(self._corked):
                 line = self._lines[actor_id]
                 if now is None or now - line.corked_at >= self._window_s:
@@ -172,7 +174,7 @@ class ActorCaller:
         """Calls go to ``worker`` from now on; returns the corked calls dropped, never sent
         to the worker that went (the agent has their notices, and runs them)."""
         unsent: list[bytes] = []
-        with self.lock:
+        with self._locked:
             line = self._lines.get(actor_id)
             if line is None:
                 if not worker:
@@ -226,7 +228,7 @@ class ActorCaller:
                                 n.num_returns, n.retry_filter, line.gpu_ids, None, 0,
                                 n.actor_id, {}, self._worker_id)
         if len(line.direct) == 1:  # nothing else in flight: at once
-            self._peers.send(line.worker, execute, kind="t")
+            self._locked.put(line.worker, execute, "t")
             return
         if not line.corked:
             line.corked_at = time.monotonic()
@@ -235,7 +237,7 @@ class ActorCaller:
 
     def _uncork(self, actor_id: bytes, line: _Line) -> None:
         if line.corked:
-            self._peers.send(line.worker, p.one_or_batch(line.corked), kind="t")
+            self._locked.put(line.worker, p.one_or_batch(line.corked), "t")
             line.corked = []
         self._corked.discard(actor_id)
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import threading
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -31,6 +30,7 @@ import zmq
 from zray import protocol as p
 from zray.lane import LaneListener, LaneReader, lane_path
 from zray.node.launcher import direct_endpoint
+from zray.objects.local import Signal
 from zray.protocol import has_input
 from zray.rate_limit import RateLimitedLog
 
@@ -56,7 +56,7 @@ class TaskInbox:
         self._poller.register(self.socket, zmq.POLLIN)
         self._poller.register(self._wake_r, zmq.POLLIN)
         self._lane = LaneListener(lane_path(agent_endpoint, client.worker_id, "t"))
-        self._poller.register(self._lane, zmq.POLLIN)
+        self._poller.register(self._lane.fileno(), zmq.POLLIN)
         self._lanes: dict[int, LaneReader] = {}  # by fd
         self._pending: deque[p.ExecuteTask] = deque()  # sent on a lease, not started
         self._sockets = [self.socket]  # (and, in a cluster, one on TCP: tcp_socket)
@@ -79,18 +79,17 @@ class TaskInbox:
                 if from_agent is None:  # stop
                     return None
                 return from_agent
-            if not self._pending:  # (a batch received gives many tasks: no poll per task)
-                self._receive()
-            if self._pending:
+            if self._pending:  # (a batch received gives many tasks: no poll per task)
                 return self._pending.popleft()
-            timeout = self._client.tx.deferred_timeout_ms()
-            events = dict(self._poller.poll(timeout))
-            if self._wake_r in events:
-                os.read(self._wake_r, 4096)
+            events = dict(self._poller.poll(self._client.tx.deferred_timeout_ms()))
             if not events:
                 self._client.tx.flush(time.monotonic())
+                continue
+            if self._wake_r in events:
+                os.read(self._wake_r, 4096)
+            self._receive(events)
 
-    def wait_blocked(self, event: threading.Event, timeout: float | None) -> bool:
+    def wait_blocked(self, event: Signal, timeout: float | None) -> bool:
         """Wait for ``event`` while the running task is blocked: tasks queued behind it go
         back to their owners, now and as they arrive."""
         self._client.tx.flush()
@@ -123,17 +122,24 @@ class TaskInbox:
         for reader in self._lanes.values():
             reader.close()
 
-    def _receive(self) -> None:
+    def _receive(self, events: dict[Any, int] | None = None) -> None:
+        """Take the tasks waiting where ``events`` (a poll's) say, or anywhere (None)."""
         for sock in self._sockets:
-            while has_input(sock):
-                frames = sock.recv_multipart(copy=False)
-                msg = self._take(p.received(frames[1:]), sock is not self.socket)
-                if msg is not None:
-                    p.send_rejected(sock, frames[0].bytes, msg, "a task socket takes ExecuteTask")
-        for reader in self._lane.accept():
-            self._lanes[reader.fileno()] = reader
-            self._poller.register(reader.fileno(), zmq.POLLIN)
-        for fd, reader in list(self._lanes.items()):
+            if events is None or sock in events:
+                while has_input(sock):
+                    frames = sock.recv_multipart(copy=False)
+                    msg = self._take(p.received(frames[1:]), sock is not self.socket)
+                    if msg is not None:
+                        p.send_rejected(sock, frames[0].bytes, msg,
+                                        "a task socket takes ExecuteTask")
+        ready = [fd for fd in self._lanes if events is None or fd in events]
+        if events is None or self._lane.fileno() in events:  # (new lanes: read at once)
+            for reader in self._lane.accept():
+                self._lanes[reader.fileno()] = reader
+                self._poller.register(reader.fileno(), zmq.POLLIN)
+                ready.append(reader.fileno())
+        for fd in ready:
+            reader = self._lanes[fd]
             messages, still_open = reader.read()
             for frames in messages:
                 self._take(frames, False)

@@ -28,6 +28,31 @@ from zray.objects.store import Mapping
 Location = tuple[Any, ...]  # (object_id, data, offset, size, is_error), see zray.protocol
 
 
+class Signal:
+    """A one-shot ``threading.Event`` on a bare lock: a blocked get is woken by one lock
+    release, where an Event makes a Condition and a lock per wait (its round trip's
+    hottest wake-up). ``set`` is called under LocalObjects' lock."""
+
+    __slots__ = ("_lock", "_set")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._set = False
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            self._lock.release()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Whether it was set, waiting at most ``timeout`` seconds for it."""
+        if self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            self._lock.release()  # (a later wait returns at once)
+            return True
+        return self._set
+
+
 class Waiter:
     """One blocked get/wait: woken once ``remaining`` more of its ``ids`` are ready."""
 
@@ -36,7 +61,7 @@ class Waiter:
     def __init__(self, ids: set[bytes], remaining: int, fetch_local: bool = True) -> None:
         self.ids = ids
         self.remaining = remaining
-        self.event = threading.Event()
+        self.event = Signal()
         self.fetch_local = fetch_local  # False: ready on another node counts as ready
 
     def one_ready(self) -> None:
