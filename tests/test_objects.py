@@ -161,6 +161,33 @@ def test_wait_partitions_in_input_order(small_store):
     assert zray.wait(refs, num_returns=0) == ([], refs)
 
 
+def test_wait_among_many_keeps_input_order_with_few_or_many_ready(small_store):
+    @zray.remote
+    def after(seconds, value):
+        import time
+
+        time.sleep(seconds)
+        return value
+
+    @zray.remote
+    def same(value):
+        return value
+
+    gate = after.remote(2.0, 0)
+    pending = [same.remote(gate) for _ in range(40)]  # not ready until the gate is
+    ready = [zray.put(i) for i in range(12)]
+    refs = pending[:]
+    for i, ref in enumerate(ready):  # at positions 1, 5, 9, ...
+        refs.insert(1 + 4 * i, ref)
+    others = [ref for ref in refs if ref not in ready[:3]]
+    assert zray.wait(refs, num_returns=3, timeout=0) == (ready[:3], others)  # (few ready)
+    assert zray.wait(refs, num_returns=1, timeout=0) == (ready[:1], refs[:1] + refs[2:])
+    assert zray.wait(refs, num_returns=20, timeout=0) == (ready, pending)  # (many ready)
+    assert zray.wait(refs, num_returns=5, timeout=0) == (
+        ready[:5], [ref for ref in refs if ref not in ready[:5]])
+    assert zray.get(pending, timeout=30) == [0] * 40
+
+
 def test_wait_on_no_refs_returns_two_empty_lists(small_store):
     """As Ray: whatever num_returns says (its default, 1, is more than no refs)."""
     assert zray.wait([]) == ([], [])

@@ -840,13 +840,21 @@ class CoreClient:
     def wait(self, refs: list[ObjectRef], num_returns: int, timeout: float | None,
              fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:
         ids = list(map(object_id_of, refs))
-        if len(set(ids)) != len(ids):
+        unique = set(ids)
+        if len(unique) != len(ids):
             raise ValueError("zray.wait() got the same ObjectRef more than once; pass each "
                              "ref once")
         self._await(ids, num_returns, timeout, raise_on_timeout=False,
-                    fetch_local=fetch_local)
+                    fetch_local=fetch_local, unique=unique)
         # C-speed loops only: wait() is called in loops over long lists of refs.
-        is_ready = list(map(self.objects.ready_among(ids, fetch_local).__contains__, ids))
+        ready = self.objects.ready_among(ids, fetch_local)
+        if len(ready) <= _FEW_READY:  # (a drain: one at a time) found, not each tested
+            at = sorted(map(ids.index, ready))[:num_returns]
+            rest = []
+            for start, end in zip([-1, *at], [*at, len(refs)], strict=True):
+                rest += refs[start + 1 : end]
+            return [refs[i] for i in at], rest
+        is_ready = list(map(ready.__contains__, ids))
         if sum(is_ready) > num_returns:  # the first ones in input order count as ready
             ready_so_far = list(itertools.accumulate(map(int, is_ready)))
             extra = bisect.bisect_left(ready_so_far, num_returns + 1)  # first one too many
@@ -878,10 +886,13 @@ class CoreClient:
 
     def _await(self, ids: list[bytes], count: int, timeout: float | None,
                raise_on_timeout: bool = True, for_get: bool = False,
-               lends_cpu: bool = True, fetch_local: bool = True) -> None:
-        """Block until ``count`` of ``ids`` are ready (here, or anywhere if not
-        ``fetch_local``); a waiting worker lends out its CPU."""
-        waiter, missing, to_subscribe = self.objects.start_wait(ids, count, fetch_local)
+               lends_cpu: bool = True, fetch_local: bool = True,
+               unique: set[bytes] | None = None) -> None:
+        """Block until ``count`` of ``ids`` (``unique``: as a set, if the caller has it)
+        are ready (here, or anywhere if not ``fetch_local``); a waiting worker lends out
+        its CPU."""
+        waiter, missing, to_subscribe = self.objects.start_wait(ids, count, fetch_local,
+                                                                unique)
         if waiter is None:
             return
         self.actor_calls.flush()  # what we wait for may be among them
@@ -910,6 +921,8 @@ class CoreClient:
             if blocked:
                 self.tx.send(p.Unblocked(self.context.task_id))
 
+
+_FEW_READY = 8  # wait(): ready refs found by position below this many, else each tested
 
 # How long a worker waits for its task's arguments before it lends out its CPU.
 _FETCH_HOLDS_CPU_S = 0.2

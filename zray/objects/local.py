@@ -195,12 +195,14 @@ class LocalObjects:
                 self._elsewhere.pop(object_id, None)
                 self._subscribed.discard(object_id)
 
-    def start_wait(self, ids: list[bytes], count: int, fetch_local: bool = True
+    def start_wait(self, ids: list[bytes], count: int, fetch_local: bool = True,
+                   unique: set[bytes] | None = None
                    ) -> tuple[Waiter | None, list[bytes], list[bytes]]:
-        """Register a wait for ``count`` of ``ids`` (``fetch_local``: ready here, else
-        ready anywhere): (waiter or None if already satisfied, the ids not ready, the ids
-        to ask the agent about)."""
-        unique = set(ids)
+        """Register a wait for ``count`` of ``ids`` (``unique``: their set, if made
+        already; ``fetch_local``: ready here, else ready anywhere): (waiter or None if
+        already satisfied, the ids not ready, the ids to ask the agent about)."""
+        if unique is None:
+            unique = set(ids)
         with self._lock:
             missing = unique.difference(self._ready)
             if not fetch_local:
