@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -39,10 +40,16 @@ def test_idle_memory_counts_the_cluster_processes():
     assert result.unit == "MB" and result.value > 0 and "processes" in result.name
 
 
-def test_idle_cpu_counts_what_the_cluster_processes_use_while_nothing_runs():
-    result = bench.idle_cpu(0.5)
-    assert result.unit == "% of a core" and result.value >= 0
-    assert result.value < 50  # (nothing runs: a loop that spins would use about 100)
+def test_an_idle_cluster_does_not_wake_up(workloads):
+    """Its driver, agent, workers and GCS together use almost no CPU while nothing runs,
+    after work (leases given back, actors alive): each process waking every poll period
+    used 0.8% of a core, 5.3% in all. (CPU times tick by 10 ms per process: the bound
+    leaves room for one tick each.)"""
+    workloads.task_latency()
+    workloads.actor_latency()
+    time.sleep(1.5)  # (leases go back; the agent finds itself quiet after a second)
+    result = bench.idle_cpu(5.0)
+    assert result.unit == "% of a core" and 0 <= result.value < 2.5
 
 
 @pytest.mark.timeout(120)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import select
+import struct
 import time
 from typing import Any
 
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def pair(tmp_path: Any) -> tuple[LaneListener, LaneWriter, LaneReader]:
-    listener = LaneListener(str(tmp_path / "lane.sock"))
+    listener = LaneListener(str(tmp_path / "lane.sock"), 64 << 20)
     writer = LaneWriter(listener.path)
     readers = listener.accept()
     assert len(readers) == 1
@@ -92,13 +93,22 @@ def test_sending_to_a_receiver_that_exited_drops_the_message_without_raising(tmp
         LaneWriter(listener.path)  # nothing listens there now
 
 
+def test_a_message_claiming_frames_over_the_bound_cuts_its_sender_off_unread(tmp_path):
+    listener, writer, reader = pair(tmp_path)
+    writer._sock.sendall(struct.pack("<III", 1, 2**32 - 1, 2**32 - 1))  # "a 4 GiB frame"
+    select.select([reader], [], [], 5)
+    assert reader.read() == ([], False)  # (nothing allocated for it)
+    for lane in (writer, reader, listener):
+        lane.close()
+
+
 def test_peers_use_the_lane_where_one_listens_else_zmq(tmp_path):
     import zmq
 
     context = zmq.Context()
     agent_endpoint = f"ipc://{tmp_path}/agent.sock"
     here, elsewhere = b"H" * 8, b"E" * 8
-    listener = LaneListener(lane_path(agent_endpoint, here, "t"))
+    listener = LaneListener(lane_path(agent_endpoint, here, "t"), 64 << 20)
     peers = Peers(context, b"me" * 4, agent_endpoint, lanes=True)
     try:
         peers.send(here, p.Blocked(b"x"), kind="t")

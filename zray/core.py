@@ -126,7 +126,8 @@ class CoreClient:
         self._direct.setsockopt(zmq.LINGER, 0)
         self._direct.setsockopt(zmq.RCVHWM, 0)
         self._direct.bind(direct_endpoint(endpoint, self.worker_id))
-        self._lane = LaneListener(lane_path(endpoint, self.worker_id, "d"))  # (zray/lane.py)
+        self._lane = LaneListener(lane_path(endpoint, self.worker_id, "d"),  # (zray/lane.py)
+                                  config.max_frame_bytes)
         self._lane_readers: dict[int, LaneReader] = {}
         self._wake_r, self._wake_w = os.pipe()  # close() wakes the I/O thread at once
         self.mesh: DirectTcp | None = None  # a cluster node's: the TCP paths across nodes
@@ -164,7 +165,9 @@ class CoreClient:
         self.lineage = Lineage(config.max_lineage_bytes)
         self.tx = AgentSender(self._tx, self.refs, config.batch_window_ms / 1000,
                               config.poll_interval_ms, lambda: os.write(self._wake_w, b"d"),
-                              self._released)
+                              self._released, self.wake_if_idle)
+        self._io_idle = False  # the I/O thread sleeps until a message comes (_poll_timeout_ms)
+        self.refs.on_pending = self.wake_if_idle
         self.actor_calls = ActorCaller(self.worker_id, self.peers, self.tx,
                                         config.batch_window_ms / 1000)
 
@@ -314,7 +317,8 @@ class CoreClient:
         last_chores = 0.0
         while not self._stopping:
             try:
-                events = dict(poller.poll(self.tx.timeout_ms(time.monotonic())))
+                events = dict(poller.poll(self._poll_timeout_ms(time.monotonic())))
+                self._io_idle = False
                 if self._agent_pidfd in events:
                     self._fail(f"{self.explain_agent_death()}; the cluster is gone")
                     return
@@ -352,6 +356,32 @@ class CoreClient:
                 log.exception("zray's I/O thread failed")
                 self._fail(f"zray's I/O thread failed: {exc!r}")
                 return
+
+    def _poll_timeout_ms(self, now: float) -> int:
+        """How long the I/O thread may sleep: until a deferred message is due; a poll
+        period while a chore may come due (a lease to give back when idle, corked actor
+        calls, a running task to report); else until a message comes (the agent's pidfd
+        and the wake pipe are among them), so an idle process does not wake at all."""
+        busy = (self.running or self.actor_calls.corked() or self.refs.pending()
+                or (self.leasing is not None and self.leasing.leases))
+        timeout = self.tx.timeout_ms(now) if busy else self.tx.deferred_timeout_ms()
+        if timeout is not None:
+            return timeout
+        self._io_idle = True  # (then a ref let go, or a message deferred, wakes us)
+        if self.refs.pending() or self.tx.deferred_timeout_ms() is not None:
+            self._io_idle = False  # (one came meanwhile)
+            return self.tx.timeout_ms(now)
+        return -1
+
+    def wake_if_idle(self) -> None:
+        """Something for the I/O thread to send later: wake it if it sleeps until a
+        message comes (else its next pass sees to it)."""
+        if self._io_idle:
+            self._io_idle = False
+            try:
+                os.write(self._wake_w, b"i")
+            except OSError:  # (closed: the process is shutting down)
+                pass
 
     def _report_running(self, now: float) -> None:
         for task_id, entry in list(self.running.items()):

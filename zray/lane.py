@@ -38,6 +38,7 @@ _HEAD = struct.Struct("<II")  # frames, bytes after the head
 _CHUNK = 256 * 1024  # a reader's buffer; a message larger than it gets one of its own
 _LARGE_FRAME = 64 * 1024  # frames from this size are handed on as views, not copied
 _BACKLOG = 256
+_MAX_FRAMES = 1 << 16  # in one message
 _REST_OF_LARGE_S = 0.005  # how long a reader waits for more of a large message it is reading
 _SEND_BUFFER = 8 * 1024 * 1024
 
@@ -50,10 +51,13 @@ def lane_path(agent_endpoint: str, worker_id: bytes, kind: str) -> str:
 
 
 class LaneListener:
-    """A bound, listening lane socket; its file goes when it is closed."""
+    """A bound, listening lane socket; its file goes when it is closed. Its readers cut off
+    a sender whose message claims frames over ``max_frame_bytes`` on average, before
+    reading it (as zmq's MAXMSGSIZE does): no sender of ours makes one."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, max_frame_bytes: int) -> None:
         self.path = path
+        self._max_frame_bytes = max_frame_bytes
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.setblocking(False)
         self._sock.bind(path)
@@ -71,7 +75,7 @@ class LaneListener:
             except (BlockingIOError, InterruptedError):
                 return readers
             conn.setblocking(False)
-            readers.append(LaneReader(conn))
+            readers.append(LaneReader(conn, self._max_frame_bytes))
 
     def close(self) -> None:
         self._sock.close()
@@ -84,8 +88,9 @@ class LaneListener:
 class LaneReader:
     """One sender's connection: the messages it sent, as frames."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, max_frame_bytes: int) -> None:
         self._sock = sock
+        self._max_frame_bytes = max_frame_bytes
         self._buf = bytearray(_CHUNK)
         self._start = self._end = 0  # bytes received and not yet taken
         self._large: bytearray | None = None  # a message too big for the buffer, filling
@@ -97,7 +102,8 @@ class LaneReader:
 
     def read(self) -> tuple[list[list[Any]], bool]:
         """The messages complete now, and whether the connection is still open (the sender
-        closed it, or exited, if not). Reads until the socket is drained."""
+        closed it, or exited, or sent what no sender of ours would, if not). Reads until the
+        socket is drained."""
         messages: list[list[Any]] = []
         while True:
             if self._large is not None:
@@ -120,7 +126,8 @@ class LaneReader:
                     messages.append(self._large_frames())
             else:
                 self._end += n
-                self._parse(messages)
+                if not self._parse(messages):
+                    return messages, False
             if n < len(room):
                 return messages, True
 
@@ -133,14 +140,17 @@ class LaneReader:
         buffer's worth."""
         return bool(select.select([self._sock], [], [], _REST_OF_LARGE_S)[0])
 
-    def _parse(self, messages: list[list[Any]]) -> None:
+    def _parse(self, messages: list[list[Any]]) -> bool:
+        """Take the whole messages received; False if one is out of bounds."""
         buf = self._buf
         while self._end - self._start >= _HEAD.size:
             count, size = _HEAD.unpack_from(buf, self._start)
+            if not 0 < count <= _MAX_FRAMES or size > count * self._max_frame_bytes:
+                return False
             whole = _HEAD.size + 4 * count + size
             if whole > len(buf):  # too big for the buffer: into one of its own
                 self._start_large(count, whole)
-                return
+                return True
             if self._end - self._start < whole:
                 break
             lengths = struct.unpack_from(f"<{count}I", buf, self._start + _HEAD.size)
@@ -158,6 +168,7 @@ class LaneReader:
             pending = self._end - self._start
             buf[:pending] = buf[self._start : self._end]
             self._start, self._end = 0, pending
+        return True
 
     def _start_large(self, count: int, whole: int) -> None:
         large = self._large = bytearray(whole)

@@ -34,13 +34,15 @@ _MAX_UNPROCESSED = 4096  # deferred messages sent that the agent has not handled
 class AgentSender:
     def __init__(self, socket: zmq.Socket, refs: RefCounter, window_s: float,
                  idle_timeout_ms: int, wake_io: Callable[[], object],
-                 on_released: Callable[[list[bytes]], None]) -> None:
+                 on_released: Callable[[list[bytes]], None],
+                 wake_idle_io: Callable[[], object] = lambda: None) -> None:
         self._socket = socket
         self._refs = refs
         self._window_s = window_s
         self._idle_timeout_ms = idle_timeout_ms
         self._wake_io = wake_io
         self._on_released = on_released  # this process forgets them (LocalObjects.forget)
+        self._wake_idle_io = wake_idle_io  # the I/O thread, if it sleeps with nothing due
         self._lock = threading.Lock()
         self._deferred: list[p.Message] = []
         self._deferred_since = 0.0
@@ -76,6 +78,7 @@ class AgentSender:
         with self._lock:
             if not self._deferred:
                 self._deferred_since = time.monotonic()
+                self._wake_idle_io()
             self._deferred_awaited = self._deferred_awaited or awaited
             if soon and not self._deferred_soon:
                 self._deferred_soon = True

@@ -143,6 +143,10 @@ class ActorCaller:
                     del self._lines[actor_id]
         return True
 
+    def corked(self) -> bool:
+        """Whether calls wait here to go together (``flush`` sends them when due)."""
+        return bool(self._corked)
+
     def flush(self, now: float | None = None) -> None:
         """Send corked calls: all (``now`` None: the caller waits), or those older than
         the batch window."""

@@ -59,6 +59,10 @@ log = logging.getLogger("zray.agent")
 _REFRESH_PENDING_S = 1.0
 _REFRESH_PENDING_ROWS = 200
 _BURST = 512  # messages handled per pass of the agent's loop (a Batch counts its items)
+# Quiet: after this long without a message, with nothing waiting (Agent._quiet), the loop
+# wakes this seldom (its timers, reaping idle workers, may run that much late).
+_QUIET_AFTER_S = 1.0
+_QUIET_POLL_MS = 1000
 
 
 _GROUP_QUERIES = ("create_placement_group", "placement_group_ready", "remove_placement_group",
@@ -188,10 +192,15 @@ class Agent:
             poller.register(self.owner_pidfd, zmq.POLLIN)
         registered_fds: set[int] = set()
         mesh_sockets: set[zmq.Socket] = set()
+        last_event = time.monotonic()
         while self.running:
             registered_fds = self._sync_fds(poller, registered_fds)
             mesh_sockets = self._sync_mesh_sockets(poller, mesh_sockets)
-            events = dict(poller.poll(self.config.poll_interval_ms))
+            now = time.monotonic()
+            events = dict(poller.poll(_QUIET_POLL_MS if self._quiet(now - last_event)
+                                      else self.config.poll_interval_ms))
+            if events:
+                last_event = time.monotonic()
             for fd in [e for e in events if isinstance(e, int)]:
                 self._on_fd(fd)
             if self.member is not None:
@@ -211,6 +220,14 @@ class Agent:
                 handled += self._on_frames(self.router.recv_multipart())
             self._guarded(self._after_events)
             self.gcs.pump()
+
+    def _quiet(self, since_event: float) -> bool:
+        """Whether nothing may come due here before a message does: no message for a
+        while, no task or group waiting, no table row to send, and no cluster to keep
+        heartbeats with. Then the loop sleeps for longer, and an idle node is idle."""
+        return (since_event >= _QUIET_AFTER_S and self.member is None
+                and not self.scheduler.tasks and not self.placement_groups.pending
+                and not self.gcs.unacked_rows())
 
     def _guarded(self, step: Callable[..., None], *args: Any) -> None:
         """A step of the loop: a bad value that got past the checks must not stop the node."""

@@ -80,6 +80,7 @@ def _enter(client: CoreClient, task: p.ExecuteTask) -> float:
                                  task.placement or client.actor_placement)
     if task.owner and not task.actor_id:  # a leased task: the agent hears when it is done
         client.running[task.task_id] = [task.attempt, time.monotonic(), time.time(), False]
+        client.wake_if_idle()  # (its I/O thread reports it if it runs a while)
     visible = ",".join(map(str, task.gpu_ids))
     if os.environ.get("CUDA_VISIBLE_DEVICES") != visible:  # (a putenv per task otherwise)
         os.environ["CUDA_VISIBLE_DEVICES"] = visible

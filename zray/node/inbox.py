@@ -55,7 +55,8 @@ class TaskInbox:
         self._poller = zmq.Poller()
         self._poller.register(self.socket, zmq.POLLIN)
         self._poller.register(self._wake_r, zmq.POLLIN)
-        self._lane = LaneListener(lane_path(agent_endpoint, client.worker_id, "t"))
+        self._lane = LaneListener(lane_path(agent_endpoint, client.worker_id, "t"),
+                                  client.config.max_frame_bytes)
         self._poller.register(self._lane.fileno(), zmq.POLLIN)
         self._lanes: dict[int, LaneReader] = {}  # by fd
         self._pending: deque[p.ExecuteTask] = deque()  # sent on a lease, not started

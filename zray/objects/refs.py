@@ -13,7 +13,7 @@ import concurrent.futures
 import operator
 import threading
 from collections import deque
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 from zray.objects.serialization import record_contained_ref
@@ -26,6 +26,9 @@ class RefCounter:
         self._events: deque[tuple[bytes, int]] = deque()
         self._counts: dict[bytes, int] = {}
         self._lock = threading.Lock()
+        # Called when a ref is taken or let go: the process's I/O thread sends the edges
+        # (CoreClient wakes it if it sleeps with nothing due).
+        self.on_pending: Callable[[], None] = lambda: None
 
     def created(self, object_id: bytes) -> None:
         """This process made the object (submit or put): the agent already counts it."""
@@ -34,9 +37,15 @@ class RefCounter:
     def borrowed(self, object_id: bytes) -> None:
         """This process got a ref or view it did not make (e.g. unpickled from a value)."""
         self._events.append((object_id, _BORROWED))
+        self.on_pending()
 
     def dropped(self, object_id: bytes) -> None:
         self._events.append((object_id, _DROPPED))
+        self.on_pending()
+
+    def pending(self) -> bool:
+        """Whether refs were taken or let go since the last ``drain``."""
+        return bool(self._events)
 
     def drain(self) -> tuple[list[bytes], list[bytes]]:
         """Fold pending events into the counts: the (added, released) edges since last time."""
