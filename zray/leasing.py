@@ -550,11 +550,11 @@ class DirectSubmitter:
         leases = [lease for lease in self.leases.values() if lease.key == key]
         requested = self._requested.get(key, 0)
         # Send ahead only once no more leases are to come: until then a free worker may
-        # still take a task sooner than a busy one would. SPREAD's, once every lease asked
-        # for is here: its leases are on other nodes, slower to come, and the first ones
+        # still take a task sooner than a busy one would. SPREAD's, once it has all the
+        # leases it may hold: they are on other nodes, slower to come, and the first ones
         # would run everything before they are.
         spread = bool(queue[0].strategy.get("spread"))
-        sending_ahead = len(leases) + requested >= cap and not (spread and requested)
+        sending_ahead = len(leases) + requested >= cap and not (spread and len(leases) < cap)
         depth = _depth(self._task_time.get(key, 1.0)) if sending_ahead else 1
         share = max(1, -(-len(queue) // max(1, len(leases) + requested)))  # spread evenly
         for lease in leases:
