@@ -17,7 +17,7 @@ import zray
 from zray import protocol as p
 from zray.core import current
 from zray.lane import LaneListener, LaneReader, LaneWriter, lane_path
-from zray.leasing import Peers
+from zray.peers import Peers
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -6,8 +6,8 @@ import pytest
 import zmq
 
 from zray import protocol as p
-from zray.leasing import Peers
 from zray.node.launcher import direct_endpoint
+from zray.peers import Peers
 
 pytestmark = pytest.mark.timeout(30)
 

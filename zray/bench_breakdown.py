@@ -11,14 +11,13 @@ and only then: nothing is timed otherwise). The median of each step is printed, 
 p90. Wrapping costs a few microseconds per stamp, so the steps add up to a little more
 than ``zray microbenchmark``'s round trip.
 
-Steps, in order: ``submit`` (``.remote()`` until the message is sent to the worker's
-socket: its lane, zray/lane.py), ``send`` (until the send returns), ``return`` (from
-``.remote()``), ``to worker`` (until the worker's main thread has it), ``unpack``
-(arguments and context, until the function starts), ``run``, ``pack`` (the result and its
-TaskDone), ``reply`` (until the TaskDone is sent), ``to owner`` (from the start of that
-send until the owner's I/O thread has it: the send itself is in it, as the owner it wakes
-may run before the send returns), ``wake`` (until the waiting thread runs again), ``read``
-(the value, until ``get`` returns).
+Steps, in order along the call's path: ``submit`` (``.remote()`` until its message starts
+going to the worker's socket: its lane, zray/lane.py), ``to worker`` (until the worker's
+main thread has it), ``unpack`` (arguments and context, until the function starts),
+``run``, ``pack`` (the result and its TaskDone), ``reply`` (until the TaskDone starts going
+to the owner), ``to owner`` (until the owner's I/O thread has it), ``wake`` (until the
+waiting thread runs again), ``read`` (the value, until ``get`` returns). A send is inside
+the step it starts: the process it wakes may run before the send returns.
 """
 
 from __future__ import annotations
@@ -31,8 +30,7 @@ from typing import Any
 # (Only these imports at the top: a worker imports this module, to look for the variable.)
 
 STAMPS_VARIABLE = "ZRAY_BENCH_STAMPS"
-_STEPS = [("call", "sending", "submit"), ("sending", "sent", "send"),
-          ("sent", "returned", "return"), ("returned", "got", "to worker"),
+_STEPS = [("call", "sending", "submit"), ("sending", "got", "to worker"),
           ("got", "start", "unpack"), ("start", "end", "run"),
           ("end", "hand", "pack"), ("hand", "replied", "reply"),
           ("replied", "answer", "to owner"), ("answer", "woke", "wake"),
@@ -42,7 +40,7 @@ _STEPS = [("call", "sending", "submit"), ("sending", "sent", "send"),
 def stamp_worker(directory: str) -> None:
     """In a worker started with ZRAY_BENCH_STAMPS: stamp each task's steps into a file of
     its own in ``directory``."""
-    from zray import leasing
+    from zray import peers
     from zray import protocol as p
     from zray.node import execution, inbox
 
@@ -81,7 +79,7 @@ def stamp_worker(directory: str) -> None:
         stamp(outcome[0].task_id, "hand")
         hand_in(client, outcome)
 
-    send = leasing.Peers.send
+    send = peers.Peers.send
 
     def timed_send(self: Any, peer: bytes, msg: Any, *args: Any, **kwargs: Any) -> None:
         if isinstance(msg, p.TaskDone):
@@ -91,26 +89,21 @@ def stamp_worker(directory: str) -> None:
     inbox.TaskInbox.next = next_task  # type: ignore[method-assign]
     execution.run_sync = timed_run
     execution.hand_in = timed_hand_in
-    leasing.Peers.send = timed_send  # type: ignore[method-assign]
+    peers.Peers.send = timed_send  # type: ignore[method-assign]
 
 
 def _stamp_driver(stamps: dict[str, dict[str, int]]) -> None:
-    from zray import core, leasing
+    from zray import core, peers
     from zray import protocol as p
     from zray.ids import task_of
 
     now = time.perf_counter_ns
-    send = leasing.Peers.send
+    send = peers.Peers.send
 
     def timed_send(self: Any, worker: bytes, msg: Any, *args: Any, **kwargs: Any) -> Any:
-        task_id = msg.task_id.hex() if isinstance(msg, p.ExecuteTask) else ""
-        if task_id:
-            stamps[task_id]["sending"] = now()
-        try:
-            return send(self, worker, msg, *args, **kwargs)
-        finally:
-            if task_id:
-                stamps[task_id]["sent"] = now()
+        if isinstance(msg, p.ExecuteTask):
+            stamps[msg.task_id.hex()]["sending"] = now()
+        return send(self, worker, msg, *args, **kwargs)
 
     answered = core.CoreClient._answered
 
@@ -126,7 +119,7 @@ def _stamp_driver(stamps: dict[str, dict[str, int]]) -> None:
         for object_id in ids:
             stamps[task_of(object_id).hex()]["woke"] = now()
 
-    leasing.Peers.send = timed_send  # type: ignore[method-assign,assignment]
+    peers.Peers.send = timed_send  # type: ignore[method-assign,assignment]
     core.CoreClient._answered = timed_answered  # type: ignore[method-assign]
     core.CoreClient._await = timed_await  # type: ignore[method-assign]
 
@@ -157,10 +150,8 @@ def measure(calls: int) -> dict[str, dict[str, tuple[float, float]]]:
             for i in range(calls):
                 started = time.perf_counter_ns()
                 ref = call(i)
-                returned = time.perf_counter_ns()
                 zray.get(ref)
-                stamps[task_of(ref.id).hex()].update(
-                    call=started, returned=returned, done=time.perf_counter_ns())
+                stamps[task_of(ref.id).hex()].update(call=started, done=time.perf_counter_ns())
             rows[row] = _steps(dict(stamps), directory)
         return rows
     finally:

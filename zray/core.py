@@ -4,9 +4,12 @@
 
     user threads --- tx DEALER (AgentSender) ----> node agent ROUTER  ipc://SESSION/agent.sock
     "zray-io" thread <--- rx DEALER --------------    (ready objects, replies, logs, leases)
-    "zray-io" thread <--- direct ROUTER ----------    ipc://SESSION/d-<id>.sock: results of
-                                                      our leased tasks and actor calls
-    Peers DEALERs ------> other processes' sockets    (tasks to leased workers, results)
+    "zray-io" thread <--- lanes ------------------    SESSION/ld-<id>.sock (zray/lane.py):
+                                                      results of our leased tasks and actor
+                                                      calls from this node's processes
+    "zray-io" thread <--- direct ROUTER ----------    ipc://SESSION/d-<id>.sock: the same
+                                                      from peers without a lane here
+    Peers: lanes, or DEALERs ---> other processes     (tasks to leased workers, results)
 
 User threads send straight on ``tx`` (no hop through another thread on the submit path;
 zray/sender.py keeps the order of messages and ref-count edges), while one thread,
@@ -14,7 +17,9 @@ zray/sender.py keeps the order of messages and ref-count edges), while one threa
 (``LocalObjects``, which wakes the waiters) and replies, runs the owner's side of leases
 (zray/leasing.py), prints forwarded task output, hands the agent's tasks to a worker's
 main loop, and flushes edges and batched messages when due. It also watches the agent's
-pidfd, so a dead agent fails every waiter at once instead of leaving it hanging.
+pidfd, so a dead agent fails every waiter at once instead of leaving it hanging. With
+nothing due it sleeps until a message comes (``_poll_timeout_ms``): an idle process never
+wakes.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ from zray.ids import (
     task_of,
 )
 from zray.lane import LaneListener, LaneReader, LaneWriter, lane_path
-from zray.leasing import DirectSubmitter, DirectTask, Peers
+from zray.leasing import DirectSubmitter, DirectTask
 from zray.lineage import Lineage
 from zray.malloc import keep_large_blocks_warm
 from zray.mesh.direct import DirectTcp
@@ -61,6 +66,7 @@ from zray.objects.local import LocalObjects
 from zray.objects.refs import ObjectRef, RefCounter, object_id_of
 from zray.objects.serialization import Serialized, deserialize, serialize
 from zray.objects.store import Mapping
+from zray.peers import Peers
 from zray.protocol import has_input
 from zray.rate_limit import RateLimitedLog
 from zray.runtime_env import ENV_VARIABLE, Resolver
@@ -363,12 +369,13 @@ class CoreClient:
         calls, a running task to report); else until a message comes (the agent's pidfd
         and the wake pipe are among them), so an idle process does not wake at all."""
         busy = (self.running or self.actor_calls.corked() or self.refs.pending()
-                or (self.leasing is not None and self.leasing.leases))
+                or self.tx.holding() or (self.leasing is not None and self.leasing.leases))
         timeout = self.tx.timeout_ms(now) if busy else self.tx.deferred_timeout_ms()
         if timeout is not None:
             return timeout
         self._io_idle = True  # (then a ref let go, or a message deferred, wakes us)
-        if self.refs.pending() or self.tx.deferred_timeout_ms() is not None:
+        if (self.refs.pending() or self.tx.holding()
+                or self.tx.deferred_timeout_ms() is not None):
             self._io_idle = False  # (one came meanwhile)
             return self.tx.timeout_ms(now)
         return -1

@@ -134,6 +134,11 @@ class AgentSender:
         with self._lock:
             return self._timeout_locked(now) if self._deferred else self._idle_timeout_ms
 
+    def holding(self) -> bool:
+        """Whether released refs wait here for the next flush (``agent_first``, or a
+        deferred message not due yet)."""
+        return bool(self._held_released)
+
     def deferred_timeout_ms(self) -> int | None:
         """Like ``timeout_ms``, but None when nothing is deferred (a worker's main thread
         waiting for its next task sends its reports when due, and otherwise sleeps)."""
@@ -159,6 +164,8 @@ class AgentSender:
         with the next message, and only this socket keeps that order."""
         with self._lock:
             added, self._held_released = self._drain_refs_locked()
+            if self._held_released:
+                self._wake_idle_io()  # (sent by the next flush, if nothing goes before)
             return bool(added) or bool(self._deferred)
 
     def _drain_refs_locked(self) -> tuple[list[bytes], list[bytes]]:

@@ -31,7 +31,7 @@ answers for (our reports, then CallsReported), it retries the others in the rest
 actor while ``max_task_retries`` allows, or fails them.
 
 Locks: ``ActorCaller.lock`` is taken before the core's tx lock, never after it. Calls to
-workers are queued under it and sent, in order, once it is released (zray/leasing.py Outbox).
+workers are queued under it and sent, in order, once it is released (zray/peers.py Outbox).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from typing import Any
 
 from zray import protocol as p
 from zray.ids import return_object_id
-from zray.leasing import Outbox, Peers
+from zray.peers import Outbox, Peers
 from zray.sender import AgentSender
 
 

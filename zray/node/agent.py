@@ -33,7 +33,6 @@ from zray import protocol as p
 from zray.actors.manager import ActorManager
 from zray.config import Config
 from zray.ids import new_node_id, return_object_id, short, task_of
-from zray.leasing import Peers
 from zray.node import checks, failures
 from zray.node.clients import Client, Clients
 from zray.node.gcs_client import GcsClient
@@ -46,6 +45,7 @@ from zray.node.sessions import end_session
 from zray.node.tasks import TaskManager
 from zray.node.worker_pool import WorkerPool, WorkerProcess, stop_process
 from zray.objects.store import Allocator, Mapping, create_arena
+from zray.peers import Peers
 from zray.protocol import has_input
 from zray.rate_limit import RateLimitedLog
 
