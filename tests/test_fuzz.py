@@ -88,7 +88,7 @@ def _bytes(rng: random.Random) -> bytes:
     if pick == 5:
         return rng.randbytes(rng.choice([1, 3, 15, 17, 19, 21, 64, 300]))  # wrong lengths
     if pick == 6 and rng.random() < 0.2:
-        return rng.randbytes(70_000)  # out of band (protocol._SPLIT_BYTES)
+        return rng.randbytes(70_000)  # out of band (protocol.LARGE_FIELD_BYTES)
     if pick == 7:
         return pickle.dumps(rng.choice([(), [], {"a": 1}, ([], {}), None]), protocol=5)
     if pick == 8:

@@ -161,20 +161,24 @@ def test_wait_partitions_in_input_order(small_store):
     assert zray.wait(refs, num_returns=0) == ([], refs)
 
 
-def test_wait_among_many_keeps_input_order_with_few_or_many_ready(small_store):
+def test_wait_among_many_keeps_input_order_with_few_or_many_ready(small_store, tmp_path):
     @zray.remote
-    def after(seconds, value):
+    def once_opened(path):
+        import os
         import time
 
-        time.sleep(seconds)
-        return value
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return 0
 
     @zray.remote
     def same(value):
         return value
 
-    gate = after.remote(2.0, 0)
-    pending = [same.remote(gate) for _ in range(40)]  # not ready until the gate is
+    opened = tmp_path / "open"
+    gate = once_opened.remote(str(opened))
+    pending = [same.remote(gate) for _ in range(40)]  # not ready until the gate opens
     ready = [zray.put(i) for i in range(12)]
     refs = pending[:]
     for i, ref in enumerate(ready):  # at positions 1, 5, 9, ...
@@ -185,6 +189,7 @@ def test_wait_among_many_keeps_input_order_with_few_or_many_ready(small_store):
     assert zray.wait(refs, num_returns=20, timeout=0) == (ready, pending)  # (many ready)
     assert zray.wait(refs, num_returns=5, timeout=0) == (
         ready[:5], [ref for ref in refs if ref not in ready[:5]])
+    opened.touch()
     assert zray.get(pending, timeout=30) == [0] * 40
 
 

@@ -317,8 +317,8 @@ class CoreClient:
             poller.register(self._direct_tcp, zmq.POLLIN)
         poller.register(self._agent_pidfd, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        poller.register(self._lane, zmq.POLLIN)
         lane = self._lane.fileno()
+        poller.register(lane, zmq.POLLIN)
         waiting_for_room: list[LaneWriter] = []  # lanes we send on with a backlog
         last_chores = 0.0
         while not self._stopping:

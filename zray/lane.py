@@ -18,7 +18,7 @@ frames; received frames are ``decode``'s (small ones bytes, large ones read-only
 
 A send never blocks (the receiver may be blocked sending to us, with both buffers full):
 what the socket does not take waits in the writer's backlog, copied, and the sender's I/O
-thread writes it when the socket has room (``Peers.flush``). Peers whose lane cannot be
+thread writes it when the socket has room (``Peers.flush_backlogs``). Peers whose lane cannot be
 reached (another node's, through the relay's proxies; a full listen queue) keep zmq: a
 (peer, kind) keeps the path it was first given, so its messages keep their order.
 """
@@ -34,9 +34,10 @@ import struct
 from collections import deque
 from typing import Any
 
+from zray.protocol import LARGE_FIELD_BYTES
+
 _HEAD = struct.Struct("<II")  # frames, bytes after the head
 _CHUNK = 256 * 1024  # a reader's buffer; a message larger than it gets one of its own
-_LARGE_FRAME = 64 * 1024  # frames from this size are handed on as views, not copied
 _BACKLOG = 256
 _MAX_FRAMES = 1 << 16  # in one message
 _REST_OF_LARGE_S = 0.005  # how long a reader waits for more of a large message it is reading
@@ -138,7 +139,9 @@ class LaneReader:
         """Whether the rest of a large message is coming: its sender writes it as the
         socket makes room, so waiting here for it beats a trip round the caller's loop per
         buffer's worth."""
-        return bool(select.select([self._sock], [], [], _REST_OF_LARGE_S)[0])
+        poller = select.poll()  # (not select(): a process may have fds past 1024)
+        poller.register(self._sock, select.POLLIN)
+        return bool(poller.poll(_REST_OF_LARGE_S * 1000))
 
     def _parse(self, messages: list[list[Any]]) -> bool:
         """Take the whole messages received; False if one is out of bounds."""
@@ -186,7 +189,7 @@ class LaneReader:
         frames: list[Any] = []
         for length in struct.unpack_from(f"<{count}I", large, _HEAD.size):
             frame = view[at : at + length]
-            frames.append(frame if length >= _LARGE_FRAME else bytes(frame))
+            frames.append(frame if length >= LARGE_FIELD_BYTES else bytes(frame))
             at += length
         return frames
 

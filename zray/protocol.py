@@ -6,7 +6,7 @@ Layout of one message (after any routing frames)::
     n bytes   pickle (protocol 5) of the tuple of the message's field values
 
 in one ZeroMQ frame: each frame of a multipart message is a separate send, and sends
-dominate a small message's cost. A message with a large ``bytes`` field (``_SPLIT_BYTES``
+dominate a small message's cost. A message with a large ``bytes`` field (``LARGE_FIELD_BYTES``
 and up, e.g. a task carrying a big argument; also inside a Batch's items) goes as header,
 pickle, then each such field in a frame of its own, out of band (pickle protocol 5): it is
 handed to the socket as it is, not copied into the pickle.
@@ -847,7 +847,8 @@ def _values_of(msg: Message) -> tuple[Any, ...]:
     return values
 
 
-_SPLIT_BYTES = 64 * 1024
+LARGE_FIELD_BYTES = 64 * 1024  # a field this big travels in a frame of its own, and is
+# received as a view of it (here and on a lane, zray/lane.py), not copied
 
 # The bound on every frame, sent or received, in this process: ``bounded_context`` sets it
 # from the config of the cluster this process belongs to (one per process).
@@ -922,7 +923,7 @@ def _split(msg: Message) -> list[Message] | None:
 
 
 def _is_large(value: Any) -> bool:
-    return type(value) is bytes and len(value) >= _SPLIT_BYTES
+    return type(value) is bytes and len(value) >= LARGE_FIELD_BYTES
 
 
 def _batch_fields(item: Any) -> tuple[Any, ...]:
@@ -948,7 +949,7 @@ def _out_of_band(values: tuple[Any, ...], is_batch: bool) -> tuple[Any, ...]:
 def received(frames: list[Any]) -> list[Any]:
     """Frames received with ``copy=False`` as ``decode`` takes them: small ones as bytes,
     large ones (big arguments) as read-only views of the frame, not copied again."""
-    return [frame.buffer if len(frame) >= _SPLIT_BYTES else frame.bytes for frame in frames]
+    return [frame.buffer if len(frame) >= LARGE_FIELD_BYTES else frame.bytes for frame in frames]
 
 
 def decode(frames: list[Any]) -> Message:

@@ -156,12 +156,16 @@ class Scheduler:
         self.starting_for[env_key] = self.starting_for.get(env_key, 0) + 1
 
     def worker_started(self, worker: bytes, env_key: str = "") -> None:
-        self.worker_failed_to_start(env_key)
+        self._not_starting(env_key)
         self.idle.append(worker)
         if env_key:
             self.env_of[worker] = env_key
 
     def worker_failed_to_start(self, env_key: str = "") -> None:
+        self._not_starting(env_key)
+
+    def _not_starting(self, env_key: str) -> None:
+        """One worker of that runtime_env is no longer starting (up, or gone)."""
         self.starting = max(0, self.starting - 1)
         self.starting_for[env_key] = max(0, self.starting_for.get(env_key, 0) - 1)
 

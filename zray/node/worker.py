@@ -178,9 +178,9 @@ def main() -> None:
 def _precise_timers() -> None:
     """Wake this process's sleeps and poll timeouts when they are due: by default Linux
     may wake each up to 50 µs late (timer slack, to batch wake-ups), and does more than
-    that on a VM. Measured here: a 2.5 ms ``time.sleep`` in a task overshot by 108 µs
-    (median) by default, 57 µs with a slack of 1 ns; a thousand tasks of 0-5 ms drain
-    that much sooner. Costs nothing at idle: no timer is added, they only fire on time."""
+    that on a VM. Measured here: a 2.5 ms ``time.sleep`` overshot by 108-147 µs (median)
+    by default, 52-77 µs with a slack of 1 ns; a thousand tasks of 0-5 ms drain that much
+    sooner. Costs nothing at idle: no timer is added, they only fire on time."""
     try:
         ctypes.CDLL(None).prctl(_PR_SET_TIMERSLACK, 1, 0, 0, 0)
     except (OSError, AttributeError):  # (not Linux: its timers as they are)

@@ -47,7 +47,7 @@ class Signal:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Whether it was set, waiting at most ``timeout`` seconds for it."""
-        if self._lock.acquire(timeout=-1 if timeout is None else timeout):
+        if self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
             self._lock.release()  # (a later wait returns at once)
             return True
         return self._set
