@@ -91,6 +91,8 @@ class ObjectEntry:
     spilled: bool = False  # it has a spill file (then no block: ``on_disk``)
     used: int = 0  # the table's clock when it was last made, asked for or taken by a task
     told: set[Client] | None = None  # processes sent its block's place (they may read it)
+    leaving: bool = False  # its mappers are asked to let go of its block: its place is kept
+    # from new readers until it stays (``stays``) or is on disk (``to_disk``)
 
     def location(self) -> Location:
         return (self.object_id, self.data, self.offset, self.size, self.is_error)
@@ -223,7 +225,7 @@ class ObjectTable:
             return False
         entry.delivered = entry.delivered or for_get
         self.touch(entry)
-        if entry.state is ObjState.READY and not entry.on_disk:
+        if entry.state is ObjState.READY and not entry.on_disk and not entry.leaving:
             self._tell(client, entry)
         else:
             entry.subscribers.add(client)
@@ -509,10 +511,27 @@ class ObjectTable:
                        if e.state is ObjState.READY and e.offset >= 0 and not e.readers
                        and not e.cached and not e.is_error), key=lambda e: e.used)
 
+    def leaves(self, entry: ObjectEntry) -> None:
+        """Its mappers are asked to let go of its block. A process told its place now
+        would be told a block about to be freed, and could not know it was meant to let
+        go of it too (its answer to the ask may cross the place on the wire): until the
+        move ends, who asks for it waits (``subscribers``)."""
+        entry.leaving = True
+
+    def stays(self, entry: ObjectEntry) -> None:
+        """It did not leave its block after all (mapped by a view, read by a task, or no
+        room on the disk): who asked for it meanwhile is told where it is."""
+        entry.leaving = False
+        if entry.offset >= 0:
+            self._tell_subscribers(entry)
+
     def to_disk(self, entry: ObjectEntry) -> None:
-        """Its spill file is written and nothing here maps its block: the block is free."""
+        """Its spill file is written and nothing here maps its block: the block is free.
+        Who asked for it while it left has it read back."""
         self.allocator.free(entry.offset)
-        entry.offset, entry.spilled = -1, True
+        entry.offset, entry.spilled, entry.leaving = -1, True, False
+        if entry.subscribers:
+            self.want(entry.object_id)
 
     def restored(self, entry: ObjectEntry, offset: int) -> None:
         """It was read back into the block at ``offset``: who waits for it gets it."""

@@ -120,6 +120,7 @@ class Spiller:
                 continue
             room += entry.size
             self.moving[object_id], self.released_by[object_id] = holders, set()
+            self.table.leaves(entry)
             for client in holders:
                 asks.setdefault(client, []).append(object_id)
         self._ask(asks)
@@ -143,6 +144,7 @@ class Spiller:
             if self.moving.pop(object_id, None) is not None:
                 del self.released_by[object_id]
                 self.in_use.add(object_id)
+                self._stays(object_id)
                 self.due = True  # (try again: others may go instead)
         for object_id in released:
             self._answered(object_id, client)
@@ -170,9 +172,14 @@ class Spiller:
             self._ask({client: [object_id] for client in later})
             return
         del self.moving[object_id], self.released_by[object_id]
-        if entry is not None:
-            self._moved_out(entry)
+        if entry is not None and not self._moved_out(entry):
+            self.table.stays(entry)
         self.due = True
+
+    def _stays(self, object_id: bytes) -> None:
+        entry = self.table.get(object_id)
+        if entry is not None:
+            self.table.stays(entry)
 
     def _moved_out(self, entry: ObjectEntry) -> bool:
         """Write its file and free its block, unless a task reads it now (its notice came

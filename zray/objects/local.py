@@ -116,15 +116,17 @@ class LocalObjects:
                        ) -> tuple[list[bytes], list[bytes]]:
         """The agent moves these objects out of their blocks (to disk): forget where they
         were, except those a live view maps or ``keep`` says are used in place; returns
-        (released, in use). A later read asks the agent again."""
+        (released, in use). A later read asks the agent again. One we asked for and were
+        not told the place of yet stays asked for: our request crossed the agent's, which
+        answers it once the object has left (read back) or stays."""
         released, in_use = [], []
         with self._lock:
             for object_id in ids:
                 if object_id in self._views or keep(object_id):
                     in_use.append(object_id)
                     continue
-                self._ready.pop(object_id, None)
-                self._subscribed.discard(object_id)
+                if self._ready.pop(object_id, None) is not None:
+                    self._subscribed.discard(object_id)
                 released.append(object_id)
         return released, in_use
 
