@@ -53,7 +53,8 @@ from zray.ids import (
     return_object_id,
     task_of,
 )
-from zray.lane import LaneListener, LaneReader, LaneWriter, lane_path
+from zray.lane import LaneListener, LaneWriter, SharedLanes, lane_path
+from zray.leader import Leader
 from zray.leasing import DirectSubmitter, DirectTask
 from zray.lineage import Lineage
 from zray.malloc import keep_large_blocks_warm
@@ -132,10 +133,11 @@ class CoreClient:
         self._direct.setsockopt(zmq.LINGER, 0)
         self._direct.setsockopt(zmq.RCVHWM, 0)
         self._direct.bind(direct_endpoint(endpoint, self.worker_id))
-        self._lane = LaneListener(lane_path(endpoint, self.worker_id, "d"),  # (zray/lane.py)
-                                  config.max_frame_bytes)
-        self._lane_readers: dict[int, LaneReader] = {}
+        self._lanes = SharedLanes(LaneListener(lane_path(endpoint, self.worker_id, "d"),
+                                               config.max_frame_bytes),  # (zray/lane.py)
+                                  self._on_lane_messages)
         self._wake_r, self._wake_w = os.pipe()  # close() wakes the I/O thread at once
+        self._leader = Leader(self._lanes, lambda: os.write(self._wake_w, b"b"))
         self.mesh: DirectTcp | None = None  # a cluster node's: the TCP paths across nodes
         self._direct_tcp: zmq.Socket | None = None  # answers from workers elsewhere
         self.owner_nodes: dict[bytes, bytes] = {}  # an owner elsewhere -> its node
@@ -283,9 +285,8 @@ class CoreClient:
         self.peers.close()
         self._peers_zmq.term()
         self._direct.close()
-        self._lane.close()
-        for reader in self._lane_readers.values():
-            reader.close()
+        self._lanes.close()
+        self._leader.close()
         if self._direct_tcp is not None:
             self._direct_tcp.close()
         if self.mesh is not None:
@@ -317,12 +318,16 @@ class CoreClient:
             poller.register(self._direct_tcp, zmq.POLLIN)
         poller.register(self._agent_pidfd, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        lane = self._lane.fileno()
-        poller.register(lane, zmq.POLLIN)
+        lanes = self._lanes.fileno()  # (read by a blocked get too: zray/leader.py)
+        poller.register(lanes, zmq.POLLIN)
+        polling_lanes = True
         waiting_for_room: list[LaneWriter] = []  # lanes we send on with a backlog
         last_chores = 0.0
         while not self._stopping:
             try:
+                if not polling_lanes and self._leader.back_in():
+                    poller.register(lanes, zmq.POLLIN)
+                    polling_lanes = True
                 events = dict(poller.poll(self._poll_timeout_ms(time.monotonic())))
                 self._io_idle = False
                 if self._agent_pidfd in events:
@@ -330,10 +335,6 @@ class CoreClient:
                     return
                 if self._wake_r in events:
                     os.read(self._wake_r, 4096)
-                if lane in events:
-                    for reader in self._lane.accept():
-                        self._lane_readers[reader.fileno()] = reader
-                        poller.register(reader.fileno(), zmq.POLLIN)
                 # Answers first: a notice from the agent that their worker died comes after
                 # whatever that worker sent us (ActorCaller.moved, DirectSubmitter).
                 answers: list[p.TaskDone] = []
@@ -341,10 +342,16 @@ class CoreClient:
                     self._take_direct(self._direct, answers)
                 if self._direct_tcp is not None and self._direct_tcp in events:
                     self._take_direct(self._direct_tcp, answers)
-                for fd in [fd for fd in events if fd in self._lane_readers]:
-                    self._take_lane(fd, poller, answers)
                 if answers:
                     self._take_answers(answers)
+                if self._rx in events:
+                    self._lanes.read()
+                elif lanes in events:
+                    if self._leader.stand_back():
+                        poller.unregister(lanes)
+                        polling_lanes = False
+                    else:
+                        self._lanes.read()
                 waiting_for_room = self._wait_for_room(poller, waiting_for_room)
                 while self._rx in events and has_input(self._rx):
                     self._dispatch(self._rx.recv_multipart(), from_agent=True)
@@ -411,16 +418,13 @@ class CoreClient:
                 p.send_rejected(sock, frames[0], msg,
                                 "a direct socket takes answers, NotStarted and cancels")
 
-    def _take_lane(self, fd: int, poller: zmq.Poller, answers: list[p.TaskDone]) -> None:
-        """The same for a lane of this node's (zray/lane.py)."""
-        reader = self._lane_readers[fd]
-        messages, still_open = reader.read()
+    def _on_lane_messages(self, messages: list[list[Any]]) -> None:
+        """What our lanes brought (zray/lane.py), read by the I/O thread or a blocked get."""
+        answers: list[p.TaskDone] = []
         for frames in messages:
             self._direct_message(frames, answers, False)
-        if not still_open:
-            poller.unregister(fd)
-            reader.close()
-            del self._lane_readers[fd]
+        if answers:
+            self._take_answers(answers)
 
     def _direct_message(self, frames: list[Any], answers: list[p.TaskDone],
                         over_tcp: bool) -> p.Message | None:
@@ -946,7 +950,7 @@ class CoreClient:
                     threading.current_thread() is threading.main_thread():
                 ready = self.inbox.wait_blocked(waiter.event, timeout)
             else:
-                ready = waiter.event.wait(timeout)
+                ready = self._leader.wait(waiter.event, timeout)
             if not ready:
                 if raise_on_timeout:
                     raise GetTimeoutError(

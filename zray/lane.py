@@ -31,7 +31,9 @@ import os
 import select
 import socket
 import struct
+import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from zray.protocol import LARGE_FIELD_BYTES
@@ -288,3 +290,58 @@ class LaneWriter:
             self.broken = True
             self._backlog.clear()
             return 0
+
+
+class SharedLanes:
+    """A listener and the connections it accepted, read by whichever thread gets there
+    first: the I/O thread, or a thread blocked in a get, which reads its own answer rather
+    than wait for the I/O thread to wake, read it and hand the GIL over (``Leader`` in
+    zray/core.py). One epoll set holds them all, its fd pollable by both; every fd in it is
+    edge-triggered, so the thread that takes an event reads that socket dry, and the other
+    finds the set quiet instead of waking on it again. ``read`` hands what it read to
+    ``on_messages`` under one lock: messages are taken in the order they came, and a
+    thread that must see every answer sent before some other message (the I/O thread,
+    before the agent's) reads first, and waits for a read under way."""
+
+    def __init__(self, listener: LaneListener,
+                 on_messages: Callable[[list[list[Any]]], None]) -> None:
+        self._listener = listener
+        self._on_messages = on_messages
+        self._epoll = select.epoll()
+        self._readers: dict[int, LaneReader] = {}
+        self._turn = threading.Lock()
+        self._epoll.register(listener.fileno(), select.EPOLLIN | select.EPOLLET)
+
+    def fileno(self) -> int:
+        return self._epoll.fileno()
+
+    def read(self) -> None:
+        """Read what every ready lane holds, accepting new connections."""
+        with self._turn:
+            messages: list[list[Any]] = []
+            for fd, _ in self._epoll.poll(0):
+                if fd == self._listener.fileno():
+                    for reader in self._listener.accept():
+                        self._readers[reader.fileno()] = reader
+                        # (data already there is an event too: registering reports it)
+                        self._epoll.register(reader.fileno(), select.EPOLLIN | select.EPOLLET)
+                    continue
+                sender = self._readers.get(fd)
+                if sender is None:
+                    continue
+                taken, still_open = sender.read()
+                messages += taken
+                if not still_open:
+                    self._epoll.unregister(fd)
+                    sender.close()
+                    del self._readers[fd]
+            if messages:
+                self._on_messages(messages)
+
+    def close(self) -> None:
+        with self._turn:
+            for reader in self._readers.values():
+                reader.close()
+            self._readers.clear()
+            self._epoll.close()
+            self._listener.close()

@@ -31,19 +31,27 @@ Location = tuple[Any, ...]  # (object_id, data, offset, size, is_error), see zra
 class Signal:
     """A one-shot ``threading.Event`` on a bare lock: a blocked get is woken by one lock
     release, where an Event makes a Condition and a lock per wait (its round trip's
-    hottest wake-up). ``set`` is called under LocalObjects' lock."""
+    hottest wake-up). ``set`` is called under LocalObjects' lock. ``nudge``: also called
+    when set, while a thread waits for it some other way (zray/leader.py)."""
 
-    __slots__ = ("_lock", "_set")
+    __slots__ = ("_lock", "_set", "nudge")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._lock.acquire()
         self._set = False
+        self.nudge: Callable[[], None] | None = None
 
     def set(self) -> None:
         if not self._set:
             self._set = True
             self._lock.release()
+            nudge = self.nudge
+            if nudge is not None:
+                nudge()
+
+    def is_set(self) -> bool:
+        return self._set
 
     def wait(self, timeout: float | None = None) -> bool:
         """Whether it was set, waiting at most ``timeout`` seconds for it."""
