@@ -30,6 +30,7 @@ import contextvars
 import itertools
 import json
 import logging
+import math
 import operator
 import os
 import sys
@@ -80,6 +81,10 @@ _CHORES_EVERY_S = 0.001
 # A leased task still running after this long is reported to the agent (TaskStarted), so
 # the GCS shows it RUNNING; shorter ones are not worth a message.
 _REPORT_RUNNING_AFTER_S = 0.05
+# A worker's I/O thread polls this long after a task started before it sleeps until a
+# message comes: a task starting while it sleeps must wake it (to report the task if it
+# runs long), a wake-up per task in a stream of short ones.
+_AWAKE_AFTER_TASK_S = 1.0
 
 _runtime: CoreClient | None = None
 
@@ -137,7 +142,7 @@ class CoreClient:
                                                config.max_frame_bytes),  # (zray/lane.py)
                                   self._on_lane_messages)
         self._wake_r, self._wake_w = os.pipe()  # close() wakes the I/O thread at once
-        self._leader = Leader(self._lanes, lambda: os.write(self._wake_w, b"b"))
+        self._leader = Leader(self._lanes)
         self.mesh: DirectTcp | None = None  # a cluster node's: the TCP paths across nodes
         self._direct_tcp: zmq.Socket | None = None  # answers from workers elsewhere
         self.owner_nodes: dict[bytes, bytes] = {}  # an owner elsewhere -> its node
@@ -166,6 +171,7 @@ class CoreClient:
         # Leased tasks this worker runs: task id -> [attempt, since (monotonic), wall
         # clock, reported]; set by zray/node/execution.py, read by the I/O thread.
         self.running: dict[bytes, list[Any]] = {}
+        self.last_started = -math.inf  # (monotonic) when the last of them started
         self._complaints = RateLimitedLog(log)
         self._stopping = False
         self._io: threading.Thread | None = None
@@ -318,16 +324,12 @@ class CoreClient:
             poller.register(self._direct_tcp, zmq.POLLIN)
         poller.register(self._agent_pidfd, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        lanes = self._lanes.fileno()  # (read by a blocked get too: zray/leader.py)
+        lanes = self._leader.io_fileno()  # (read by a blocked get too: zray/leader.py)
         poller.register(lanes, zmq.POLLIN)
-        polling_lanes = True
         waiting_for_room: list[LaneWriter] = []  # lanes we send on with a backlog
         last_chores = 0.0
         while not self._stopping:
             try:
-                if not polling_lanes and self._leader.back_in():
-                    poller.register(lanes, zmq.POLLIN)
-                    polling_lanes = True
                 events = dict(poller.poll(self._poll_timeout_ms(time.monotonic())))
                 self._io_idle = False
                 if self._agent_pidfd in events:
@@ -344,14 +346,8 @@ class CoreClient:
                     self._take_direct(self._direct_tcp, answers)
                 if answers:
                     self._take_answers(answers)
-                if self._rx in events:
+                if lanes in events or self._rx in events:
                     self._lanes.read()
-                elif lanes in events:
-                    if self._leader.stand_back():
-                        poller.unregister(lanes)
-                        polling_lanes = False
-                    else:
-                        self._lanes.read()
                 waiting_for_room = self._wait_for_room(poller, waiting_for_room)
                 while self._rx in events and has_input(self._rx):
                     self._dispatch(self._rx.recv_multipart(), from_agent=True)
@@ -373,9 +369,11 @@ class CoreClient:
     def _poll_timeout_ms(self, now: float) -> int:
         """How long the I/O thread may sleep: until a deferred message is due; a poll
         period while a chore may come due (a lease to give back when idle, corked actor
-        calls, a running task to report); else until a message comes (the agent's pidfd
-        and the wake pipe are among them), so an idle process does not wake at all."""
-        busy = (self.running or self.actor_calls.corked() or self.refs.pending()
+        calls, a running task to report, or one that may start any moment: a task started
+        in the last second); else until a message comes (the agent's pidfd and the wake
+        pipe are among them), so an idle process does not wake at all."""
+        busy = (self.running or now - self.last_started < _AWAKE_AFTER_TASK_S
+                or self.actor_calls.corked() or self.refs.pending()
                 or self.tx.holding() or (self.leasing is not None and self.leasing.leases))
         timeout = self.tx.timeout_ms(now) if busy else self.tx.deferred_timeout_ms()
         if timeout is not None:

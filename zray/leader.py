@@ -9,11 +9,11 @@ itself (with a pipe the filing of its object also writes to, for answers that co
 another way: the agent's, another node's), reads and files what comes, and returns as
 soon as what it waits for is ready.
 
-The I/O thread still polls the lanes: it reads them whenever no thread leads, and before
-it takes the agent's messages (which may say a worker died: what it answered first must be
-seen first). When the lanes wake it while a thread leads, it stands back: it stops polling
-them until that wait ends, and the leader wakes it then (else the lanes, readable until
-read, would wake it in a loop while the leader reads).
+The I/O thread polls the lanes through an epoll set of its own that holds theirs
+(``io_fileno``). While a thread leads, their set is out of it, so an answer wakes the
+leader alone; put back when the wait ends, it wakes the I/O thread only if something came
+meanwhile that the leader did not read. The I/O thread also reads the lanes before it takes
+the agent's messages (which may say a worker died: what it answered first is seen first).
 """
 
 from __future__ import annotations
@@ -23,21 +23,18 @@ import os
 import select
 import threading
 import time
-from collections.abc import Callable
 
 from zray.lane import SharedLanes
 from zray.objects.local import Signal
 
 
 class Leader:
-    def __init__(self, lanes: SharedLanes, wake_io: Callable[[], object]) -> None:
+    def __init__(self, lanes: SharedLanes) -> None:
         self._lanes = lanes
-        self._wake_io = wake_io
         self._one = threading.Lock()  # held by the leading thread
-        self._state = threading.Lock()  # guards the two flags below
-        self._leading = False
-        self._stood_back = False  # the I/O thread stopped polling the lanes
         self._ident = 0  # the leading thread's
+        self._io_epoll = select.epoll()  # what the I/O thread polls the lanes through
+        self._io_epoll.register(lanes.fileno(), select.EPOLLIN)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._poll = select.poll()  # (used by the leading thread only)
         self._poll.register(lanes.fileno(), select.POLLIN)
@@ -48,9 +45,8 @@ class Leader:
         if not self._one.acquire(blocking=False):
             return signal.wait(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._io_epoll.unregister(self._lanes.fileno())
         try:
-            with self._state:
-                self._leading = True
             self._ident = threading.get_ident()
             signal.nudge = self._nudge
             while not signal.is_set():
@@ -70,29 +66,15 @@ class Leader:
         finally:
             signal.nudge = None
             self._ident = 0
-            with self._state:
-                self._leading = False
-                wake = self._stood_back
+            self._io_epoll.register(self._lanes.fileno(), select.EPOLLIN)
             self._one.release()
-            if wake:
-                self._wake_io()
 
-    def stand_back(self) -> bool:
-        """(The I/O thread, woken by the lanes.) Whether a thread leads: then the I/O
-        thread stops polling the lanes until ``back_in``."""
-        with self._state:
-            self._stood_back = self._leading
-            return self._leading
-
-    def back_in(self) -> bool:
-        """(The I/O thread, having stood back.) Whether it may poll the lanes again."""
-        with self._state:
-            if self._leading:
-                return False
-            self._stood_back = False
-            return True
+    def io_fileno(self) -> int:
+        """For the I/O thread's poll: readable when a lane is, and no thread leads."""
+        return self._io_epoll.fileno()
 
     def close(self) -> None:
+        self._io_epoll.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
 

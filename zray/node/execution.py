@@ -79,7 +79,8 @@ def _enter(client: CoreClient, task: p.ExecuteTask) -> float:
                                  list(task.gpu_ids), task.attempt, task.actor_id,
                                  task.placement or client.actor_placement)
     if task.owner and not task.actor_id:  # a leased task: the agent hears when it is done
-        client.running[task.task_id] = [task.attempt, time.monotonic(), time.time(), False]
+        now = client.last_started = time.monotonic()
+        client.running[task.task_id] = [task.attempt, now, time.time(), False]
         client.wake_if_idle()  # (its I/O thread reports it if it runs a while)
     visible = ",".join(map(str, task.gpu_ids))
     if os.environ.get("CUDA_VISIBLE_DEVICES") != visible:  # (a putenv per task otherwise)
