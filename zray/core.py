@@ -944,9 +944,14 @@ class CoreClient:
             self.tx.send(p.Blocked(self.context.task_id))
         try:
             self._check_broken()  # the agent may have died before the waiter was filed
-            if self.inbox is not None and blocked and \
-                    threading.current_thread() is threading.main_thread():
-                ready = self.inbox.wait_blocked(waiter.event, timeout)
+            # A worker's tasks' thread never leads: a cancel it read would interrupt itself
+            # (a signal) while it files other answers.
+            inbox = self.inbox if threading.current_thread() is threading.main_thread() \
+                else None
+            if inbox is not None and blocked:
+                ready = inbox.wait_blocked(waiter.event, timeout)
+            elif inbox is not None:
+                ready = waiter.event.wait(timeout)
             else:
                 ready = self._leader.wait(waiter.event, timeout)
             if not ready:
