@@ -3,7 +3,8 @@
 ::
 
     owner  --ExecuteTask, a Batch of them--> lt-<worker>.sock   read by the worker's main thread
-    worker --TaskDone, NotStarted---------> ld-<owner>.sock    read by the owner's I/O thread
+    worker --TaskDone, NotStarted---------> ld-<owner>.sock    read by the owner's I/O thread,
+                                                               or its blocked get (zray/leader.py)
     owner  --CancelRunning----------------> ld-<worker>.sock   read by the worker's I/O thread
 
 Each process binds its two listening sockets next to its zmq ones (the same kinds, "t" and
@@ -295,8 +296,8 @@ class LaneWriter:
 class SharedLanes:
     """A listener and the connections it accepted, read by whichever thread gets there
     first: the I/O thread, or a thread blocked in a get, which reads its own answer rather
-    than wait for the I/O thread to wake, read it and hand the GIL over (``Leader`` in
-    zray/core.py). One epoll set holds them all, its fd pollable by both; every fd in it is
+    than wait for the I/O thread to wake, read it and hand the GIL over (zray/leader.py).
+    One epoll set holds them all, its fd pollable by both; every fd in it is
     edge-triggered, so the thread that takes an event reads that socket dry, and the other
     finds the set quiet instead of waking on it again. ``read`` hands what it read to
     ``on_messages`` under one lock: messages are taken in the order they came, and a
