@@ -15,8 +15,9 @@ Steps, in order along the call's path: ``submit`` (``.remote()`` until its messa
 going to the worker's socket: its lane, zray/lane.py), ``to worker`` (until the worker's
 main thread has it), ``unpack`` (arguments and context, until the function starts),
 ``run``, ``pack`` (the result and its TaskDone), ``reply`` (until the TaskDone starts going
-to the owner), ``to owner`` (until the owner's I/O thread has it), ``wake`` (until the
-waiting thread runs again), ``read`` (the value, until ``get`` returns). A send is inside
+to the owner), ``to owner`` (until the owner has it: its I/O thread, or the waiting
+``get`` itself, zray/leader.py), ``wake`` (until the waiting thread runs on), ``read``
+(the value, until ``get`` returns). A send is inside
 the step it starts: the process it wakes may run before the send returns.
 """
 
