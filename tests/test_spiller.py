@@ -1,9 +1,10 @@
 """The spiller's handshake with the processes that map a block: the agent's side over a real
-table, a real Allocator, a bytearray standing for the store and real spill files in a
-temporary folder; a process's side over its LocalObjects."""
+table, a real Allocator, an arena file mapped as the agent maps its store, and real spill
+files in a temporary folder; a process's side over its LocalObjects."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from zray.node.object_table import ObjectTable
 from zray.node.spilling import Spiller
 from zray.objects.local import LocalObjects
 from zray.objects.refs import RefCounter
-from zray.objects.store import PAGE, Allocator
+from zray.objects.store import PAGE, Allocator, Mapping, create_arena
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -26,10 +27,12 @@ class Store:
 
     def __init__(self, directory: Path) -> None:
         self.table = ObjectTable(Allocator(2 * PAGE))
-        self.memory = bytearray(2 * PAGE)
+        create_arena(str(directory / "arena"), 2 * PAGE)
+        self.mapping = Mapping(str(directory / "arena"), 2 * PAGE)
+        self.memory = self.mapping.view
         self.asks: list[tuple[bytes, list[bytes]]] = []
         self.spiller = Spiller(
-            self.table, lambda: memoryview(self.memory), str(directory), 1 << 30,
+            self.table, lambda: self.memory, str(directory / "spill"), 1 << 30,
             lambda client, ids: self.asks.append((client, ids)),
             lambda client: True, lambda entry: None, lambda object_id: False)
         self.ids = [put_object_id(b"t" * 16, i) for i in range(2)]
@@ -47,12 +50,18 @@ class Store:
         return self.ids[0]
 
 
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store(tmp_path)
+    yield store
+    store.mapping.close()
+
+
 def test_a_process_asking_for_a_block_on_its_way_out_is_not_told_the_old_place(
-        tmp_path: Path) -> None:
+        store: Store) -> None:
     """The driver's get for an object crosses the agent's ask to let go of its block: told
     the old place, it would drop it (its answer was sent already) and wait for ever. It is
     told nothing until the object is on disk, and then it is read back for it."""
-    store = Store(tmp_path)
     leaving = store.squeeze()
     assert store.table.subscribe(DRIVER, leaving, for_get=True)
     assert store.table.notify == []  # (before: the block about to be freed)
@@ -73,10 +82,9 @@ def test_a_process_asking_for_a_block_on_its_way_out_is_not_told_the_old_place(
     assert store.memory[place : place + PAGE] == b"\x01" * PAGE
 
 
-def test_a_block_that_stays_tells_who_asked_meanwhile(tmp_path: Path) -> None:
+def test_a_block_that_stays_tells_who_asked_meanwhile(store: Store) -> None:
     """The driver still maps it (a view): the move ends, and the get that waited is told
     its place, which stays valid."""
-    store = Store(tmp_path)
     leaving = store.squeeze()
     store.table.subscribe(DRIVER, leaving, for_get=True)
     assert store.spiller.on_released(DRIVER, [], [leaving])
