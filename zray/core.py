@@ -537,16 +537,19 @@ class CoreClient:
         here: we hold it, so the agent hears of it even if that worker dies right after
         (the agent's own answers, and those it passed on, it has)."""
         for_leases = []
+        # Reports due soon: the I/O thread must hear of them if a blocked get read these
+        # answers (zray/leader.py); its own loop sends them otherwise.
+        wake = threading.current_thread() is not self._io
         for done in answers:
             if done.item >= 0:  # a value a generator of ours yielded (zray/generators.py)
                 self.objects.expect([location[0] for location in done.results])
                 self.objects.file(done.results)
                 if not from_agent:
-                    self.tx.defer(done, soon=True, wake=False, awaited=False)
+                    self.tx.defer(done, soon=True, wake=wake, awaited=False)
             elif self.actor_calls.answered(done.task_id):
                 self.objects.file(done.results)
                 if not from_agent:  # (soon: the actor's mailbox releases calls on it)
-                    self.tx.defer(done, soon=True, wake=False, awaited=False)
+                    self.tx.defer(done, soon=True, wake=wake, awaited=False)
             else:
                 for_leases.append(done)
         if for_leases and self.leasing is not None:
