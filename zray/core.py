@@ -288,11 +288,15 @@ class CoreClient:
         os.close(self._wake_w)
         if not self._broken:
             self.tx.send(p.Disconnect(stop_cluster))
+        with self._cond:  # a get still waiting in another thread raises this, not hangs
+            self._broken = self._broken or "zray.shutdown() was called while this waited"
+            self._cond.notify_all()
+        self.objects.wake_all()
         self.peers.close()
         self._peers_zmq.term()
         self._direct.close()
+        self._leader.close()  # (first: a thread blocked in a get may be reading the lanes)
         self._lanes.close()
-        self._leader.close()
         if self._direct_tcp is not None:
             self._direct_tcp.close()
         if self.mesh is not None:

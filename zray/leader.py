@@ -27,12 +27,15 @@ import time
 from zray.lane import SharedLanes
 from zray.objects.local import Signal
 
+_LEAVE_S = 5.0  # how long closing waits for a leading thread to leave the lanes
+
 
 class Leader:
     def __init__(self, lanes: SharedLanes) -> None:
         self._lanes = lanes
         self._one = threading.Lock()  # held by the leading thread
         self._ident = 0  # the leading thread's
+        self._closed = False  # the process is shutting down: the lanes are not ours
         self._io_epoll = select.epoll()  # what the I/O thread polls the lanes through
         self._io_epoll.register(lanes.fileno(), select.EPOLLIN)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -42,41 +45,57 @@ class Leader:
 
     def wait(self, signal: Signal, timeout: float | None) -> bool:
         """``signal.wait(timeout)``, reading the lanes meanwhile if no other thread does."""
-        if not self._one.acquire(blocking=False):
+        if self._closed or not self._one.acquire(blocking=False):
             return signal.wait(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._io_epoll.unregister(self._lanes.fileno())
         try:
-            self._ident = threading.get_ident()
-            signal.nudge = self._nudge
-            while not signal.is_set():
+            if not self._closed:
+                self._lead(signal, deadline)
+        finally:
+            self._one.release()
+        if signal.is_set() or deadline is None and not self._closed:
+            return signal.is_set()
+        # (closing: the lanes are no longer ours to read; else the time is up)
+        return signal.wait(None if deadline is None else deadline - time.monotonic())
+
+    def _lead(self, signal: Signal, deadline: float | None) -> None:
+        self._io_epoll.unregister(self._lanes.fileno())
+        self._ident = threading.get_ident()
+        signal.nudge = self._nudge
+        try:
+            while not signal.is_set() and not self._closed:
                 if deadline is None:
                     timeout_ms = -1
                 else:
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        break
+                        return
                     timeout_ms = math.ceil(left * 1000)
                 for fd, _ in self._poll.poll(timeout_ms):
                     if fd == self._wake_r:
                         self._drain_wake()
-                    else:
+                    elif not self._closed:
                         self._lanes.read()
-            return signal.is_set()
         finally:
             signal.nudge = None
             self._ident = 0
             self._io_epoll.register(self._lanes.fileno(), select.EPOLLIN)
-            self._one.release()
 
     def io_fileno(self) -> int:
         """For the I/O thread's poll: readable when a lane is, and no thread leads."""
         return self._io_epoll.fileno()
 
     def close(self) -> None:
+        """Before the lanes close: a leading thread leaves them (it waits on as others do),
+        so no thread polls their descriptors once closed (their numbers are reused)."""
+        self._closed = True
+        os.write(self._wake_w, b"c")
+        left = self._one.acquire(timeout=_LEAVE_S)
         self._io_epoll.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
+        if left:
+            self._one.release()
 
     def _nudge(self) -> None:
         """The leader's object is ready (filed by another thread): wake its poll."""
