@@ -35,13 +35,6 @@ class Counter:
         return self.n
 
 
-@pytest.fixture
-def cluster():
-    zray.init(num_cpus=2)
-    yield
-    zray.shutdown()
-
-
 def test_threads_blocked_in_gets_at_once_each_get_their_own_answers(cluster) -> None:
     results: dict[int, list[int]] = {}
 
@@ -88,28 +81,3 @@ def test_once_no_get_leads_the_io_thread_reads_the_answers_again(cluster) -> Non
             round_ * 100 + i for i in range(5)]
         assert futures[5].result(timeout=20) == round_ + 1
 
-
-def test_a_get_waiting_in_another_thread_when_zray_shuts_down_raises() -> None:
-    """It was reading the lanes (the leader): it leaves them before they close, and says
-    why it ends instead of waiting for ever."""
-    @zray.remote
-    def long() -> None:
-        time.sleep(30)
-
-    zray.init(num_cpus=1)
-    ref = long.remote()
-    raised: list[BaseException] = []
-
-    def blocked() -> None:
-        try:
-            zray.get(ref)
-        except BaseException as exc:  # noqa: BLE001 (whatever it is, the test names it)
-            raised.append(exc)
-
-    thread = threading.Thread(target=blocked)
-    thread.start()
-    time.sleep(0.3)  # (leading by now)
-    zray.shutdown()
-    thread.join(10)
-    assert not thread.is_alive()
-    assert len(raised) == 1 and "zray.shutdown() was called" in str(raised[0]), raised

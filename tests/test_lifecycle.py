@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -338,3 +339,33 @@ def test_agent_death_fails_waiting_calls_instead_of_hanging():
             zray.get(ref, timeout=30)  # and again, once the I/O thread is gone
     finally:
         zray.shutdown()
+
+
+def test_a_get_waiting_in_another_thread_when_zray_shuts_down_raises() -> None:
+    """It was reading the lanes (the leader): it leaves them before they close, and says
+    why it ends instead of waiting for ever."""
+    @zray.remote
+    def long() -> None:
+        time.sleep(30)
+
+    zray.init(num_cpus=1)
+    ref = long.remote()
+    raised: list[BaseException] = []
+
+    def blocked() -> None:
+        try:
+            zray.get(ref)
+        except BaseException as exc:  # noqa: BLE001 (whatever it is, the test names it)
+            raised.append(exc)
+
+    thread = threading.Thread(target=blocked)
+    thread.start()
+    leader = api.client_for_call()._leader
+    deadline = time.monotonic() + 10
+    while not leader.leading():  # (the case: it reads the lanes when zray shuts down)
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    zray.shutdown()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert len(raised) == 1 and "zray.shutdown() was called" in str(raised[0]), raised

@@ -288,10 +288,8 @@ class CoreClient:
         os.close(self._wake_w)
         if not self._broken:
             self.tx.send(p.Disconnect(stop_cluster))
-        with self._cond:  # a get still waiting in another thread raises this, not hangs
-            self._broken = self._broken or "zray.shutdown() was called while this waited"
-            self._cond.notify_all()
-        self.objects.wake_all()
+        # A get still waiting in another thread raises this, not hangs.
+        self._break(self._broken or "zray.shutdown() was called while this waited")
         self.peers.close()
         self._peers_zmq.term()
         self._direct.close()
@@ -587,12 +585,16 @@ class CoreClient:
     def _fail(self, reason: str) -> None:
         if self._on_agent_death is not None:
             self._on_agent_death()
+        self._break(reason)
+        if self.inbox is not None:
+            self.inbox.from_agent(None)
+
+    def _break(self, reason: str) -> None:
+        """Every wait, now and later, raises ``reason`` (_check_broken)."""
         with self._cond:
             self._broken = reason
             self._cond.notify_all()
         self.objects.wake_all()
-        if self.inbox is not None:
-            self.inbox.from_agent(None)
 
     def _check_export_size(self, fn: FunctionDescriptor) -> None:
         """Refuse a function too large for a message (as Ray refuses one over 100 MB)."""

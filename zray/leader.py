@@ -53,9 +53,7 @@ class Leader:
                 self._lead(signal, deadline)
         finally:
             self._one.release()
-        if signal.is_set() or deadline is None and not self._closed:
-            return signal.is_set()
-        # (closing: the lanes are no longer ours to read; else the time is up)
+        # (closing: the lanes are no longer ours to read; else set, or the time is up)
         return signal.wait(None if deadline is None else deadline - time.monotonic())
 
     def _lead(self, signal: Signal, deadline: float | None) -> None:
@@ -80,6 +78,10 @@ class Leader:
             signal.nudge = None
             self._ident = 0
             self._io_epoll.register(self._lanes.fileno(), select.EPOLLIN)
+
+    def leading(self) -> bool:
+        """Whether a thread reads the lanes now."""
+        return self._one.locked()
 
     def io_fileno(self) -> int:
         """For the I/O thread's poll: readable when a lane is, and no thread leads."""
